@@ -1,0 +1,618 @@
+"""The eval stage: exact dense retrieval, BEIR metrics (pytrec_eval), and a base-vs-tuned comparison report.
+
+What it does:
+
+* ``retrieve`` runs exact inner-product search (the vectors are unit-norm, so this is cosine): batched numpy
+  matmul + argpartition for small corpora, a FAISS ``IndexFlatIP`` for large ones.
+* ``compute_metrics`` scores a run with pytrec_eval (the trec_eval semantics BEIR and MTEB use): nDCG, MAP,
+  Recall and Precision at each k, plus MRR@10. The mean is over every judged query, so a query with nothing
+  retrieved counts as 0.
+* ``evaluate_encoder`` embeds the corpus once per model at full size and gets every Matryoshka dimension by
+  truncating and re-normalising in numpy (identical to encoding with ``dimensions=d``).
+* ``compare_models`` evaluates several models on one BEIR set, the first being the baseline, and writes
+  ``eval_results.json``, ``eval_report.md`` and ``eval_chart.png`` with absolute and relative deltas.
+
+What it deliberately does not do: read or validate dataset files (``formats``), train (``train``) or
+check a served endpoint against the checkpoint (``serve``). It does not drop documents whose id equals the
+query id (BEIR's ``ignore_identical_ids``); embedforge's corpus and query ids never collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import gc
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytrec_eval
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KS = (1, 5, 10, 100)
+MRR_CUTOFF = 10  # MRR is reported at 10 only, as MS MARCO and sentence-transformers do
+FAISS_THRESHOLD = 50_000  # passages; above this, FAISS' blocked BLAS search beats numpy's full score matrix
+_SCORE_BLOCK = 25_000_000  # at most this many float32 scores (100 MB) in memory at once on the numpy path
+
+# pytrec_eval measure family -> our metric prefix
+_FAMILIES = {"ndcg_cut": "ndcg", "map_cut": "map", "recall": "recall", "P": "precision"}
+CHART_METRICS = ("ndcg@10", "recall@10", "map@10", "mrr@10")
+DIMENSION_METRICS = ("ndcg@10", "recall@10")
+
+RESULTS_FILE, REPORT_FILE, CHART_FILE = "eval_results.json", "eval_report.md", "eval_chart.png"
+
+
+# --------------------------------------------------------------------------------------------- texts
+
+
+def passage_text(doc: Mapping[str, Any] | str) -> str:
+    """The text a model embeds for a BEIR corpus entry: ``"title text"``, or just the text without a title.
+
+    The join BEIR's and MTEB's dense-retrieval evaluation use (title, one space, text, stripped), so scores
+    compare with published ones; ``formats.beir_to_training`` joins training passages the same way. The one
+    place eval decides this, so base, tuned and served models all embed identical strings.
+
+    Example:
+        >>> passage_text({"title": "Vacuum", "text": "VACUUM reclaims storage."})
+        'Vacuum VACUUM reclaims storage.'
+    """
+    if isinstance(doc, str):
+        return doc
+    title = (doc.get("title") or "").strip()
+    text = (doc.get("text") or "").strip()
+    return f"{title} {text}".strip()
+
+
+# ------------------------------------------------------------------------------------------ retrieval
+
+
+def retrieve(
+    query_vecs: np.ndarray,
+    passage_vecs: np.ndarray,
+    passage_ids: Sequence[str],
+    query_ids: Sequence[str],
+    top_k: int = 100,
+    batch_size: int = 1024,
+    *,
+    faiss_threshold: int = FAISS_THRESHOLD,
+) -> dict[str, dict[str, float]]:
+    """Exact inner-product search: the ``top_k`` passages for every query with their scores.
+
+    Args:
+        query_vecs: ``(n_queries, dim)`` float array (unit vectors, so scores are cosines).
+        passage_vecs: ``(n_passages, dim)`` float array.
+        passage_ids: one id per passage row.
+        query_ids: one id per query row.
+        top_k: passages kept per query (capped at the corpus size).
+        batch_size: queries scored per block.
+        faiss_threshold: corpora larger than this many passages are searched with FAISS ``IndexFlatIP``.
+
+    Returns:
+        ``{query_id: {passage_id: score}}`` with the best ``top_k`` per query (dicts in rank order).
+    """
+    queries = np.ascontiguousarray(query_vecs, dtype=np.float32)
+    passages = np.ascontiguousarray(passage_vecs, dtype=np.float32)
+    if queries.ndim != 2 or passages.ndim != 2 or queries.shape[1] != passages.shape[1]:
+        raise ValueError(
+            f"query and passage vectors must be 2-D with one width, got {queries.shape} and {passages.shape}"
+        )
+    if len(query_ids) != len(queries) or len(passage_ids) != len(passages):
+        raise ValueError(
+            f"ids do not match vectors: {len(query_ids)} query ids for {len(queries)} vectors, "
+            f"{len(passage_ids)} passage ids for {len(passages)} vectors"
+        )
+    if top_k < 1 or batch_size < 1:
+        raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")
+    n_passages = len(passages)
+    if n_passages == 0 or len(queries) == 0:
+        return {str(qid): {} for qid in query_ids}
+    k = min(top_k, n_passages)
+    if n_passages > faiss_threshold:
+        blocks = _search_faiss(queries, passages, k, batch_size)
+    else:
+        blocks = _search_numpy(queries, passages, k, batch_size)
+    run: dict[str, dict[str, float]] = {}
+    row = 0
+    for scores, indices in blocks:
+        for score_row, index_row in zip(scores.tolist(), indices.tolist(), strict=True):
+            run[str(query_ids[row])] = {
+                str(passage_ids[i]): s for s, i in zip(score_row, index_row, strict=True)
+            }
+            row += 1
+    return run
+
+
+def _search_numpy(queries: np.ndarray, passages: np.ndarray, k: int, batch_size: int):
+    n = len(passages)
+    step = max(1, min(batch_size, _SCORE_BLOCK // n))
+    for start in range(0, len(queries), step):
+        scores = queries[start : start + step] @ passages.T
+        if k < n:
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            top = np.broadcast_to(np.arange(n), scores.shape)
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        yield np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
+def _search_faiss(queries: np.ndarray, passages: np.ndarray, k: int, batch_size: int):
+    import faiss
+
+    index = faiss.IndexFlatIP(passages.shape[1])
+    index.add(passages)
+    for start in range(0, len(queries), batch_size):
+        yield index.search(queries[start : start + batch_size], k)
+
+
+# -------------------------------------------------------------------------------------------- metrics
+
+
+def _metric_name(measure: str) -> str:
+    family, _, k = measure.rpartition("_")
+    return f"{_FAMILIES[family]}@{k}"
+
+
+def _metric_names(ks: Iterable[int]) -> list[str]:
+    """Report order: every family at every k, then MRR@10."""
+    return [f"{prefix}@{k}" for prefix in _FAMILIES.values() for k in ks] + [f"mrr@{MRR_CUTOFF}"]
+
+
+def _trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
+    """trec_eval's ranking: score descending, ties broken by document id descending."""
+    return sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)
+
+
+def per_query_metrics(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, dict[str, float]]:
+    """pytrec_eval metrics for each judged query (what bootstrap confidence intervals need).
+
+    A query with judgments but nothing in ``run`` gets 0 for every metric. Queries without any judgment are
+    left out, as trec_eval does; graded relevance counts as relevant from grade 1.
+
+    Returns:
+        ``{query_id: {"ndcg@10": ..., "map@10": ..., "recall@10": ..., "precision@10": ..., "mrr@10": ...}}``.
+    """
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    judged = {str(q): {str(d): int(r) for d, r in docs.items()} for q, docs in qrels.items() if docs}
+    if not judged:
+        raise ValueError("qrels has no judged query")
+    ranked = {q: {str(d): float(s) for d, s in run.get(q, {}).items()} for q in judged if run.get(q)}
+    cut = ",".join(map(str, ks))
+    measures = {f"{family}.{cut}" for family in _FAMILIES}
+    # build and use each evaluator at once: trec_eval keeps measure cutoffs in global state
+    scores = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(ranked)
+    top_mrr = {q: dict(_trec_order(docs)[:MRR_CUTOFF]) for q, docs in ranked.items()}
+    reciprocal = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top_mrr)
+
+    names = _metric_names(ks)
+    result = {}
+    for q in judged:
+        values = dict.fromkeys(names, 0.0)
+        for measure, value in scores.get(q, {}).items():
+            values[_metric_name(measure)] = float(value)
+        values[f"mrr@{MRR_CUTOFF}"] = float(reciprocal.get(q, {}).get("recip_rank", 0.0))
+        result[q] = values
+    return result
+
+
+def compute_metrics(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, float]:
+    """Mean pytrec_eval metrics over the judged queries in ``qrels`` (missing from the run = 0, as in BEIR).
+
+    Args:
+        qrels: ``{query_id: {doc_id: grade}}``; grades >= 1 are relevant, nDCG uses the grades as gains.
+        run: ``{query_id: {doc_id: score}}``, e.g. from ``retrieve``.
+        ks: cutoffs for nDCG, MAP, Recall and Precision.
+
+    Returns:
+        ``{"ndcg@k", "map@k", "recall@k", "precision@k"`` for each k, and ``"mrr@10"}``.
+
+    Example:
+        >>> compute_metrics({"q": {"a": 1}}, {"q": {"b": 0.9, "a": 0.8}}, ks=(1,))["mrr@10"]
+        0.5
+    """
+    per_query = per_query_metrics(qrels, run, ks)
+    names = _metric_names(sorted({int(k) for k in ks}))
+    return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in names}
+
+
+# ------------------------------------------------------------------------------------------- encoders
+
+
+def _unit_truncate(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """Matryoshka: keep the first ``dim`` values, then L2-normalise (what ``dimensions=dim`` does)."""
+    cut = np.ascontiguousarray(vectors[:, :dim], dtype=np.float32)
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return cut / np.maximum(norms, 1e-12)
+
+
+def evaluate_encoder(
+    encoder,
+    corpus: Mapping[str, Mapping[str, Any]],
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    ks: Sequence[int] = DEFAULT_KS,
+    dimensions: Sequence[int] | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    *,
+    top_k: int | None = None,
+) -> dict[str, Any]:
+    """Embed a BEIR set with one model and score retrieval, at full size and at each Matryoshka dimension.
+
+    Only judged queries are embedded. The corpus and queries are embedded once at full size; each entry of
+    ``dimensions`` is scored on truncated, re-normalised copies.
+
+    Args:
+        encoder: a ``BiEncoder`` (or anything with ``encode_queries``, ``encode_passages``, ``name``,
+            ``dimension``).
+        corpus: ``{doc_id: {"title", "text"}}``.
+        queries: ``{query_id: text}``.
+        qrels: ``{query_id: {doc_id: grade}}``.
+        ks: metric cutoffs.
+        dimensions: Matryoshka sizes to score besides the full size.
+        batch_size: encoding batch size.
+        progress: show encoding progress bars.
+        top_k: retrieval depth (default ``max(ks)``, at least 10 for MRR@10).
+
+    Returns:
+        ``{"model", "dimension", "prompts", "metrics", "per_dimension": {dim: metrics}, "num_queries",
+        "num_passages", "seconds"}``.
+    """
+    full_dim = int(encoder.dimension)
+    dims = sorted({int(d) for d in dimensions or ()})
+    bad = [d for d in dims if not 0 < d <= full_dim]
+    if bad:
+        raise ValueError(f"dimensions must be in 1..{full_dim} for model '{encoder.name}', got {bad}")
+    if not corpus:
+        raise ValueError("the corpus is empty")
+    depth = top_k or max(max(ks), MRR_CUTOFF)
+    judged = [str(q) for q, docs in qrels.items() if docs]
+    query_ids = [q for q in judged if q in queries]
+    if len(query_ids) < len(judged):
+        logger.warning("%d judged queries have no text; they count as 0", len(judged) - len(query_ids))
+    doc_ids = [str(d) for d in corpus]
+
+    start = time.perf_counter()
+    logger.info("embedding %d passages and %d queries with %s", len(doc_ids), len(query_ids), encoder.name)
+    passages = encoder.encode_passages(
+        [passage_text(corpus[d]) for d in corpus], batch_size=batch_size, progress=progress
+    )
+    query_vecs = encoder.encode_queries(
+        [queries[q] for q in query_ids], batch_size=batch_size, progress=progress
+    )
+
+    def score(dim: int) -> dict[str, float]:
+        q, p = (
+            (query_vecs, passages)
+            if dim == full_dim
+            else (_unit_truncate(query_vecs, dim), _unit_truncate(passages, dim))
+        )
+        return compute_metrics(qrels, retrieve(q, p, doc_ids, query_ids, top_k=depth), ks)
+
+    metrics = score(full_dim)
+    per_dimension = {d: metrics if d == full_dim else score(d) for d in dims}
+    return {
+        "model": encoder.name,
+        "dimension": full_dim,
+        "prompts": dict(getattr(encoder, "prompts", {}) or {}),
+        "metrics": metrics,
+        "per_dimension": per_dimension,
+        "num_queries": len(judged),
+        "num_passages": len(doc_ids),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def evaluate_dataset(encoder, dataset, **kwargs) -> dict[str, Any]:
+    """``evaluate_encoder`` on a ``formats.BeirDataset`` (any object with ``corpus``, ``queries``, ``qrels``)."""
+    return evaluate_encoder(encoder, dataset.corpus, dataset.queries, dataset.qrels, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------- comparison
+
+
+def _delta(tuned: float, base: float) -> dict[str, float | None]:
+    return {"abs": tuned - base, "rel": (tuned - base) / base if base else None}
+
+
+def _deltas(tuned: Mapping[str, float], base: Mapping[str, float]) -> dict[str, dict[str, float | None]]:
+    return {name: _delta(tuned[name], base[name]) for name in base if name in tuned}
+
+
+def _load_dataset(beir_dir_or_dataset, split: str):
+    if isinstance(beir_dir_or_dataset, (str, os.PathLike)):
+        from embedforge.formats import read_beir
+
+        return read_beir(beir_dir_or_dataset, split=split), str(beir_dir_or_dataset)
+    return beir_dir_or_dataset, f"<in-memory {type(beir_dir_or_dataset).__name__}>"
+
+
+def _named_models(encoders_or_paths) -> list[tuple[str, Any]]:
+    """``[(unique name, BiEncoder | path)]`` from a list of encoders/paths or a ``{name: encoder | path}``."""
+    if isinstance(encoders_or_paths, Mapping):
+        items = [(str(name), spec) for name, spec in encoders_or_paths.items()]
+    elif isinstance(encoders_or_paths, (str, os.PathLike)) or hasattr(encoders_or_paths, "encode_queries"):
+        items = [(_default_name(encoders_or_paths), encoders_or_paths)]
+    else:
+        items = [(_default_name(spec), spec) for spec in encoders_or_paths]
+    if not items:
+        raise ValueError("compare_models needs at least one model")
+    named, seen = [], set()
+    for name, spec in items:
+        unique, n = name, 2
+        while unique in seen:
+            unique, n = f"{name} ({n})", n + 1
+        seen.add(unique)
+        named.append((unique, spec))
+    return named
+
+
+def _default_name(spec) -> str:
+    return str(spec) if isinstance(spec, (str, os.PathLike)) else str(spec.name)
+
+
+def compare_models(
+    encoders_or_paths,
+    beir_dir_or_dataset,
+    out_dir: str | os.PathLike,
+    ks: Sequence[int] = DEFAULT_KS,
+    dimensions: Sequence[int] | None = None,
+    *,
+    split: str = "test",
+    batch_size: int = 64,
+    progress: bool = True,
+    load_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate models on one BEIR set, the first as baseline, and write the JSON, Markdown and chart reports.
+
+    Args:
+        encoders_or_paths: ``BiEncoder`` objects and/or model folders or short names (loaded one at a time
+            with ``BiEncoder.load``), in a list, or a ``{name: model}`` mapping to choose report names.
+        beir_dir_or_dataset: a BEIR folder (read with ``formats.read_beir``) or a dataset object with
+            ``corpus``, ``queries`` and ``qrels``.
+        out_dir: where ``eval_results.json``, ``eval_report.md`` and ``eval_chart.png`` go (written atomically).
+        ks: metric cutoffs.
+        dimensions: Matryoshka sizes to score as well (a per-dimension table for nDCG@10 and Recall@10).
+        split: the qrels split of a BEIR folder.
+        batch_size: encoding batch size.
+        progress: show progress bars.
+        load_options: keyword arguments for ``BiEncoder.load`` of the models given as paths (e.g.
+            ``query_prompt``, ``passage_prompt``, ``max_seq_length``); None values are dropped.
+
+    Returns:
+        ``{"baseline", "models": {name: evaluate_encoder result}, "deltas": {name: {metric: {"abs", "rel"}}},
+        "per_dimension_deltas", "config"}``; ``rel`` is None when the baseline value is 0.
+
+    Example:
+        >>> compare_models(["minilm", "runs/tuned/model"], "runs/prep/beir", "runs/eval")  # doctest: +SKIP
+    """
+    from embedforge import __version__
+    from embedforge.model import BiEncoder
+
+    dataset, source = _load_dataset(beir_dir_or_dataset, split)
+    named = _named_models(encoders_or_paths)
+    ks = tuple(sorted({int(k) for k in ks}))
+    dims = sorted({int(d) for d in dimensions or ()})
+    options = {k: v for k, v in (load_options or {}).items() if v is not None}
+
+    models: dict[str, dict[str, Any]] = {}
+    model_config = []
+    for i, (name, spec) in enumerate(named, 1):
+        logger.info("evaluating model %d/%d: %s", i, len(named), name)
+        encoder = BiEncoder.load(spec, name=name, **options) if isinstance(spec, (str, os.PathLike)) else spec
+        result = evaluate_dataset(
+            encoder, dataset, ks=ks, dimensions=dims, batch_size=batch_size, progress=progress
+        )
+        result["model"] = name
+        models[name] = result
+        model_config.append(
+            {
+                "name": name,
+                "source": str(spec)
+                if isinstance(spec, (str, os.PathLike))
+                else f"<{type(spec).__name__} object>",
+                "dimension": result["dimension"],
+                "prompts": result["prompts"],
+            }
+        )
+        if encoder is not spec:  # free a model we loaded before loading the next
+            del encoder
+            gc.collect()
+
+    baseline = named[0][0]
+    base = models[baseline]
+    deltas = {name: _deltas(r["metrics"], base["metrics"]) for name, r in models.items() if name != baseline}
+    per_dimension_deltas = {
+        name: {d: _deltas(r["per_dimension"][d], base["per_dimension"][d]) for d in dims}
+        for name, r in models.items()
+        if name != baseline and dims
+    }
+    results = {
+        "baseline": baseline,
+        "models": models,
+        "deltas": deltas,
+        "per_dimension_deltas": per_dimension_deltas,
+        "config": {
+            "dataset": source,
+            "split": split,
+            "ks": list(ks),
+            "dimensions": dims,
+            "models": model_config,
+            "batch_size": batch_size,
+            "load_options": options,
+            "retrieval": f"exact inner product, top {max(max(ks), MRR_CUTOFF)}",
+            "num_queries": base["num_queries"],
+            "num_passages": base["num_passages"],
+            "embedforge_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+
+    out = Path(out_dir)
+    _write_atomic(out / RESULTS_FILE, (json.dumps(results, indent=2, default=str) + "\n").encode())
+    _write_atomic(out / REPORT_FILE, render_report(results).encode())
+    _write_atomic(out / CHART_FILE, render_chart(results))
+    logger.info("wrote %s, %s and %s to %s", RESULTS_FILE, REPORT_FILE, CHART_FILE, out)
+    return results
+
+
+def run_eval(config) -> dict[str, Any]:
+    """The ``embedforge eval`` stage: ``compare_models`` driven by a ``config.EvalConfig``.
+
+    Returns the results of ``compare_models`` plus ``"table"``, the Markdown table the CLI prints.
+    """
+    results = compare_models(
+        list(config.models),
+        config.beir,
+        config.out,
+        ks=config.ks,
+        dimensions=config.dims,
+        split=config.split,
+        batch_size=config.batch_size,
+        load_options={
+            "query_prompt": config.query_prompt,
+            "passage_prompt": config.passage_prompt,
+            "max_seq_length": config.max_seq_length,
+        },
+    )
+    return {**results, "table": format_table(results)}
+
+
+# -------------------------------------------------------------------------------------------- reports
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _fmt_abs(value: float) -> str:
+    return f"{value:+.4f}"
+
+
+def _fmt_rel(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:+.1f}%"
+
+
+def _table(
+    rows: list[str], values: Mapping[str, Mapping[str, float]], names: list[str], label: str
+) -> list[str]:
+    """Rows x models with, for each non-baseline model, its absolute and relative delta vs the first."""
+    base, others = names[0], names[1:]
+    header = [label, *names] + [h for n in others for h in (f"Δ {n}", f"Δ% {n}")]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for row in rows:
+        cells = [row] + [f"{values[n][row]:.4f}" for n in names]
+        for n in others:
+            delta = _delta(values[n][row], values[base][row])
+            cells += [_fmt_abs(delta["abs"]), _fmt_rel(delta["rel"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """The Markdown comparison table (metric rows x model columns, deltas vs the first model).
+
+    With Matryoshka dimensions, a second table gives nDCG@10 and Recall@10 per dimension. Works on the
+    dict ``compare_models`` returns and on ``eval_results.json`` read back.
+    """
+    models = results["models"]
+    names = list(models)
+    ks = results.get("config", {}).get("ks") or DEFAULT_KS
+    metrics = {n: models[n]["metrics"] for n in names}
+    rows = [m for m in _metric_names(ks) if all(m in metrics[n] for n in names)]
+    lines = _table(rows, metrics, names, "metric")
+
+    per_dim = {n: {int(d): v for d, v in models[n].get("per_dimension", {}).items()} for n in names}
+    dims = sorted(set.intersection(*(set(p) for p in per_dim.values())))
+    if dims:
+        values = {
+            n: {f"{m} @ {d}d": per_dim[n][d][m] for d in dims for m in DIMENSION_METRICS} for n in names
+        }
+        lines += ["", *_table(list(values[names[0]]), values, names, "metric @ dimension")]
+    return "\n".join(lines)
+
+
+def render_report(results: Mapping[str, Any]) -> str:
+    """The full ``eval_report.md``: what was evaluated, the tables, the chart."""
+    config = results.get("config", {})
+    names = list(results["models"])
+    lines = [
+        "# Retrieval evaluation",
+        "",
+        f"- dataset: `{config.get('dataset', '?')}` (split `{config.get('split', '?')}`), "
+        f"{config.get('num_queries', '?')} judged queries, {config.get('num_passages', '?')} passages",
+        f"- baseline: **{_cell(results['baseline'])}**; Δ = model - baseline, Δ% = Δ / baseline",
+        f"- metrics: pytrec_eval (trec_eval semantics, as BEIR), mean over judged queries; "
+        f"retrieval: {config.get('retrieval', 'exact inner product')}",
+    ]
+    for model in config.get("models", []):
+        lines.append(
+            f"- `{_cell(model['name'])}`: {model['source']}, {model['dimension']} dims, prompts `{json.dumps(model['prompts'])}`"
+        )
+    lines += ["", format_table(results), "", f"![{', '.join(CHART_METRICS)} per model]({CHART_FILE})", ""]
+    seconds = ", ".join(f"{_cell(n)} {results['models'][n]['seconds']:.1f}s" for n in names)
+    lines += [f"Time per model (embedding + retrieval): {seconds}.", ""]
+    return "\n".join(lines)
+
+
+def render_chart(results: Mapping[str, Any]) -> bytes:
+    """PNG bytes of a grouped bar chart: nDCG@10, Recall@10, MAP@10, MRR@10 for each model."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    models = results["models"]
+    names = list(models)
+    metrics = [m for m in CHART_METRICS if all(m in models[n]["metrics"] for n in names)]
+    fig = Figure(figsize=(2 + len(metrics) * (0.6 + 0.45 * len(names)), 4.6), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / len(names)
+    x = np.arange(len(metrics))
+    for i, name in enumerate(names):
+        heights = [models[name]["metrics"][m] for m in metrics]
+        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, heights, width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    ax.set_xticks(x, metrics)
+    ax.set_ylim(0, min(1.1, max([models[n]["metrics"][m] for n in names for m in metrics] + [0.1]) * 1.15))
+    ax.set_ylabel("score")
+    ax.set_title(f"Retrieval quality vs baseline '{results['baseline']}'")
+    fig.legend(loc="outside lower center", ncols=min(len(names), 4), fontsize=8, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, then rename over ``path``: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,415 @@
+"""The finetune stage: contrastive training of a bi-encoder on (query, positive, hard negatives) groups.
+
+Built on sentence-transformers' trainer (checkpoints, resume, schedules, DDP come from it and from
+transformers' Trainer). What this module adds is what those lack for the NVIDIA recipe:
+
+* the group loss NVIDIA uses: each query scored only against its own 1 positive + N hard negatives,
+  cross-entropy at temperature 0.02; in-batch negatives (sentence-transformers' MNRL) and GradCache
+  (CachedMNRL) are options;
+* training rows with exactly ``n_passages`` passages: multi-positive queries unrolled, short negative
+  lists repeated cyclically (one warning), missing negatives filled with random passages (one warning);
+* the small-data rule of REFERENCE §1 (batch shrinks under 2000 examples, validate every total//3 steps);
+* validation by full-corpus retrieval nDCG@10 on held-out queries, keeping the best checkpoint and stopping
+  early when it stops improving;
+* LoRA merged into the weights before saving, so the output is a plain full model.
+
+It deliberately does not mine negatives (see ``mining``) or compute test metrics (see ``evaluate``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.base.sampler import BatchSamplers
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.sentence_transformer.losses import (
+    CachedMultipleNegativesRankingLoss,
+    MatryoshkaLoss,
+    MultipleNegativesRankingLoss,
+)
+from transformers import EarlyStoppingCallback, TrainerCallback
+
+from embedforge.config import FinetuneConfig, config_dict, config_hash
+from embedforge.formats import TrainingExample, passage_id, read_training_data
+from embedforge.model import PASSAGE, QUERY, BiEncoder
+
+logger = logging.getLogger(__name__)
+
+MAX_POSITIVES_PER_QUERY = 5  # REFERENCE §1: at most 5 positives per query
+SMALL_DATA_EXAMPLES = 2000
+DEFAULT_GLOBAL_BATCH = 128
+VAL_METRIC = "ndcg@10"
+
+
+class GroupContrastiveLoss(MultipleNegativesRankingLoss):
+    """NVIDIA's loss: softmax over each query's own group (positive first), no in-batch negatives.
+
+    Reuses sentence-transformers' MNRL for embedding the columns (and so MatryoshkaLoss wrapping works);
+    only the score matrix differs: (batch, 1 + negatives) instead of (batch, batch * (1 + negatives)).
+    """
+
+    def compute_loss_from_embeddings(
+        self, embeddings: list[torch.Tensor], labels: torch.Tensor
+    ) -> torch.Tensor:
+        queries = torch.nn.functional.normalize(embeddings[0], dim=-1)
+        group = torch.nn.functional.normalize(torch.stack(embeddings[1:], dim=1), dim=-1)  # (B, G, D)
+        scores = torch.einsum("bd,bgd->bg", queries, group) * self.scale
+        target = torch.zeros(scores.size(0), dtype=torch.long, device=scores.device)
+        return torch.nn.functional.cross_entropy(scores, target)
+
+
+@dataclass
+class TrainingRows:
+    columns: dict[str, list[str]]
+    stats: dict[str, int]
+
+
+def build_training_rows(examples: list[TrainingExample], n_passages: int, seed: int) -> TrainingRows:
+    """One row per (query, positive) with exactly ``n_passages - 1`` negatives.
+
+    Multi-positive queries are unrolled (at most 5 positives) and share their negatives. A row with too few
+    negatives repeats them cyclically; a row with none gets random passages from other queries' positives.
+    """
+    rng = random.Random(seed)
+    n_neg = n_passages - 1
+    pool = sorted({p for ex in examples for p in ex.positives})
+    columns: dict[str, list[str]] = {"anchor": [], "positive": []}
+    columns.update({f"negative_{i + 1}": [] for i in range(n_neg)})
+    stats = {
+        "examples": len(examples),
+        "rows": 0,
+        "rows_short_of_negatives": 0,
+        "rows_with_random_negatives": 0,
+    }
+    for ex in examples:
+        negatives = [n for n in ex.negatives if n not in ex.positives]
+        if n_neg and not negatives:
+            own = set(ex.positives)
+            candidates = [p for p in rng.sample(pool, min(len(pool), n_neg + len(own))) if p not in own]
+            negatives = candidates[:n_neg]
+            stats["rows_with_random_negatives"] += 1
+            if not negatives:
+                raise ValueError(
+                    f"query '{ex.query[:60]}' has no negatives and no other passage exists to sample"
+                )
+        elif len(negatives) < n_neg:
+            stats["rows_short_of_negatives"] += 1
+        negatives = [negatives[i % len(negatives)] for i in range(n_neg)] if n_neg else []
+        for positive in ex.positives[:MAX_POSITIVES_PER_QUERY]:
+            columns["anchor"].append(ex.query)
+            columns["positive"].append(positive)
+            for i, negative in enumerate(negatives):
+                columns[f"negative_{i + 1}"].append(negative)
+            stats["rows"] += 1
+    if stats["rows_short_of_negatives"]:
+        warnings.warn(
+            f"{stats['rows_short_of_negatives']} of {len(examples)} queries have fewer than {n_neg} negatives; "
+            "their negatives are repeated cyclically",
+            stacklevel=2,
+        )
+    if stats["rows_with_random_negatives"]:
+        warnings.warn(
+            f"{stats['rows_with_random_negatives']} of {len(examples)} queries have no negatives; random passages "
+            "from other queries stand in (mine hard negatives with `embedforge prep` for better results)",
+            stacklevel=2,
+        )
+    return TrainingRows(columns, stats)
+
+
+def split_validation(
+    examples: list[TrainingExample], share: float, seed: int
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """Hold out a share of distinct queries (never the same query text on both sides)."""
+    if share <= 0 or len(examples) < 10:
+        return examples, []
+    queries = sorted({ex.query for ex in examples})
+    random.Random(seed).shuffle(queries)
+    held = set(queries[: max(1, int(len(queries) * share))])
+    return [ex for ex in examples if ex.query not in held], [ex for ex in examples if ex.query in held]
+
+
+def validation_evaluator(
+    val: list[TrainingExample], train: list[TrainingExample], max_corpus: int, seed: int, batch_size: int
+) -> InformationRetrievalEvaluator:
+    """Full-corpus retrieval for held-out queries: every known passage competes, not only the query's group."""
+    corpus: dict[str, str] = {}
+    relevant: dict[str, set[str]] = {}
+    queries: dict[str, str] = {}
+    for i, ex in enumerate(val):
+        qid = f"q{i}"
+        queries[qid] = ex.query
+        relevant[qid] = {passage_id(p) for p in ex.positives}
+        corpus.update({passage_id(p): p for p in ex.positives})
+    others = sorted({p for ex in val + train for p in ex.positives + ex.negatives} - set(corpus.values()))
+    random.Random(seed).shuffle(others)
+    corpus.update({passage_id(p): p for p in others[: max(0, max_corpus - len(corpus))]})
+    return InformationRetrievalEvaluator(
+        queries=queries,
+        corpus=corpus,
+        relevant_docs=relevant,
+        name="val",
+        ndcg_at_k=[10],
+        mrr_at_k=[10],
+        accuracy_at_k=[1, 10],
+        precision_recall_at_k=[10],
+        map_at_k=[10],
+        query_prompt_name=QUERY,
+        corpus_prompt_name=PASSAGE,
+        batch_size=batch_size,
+        write_csv=False,
+    )
+
+
+def make_loss(model, config: FinetuneConfig, micro_batch: int):
+    scale = 1.0 / config.temperature
+    if config.cached_loss:
+        loss = CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=micro_batch)
+    elif config.in_batch_negatives:
+        loss = MultipleNegativesRankingLoss(model, scale=scale)
+    else:
+        loss = GroupContrastiveLoss(model, scale=scale)
+    if config.matryoshka_dims:
+        dims = sorted(set(config.matryoshka_dims) | {model.get_embedding_dimension()}, reverse=True)
+        loss = MatryoshkaLoss(model, loss, matryoshka_dims=dims)
+    return loss
+
+
+def plan_batches(config: FinetuneConfig, n_rows: int) -> dict[str, int]:
+    """Global/micro batch, accumulation and step counts, applying the small-data rule."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    global_batch = config.global_batch_size
+    if n_rows < SMALL_DATA_EXAMPLES and global_batch == DEFAULT_GLOBAL_BATCH:
+        global_batch = max(16, min(64, n_rows // 8))
+    global_batch = max(world, min(global_batch, n_rows))
+    per_process = global_batch // world
+    if config.cached_loss:
+        micro, accumulation = per_process, 1
+        mini = config.micro_batch_size or min(32, per_process)
+    else:
+        micro = min(config.micro_batch_size or per_process, per_process)
+        if per_process % micro:
+            raise ValueError(
+                f"global_batch_size {global_batch} is not a multiple of micro_batch_size {micro} x {world}"
+            )
+        accumulation = per_process // micro
+        mini = micro
+    steps_per_epoch = max(1, n_rows // global_batch)
+    total = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.epochs)
+    return {
+        "world_size": world,
+        "global_batch_size": global_batch,
+        "micro_batch_size": micro,
+        "cache_mini_batch_size": mini,
+        "gradient_accumulation_steps": accumulation,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
+        "eval_steps": config.eval_steps or max(1, total // 3),
+    }
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every trainer log record (loss, lr, validation metrics) to train_log.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def _add_lora(encoder: BiEncoder, config: FinetuneConfig) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    backbone = encoder.model[0]
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+    )
+    backbone.model = get_peft_model(backbone.model, lora)
+
+
+def _merge_lora(encoder: BiEncoder) -> None:
+    backbone = encoder.model[0]
+    backbone.model = backbone.model.merge_and_unload()
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    """Train, keep the best validation checkpoint, merge LoRA, and save to ``output_dir/model``.
+
+    Returns a summary dict (also written to ``output_dir/train_summary.json``).
+    """
+    started = time.time()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = out / "checkpoints"
+    if not config.resume and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    log_path = out / "train_log.jsonl"
+    if not config.resume:
+        log_path.unlink(missing_ok=True)
+    if config.n_passages < 1:
+        raise ValueError("n_passages must be at least 1")
+    if config.n_passages == 1 and not (config.in_batch_negatives or config.cached_loss):
+        raise ValueError("n_passages=1 has no negatives: enable in_batch_negatives or give negatives")
+
+    examples = read_training_data(config.train_data)
+    if config.val_data:
+        train_examples, val_examples = examples, read_training_data(config.val_data)
+    else:
+        train_examples, val_examples = split_validation(examples, config.validation_split, config.seed)
+
+    encoder = BiEncoder.load(
+        config.base_model,
+        pooling=config.pooling,
+        query_prompt=config.query_prompt,
+        passage_prompt=config.passage_prompt,
+        max_seq_length=config.max_seq_length,
+    )
+    model = encoder.model
+    if config.finetuning_type == "lora_merged":
+        _add_lora(encoder, config)
+
+    rows = build_training_rows(train_examples, config.n_passages, config.seed)
+    plan = plan_batches(config, rows.stats["rows"])
+    if plan["total_steps"] < 50:
+        warnings.warn(f"only {plan['total_steps']} training steps: results may be noisy", stacklevel=2)
+    train_dataset = Dataset.from_dict(rows.columns)
+
+    evaluator = None
+    if val_examples:
+        evaluator = validation_evaluator(
+            val_examples, train_examples, config.max_val_corpus, config.seed, plan["micro_batch_size"]
+        )
+    metric = f"eval_val_cosine_{VAL_METRIC}"
+    prompts = {"anchor": encoder.prompts["query"]}
+    prompts.update({col: encoder.prompts["passage"] for col in rows.columns if col != "anchor"})
+    prompts = {k: v for k, v in prompts.items() if v}
+
+    use_in_batch = config.in_batch_negatives or config.cached_loss
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=plan["micro_batch_size"],
+        per_device_eval_batch_size=plan["micro_batch_size"],
+        gradient_accumulation_steps=plan["gradient_accumulation_steps"],
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        dataloader_num_workers=config.dataloader_workers,
+        batch_sampler=BatchSamplers.NO_DUPLICATES if use_in_batch else BatchSamplers.BATCH_SAMPLER,
+        prompts=prompts or None,
+        eval_strategy="steps" if evaluator else "no",
+        eval_steps=plan["eval_steps"],
+        save_strategy="steps",
+        save_steps=plan["eval_steps"],
+        save_total_limit=2,
+        load_best_model_at_end=evaluator is not None,
+        metric_for_best_model=metric if evaluator else None,
+        greater_is_better=True,
+        logging_steps=config.log_every,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
+    )
+    callbacks = [JsonlLogCallback(log_path)]
+    if evaluator and config.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        loss=make_loss(model, config, plan["cache_mini_batch_size"]),
+        evaluator=evaluator,
+        callbacks=callbacks,
+    )
+    resume_from = _last_checkpoint(checkpoints) if config.resume else None
+    if config.resume and resume_from is None:
+        logger.warning("resume requested but no checkpoint in %s: starting from scratch", checkpoints)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+
+    if config.finetuning_type == "lora_merged":
+        _merge_lora(encoder)
+    summary = {
+        "config": config_dict(config),
+        "config_hash": config_hash(config),
+        "plan": plan,
+        "data": {**rows.stats, "train_queries": len(train_examples), "val_queries": len(val_examples)},
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "best_metric": trainer.state.best_metric,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "seconds": round(time.time() - started, 1),
+    }
+    if trainer.is_world_process_zero():
+        _save_model(encoder, out / "model", summary)
+        _write_json(out / "train_summary.json", summary)
+    return summary
+
+
+def _save_model(encoder: BiEncoder, target: Path, summary: dict) -> None:
+    """Write the model into a temp sibling folder, then swap it in: no half-written model is ever left."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    encoder.save(tmp, extra_config={"training": summary})
+    _write_model_card(tmp, encoder, summary)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+
+
+def _write_model_card(folder: Path, encoder: BiEncoder, summary: dict) -> None:
+    """Prepend a short embedforge summary to sentence-transformers' own card."""
+    cfg = summary["config"]
+    lines = [
+        "# embedforge fine-tuned embedding model",
+        "",
+        f"- base model: `{cfg['base_model']}`; fine-tuning: {cfg['finetuning_type']}",
+        f"- pooling: {encoder.pooling}; L2-normalised; max length {encoder.max_seq_length}",
+        f"- prompts: query `{encoder.prompts['query']!r}`, passage `{encoder.prompts['passage']!r}` (saved as "
+        "sentence-transformers prompts `query` / `document`)",
+        f"- loss: {'in-batch + hard negatives' if cfg['in_batch_negatives'] or cfg['cached_loss'] else 'group'}"
+        f" contrastive, temperature {cfg['temperature']}, {cfg['n_passages']} passages per query",
+        f"- data: {summary['data']['rows']} training rows from {summary['data']['train_queries']} queries; "
+        f"{summary['data']['val_queries']} validation queries",
+        f"- steps: {summary['steps']}; best validation nDCG@10: {summary['best_metric']}",
+        f"- config hash: {summary['config_hash']} (full config in embedforge.json)",
+        "",
+        "Load with `SentenceTransformer(path)` and use `encode_query` / `encode_document`.",
+        "",
+    ]
+    card = folder / "README.md"
+    rest = card.read_text() if card.exists() else ""
+    card.write_text("\n".join(lines) + "\n" + rest)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
