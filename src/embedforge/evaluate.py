@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import pytrec_eval
 
+from embedforge.formats import passage_text  # the one join of title and text, re-exported for callers
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_KS = (1, 5, 10, 100)
@@ -51,24 +53,6 @@ RESULTS_FILE, REPORT_FILE, CHART_FILE = "eval_results.json", "eval_report.md", "
 
 
 # --------------------------------------------------------------------------------------------- texts
-
-
-def passage_text(doc: Mapping[str, Any] | str) -> str:
-    """The text a model embeds for a BEIR corpus entry: ``"title text"``, or just the text without a title.
-
-    The join BEIR's and MTEB's dense-retrieval evaluation use (title, one space, text, stripped), so scores
-    compare with published ones; ``formats.beir_to_training`` joins training passages the same way. The one
-    place eval decides this, so base, tuned and served models all embed identical strings.
-
-    Example:
-        >>> passage_text({"title": "Vacuum", "text": "VACUUM reclaims storage."})
-        'Vacuum VACUUM reclaims storage.'
-    """
-    if isinstance(doc, str):
-        return doc
-    title = (doc.get("title") or "").strip()
-    text = (doc.get("text") or "").strip()
-    return f"{title} {text}".strip()
 
 
 # ------------------------------------------------------------------------------------------ retrieval

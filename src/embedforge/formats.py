@@ -554,13 +554,20 @@ def beir_to_training(dataset: BeirDataset) -> list[TrainingExample]:
         neg_ids = [d for d, s in ranked if s <= 0]
         if not pos_ids:
             continue
-        positives, negatives = ([_beir_passage(dataset.corpus[d]) for d in ids] for ids in (pos_ids, neg_ids))
+        positives, negatives = ([passage_text(dataset.corpus[d]) for d in ids] for ids in (pos_ids, neg_ids))
         examples.append(TrainingExample(dataset.queries[qid], positives, negatives, qid, pos_ids, neg_ids))
     return examples
 
 
-def _beir_passage(doc: dict) -> str:
-    return f"{(doc.get('title') or '').strip()} {doc['text'].strip()}".strip()
+def passage_text(doc: dict | str) -> str:
+    """The text a model embeds for a BEIR corpus entry: "title text", or just the text without a title.
+
+    BEIR's and MTEB's dense-retrieval join (title, one space, text), so scores compare with published ones.
+    The one place this is decided: training, eval and serving all embed identical strings.
+    """
+    if isinstance(doc, str):
+        return doc
+    return f"{(doc.get('title') or '').strip()} {(doc.get('text') or '').strip()}".strip()
 
 
 # -------------------------------------------------------------------------------------------- triplets
