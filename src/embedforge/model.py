@@ -36,6 +36,12 @@ QUERY, PASSAGE = (
 )  # sentence-transformers' prompt names, used by encode_query/encode_document
 
 
+def _pooling_mode(name: str) -> str:
+    if name not in POOLING_MODES:
+        raise ValueError(f"pooling must be one of {sorted(POOLING_MODES)}, got '{name}'")
+    return POOLING_MODES[name]
+
+
 class BiEncoder:
     """A shared-backbone embedding model with its prompts, pooling and normalisation baked in.
 
@@ -69,13 +75,14 @@ class BiEncoder:
         A sentence-transformers folder keeps its modules; a plain Hugging Face folder gets
         Transformer -> Pooling(pooling or avg) -> Normalize.
         """
+        mode = _pooling_mode(pooling or "avg")
         path = resolve_model(name_or_path)
         if (Path(path) / "modules.json").is_file():
             model = SentenceTransformer(path, device=device, local_files_only=True)
         else:
             backbone = Transformer(path, max_seq_length=max_seq_length)
             dim = backbone.get_embedding_dimension()
-            pool = Pooling(dim, pooling_mode=POOLING_MODES[pooling or "avg"])
+            pool = Pooling(dim, pooling_mode=mode)
             model = SentenceTransformer(modules=[backbone, pool, Normalize()], device=device)
         encoder = cls(model, name=name or str(name_or_path))
         encoder.configure(
@@ -96,9 +103,7 @@ class BiEncoder:
     ) -> None:
         """Apply settings that are saved with the model; None leaves a setting as it is."""
         if pooling is not None:
-            if pooling not in POOLING_MODES:
-                raise ValueError(f"pooling must be one of {sorted(POOLING_MODES)}, got '{pooling}'")
-            self._pooling_module().pooling_mode = POOLING_MODES[pooling]
+            self._pooling_module().pooling_mode = _pooling_mode(pooling)
         if not isinstance(self.model[-1], Normalize):
             self.model.append(Normalize())
         prompts = dict(self.model.prompts or {})

