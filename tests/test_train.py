@@ -1,0 +1,178 @@
+"""finetune: training rows, batch planning, a real MiniLM fine-tune that helps, LoRA merge, resume."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from domain_fixture import make_domain_fixture
+from sentence_transformers import SentenceTransformer
+
+from embedforge.config import FinetuneConfig
+from embedforge.evaluate import compare_models
+from embedforge.formats import TrainingExample
+from embedforge.model import BiEncoder
+from embedforge.train import GroupContrastiveLoss, build_training_rows, finetune, plan_batches
+
+PROBE = ["replace the intake filter on the Ridge pump", "The coolant loop was drained at the north site."]
+
+
+def test_rows_unroll_positives_and_repeat_short_negatives_with_one_warning():
+    examples = [
+        TrainingExample("q1", ["p1", "p2"], ["n1", "n2", "n3", "n4"]),
+        TrainingExample("q2", ["p3"], ["n5"]),
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = build_training_rows(examples, n_passages=5, seed=0)
+    assert len([w for w in caught if "cyclically" in str(w.message)]) == 1
+    assert rows.columns["anchor"] == ["q1", "q1", "q2"]
+    assert rows.columns["positive"] == ["p1", "p2", "p3"]
+    assert [rows.columns[f"negative_{i}"][2] for i in range(1, 5)] == ["n5"] * 4
+    assert [rows.columns[f"negative_{i}"][0] for i in range(1, 5)] == ["n1", "n2", "n3", "n4"]
+    assert rows.stats["rows_short_of_negatives"] == 1
+
+
+def test_rows_without_negatives_get_random_passages_never_their_own_positive():
+    examples = [TrainingExample(f"q{i}", [f"p{i}"]) for i in range(10)]
+    with pytest.warns(UserWarning, match="no negatives"):
+        rows = build_training_rows(examples, n_passages=3, seed=0)
+    for i, anchor in enumerate(rows.columns["anchor"]):
+        negs = {rows.columns["negative_1"][i], rows.columns["negative_2"][i]}
+        assert rows.columns["positive"][i] not in negs and negs <= {f"p{j}" for j in range(10)}
+
+
+def test_small_data_rule_and_micro_batches():
+    small = plan_batches(FinetuneConfig(epochs=3), n_rows=400)
+    assert small["global_batch_size"] == 50  # max(16, min(64, 400 // 8))
+    assert small["eval_steps"] == small["total_steps"] // 3 == 8
+    tiny = plan_batches(FinetuneConfig(), n_rows=40)
+    assert tiny["global_batch_size"] == 16
+    explicit = plan_batches(FinetuneConfig(global_batch_size=32, micro_batch_size=8), n_rows=400)
+    assert (
+        explicit["global_batch_size"],
+        explicit["micro_batch_size"],
+        explicit["gradient_accumulation_steps"],
+    ) == (32, 8, 4)
+    with pytest.raises(ValueError, match="multiple"):
+        plan_batches(FinetuneConfig(global_batch_size=30, micro_batch_size=8), n_rows=400)
+
+
+def test_group_loss_is_cross_entropy_over_own_group_only(minilm):
+    import torch
+
+    loss = GroupContrastiveLoss(minilm.model, scale=50.0)
+    q = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    docs = [torch.nn.functional.normalize(torch.randn(4, 8), dim=-1) for _ in range(3)]
+    expected = torch.nn.functional.cross_entropy(
+        torch.stack([torch.stack([q[b] @ d[b] for d in docs]) for b in range(4)]) * 50.0,
+        torch.zeros(4, dtype=torch.long),
+    )
+    torch.testing.assert_close(loss.compute_loss_from_embeddings([q, *docs], None), expected)
+
+
+@pytest.fixture(scope="module")
+def domain(tmp_path_factory):
+    return make_domain_fixture(tmp_path_factory.mktemp("domain"))
+
+
+@pytest.fixture(scope="module")
+def tuned(domain, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tuned")
+    config = FinetuneConfig(
+        train_data=str(domain["train"]),
+        val_data=str(domain["val"]),
+        output_dir=str(out),
+        max_seq_length=64,
+        epochs=1,
+        learning_rate=1e-4,
+        global_batch_size=32,
+        n_passages=4,
+        in_batch_negatives=True,
+        log_every=1,
+    )
+    summary = finetune(config)
+    return out, summary
+
+
+@pytest.mark.slow
+def test_finetune_beats_the_base_model_on_held_out_documents(domain, tuned, tmp_path):
+    out, summary = tuned
+    results = compare_models(
+        ["minilm", str(out / "model")], domain["test_beir"], tmp_path / "eval", progress=False
+    )
+    base, after = (m["metrics"]["ndcg@10"] for m in results["models"])
+    assert after > base + 0.03, (base, after)
+    assert summary["best_metric"] is not None and 0 < summary["best_metric"] <= 1
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in log) and any("eval_val_cosine_ndcg@10" in r for r in log)
+
+
+@pytest.mark.slow
+def test_saved_model_records_its_config_and_reloads_identically(tuned):
+    out, _ = tuned
+    folder = out / "model"
+    info = json.loads((folder / "embedforge.json").read_text())
+    assert info["training"]["config"]["learning_rate"] == 1e-4 and info["training"]["config_hash"]
+    assert "embedforge fine-tuned" in (folder / "README.md").read_text()
+    ours = BiEncoder.load(folder)
+    plain = SentenceTransformer(str(folder), device="cpu")
+    np.testing.assert_allclose(plain.encode_query(PROBE), ours.encode_queries(PROBE), atol=1e-6)
+    np.testing.assert_allclose(plain.encode_document(PROBE), ours.encode_passages(PROBE), atol=1e-6)
+    assert not np.allclose(
+        BiEncoder.load("minilm").encode_queries(PROBE), ours.encode_queries(PROBE), atol=1e-3
+    )
+
+
+@pytest.mark.slow
+def test_lora_merged_output_is_a_plain_model_with_identical_vectors(domain, tmp_path):
+    config = FinetuneConfig(
+        train_data=str(domain["train"]),
+        output_dir=str(tmp_path),
+        finetuning_type="lora_merged",
+        max_steps=3,
+        max_seq_length=48,
+        global_batch_size=16,
+        n_passages=2,
+        learning_rate=1e-3,
+        validation_split=0.0,
+    )
+    finetune(config)
+    folder = tmp_path / "model"
+    names = {p.name for p in folder.rglob("*")}
+    assert not any("adapter" in n for n in names), names
+    state = SentenceTransformer(str(folder), device="cpu")[0].auto_model.state_dict()
+    assert not any("lora" in k for k in state)
+    base = BiEncoder.load("minilm").encode_queries(PROBE)
+    reloaded = BiEncoder.load(folder).encode_queries(PROBE)
+    assert not np.allclose(base, reloaded, atol=1e-4)  # the adapters changed the weights before merging
+    np.testing.assert_allclose(
+        SentenceTransformer(str(folder), device="cpu").encode_query(PROBE), reloaded, atol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(domain, tmp_path):
+    common = dict(
+        train_data=str(domain["train"]),
+        max_seq_length=48,
+        global_batch_size=16,
+        n_passages=2,
+        learning_rate=5e-5,
+        lr_scheduler="constant_with_warmup",
+        warmup_steps=0,
+        validation_split=0.0,
+        eval_steps=2,
+        log_every=1,
+    )
+    straight = finetune(FinetuneConfig(output_dir=str(tmp_path / "straight"), max_steps=4, **common))
+    finetune(FinetuneConfig(output_dir=str(tmp_path / "split"), max_steps=2, **common))
+    assert (tmp_path / "split" / "checkpoints" / "checkpoint-2").is_dir()
+    resumed = finetune(FinetuneConfig(output_dir=str(tmp_path / "split"), max_steps=4, resume=True, **common))
+    assert straight["steps"] == resumed["steps"] == 4
+    log = [json.loads(line) for line in (tmp_path / "split" / "train_log.jsonl").read_text().splitlines()]
+    loss_steps = [r["step"] for r in log if "loss" in r]
+    assert loss_steps == [1, 2, 3, 4]  # the second run logged only steps 3 and 4
+    a = BiEncoder.load(tmp_path / "straight" / "model").encode_queries(PROBE)
+    b = BiEncoder.load(tmp_path / "split" / "model").encode_queries(PROBE)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # same weights as never having stopped
