@@ -5,9 +5,9 @@ import warnings
 
 import numpy as np
 import pytest
-from domain_fixture import make_domain_fixture
 from sentence_transformers import SentenceTransformer
 
+from domain_fixture import make_domain_fixture
 from embedforge.config import FinetuneConfig
 from embedforge.evaluate import compare_models
 from embedforge.formats import TrainingExample
@@ -37,7 +37,7 @@ def test_rows_without_negatives_get_random_passages_never_their_own_positive():
     examples = [TrainingExample(f"q{i}", [f"p{i}"]) for i in range(10)]
     with pytest.warns(UserWarning, match="no negatives"):
         rows = build_training_rows(examples, n_passages=3, seed=0)
-    for i, anchor in enumerate(rows.columns["anchor"]):
+    for i in range(len(rows.columns["anchor"])):
         negs = {rows.columns["negative_1"][i], rows.columns["negative_2"][i]}
         assert rows.columns["positive"][i] not in negs and negs <= {f"p{j}" for j in range(10)}
 
@@ -101,7 +101,7 @@ def test_finetune_beats_the_base_model_on_held_out_documents(domain, tuned, tmp_
     results = compare_models(
         ["minilm", str(out / "model")], domain["test_beir"], tmp_path / "eval", progress=False
     )
-    base, after = (m["metrics"]["ndcg@10"] for m in results["models"])
+    base, after = (m["metrics"]["ndcg@10"] for m in results["models"].values())
     assert after > base + 0.03, (base, after)
     assert summary["best_metric"] is not None and 0 < summary["best_metric"] <= 1
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

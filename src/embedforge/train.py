@@ -362,6 +362,7 @@ def finetune(config: FinetuneConfig) -> dict:
         "plan": plan,
         "data": {**rows.stats, "train_queries": len(train_examples), "val_queries": len(val_examples)},
         "train_loss": result.training_loss,
+        "train_runtime": result.metrics.get("train_runtime"),
         "steps": trainer.state.global_step,
         "best_metric": trainer.state.best_metric,
         "best_checkpoint": trainer.state.best_model_checkpoint,

@@ -1,0 +1,390 @@
+"""Tests for embedforge.corpus (reading, HTML cleaning, sentence splitting, chunking) and the demo dataset builder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import pytest
+
+from embedforge.corpus import (
+    Document,
+    chunk_document,
+    estimate_tokens,
+    html_to_text,
+    load_corpus,
+    passage_id,
+    read_documents,
+    split_sentences,
+)
+from embedforge.demo_data import build_demo_dataset, clean_heading
+
+# ------------------------------------------------------------------------------------------------ sentences
+
+
+def test_split_sentences_basic_and_punctuation():
+    assert split_sentences("One here. Two there! Three? Four.") == [
+        "One here.",
+        "Two there!",
+        "Three?",
+        "Four.",
+    ]
+
+
+def test_split_sentences_keeps_abbreviations_together():
+    text = "Use a tool, e.g. a wrench. Dr. Smith agreed, i.e. fully. See Fig. 3 for details. Next one."
+    assert split_sentences(text) == [
+        "Use a tool, e.g. a wrench.",
+        "Dr. Smith agreed, i.e. fully.",
+        "See Fig. 3 for details.",
+        "Next one.",
+    ]
+
+
+def test_split_sentences_never_splits_decimals_or_versions():
+    text = "Pi is about 3.14 here. Upgrade to v2.0.1 or 15.4 first. Done."
+    assert split_sentences(text) == ["Pi is about 3.14 here.", "Upgrade to v2.0.1 or 15.4 first.", "Done."]
+
+
+def test_split_sentences_initials_and_lowercase_continuation():
+    assert split_sentences("Written by J. R. Tolkien. The end is near. it continues here.") == [
+        "Written by J. R. Tolkien.",
+        "The end is near. it continues here.",
+    ]
+
+
+def test_split_sentences_unicode_and_cjk():
+    text = "Café au lait coûte 3,50 €. Ça va? Größe ändern… Fertig.\n\n東京は大きい。大阪も大きい！"
+    assert split_sentences(text) == [
+        "Café au lait coûte 3,50 €.",
+        "Ça va?",
+        "Größe ändern…",
+        "Fertig.",
+        "東京は大きい。",
+        "大阪も大きい！",
+    ]
+
+
+def test_split_sentences_blank_lines_end_sentences_and_whitespace_is_normalised():
+    assert split_sentences("A heading\n\nfirst  line\ncontinues here.\n\n\n") == [
+        "A heading",
+        "first line continues here.",
+    ]
+    assert split_sentences("") == []
+    assert split_sentences("  \n\n ") == []
+
+
+# ------------------------------------------------------------------------------------------------ chunking
+
+
+def _doc(text: str, headings: tuple[str, ...] = (), doc_id: str = "d.txt") -> Document:
+    return Document(doc_id, f"/x/{doc_id}", "T", text, headings)
+
+
+def _sentences(n: int, words: int = 9) -> str:
+    return " ".join(
+        f"Sentence {i} " + " ".join(f"w{i}x{j}" for j in range(words - 2)) + "." for i in range(n)
+    )
+
+
+def test_chunks_have_five_sentences_by_default():
+    passages = chunk_document(_doc(_sentences(12)))
+    assert [len(split_sentences(p.text)) for p in passages] == [5, 5, 2]
+    assert all(p.doc_id == "d.txt" and p.title == "T" for p in passages)
+
+
+def test_chunk_ids_are_sha1_of_text_and_stable():
+    doc = _doc(_sentences(7))
+    first, again = chunk_document(doc), chunk_document(doc)
+    assert [p.passage_id for p in first] == [p.passage_id for p in again]
+    for p in first:
+        assert p.passage_id == hashlib.sha1(p.text.encode()).hexdigest()[:16] == passage_id(p.text)
+        assert len(p.passage_id) == 16
+
+
+def test_token_cap_is_respected_with_a_custom_counter():
+    calls = []
+
+    def count_chars(text: str) -> int:  # a deliberately different unit: characters
+        calls.append(text)
+        return len(text)
+
+    passages = chunk_document(_doc(_sentences(20)), max_tokens=150, min_words=1, count_tokens=count_chars)
+    assert calls, "the custom counter must be used"
+    assert passages and all(len(p.text) <= 150 for p in passages)
+    # nothing is lost: every word of the input is in some passage
+    assert " ".join(p.text for p in passages).split() == _sentences(20).split()
+
+
+def test_one_huge_sentence_is_split_by_words_under_the_cap():
+    sentence = " ".join(f"word{i}" for i in range(1000)) + "."
+    passages = chunk_document(_doc(sentence), max_tokens=64)
+    assert len(passages) > 1
+    assert all(estimate_tokens(p.text) <= 64 for p in passages)
+    assert " ".join(p.text for p in passages).split() == sentence.split()
+
+
+def test_one_huge_word_is_split_by_characters():
+    word = "".join(chr(ord("a") + i % 26) for i in range(500))  # no two 50-char pieces are equal
+    passages = chunk_document(_doc(word), max_tokens=50, min_words=1, count_tokens=len)
+    assert "".join(p.text for p in passages) == word
+    assert all(len(p.text) <= 50 for p in passages)
+
+
+def test_near_empty_chunks_are_merged_or_dropped():
+    # A section of 3 short words alone is dropped; a short tail is merged into the previous passage.
+    doc = _doc("Tiny bit here.\n\nNext\n\n" + _sentences(6), headings=("Next",))
+    passages = chunk_document(doc, min_words=10)  # each sentence has 9 words
+    assert len(passages) == 1
+    assert "Tiny" not in passages[0].text
+    assert passages[0].text.startswith("Next Sentence 0") and passages[0].text.endswith(_sentences(6)[-40:])
+    assert len(split_sentences(passages[0].text)) == 6  # 5 + the merged one-sentence tail
+    assert chunk_document(doc, min_words=10, max_tokens=70) != passages  # no room to merge: tail dropped
+    assert all(len(p.text.split()) >= 10 for p in chunk_document(doc, min_words=10, max_tokens=70))
+
+
+def test_chunks_never_cross_headings_and_record_the_section():
+    second = _sentences(2, words=10)
+    doc = _doc(f"Intro\n\n{_sentences(2)}\n\nSecond part\n\n{second}", headings=("Intro", "Second part"))
+    with_heads = chunk_document(doc)
+    assert [p.section for p in with_heads] == ["Intro", "Second part"]
+    assert with_heads[0].text.startswith("Intro Sentence 0")
+    without = chunk_document(doc, include_headings=False)
+    assert without[1].text == second and without[1].section == "Second part"
+
+
+def test_duplicate_passages_are_kept_once():
+    same = _sentences(3)
+    doc = _doc(f"A\n\n{same}\n\nB\n\n{same}", headings=("A", "B"))
+    assert len(chunk_document(doc, include_headings=False)) == 1
+
+
+def test_invalid_arguments_raise():
+    with pytest.raises(ValueError):
+        chunk_document(_doc("x"), sentences_per_chunk=0)
+
+
+# ------------------------------------------------------------------------------------------------ HTML
+
+PAGE = """<!DOCTYPE html><html><head><title>9.4. String Functions</title>
+<style>body { color: red }</style><script>var tracking = "SECRET_SCRIPT";</script></head>
+<body>
+<div class="navheader"><a href="prev.html">Prev</a> NAVIGATION_TEXT</div>
+<nav><ul><li>Home</li><li>MENU_TEXT</li></ul></nav>
+<div class="toc"><dl><dt>TOC_ENTRY</dt></dl></div>
+<h2 class="title">9.4. String Functions</h2>
+<p>This section describes functions for strings.
+   They are   useful&nbsp;&amp; fast.</p>
+<div class="note"><h3 class="title">Note</h3><p>Concatenation accepts non-string input.</p></div>
+<h3>9.4.1. format</h3>
+<p>The function <code>format</code> produces output.<br>It is like sprintf.</p>
+<table><tr><td>lower</td><td>converts to lower case</td></tr></table>
+<pre>SELECT 1;
+SELECT 2;</pre>
+<footer>COPYRIGHT_FOOTER</footer>
+<div role="navigation">ROLE_NAV</div>
+<div class="navfooter"><hr><a href="next.html">Next</a></div>
+</body></html>"""
+
+
+def test_html_to_text_drops_boilerplate_and_keeps_headings_as_lines():
+    page = html_to_text(PAGE)
+    assert page.title == "9.4. String Functions"
+    for junk in (
+        "SECRET_SCRIPT",
+        "color: red",
+        "NAVIGATION_TEXT",
+        "MENU_TEXT",
+        "TOC_ENTRY",
+        "COPYRIGHT_FOOTER",
+        "ROLE_NAV",
+        "Prev",
+        "Next",
+    ):
+        assert junk not in page.text
+    lines = page.text.split("\n\n")
+    assert "9.4. String Functions" in lines and "9.4.1. format" in lines
+    assert page.headings == ("9.4. String Functions", "9.4.1. format")  # "Note" label is not a section
+    assert "This section describes functions for strings. They are useful & fast." in lines
+    assert "lower | converts to lower case" in lines
+    assert "SELECT 1;\nSELECT 2;" in lines
+
+
+def test_html_void_tags_inside_skipped_blocks_do_not_break_skipping():
+    page = html_to_text("<div class='nav'><img src=x><br>NAV<div>inner</div></div><p>Body text stays.</p>")
+    assert page.text == "Body text stays."
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "page.html").write_text(PAGE, encoding="utf-8")
+    (tmp_path / "guide.md").write_text(
+        "---\ntitle: x\n---\n# Install Guide\n\nRun the [installer](http://x) now. It is `fast`.\n\n"
+        "```bash\n# not a heading\nmake install\n```\n\nSetup\n-----\n\nThen configure it please.\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "notes.rst").write_text(
+        "=====\nNotes\n=====\n\n.. note::\n\n   Read :ref:`the docs <docs>` first.\n\nUsage\n-----\n\nCall it.\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "plain.txt").write_text("Ünïcödé text — naïve café. 東京。", encoding="utf-8")
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    (tmp_path / "blob.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\x00")  # unsupported suffix: ignored, not reported
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "secret.txt").write_text("hidden", encoding="utf-8")
+    return tmp_path
+
+
+def test_read_documents_reads_formats_and_reports_skips(folder, caplog):
+    with caplog.at_level(logging.WARNING, logger="embedforge.corpus"):
+        docs, skipped = read_documents(folder)
+    by_id = {d.doc_id: d for d in docs}
+    assert sorted(by_id) == ["guide.md", "notes.rst", "plain.txt", "sub/page.html"]
+    reasons = dict(skipped)
+    assert set(reasons) == {"blob.txt", "empty.txt", "latin1.txt"}
+    assert "binary" in reasons["blob.txt"]
+    assert "UTF-8" in reasons["latin1.txt"]
+    assert "empty" in reasons["empty.txt"]
+    assert sum("skipping" in r.message for r in caplog.records) == 3
+
+    md = by_id["guide.md"]
+    assert md.title == "Install Guide" and md.headings == ("Install Guide", "Setup")
+    assert "Run the installer now. It is fast." in md.text and "# not a heading" in md.text
+    assert "title: x" not in md.text and "http" not in md.text and "-----" not in md.text
+    rst = by_id["notes.rst"]
+    assert rst.headings == ("Notes", "Usage") and "Read the docs first." in rst.text
+    assert ".." not in rst.text and "=====" not in rst.text
+    assert by_id["plain.txt"].title == "plain" and "naïve café" in by_id["plain.txt"].text
+    assert by_id["sub/page.html"].title == "9.4. String Functions"
+
+
+def test_read_documents_missing_folder_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_documents(tmp_path / "nope")
+
+
+def test_load_corpus_dedups_across_documents_keeping_the_first(tmp_path):
+    body = _sentences(4)
+    (tmp_path / "a.txt").write_text(body, encoding="utf-8")
+    (tmp_path / "b.txt").write_text(body, encoding="utf-8")
+    (tmp_path / "c.txt").write_text(_sentences(3, words=10), encoding="utf-8")
+    result = load_corpus(tmp_path, sentences_per_chunk=5)
+    assert [d.doc_id for d in result.documents] == ["a.txt", "b.txt", "c.txt"]
+    assert [p.doc_id for p in result.passages] == ["a.txt", "c.txt"]
+    assert len({p.passage_id for p in result.passages}) == len(result.passages)
+    assert result.skipped == []
+
+
+# ------------------------------------------------------------------------------------------------ demo data
+
+
+def test_clean_heading_strips_numbers():
+    assert clean_heading("9.4.1. format") == "format"
+    assert clean_heading("Chapter 9. Functions and Operators") == "Functions and Operators"
+    assert clean_heading("F.1. adminpack — pgAdmin support") == "adminpack — pgAdmin support"
+    assert clean_heading("Appendix A. PostgreSQL Error Codes") == "PostgreSQL Error Codes"
+    assert clean_heading("CREATE TABLE") == "CREATE TABLE"
+    assert clean_heading("E.1. Release 15.18") == "Release 15.18"
+
+
+TOPICS = [
+    "Vacuuming",
+    "Indexes",
+    "Replication",
+    "Locks",
+    "Backups",
+    "Logging",
+    "Tablespaces",
+    "Roles",
+    "Triggers",
+    "Views",
+]
+
+
+def _page(i: int) -> str:
+    topic = TOPICS[i]
+
+    def sents(tag: str, n: int) -> str:
+        return " ".join(
+            f"The {topic.lower()} {tag} fact number {k} is described in some detail here." for k in range(n)
+        )
+
+    return (
+        f"<html><head><title>{i + 1}.1. {topic}</title></head><body>"
+        f"<div class='navheader'>Prev Next Home</div>"
+        f"<h2>{i + 1}.1. {topic}</h2><p>{sents('overview', 3)}</p>"
+        f"<h3>{i + 1}.1.1. {topic} Internals</h3><p>{sents('internal', 7)}</p>"
+        f"<h3>{i + 1}.1.2. Examples</h3><p>{sents('example', 2)}</p>"
+        "</body></html>"
+    )
+
+
+def test_build_demo_dataset_splits_by_document_and_writes_valid_files(tmp_path):
+    html = tmp_path / "html"
+    html.mkdir()
+    for i in range(10):
+        (html / f"page{i}.html").write_text(_page(i), encoding="utf-8")
+    out = tmp_path / "out"
+    counts = build_demo_dataset(html, out, seed=42, test_fraction=0.2)
+    assert counts["documents"] == 10 and counts["train_documents"] == 8 and counts["test_documents"] == 2
+
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert len(train) == counts["train_pairs"] == 8 * 3  # three sections per page
+    assert all(set(r) == {"query", "pos_doc", "neg_doc"} and r["neg_doc"] == [] for r in train)
+    assert all(not r["query"][0].isdigit() for r in train), "section numbers are stripped"
+    assert any(r["query"].endswith(" Examples") and r["query"] != "Examples" for r in train), (
+        "a heading shared by many pages is qualified with its page title"
+    )
+    assert all(r["query"] not in r["pos_doc"] for r in train), "the heading is not inside its passage"
+
+    beir = out / "test_beir"
+    corpus = [json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()]
+    queries = [json.loads(line) for line in (beir / "queries.jsonl").read_text().splitlines()]
+    qrels = (beir / "qrels" / "test.tsv").read_text().splitlines()
+    assert qrels[0] == "query-id\tcorpus-id\tscore"
+    assert all(set(c) == {"_id", "title", "text"} for c in corpus) and all(
+        set(q) == {"_id", "text"} for q in queries
+    )
+    corpus_ids, query_ids = {c["_id"] for c in corpus}, {q["_id"] for q in queries}
+    assert (
+        len(corpus_ids) == len(corpus) == counts["test_corpus"]
+        and len(queries) == counts["test_queries"] == 6
+    )
+    for line in qrels[1:]:
+        qid, cid, score = line.split("\t")
+        assert qid in query_ids and cid in corpus_ids and score == "1"
+
+    # Split by document: nothing of a test page appears in training, and the corpus is all of the test pages.
+    config = json.loads((out / "dataset_config.json").read_text())
+    test_docs = config["test_documents"]
+    assert len(test_docs) == 2 and config["seed"] == 42 and config["counts"] == counts
+    assert all(c["title"] == "" for c in corpus), "no page titles: they would give heading-queries away"
+    assert not {c["text"] for c in corpus} & {r["pos_doc"] for r in train}
+    assert len(corpus) == 2 * 4  # per page: 1 overview + 2 internals (5 + 2 sentences) + 1 examples passage
+
+    # The token counter reaches the chunker: a 300-character cap holds for every passage written.
+    capped = tmp_path / "capped"
+    build_demo_dataset(html, capped, count_tokens=len, max_tokens=300)
+    texts = [
+        json.loads(line)["text"] for line in (capped / "test_beir" / "corpus.jsonl").read_text().splitlines()
+    ]
+    texts += [json.loads(line)["pos_doc"] for line in (capped / "train.jsonl").read_text().splitlines()]
+    assert texts and max(map(len, texts)) <= 300 < max(len(c["text"]) for c in corpus)
+
+    # Deterministic: same seed, same files.
+    out2 = tmp_path / "out2"
+    build_demo_dataset(html, out2, seed=42)
+    for name in (
+        "train.jsonl",
+        "test_beir/corpus.jsonl",
+        "test_beir/queries.jsonl",
+        "test_beir/qrels/test.tsv",
+    ):
+        assert (out / name).read_bytes() == (out2 / name).read_bytes()
