@@ -1,0 +1,411 @@
+"""The prep stage: sdg's question pairs -> a leak-free document split, hard negatives, training and test data.
+
+What it does (REFERENCE §1, prep row):
+
+1. reads the pairs JSONL and the passages JSONL that sdg writes (schemas below), checking every line;
+2. splits **by document**: the documents that have questions are shuffled with ``seed`` and
+   ``test_fraction`` of them (at least one, at most all but one) become test documents. A question belongs
+   to the document(s) of its positive passages (not to its ``doc_id`` field, which is only cross-checked);
+   a question whose positives span a train and a test document is dropped and counted. Documents without
+   questions stay on the train side, where they only serve as negatives;
+3. keeps at most ``max_positives`` positives per training query (first ones, duplicates removed);
+4. mines hard negatives for train queries from **train documents' passages only** (``mining``), so no
+   negative ever comes from a test document (the upstream leak) and none is a positive of its query;
+5. unrolls a query with k positives into k records that share the negatives (ids ``<question_id>#<i>``
+   when k > 1) and writes ``train.json`` (corpus-ID JSON with mining scores and a ``"mining"`` block, its
+   corpus in ``corpus/``) and the same records as inline ``train.jsonl``;
+6. writes ``test_beir/``: every passage of the test documents, the test questions, qrels from all their
+   ``positive_ids``;
+7. writes ``prep_report.json`` and ``prep_report.md``: split counts, score distributions of positives and
+   negatives, candidates skipped by the margin, rows short of negatives, the config and its hash.
+
+The passage string that is embedded and trained on is ``formats.passage_text`` (title + " " + text), the
+string eval embeds for the BEIR corpus, so mining, training and eval see identical passages. Every file
+is written atomically.
+
+Input schemas (one JSON object per line):
+
+* pairs: ``{"question_id": str, "question": str, "positive_ids": [passage id, ...], "doc_id": str,
+  "query_type": ..., "complexity": int, "hops": int, "scores": {...}}``; only the first three are required;
+* passages: ``{"passage_id": str, "doc_id": str, "text": str, "title": str}``; ``title`` may be missing.
+
+What it deliberately does not do: write questions (sdg), hold out a validation split (finetune does),
+train or evaluate.
+
+Example::
+
+    from embedforge.config import PrepConfig
+    from embedforge.prep import run_prep
+    report = run_prep(PrepConfig(pairs="runs/sdg/pairs.jsonl", out="runs/prep"))
+    report["split"]["questions"]  # {"train": ..., "test": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedforge.config import PrepConfig, config_dict, config_hash
+from embedforge.corpus import Passage
+from embedforge.formats import (
+    BeirDataset,
+    DataFormatError,
+    TrainingExample,
+    _ident,
+    _iter_jsonl,
+    _required,
+    _text,
+    atomic_write,
+    passage_text,
+    write_beir,
+    write_corpus_id_json,
+    write_inline_jsonl,
+)
+from embedforge.mining import mine_hard_negatives
+
+logger = logging.getLogger(__name__)
+
+TRAIN_JSON, TRAIN_JSONL, TEST_BEIR = "train.json", "train.jsonl", "test_beir"
+REPORT_JSON, REPORT_MD = "prep_report.json", "prep_report.md"
+SCORE_DIGITS = 6
+
+
+@dataclass
+class Pair:
+    """One sdg question: its id, text, positive passage ids (deduplicated, in order) and metadata."""
+
+    question_id: str
+    question: str
+    positive_ids: list[str]
+    doc_id: str | None = None
+    query_type: str | None = None
+    line: int = 0
+
+
+# ------------------------------------------------------------------------------------------------ input
+
+
+def read_pairs(path) -> list[Pair]:
+    """Read sdg's pairs JSONL; errors name the file, line and field."""
+    pairs, seen = [], {}
+    for n, obj in _iter_jsonl(path):
+        qid = _ident(path, n, _required(path, n, obj, "question_id"), "question_id")
+        if qid in seen:
+            raise DataFormatError(path, f'duplicate question_id "{qid}" (first on line {seen[qid]})', n)
+        seen[qid] = n
+        question = _text(path, n, _required(path, n, obj, "question"), "question")
+        raw = _required(path, n, obj, "positive_ids")
+        if not isinstance(raw, list) or not raw:
+            raise DataFormatError(path, "must be a non-empty array of passage ids", n, "positive_ids")
+        positives = [_ident(path, n, p, f"positive_ids[{i}]") for i, p in enumerate(raw)]
+        doc_id = obj.get("doc_id")
+        doc_id = None if doc_id is None else _ident(path, n, doc_id, "doc_id")
+        query_type = obj.get("query_type")
+        query_type = None if query_type is None else str(query_type)
+        pairs.append(Pair(qid, question, list(dict.fromkeys(positives)), doc_id, query_type, n))
+    return pairs
+
+
+def read_passages(path) -> dict[str, Passage]:
+    """Read sdg's passages JSONL into ``{passage_id: Passage}``; errors name the file, line and field."""
+    passages: dict[str, Passage] = {}
+    for n, obj in _iter_jsonl(path):
+        pid = _ident(path, n, _required(path, n, obj, "passage_id"), "passage_id")
+        if pid in passages:
+            raise DataFormatError(path, f'duplicate passage_id "{pid}"', n, "passage_id")
+        doc_id = _ident(path, n, _required(path, n, obj, "doc_id"), "doc_id")
+        text = _text(path, n, _required(path, n, obj, "text"), "text")
+        title = obj.get("title") or ""
+        if not isinstance(title, str):
+            raise DataFormatError(path, "must be a string", n, "title")
+        passages[pid] = Passage(pid, doc_id, text, title, str(obj.get("section") or ""))
+    return passages
+
+
+# ------------------------------------------------------------------------------------------------ split
+
+
+def split_documents(doc_ids, test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic document split: sort, shuffle with ``seed``, the first share is test.
+
+    Returns ``(train_docs, test_docs)``, each sorted; test has at least one and at most all but one document.
+    """
+    docs = sorted(set(doc_ids))
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    if len(docs) < 2:
+        raise ValueError(f"splitting by document needs at least 2 documents with questions, got {len(docs)}")
+    n_test = min(len(docs) - 1, max(1, int(len(docs) * test_fraction + 0.5)))
+    random.Random(seed).shuffle(docs)
+    return sorted(docs[n_test:]), sorted(docs[:n_test])
+
+
+def _question_docs(pairs, passages, pairs_path) -> tuple[dict[str, set[str]], int]:
+    """Each question's documents (those of its positives); also how many ``doc_id`` fields disagree."""
+    docs, mismatched = {}, 0
+    for pair in pairs:
+        for i, pid in enumerate(pair.positive_ids):
+            if pid not in passages:
+                msg = f'unknown passage id "{pid}" (not in the passages file)'
+                raise DataFormatError(pairs_path, msg, pair.line, f"positive_ids[{i}]")
+        docs[pair.question_id] = {passages[p].doc_id for p in pair.positive_ids}
+        if pair.doc_id is not None and pair.doc_id not in docs[pair.question_id]:
+            mismatched += 1
+    if mismatched:
+        logger.warning("%d questions name a doc_id that none of their positives belongs to", mismatched)
+    return docs, mismatched
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _unroll(pairs, max_positives, negatives, positive_scores, texts):
+    """k positives -> k examples sharing the negatives, plus the scores that go into train.json."""
+    examples, scores = [], []
+    for pair, negs, pos_scores in zip(pairs, negatives, positive_scores, strict=True):
+        positives = pair.positive_ids[:max_positives]
+        neg_ids = [n for n, _ in negs]
+        neg_scores = [round(s, SCORE_DIGITS) for _, s in negs]
+        for i, pid in enumerate(positives):
+            qid = pair.question_id if len(positives) == 1 else f"{pair.question_id}#{i}"
+            examples.append(
+                TrainingExample(
+                    pair.question, [texts[pid]], [texts[n] for n in neg_ids], qid, [pid], list(neg_ids)
+                )
+            )
+            scores.append((round(pos_scores[i], SCORE_DIGITS), neg_scores))
+    return examples, scores
+
+
+def _add_scores(path: Path, scores) -> None:
+    """Put the mining scores on each pos_doc / neg_doc entry of a written corpus-ID JSON (atomically)."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    for record, (pos_score, neg_scores) in zip(doc["data"], scores, strict=True):
+        record["pos_doc"][0]["score"] = pos_score
+        for ref, score in zip(record["neg_doc"], neg_scores, strict=True):
+            ref["score"] = score
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _summary_row(name: str, s: dict) -> str:
+    keys = ("count", "mean", "min", "p5", "p25", "p50", "p75", "p95", "max")
+    return f"| {name} | " + " | ".join(str(s.get(k, "")) for k in keys) + " |"
+
+
+def render_report(report: dict) -> str:
+    """The Markdown version of ``prep_report.json``."""
+    split, mining = report["split"], report["mining"]
+    args = report["mining_args"]
+    rule = (
+        f"score > {args['margin']} x lowest positive score"
+        if args["margin_type"] == "perc"
+        else f"score > lowest positive score - {args['margin']}"
+    )
+    lines = [
+        "# prep report",
+        "",
+        f"Config hash `{report['config_hash']}`; model `{args['model']}` with query prompt "
+        f"{args['query_prompt']!r} and passage prompt {args['passage_prompt']!r}; {report['seconds']} s.",
+        "",
+        f"## Split by document (test_fraction {args['test_fraction']}, seed {args['seed']})",
+        "",
+        "| | train | test |",
+        "|---|---|---|",
+        f"| documents with questions | {split['documents']['train']} | {split['documents']['test']} |",
+        f"| questions | {split['questions']['train']} | {split['questions']['test']} |",
+        f"| passages (mining corpus / BEIR corpus) | {split['passages']['train']} | {split['passages']['test']} |",
+        f"| training records (unrolled) / qrels | {split['train_records']} | {split['test_qrels']} |",
+        "",
+        f"Documents without questions (train side, negatives only): {split['documents']['without_questions']}. "
+        f"Questions dropped because their positives span both sides: {split['questions']['dropped_cross_split']}. "
+        f"Questions whose `doc_id` disagrees with their positives: {split['doc_id_mismatches']}. "
+        f"Training queries with more than {args['max_positives']} positives (cut): "
+        f"{split['queries_with_positives_cut']}.",
+        "",
+        "## Hard negatives",
+        "",
+        f"{args['num_negatives']} per query from the train documents only; a candidate is a likely false "
+        f"negative and skipped when {rule}.",
+        "",
+        f"- candidates skipped by the margin: {mining['skipped_by_margin']} "
+        f"(in {mining['queries_with_skips']} of {mining['queries']} queries)",
+        f"- queries short of negatives: {mining['rows_short']} ({mining['missing_negatives']} negatives "
+        f"missing; {mining['rows_without_negatives']} queries with none)",
+        f"- negatives from test documents: {report['checks']['negatives_from_test_documents']}; "
+        f"negatives that are positives of their query: {report['checks']['negatives_that_are_positives']}",
+        "",
+        "| scores | count | mean | min | p5 | p25 | p50 | p75 | p95 | max |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        _summary_row("positives", mining["positive_scores"]),
+        _summary_row("lowest positive per query", mining["min_positive_scores"]),
+        _summary_row("negatives", mining["negative_scores"]),
+        "",
+        "## Query types",
+        "",
+        "| type | train | test |",
+        "|---|---|---|",
+    ]
+    types = report["query_types"]
+    for name in sorted(set(types["train"]) | set(types["test"])):
+        lines.append(f"| {name} | {types['train'].get(name, 0)} | {types['test'].get(name, 0)} |")
+    lines += ["", "## Outputs", ""]
+    lines += [f"- {name}: `{path}`" for name, path in report["outputs"].items()]
+    lines += ["", "## Config", "", "| key | value |", "|---|---|"]
+    lines += [f"| {k} | `{json.dumps(v)}` |" for k, v in report["config"].items()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------- run
+
+
+def run_prep(config: PrepConfig) -> dict:
+    """Run the prep stage and return the report (also written to ``out/prep_report.{json,md}``)."""
+    from embedforge.model import BiEncoder  # torch import only when the stage actually runs
+
+    started = time.time()
+    if not config.pairs:
+        raise ValueError("prep needs the pairs JSONL written by sdg (pairs=PATH)")
+    if config.max_positives < 1:
+        raise ValueError(f"max_positives must be >= 1, got {config.max_positives}")
+    pairs_path = Path(config.pairs)
+    passages_path = Path(config.passages) if config.passages else pairs_path.with_name("passages.jsonl")
+    out = Path(config.out)
+    pairs, passages = read_pairs(pairs_path), read_passages(passages_path)
+    question_docs, mismatched = _question_docs(pairs, passages, pairs_path)
+
+    train_docs, test_docs = split_documents(
+        {d for docs in question_docs.values() for d in docs}, config.test_fraction, config.seed
+    )
+    test_set = set(test_docs)
+    train_pairs = [p for p in pairs if not question_docs[p.question_id] & test_set]
+    test_pairs = [p for p in pairs if question_docs[p.question_id] <= test_set]
+    dropped = len(pairs) - len(train_pairs) - len(test_pairs)
+    if dropped:
+        logger.warning("%d questions have positives in both train and test documents: dropped", dropped)
+    if not train_pairs or not test_pairs:
+        raise ValueError("the document split left no train or no test questions; add documents")
+    texts = {pid: passage_text({"title": p.title, "text": p.text}) for pid, p in passages.items()}
+    train_corpus = {pid: texts[pid] for pid, p in passages.items() if p.doc_id not in test_set}
+    test_passages = {pid: p for pid, p in passages.items() if p.doc_id in test_set}
+
+    encoder = BiEncoder.load(
+        config.model, query_prompt=config.query_prompt, passage_prompt=config.passage_prompt
+    )
+    train_positives = [p.positive_ids[: config.max_positives] for p in train_pairs]
+    negatives, positive_scores, mining_stats = mine_hard_negatives(
+        encoder,
+        [p.question for p in train_pairs],
+        train_positives,
+        train_corpus,
+        num_negatives=config.num_negatives,
+        margin=config.margin,
+        margin_type=config.margin_type,
+        candidate_pool=config.candidate_pool,
+        batch_size=config.batch_size,
+        progress=True,
+    )
+    checks = {
+        "negatives_from_test_documents": sum(
+            passages[n].doc_id in test_set for negs in negatives for n, _ in negs
+        ),
+        "negatives_that_are_positives": sum(
+            n in set(pos) for negs, pos in zip(negatives, train_positives, strict=True) for n, _ in negs
+        ),
+    }
+    if any(checks.values()):
+        raise RuntimeError(f"prep produced leaking negatives (a bug): {checks}")
+
+    mining_args = {
+        "model": config.model,
+        "query_prompt": encoder.prompts["query"],
+        "passage_prompt": encoder.prompts["passage"],
+        "num_negatives": config.num_negatives,
+        "margin": config.margin,
+        "margin_type": config.margin_type,
+        "margin_rule": "skip score > "
+        + ("margin * min_positive_score" if config.margin_type == "perc" else "min_positive_score - margin"),
+        "candidate_pool": config.candidate_pool,
+        "max_positives": config.max_positives,
+        "negative_corpus": "train documents only",
+        "test_fraction": config.test_fraction,
+        "seed": config.seed,
+        "config_hash": config_hash(config),
+    }
+    examples, scores = _unroll(train_pairs, config.max_positives, negatives, positive_scores, texts)
+    extra = {"mining": {"args": mining_args, "stats": mining_stats}}
+    write_corpus_id_json(examples, out / TRAIN_JSON, extra=extra)
+    _add_scores(out / TRAIN_JSON, scores)
+    write_inline_jsonl(examples, out / TRAIN_JSONL)
+    beir = BeirDataset(
+        corpus={pid: {"title": p.title, "text": p.text} for pid, p in test_passages.items()},
+        queries={p.question_id: p.question for p in test_pairs},
+        qrels={p.question_id: dict.fromkeys(p.positive_ids, 1) for p in test_pairs},
+    )
+    write_beir(beir, out / TEST_BEIR)
+
+    docs_with_questions = set(train_docs) | test_set
+    all_docs = {p.doc_id for p in passages.values()}
+    report = {
+        "config": config_dict(config),
+        "config_hash": config_hash(config),
+        "inputs": {"pairs": str(pairs_path), "passages": str(passages_path)},
+        "mining_args": mining_args,
+        "split": {
+            "documents": {
+                "train": len(train_docs),
+                "test": len(test_docs),
+                "without_questions": len(all_docs - docs_with_questions),
+            },
+            "train_documents": train_docs,
+            "test_documents": test_docs,
+            "questions": {
+                "total": len(pairs),
+                "train": len(train_pairs),
+                "test": len(test_pairs),
+                "dropped_cross_split": dropped,
+            },
+            "passages": {"total": len(passages), "train": len(train_corpus), "test": len(test_passages)},
+            "train_records": len(examples),
+            "test_qrels": sum(len(p.positive_ids) for p in test_pairs),
+            "doc_id_mismatches": mismatched,
+            "queries_with_positives_cut": sum(
+                len(p.positive_ids) > config.max_positives for p in train_pairs
+            ),
+        },
+        "mining": mining_stats,
+        "checks": checks,
+        "query_types": {
+            "train": dict(Counter(p.query_type or "unknown" for p in train_pairs)),
+            "test": dict(Counter(p.query_type or "unknown" for p in test_pairs)),
+        },
+        "outputs": {
+            "train_json": str(out / TRAIN_JSON),
+            "train_jsonl": str(out / TRAIN_JSONL),
+            "test_beir": str(out / TEST_BEIR),
+            "report_json": str(out / REPORT_JSON),
+            "report_md": str(out / REPORT_MD),
+        },
+        "seconds": round(time.time() - started, 1),
+    }
+    _write_text(out / REPORT_JSON, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    _write_text(out / REPORT_MD, render_report(report))
+    logger.info(
+        "prep: %d train records (%d queries), %d test queries over %d passages; report in %s",
+        len(examples),
+        len(train_pairs),
+        len(test_pairs),
+        len(test_passages),
+        out / REPORT_MD,
+    )
+    return report
