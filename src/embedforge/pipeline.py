@@ -1,0 +1,250 @@
+"""`embedforge run`: sdg -> prep -> finetune -> eval [-> export -> verify] in one run folder, resumable.
+
+Each stage reads its section of one recipe, gets its inputs wired to the previous stage's outputs, and
+writes into ``RUN_DIR/<stage>/``. A stage's key is the hash of its config plus the keys of the stages it
+reads from (and, for sdg, a fingerprint of the corpus files); a finished stage leaves
+``.stage.json`` with that key and is skipped when a re-run computes the same key. So an interrupted run
+resumes: finished stages are skipped, sdg continues from its own checkpoint, finetune from its last
+checkpoint; and a changed setting re-runs that stage and everything after it.
+
+This module only wires and skips stages; the work is in ``sdg``, ``prep``, ``train``, ``evaluate``,
+``export`` and ``verify``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from embedforge.config import config_dict, load_config
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("sdg", "prep", "finetune", "eval", "export", "verify")
+DEFAULT_STAGES = ("sdg", "prep", "finetune", "eval")
+MARKER = ".stage.json"
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def corpus_fingerprint(folder: str | Path) -> str:
+    """Names, sizes and modification times of every file under the corpus folder."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return _digest([(str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime)) for p in files])
+
+
+def _read_marker(folder: Path) -> dict:
+    try:
+        return json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_marker(folder: Path, data: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(folder / MARKER)
+
+
+class Pipeline:
+    """Builds each stage's config from the recipe and wires outputs to inputs."""
+
+    def __init__(self, corpus: str, run_dir: str, recipe: str | None, overrides: list[str] | None = None):
+        self.corpus = corpus
+        self.run = Path(run_dir)
+        self.recipe = recipe
+        self.overrides = overrides or []
+        bare = [o for o in self.overrides if o.partition("=")[0].partition(".")[0] not in STAGES]
+        if bare:
+            raise ValueError(f"run overrides name their stage, e.g. finetune.epochs=1; got {bare}")
+        self.keys: dict[str, str] = {}
+        self.finetune_cfg = load_config(
+            "finetune",
+            recipe,
+            self.overrides,
+            train_data=str(self.run / "prep" / "train.json"),
+            output_dir=str(self.run / "finetune"),
+        )
+        self.base_model = self.finetune_cfg.base_model
+
+    def config(self, stage: str):
+        run = self.run
+        wiring: dict[str, dict[str, Any]] = {
+            "sdg": {"corpus": self.corpus, "out": str(run / "sdg")},
+            "prep": {
+                "pairs": str(run / "sdg" / "pairs.jsonl"),
+                "passages": str(run / "sdg" / "passages.jsonl"),
+                "out": str(run / "prep"),
+                "model": self.base_model,
+            },
+            "eval": {
+                "beir": str(run / "prep" / "test_beir"),
+                "models": [self.base_model, str(run / "finetune" / "model")],
+                "out": str(run / "eval"),
+            },
+            "export": {"model": str(run / "finetune" / "model"), "out": str(run / "export")},
+            "verify": {
+                "beir": str(run / "prep" / "test_beir"),
+                "reference": str(run / "eval" / "eval_results.json"),
+                "out": str(run / "verify" / "verify_report.json"),
+            },
+        }
+        if stage == "finetune":
+            return self.finetune_cfg
+        return load_config(stage, self.recipe, self.overrides, **wiring[stage])
+
+    def key(self, stage: str, config) -> str:
+        upstream = [self.keys.get(s) for s in STAGES[: STAGES.index(stage)] if s in self.keys]
+        extra = corpus_fingerprint(self.corpus) if stage == "sdg" else None
+        return _digest({"config": config_dict(config), "upstream": upstream, "corpus": extra})
+
+
+def _run_sdg(cfg) -> dict:
+    from embedforge.sdg import run_sdg
+
+    return run_sdg(cfg)
+
+
+def _run_prep(cfg) -> dict:
+    from embedforge.prep import run_prep
+
+    return run_prep(cfg)
+
+
+def _run_finetune(cfg) -> dict:
+    from embedforge.train import finetune
+
+    return finetune(cfg)
+
+
+def _run_eval(cfg) -> dict:
+    from embedforge.evaluate import run_eval
+
+    results = run_eval(cfg)
+    return {"table": results["table"]}
+
+
+def _run_export(cfg) -> dict:
+    from embedforge.export import export_onnx
+
+    return export_onnx(
+        cfg.model,
+        cfg.out,
+        opset=cfg.opset,
+        quantize=cfg.quantize,
+        fp16=cfg.fp16,
+        beir=cfg.beir,
+        parity_tolerance=cfg.parity_tolerance,
+    )
+
+
+def _run_verify(cfg, served: str) -> dict:
+    """Serve the artifact on a loopback port in this process, verify it, stop the server."""
+    import dataclasses
+
+    from embedforge.serve.app import create_app
+    from embedforge.serve.server import ServerThread, load_serving_runtime
+    from embedforge.verify import run_verify
+
+    serve_cfg = load_config("serve", None, [], model=served)
+    app = create_app(load_serving_runtime(serve_cfg), serve_cfg)
+    with ServerThread(app) as server:
+        report = run_verify(dataclasses.replace(cfg, url=server.url))
+    if not report.get("passed", False):
+        raise RuntimeError(f"verify: the served model drifted from the offline eval (see {cfg.out})")
+    return report
+
+
+RUNNERS: dict[str, Callable] = {
+    "sdg": _run_sdg,
+    "prep": _run_prep,
+    "finetune": _run_finetune,
+    "eval": _run_eval,
+    "export": _run_export,
+}
+
+
+def run_pipeline(
+    corpus: str,
+    run_dir: str,
+    recipe: str | None = None,
+    overrides: list[str] | None = None,
+    stages: list[str] | None = None,
+) -> dict:
+    """Run the chosen stages in order, skipping those whose key is unchanged; returns a summary per stage."""
+    stages = list(stages or DEFAULT_STAGES)
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    if not Path(corpus).is_dir():
+        raise FileNotFoundError(f"corpus folder '{corpus}' does not exist")
+    pipe = Pipeline(corpus, run_dir, recipe, overrides)
+    summary: dict[str, Any] = {}
+    for stage in [s for s in STAGES if s in stages]:
+        cfg = pipe.config(stage)
+        key = pipe.key(stage, cfg)
+        pipe.keys[stage] = key
+        folder = pipe.run / stage
+        marker = _read_marker(folder)
+        if marker.get("key") == key and marker.get("status") == "finished":
+            print(f"[{stage}] unchanged since {marker.get('finished')}: skipped", flush=True)
+            summary[stage] = {"skipped": True}
+            continue
+        if stage == "finetune" and marker.get("key") == key and marker.get("status") == "started":
+            cfg.resume = True  # same config, interrupted: continue from the last checkpoint
+        print(f"[{stage}] running (key {key})", flush=True)
+        _write_marker(folder, {"key": key, "status": "started", "config": config_dict(cfg)})
+        started = time.time()
+        if stage == "verify":
+            served = str(pipe.run / "export") if "export" in stages else str(pipe.run / "finetune" / "model")
+            _run_verify(cfg, served)
+        else:
+            RUNNERS[stage](cfg)
+        seconds = round(time.time() - started, 1)
+        _write_marker(
+            folder,
+            {
+                "key": key,
+                "status": "finished",
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "seconds": seconds,
+                "config": config_dict(cfg),
+            },
+        )
+        summary[stage] = {"seconds": seconds}
+    report = write_run_report(pipe.run, summary)
+    summary["report"] = str(report)
+    return summary
+
+
+def write_run_report(run: Path, summary: dict) -> Path:
+    """RUN_DIR/report.md: stage timings, the base-vs-tuned table and the chart from eval."""
+    lines = ["# embedforge run report", "", "| stage | status | seconds |", "|---|---|---|"]
+    for stage in STAGES:
+        marker = _read_marker(run / stage)
+        if marker:
+            lines.append(f"| {stage} | {marker.get('status')} | {marker.get('seconds', '')} |")
+    eval_md = run / "eval" / "eval_report.md"
+    if eval_md.exists():
+        lines += ["", "## Base vs tuned on held-out documents", "", eval_md.read_text()]
+        lines += ["", "![chart](eval/eval_chart.png)"]
+    for name, title in (
+        ("prep/prep_report.md", "Training data"),
+        ("sdg/sdg_report.md", "Generated questions"),
+    ):
+        if (run / name).exists():
+            lines += ["", f"## {title}", "", f"See [{name}]({name})."]
+    path = run / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
