@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # embedforge never downloads models at run time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -86,6 +87,67 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", metavar="RECIPE")
     show.add_argument("overrides", nargs="*", metavar="key=value")
 
+    prep = _stage_parser(
+        sub, "prep", "document split, leak-free hard-negative mining, training data and a BEIR test set"
+    )
+    prep.add_argument("--pairs", help="question pairs JSONL from sdg (sets pairs)")
+    prep.add_argument("--passages", help="passages JSONL from sdg (sets passages)")
+    prep.add_argument("--out", help="output folder (sets out)")
+    prep.add_argument("--model", help="model that mines the negatives (sets model)")
+
+    export = _stage_parser(
+        sub, "export", "ONNX export with pooling, Matryoshka truncation and L2 norm in the graph, parity-checked"
+    )
+    export.add_argument("model", nargs="?", metavar="MODEL", help="known model name or folder (sets model)")
+    export.add_argument("out", nargs="?", metavar="OUT_DIR", help="export folder (sets out)")
+    export.add_argument("--quantize", choices=["int8"], help="also write model_int8.onnx (sets quantize)")
+    export.add_argument(
+        "--fp16", action="store_true", default=None, help="also write model_fp16.onnx (sets fp16)"
+    )
+    export.add_argument("--beir", help="BEIR folder for the int8/fp16 nDCG@10 delta (sets beir)")
+
+    serve = _stage_parser(sub, "serve", "OpenAI/NIM-compatible /v1/embeddings server with dynamic batching")
+    serve.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL_DIR",
+        help="checkpoint folder, known name or ONNX export (sets model)",
+    )
+    serve.add_argument("--host", help="interface to listen on (sets host)")
+    serve.add_argument("--port", type=int, help="TCP port (sets port)")
+    serve.add_argument(
+        "--precision", choices=["fp32", "int8", "fp16"], help="ONNX export graph to run (sets precision)"
+    )
+
+    verify = _stage_parser(
+        sub, "verify", "check a served model against its offline eval (NVIDIA's tolerances)"
+    )
+    verify.add_argument("--url", help="server base URL (sets url)")
+    verify.add_argument("--beir", help="BEIR folder the reference was evaluated on (sets beir)")
+    verify.add_argument("--reference", help="eval_results.json from `embedforge eval` (sets reference)")
+    verify.add_argument("--reference-model", help="model entry of the reference; default the last")
+    verify.add_argument("--model", help="model name to request; default the server's first (sets model)")
+    verify.add_argument("--dimensions", type=int, help="request this Matryoshka size (sets dimensions)")
+    verify.add_argument("--out", help="write the JSON report here (sets out)")
+
+    run = sub.add_parser(
+        "run",
+        help="the whole pipeline on a folder of documents: sdg -> prep -> finetune -> eval [-> export -> verify]",
+        description="Run the stages in order into one run folder; unchanged stages are skipped on re-run.",
+    )
+    run.add_argument("--corpus", required=True, help="folder of .txt/.md/.rst/.html documents")
+    run.add_argument("--out", required=True, help="run folder")
+    run.add_argument("--config", metavar="RECIPE", help="recipe YAML with a section per stage")
+    run.add_argument(
+        "--stages", default="sdg,prep,finetune,eval", help="comma-separated subset of sdg,prep,finetune,eval,export,verify"
+    )
+    run.add_argument("overrides", nargs="*", metavar="stage.key=value", help="override a stage's config key")
+
+    sdg = _stage_parser(sub, "sdg", "an LLM writes questions the passages answer; filtered, resumable")
+    sdg.add_argument("--corpus", metavar="DIR", help="folder of documents (sets corpus)")
+    sdg.add_argument("--out", metavar="DIR", help="output folder (sets out)")
+    sdg.add_argument("--backend", choices=["local", "openai"], help="generator backend (sets backend)")
+
     sub.add_parser("demo", help="the end-to-end demo on the bundled corpus and model (what `make demo` runs)")
     return parser
 
@@ -156,6 +218,96 @@ def _dispatch(args: argparse.Namespace) -> int:
         results = run_eval(config)
         print(results["table"])
         print(f"report written to {config.out}")
+        return 0
+    if args.command == "prep":
+        from embedforge.prep import run_prep
+
+        config = load_config(
+            "prep", args.config, args.overrides, **_given(args, ["pairs", "passages", "out", "model"])
+        )
+        if not config.pairs:
+            raise ConfigError("prep needs the pairs written by sdg: --pairs PATH or pairs=PATH")
+        report = run_prep(config)
+        split, mining = report["split"], report["mining"]
+        summary = {
+            "questions": split["questions"],
+            "train_records": split["train_records"],
+            "skipped_by_margin": mining["skipped_by_margin"],
+            "rows_short_of_negatives": mining["rows_short"],
+            "outputs": report["outputs"],
+        }
+        print(json.dumps(summary, indent=2))
+        return 0
+    if args.command == "export":
+        from embedforge.export import ExportError, format_summary, run_export
+
+        # argparse gives leading positionals to `overrides` first: split them back by the "=" in key=value
+        words = [*args.overrides, *(w for w in (args.model, args.out) if w is not None)]
+        positional = [w for w in words if "=" not in w]
+        if len(positional) > 2:
+            raise ConfigError(f"export takes MODEL and OUT_DIR, got {positional}")
+        given = {**dict(zip(["model", "out"], positional)), **_given(args, ["quantize", "fp16", "beir"])}
+        config = load_config("export", args.config, [w for w in words if "=" in w], **given)
+        try:
+            report = run_export(config)
+        except ExportError as err:
+            if err.report:
+                print(format_summary(err.report))
+            print(f"export failed, nothing written to {config.out}: {err}", file=sys.stderr)
+            return 1
+        print(format_summary(report))
+        print(f"export written to {config.out}")
+        return 0
+    if args.command == "serve":
+        from embedforge.config import config_dict
+        from embedforge.serve.server import serve
+
+        # argparse gives leading positionals to `overrides` first: split them back by the "=" in key=value
+        words = [*args.overrides, *([args.model] if args.model is not None else [])]
+        positional = [w for w in words if "=" not in w]
+        if len(positional) > 1:
+            raise ConfigError(f"serve takes one MODEL_DIR, got {positional}")
+        given = {
+            **({"model": positional[0]} if positional else {}),
+            **_given(args, ["host", "port", "precision"]),
+        }
+        config = load_config("serve", args.config, [w for w in words if "=" in w], **given)
+        serve(**config_dict(config))
+        return 0
+    if args.command == "verify":
+        from embedforge.verify import run_verify
+
+        given = _given(args, ["url", "beir", "reference", "reference_model", "model", "dimensions", "out"])
+        config = load_config("verify", args.config, args.overrides, **given)
+        report = run_verify(config)
+        print(report["table"])
+        if config.out:
+            print(f"report written to {config.out}")
+        return 0 if report["passed"] else 1
+    if args.command == "run":
+        from embedforge.pipeline import run_pipeline
+
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        summary = run_pipeline(args.corpus, args.out, args.config, args.overrides, stages)
+        eval_md = Path(args.out) / "eval" / "eval_report.md"
+        if eval_md.exists():
+            print(eval_md.read_text())
+        print(f"run report: {summary['report']}")
+        return 0
+    if args.command == "sdg":
+        from embedforge.sdg import GeneratorError, SdgError, run_sdg
+
+        config = load_config("sdg", args.config, args.overrides, **_given(args, ["corpus", "out", "backend"]))
+        if not config.corpus:
+            raise ConfigError("sdg needs a corpus folder: --corpus DIR or corpus=DIR")
+        try:
+            report = run_sdg(config)
+        except (SdgError, GeneratorError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        keys = ("generator", "passages_selected", "passages_done", "generated", "removed", "kept")
+        print(json.dumps({**{k: report[k] for k in keys}, "this_run": report["this_run"]}, indent=2))
+        print(f"pairs written to {config.out}/pairs.jsonl; report in {config.out}/sdg_report.json")
         return 0
     if args.command == "demo":
         from embedforge.demo import main as demo_main

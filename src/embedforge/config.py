@@ -36,6 +36,11 @@ class FinetuneConfig:
     """Contrastive fine-tuning of a bi-encoder (NVIDIA defaults unless the comment says otherwise)."""
 
     base_model: str = setting("minilm", "base model: a known name (`embedforge models`) or a folder")
+    bidirectional: bool | None = setting(
+        None,
+        "true: turn a plain Llama/Mistral decoder into a bidirectional encoder (llama_bidirec); None: keep the "
+        "checkpoint's attention",
+    )
     train_data: str = setting("", "training data: inline JSONL, corpus-ID JSON, BEIR folder or triplets")
     val_data: str | None = setting(
         None, "validation data (any training format); None: hold out validation_split"
@@ -67,6 +72,11 @@ class FinetuneConfig:
     cached_loss: bool = setting(
         False,
         "GradCache loss: in-batch negatives over the full batch in micro-batch memory (implies in-batch)",
+    )
+    gather_across_devices: bool = setting(
+        False,
+        "multi-process runs: in-batch negatives from every process's batch, not only this one's "
+        "(needs in_batch_negatives or cached_loss; NVIDIA: do_distributed_inbatch_negative, off)",
     )
     matryoshka_dims: list[int] = setting(
         [], "train these truncated dimensions too (MatryoshkaLoss); [] = off"
@@ -122,7 +132,208 @@ class EvalConfig:
     max_seq_length: int | None = setting(None, "override every model's token limit")
 
 
-STAGE_CONFIGS: dict[str, type] = {"finetune": FinetuneConfig, "eval": EvalConfig}
+@dataclass
+class PrepConfig:
+    """sdg output -> document-level train/test split, hard negatives, training data and a BEIR test set."""
+
+    pairs: str = setting("", "question pairs JSONL written by sdg (question_id, question, positive_ids, ...)")
+    passages: str = setting(
+        "", "passages JSONL (passage_id, doc_id, text, title); '' = passages.jsonl next to pairs"
+    )
+    out: str = setting("runs/prep", "folder for train.json (+corpus/), train.jsonl, test_beir/, prep_report")
+    model: str = setting("minilm", "model that mines the negatives: a known name or a folder")
+    test_fraction: float = setting(0.2, "share of documents (not questions) held out for test (NVIDIA: 0.2)")
+    seed: int = setting(42, "random seed of the document split (NVIDIA: 42)")
+    num_negatives: int = setting(5, "hard negatives mined per query (NVIDIA: 5)")
+    margin: float = setting(
+        0.95, "false-negative margin: skip candidates scoring above it (NVIDIA: 0.95 with perc)"
+    )
+    margin_type: Literal["perc", "abs"] = setting(
+        "perc", "perc: skip > margin x lowest positive score; abs: skip > lowest positive - margin"
+    )
+    max_positives: int = setting(5, "positives kept per query for training (NVIDIA: 5)")
+    candidate_pool: int = setting(
+        100, "passages retrieved per query before the margin rule (widened if short)"
+    )
+    batch_size: int = setting(64, "encoding batch size")
+    query_prompt: str | None = setting(None, "query prefix for mining; None = the model's own")
+    passage_prompt: str | None = setting(None, "passage prefix for mining; None = the model's own")
+
+
+@dataclass
+class ServeConfig:
+    """The OpenAI/NIM-compatible embedding server (``embedforge serve``)."""
+
+    model: str = setting(
+        "minilm", "model to serve: a checkpoint folder, a known name or an ONNX export folder"
+    )
+    host: str = setting("127.0.0.1", "interface to listen on (0.0.0.0 exposes the server to the network)")
+    port: int = setting(8000, "TCP port")
+    served_model_name: str | None = setting(
+        None, "the name clients send as 'model' and get echoed; None = the known name or folder name"
+    )
+    precision: Literal["fp32", "int8", "fp16"] = setting(
+        "fp32", "ONNX exports only: fp32 (model.onnx), int8 or fp16 (the export's reduced-precision copies)"
+    )
+    dimensions: list[int] = setting(
+        [], "Matryoshka sizes clients may request (the full size always); [] = the model's, as export records"
+    )
+    max_length: int | None = setting(None, "token limit per input; None = the model's max_seq_length")
+    max_batch_tokens: int = setting(
+        8192, "padded tokens (longest x count) per model call when merging requests"
+    )
+    max_wait_ms: float = setting(5.0, "how long a queued input waits for others to join its batch")
+    max_queue: int = setting(
+        1024, "inputs admitted and not yet answered; beyond it requests get 429 with Retry-After"
+    )
+    max_inputs: int = setting(256, "inputs per request (more: 400)")
+    max_input_chars: int = setting(50000, "characters per input (more: 400), checked before tokenizing")
+    max_body_bytes: int = setting(8_000_000, "request body size (more: 413)")
+    api_key: str | None = setting(
+        None, "require 'Authorization: Bearer KEY' (else 401); None = env EMBEDFORGE_API_KEY, unset = open"
+    )
+    threads: int = setting(0, "CPU threads for the model; 0 = the runtime's default")
+    graceful_timeout: float = setting(30.0, "seconds to finish in-flight requests on shutdown")
+    access_log: bool = setting(False, "log every request (uvicorn access log)")
+
+
+@dataclass
+class VerifyConfig:
+    """Check a served model against its offline evaluation (NVIDIA's deploy check)."""
+
+    url: str = setting("http://127.0.0.1:8000", "base URL of the server (with or without /v1)")
+    beir: str = setting("", "BEIR folder the reference was evaluated on")
+    split: str = setting("test", "qrels split")
+    reference: str = setting("", "eval_results.json written by `embedforge eval`")
+    reference_model: str | None = setting(None, "which model entry of the reference; None = the last one")
+    model: str | None = setting(None, "model name to request; None = the first one /v1/models lists")
+    api_key: str | None = setting(None, "Bearer key for the server; None = env EMBEDFORGE_API_KEY")
+    dimensions: int | None = setting(
+        None, "request this Matryoshka size and compare with the reference's numbers for it"
+    )
+    ks: list[int] = setting([], "cut-offs to compare (nDCG@k, Recall@k); [] = the reference's")
+    tolerance_small_k: float = setting(0.03, "max |served - reference| for k < 5 (NVIDIA: 0.03)")
+    tolerance: float = setting(0.01, "max |served - reference| for k >= 5 (NVIDIA: 0.01)")
+    batch_size: int = setting(32, "inputs per request")
+    concurrency: int = setting(4, "requests in flight at once")
+    encoding_format: Literal["float", "base64"] = setting("float", "how vectors are requested")
+    timeout: float = setting(120.0, "seconds per request (and to wait for /v1/health/ready)")
+    out: str | None = setting(None, "write the JSON report here")
+
+
+@dataclass
+class ExportConfig:
+    """ONNX export with pooling, Matryoshka truncation and L2 norm in the graph, parity-checked (``embedforge export``)."""
+
+    model: str = setting("minilm", "model to export: a known name or a folder")
+    out: str = setting("runs/export", "export folder (built beside it, renamed into place after the checks)")
+    opset: int = setting(17, "ONNX opset (NVIDIA: 17)")
+    quantize: Literal["int8"] | None = setting(
+        None, "int8: also write model_int8.onnx (dynamic int8) with its quality vs fp32 reported"
+    )
+    fp16: bool = setting(False, "also write model_fp16.onnx (fp16 weights, float32 inputs/outputs)")
+    beir: str | None = setting(
+        None, "BEIR folder: report nDCG@10/Recall@10 of the int8/fp16 copy vs fp32 on it"
+    )
+    beir_split: str = setting("test", "qrels split of the BEIR folder")
+    parity_tolerance: float = setting(
+        1e-4, "max abs difference of fp32 ONNX vs PyTorch vectors; above it the export fails"
+    )
+    fp16_tolerance: float = setting(5e-3, "the same for the fp16 copy (relaxed: fp16 weights)")
+    min_quantized_cosine: float = setting(
+        0.95, "an int8/fp16 copy whose mean cosine to fp32 on the probe texts is lower fails the export"
+    )
+    matryoshka_dims: list[int] = setting(
+        [], "supported sizes to record; [] = the model's own list, else powers of two >= 32 and the full size"
+    )
+    attn_implementation: str | None = setting(
+        None, "attention used for tracing (e.g. eager); None = the model's own, retried with eager on failure"
+    )
+    model_name: str | None = setting(None, "name recorded for serving; None = the known name or folder name")
+
+
+@dataclass
+class SdgConfig:
+    """Synthetic questions: an LLM writes questions that passages answer, then filters (``embedforge sdg``)."""
+
+    corpus: str = setting("", "folder of documents (.txt, .md, .rst, .html), read and chunked by corpus.py")
+    out: str = setting(
+        "runs/sdg", "folder for passages.jsonl, pairs.jsonl, sdg_report.json and the resumable checkpoint"
+    )
+    backend: Literal["local", "openai"] = setting(
+        "local", "local: a GGUF model on this CPU; openai: any OpenAI-compatible chat-completions endpoint"
+    )
+    model: str = setting(
+        "",
+        "generator; local: smollm2-135m | qwen2.5-coder-0.5b | a .gguf file | a model folder ('' = smollm2-135m); "
+        "openai: the served model name (required)",
+    )
+    base_url: str = setting(
+        "http://127.0.0.1:8000/v1",
+        "openai backend: base URL ending in /v1 (NIM, vLLM, Ollama, llama.cpp, OpenAI)",
+    )
+    api_key_env: str = setting(
+        "OPENAI_API_KEY", "openai backend: environment variable holding the API key (unset: no auth header)"
+    )
+    concurrency: int = setting(8, "openai backend: requests in flight at once")
+    timeout: float = setting(120.0, "openai backend: seconds per request attempt")
+    max_retries: int = setting(
+        4, "openai backend: retries on timeouts, connection errors, 429 and 5xx (exponential backoff)"
+    )
+    questions_per_passage: int = setting(
+        2, "questions asked per passage (recipe: 10 per document of ~5 five-sentence chunks)"
+    )
+    multi_hop_share: float = setting(
+        0.3, "share of questions that combine 2-3 neighbouring passages of one document (recipe: 3 of 10)"
+    )
+    max_passages: int = setting(
+        0, "generate for at most this many passages, a seeded sample (0 = all); raising it later reuses work"
+    )
+    batch_size: int = setting(8, "local backend: prompts per generate call (left-padded, length-sorted)")
+    max_new_tokens: int | None = setting(
+        None,
+        "token cap per generation; None = 48 for local (one question), 1024 for openai (JSON with answers)",
+    )
+    temperature: float | None = setting(
+        None, "sampling temperature; None = 0 (greedy) for local, 0.7 for openai"
+    )
+    seed: int = setting(42, "seed for the passage sample, question types, openings and sampling")
+    threads: int = setting(
+        1, "local backend: torch CPU threads; 0 = torch default (on a shared 2-core CPU, 1 is much faster)"
+    )
+    judge: bool | None = setting(
+        None,
+        "LLM judge scores each pair 1-10; None = on for openai, off for local (small models judge poorly)",
+    )
+    judge_threshold: float = setting(7.0, "with the judge on, keep pairs whose overall score is >= this")
+    dedup_threshold: float = setting(
+        0.9, "drop a question whose cosine with an earlier kept one is above this (keep first); 1.0 = off"
+    )
+    roundtrip_top_k: int = setting(
+        10,
+        "keep a question only if one of its positives ranks in the top k of the corpus under embed_model; 0 = off",
+    )
+    embed_model: str = setting("minilm", "embedding model for dedup and the round-trip filter")
+    sentences_per_chunk: int = setting(5, "chunking: sentences per passage (recipe: 5)")
+    max_passage_tokens: int = setting(256, "chunking: token cap per passage (whitespace estimate)")
+    min_words: int = setting(8, "chunking: shorter passages are merged into the previous one or dropped")
+    max_prompt_chars: int = setting(
+        1500, "passage text is cut to this many characters in prompts (small models drift on long input)"
+    )
+    resume: bool = setting(
+        True, "continue the run found in out (finished passages are kept); false deletes its checkpoint first"
+    )
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "finetune": FinetuneConfig,
+    "eval": EvalConfig,
+    "prep": PrepConfig,
+    "serve": ServeConfig,
+    "verify": VerifyConfig,
+    "export": ExportConfig,
+    "sdg": SdgConfig,
+}
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -1,0 +1,428 @@
+"""The deploy check: does the served model retrieve like the checkpoint did offline?
+
+``embedforge verify --url URL --beir DIR --reference runs/eval/eval_results.json`` embeds the BEIR corpus
+and queries through the server's ``/v1/embeddings`` (batched, several requests in flight), scores retrieval
+with the same code as ``embedforge eval`` (``evaluate.retrieve`` + ``evaluate.compute_metrics``) and compares
+with one model's numbers in the offline report, using NVIDIA's tolerances: for nDCG@k and Recall@k,
+``|served - reference| < 0.03`` when k < 5 and ``< 0.01`` when k >= 5.
+
+It also checks every response: HTTP 200, the echoed model name, indices exactly 0..n-1, finite vectors, one
+dimension across all responses (the requested one when ``dimensions`` is set), and, when the server has
+``/v1/metadata`` (embedforge does), that it applies the same prompts as the reference model.
+
+The result is a report dict (``passed``, ``checks``, ``metrics``) rendered as a table; the CLI exits non-zero
+when anything failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedforge.evaluate import DEFAULT_KS, MRR_CUTOFF, compute_metrics, retrieve
+from embedforge.formats import passage_text, read_beir
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "EMBEDFORGE_API_KEY"
+COMPARED = ("ndcg", "recall")  # NVIDIA's deploy check compares these two families
+SMALL_K = 5  # k < SMALL_K uses the looser tolerance
+
+
+class VerifyError(RuntimeError):
+    """The server could not be used at all (unreachable, not ready, requests failing)."""
+
+
+def _base_url(url: str) -> str:
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def tolerance_for(k: int, small: float = 0.03, large: float = 0.01) -> float:
+    """NVIDIA's deploy tolerance: ``small`` for k < 5, ``large`` for k >= 5."""
+    return small if k < SMALL_K else large
+
+
+# --------------------------------------------------------------------------------------------- reference
+
+
+def load_reference(path, model: str | None = None, dimensions: int | None = None) -> dict[str, Any]:
+    """One model's entry of an ``eval_results.json``: ``{"name", "metrics", "prompts", "dimension", "ks"}``.
+
+    ``model`` picks the entry by name (default: the last model, usually the fine-tuned one); with
+    ``dimensions`` the metrics for that Matryoshka size are used.
+    """
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"reference {path} does not exist (run `embedforge eval` first)") from None
+    except ValueError as err:
+        raise ValueError(f"reference {path} is not valid JSON: {err}") from None
+    models = results.get("models") if isinstance(results, dict) else None
+    if not isinstance(models, dict) or not models:
+        raise ValueError(
+            f"reference {path} has no 'models' (expected eval_results.json from `embedforge eval`)"
+        )
+    if model is None:
+        model = list(models)[-1]
+    if model not in models:
+        raise ValueError(f"reference {path} has no model '{model}'; it has {list(models)}")
+    entry = models[model]
+    metrics = entry["metrics"]
+    full = int(entry.get("dimension") or 0)
+    if dimensions is not None and dimensions != full:
+        per_dim = {int(d): m for d, m in (entry.get("per_dimension") or {}).items()}
+        if dimensions not in per_dim:
+            raise ValueError(
+                f"reference model '{model}' was not evaluated at {dimensions} dimensions "
+                f"(it has {sorted(per_dim) or 'none'}); run `embedforge eval --dims {dimensions}`"
+            )
+        metrics = per_dim[dimensions]
+    ks = (results.get("config") or {}).get("ks") or list(DEFAULT_KS)
+    return {
+        "name": model,
+        "metrics": metrics,
+        "prompts": entry.get("prompts"),
+        "dimension": full,
+        "ks": [int(k) for k in ks],
+        "path": str(path),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ client
+
+
+class _Client:
+    """Sends batches to /v1/embeddings and records every contract violation it sees."""
+
+    def __init__(self, url: str, model: str, api_key: str | None, timeout: float, encoding_format: str):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=_base_url(url), headers=headers, timeout=timeout)
+        self.model, self.encoding_format = model, encoding_format
+        self.echoed: set[str] = set()
+        self.index_problems: list[str] = []
+        self.nonfinite = 0
+        self.dims: set[int] = set()
+        self.requests = 0
+
+    def close(self) -> None:
+        self.http.close()
+
+    def embed(self, texts: Sequence[str], input_type: str, dimensions: int | None) -> np.ndarray:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "input": list(texts),
+            "input_type": input_type,
+            "encoding_format": self.encoding_format,
+        }
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        response = self.http.post("/v1/embeddings", json=body)
+        self.requests += 1
+        if response.status_code != 200:
+            raise VerifyError(f"POST /v1/embeddings answered {response.status_code}: {response.text[:500]}")
+        payload = response.json()
+        self.echoed.add(str(payload.get("model")))
+        data = payload.get("data") or []
+        indices = [d.get("index") for d in data]
+        if sorted(i for i in indices if isinstance(i, int)) != list(range(len(texts))) or len(indices) != len(
+            texts
+        ):
+            self.index_problems.append(
+                f"{len(texts)} inputs got indices {indices[:10]}{'...' if len(indices) > 10 else ''}"
+            )
+        vectors: list[np.ndarray | None] = [None] * len(texts)
+        for d in data:
+            i = d.get("index")
+            if isinstance(i, int) and 0 <= i < len(texts):
+                vectors[i] = self._vector(d.get("embedding"))
+        if any(v is None for v in vectors):
+            raise VerifyError(f"a response for {len(texts)} inputs is missing embeddings")
+        for v in vectors:
+            self.dims.add(int(v.shape[0]))
+            if not np.all(np.isfinite(v)):
+                self.nonfinite += 1
+        if len(self.dims) > 1:
+            raise VerifyError(f"responses mix dimensions {sorted(self.dims)}")
+        return np.stack(vectors).astype(np.float32)
+
+    def _vector(self, value) -> np.ndarray:
+        if isinstance(value, str):
+            return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(np.float32)
+        return np.asarray(value, dtype=np.float32)
+
+
+def _embed_all(client: _Client, texts: list[str], input_type: str, dims, batch_size: int, concurrency: int):
+    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    if not batches:
+        return np.zeros((0, 0), dtype=np.float32)
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        parts = list(pool.map(lambda b: client.embed(b, input_type, dims), batches))
+    return np.concatenate(parts)
+
+
+def _wait_ready(client: _Client, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            r = client.http.get("/v1/health/ready")
+            if r.status_code == 200:
+                return "ready"
+            last = f"HTTP {r.status_code}: {r.text[:200]}"
+        except Exception as err:  # connection refused while the server starts
+            last = f"{type(err).__name__}: {err}"
+        if time.monotonic() > deadline:
+            raise VerifyError(f"server at {client.http.base_url} is not ready after {timeout:.0f} s ({last})")
+        time.sleep(0.5)
+
+
+def _served_model(client: _Client) -> str:
+    r = client.http.get("/v1/models")
+    if r.status_code != 200:
+        raise VerifyError(f"GET /v1/models answered {r.status_code}: {r.text[:300]}")
+    data = r.json().get("data") or []
+    if not data:
+        raise VerifyError("GET /v1/models lists no model")
+    return str(data[0]["id"])
+
+
+def _served_prompts(client: _Client) -> dict[str, str] | None:
+    try:
+        r = client.http.get("/v1/metadata")
+        if r.status_code == 200:
+            prompts = (r.json().get("model") or {}).get("prompts")
+            return dict(prompts) if isinstance(prompts, dict) else None
+    except Exception:  # a server without our metadata: nothing to compare
+        return None
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ verify
+
+
+def verify(
+    url: str,
+    beir,
+    reference,
+    *,
+    reference_model: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+    dimensions: int | None = None,
+    ks: Sequence[int] | None = None,
+    tolerance_small_k: float = 0.03,
+    tolerance: float = 0.01,
+    batch_size: int = 32,
+    concurrency: int = 4,
+    encoding_format: str = "float",
+    timeout: float = 120.0,
+    split: str = "test",
+    out: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Evaluate the served model on ``beir`` and compare with ``reference`` (an ``eval_results.json``).
+
+    Returns:
+        ``{"passed", "url", "model", "reference", "checks": [{"name", "ok", "detail"}], "metrics":
+        [{"metric", "k", "served", "reference", "diff", "tolerance", "ok"}], "served_metrics", "seconds",
+        "table"}``; also written to ``out`` as JSON when given.
+    """
+    started = time.perf_counter()
+    ref = load_reference(reference, reference_model, dimensions)
+    dataset = read_beir(beir, split=split)
+    api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    client = _Client(url, model or "", api_key, timeout, encoding_format)
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, ok: bool | None, detail: str) -> None:
+        checks.append({"name": name, "ok": ok, "detail": detail})
+
+    rows: list[dict[str, Any]] = []
+    served_metrics: dict[str, float] = {}
+    try:
+        check("health", True, _wait_ready(client, timeout))
+        client.model = model or _served_model(client)
+
+        served_prompts = _served_prompts(client)
+        if served_prompts is None or not ref.get("prompts"):
+            check("prompts", None, "not compared (no /v1/metadata prompts or none in the reference)")
+        else:
+            same = {k: served_prompts.get(k, "") for k in ("query", "passage")} == {
+                k: ref["prompts"].get(k, "") for k in ("query", "passage")
+            }
+            check("prompts", same, f"served {served_prompts}, reference {ref['prompts']}")
+
+        judged = [str(q) for q, docs in dataset.qrels.items() if docs]
+        query_ids = [q for q in judged if q in dataset.queries]
+        doc_ids = [str(d) for d in dataset.corpus]
+        logger.info(
+            "embedding %d passages and %d queries through %s",
+            len(doc_ids),
+            len(query_ids),
+            client.http.base_url,
+        )
+        passages = _embed_all(
+            client,
+            [passage_text(dataset.corpus[d]) for d in dataset.corpus],
+            "passage",
+            dimensions,
+            batch_size,
+            concurrency,
+        )
+        queries = _embed_all(
+            client, [dataset.queries[q] for q in query_ids], "query", dimensions, batch_size, concurrency
+        )
+        check("requests", True, f"{client.requests} requests answered 200")
+    except VerifyError as err:
+        check("requests", False, str(err))
+    finally:
+        client.close()
+
+    if not any(c["name"] == "requests" and c["ok"] is False for c in checks):
+        echoed = sorted(client.echoed)
+        check(
+            "model name",
+            echoed == [client.model],
+            f"requested '{client.model}', responses said {echoed}",
+        )
+        check(
+            "indices",
+            not client.index_problems,
+            "0..n-1 in every response" if not client.index_problems else "; ".join(client.index_problems[:5]),
+        )
+        check(
+            "finite",
+            client.nonfinite == 0,
+            "all vectors finite" if not client.nonfinite else f"{client.nonfinite} vectors with NaN/inf",
+        )
+        dims_seen = sorted(client.dims)
+        want = dimensions or (ref["dimension"] or None)
+        check(
+            "dimension",
+            len(dims_seen) == 1 and (want is None or dims_seen[0] == want),
+            f"responses {dims_seen}, expected {want}",
+        )
+        wanted_ks = sorted({int(k) for k in (ks or ref["ks"])})
+        depth = max(max(wanted_ks), MRR_CUTOFF)
+        run = retrieve(queries, passages, doc_ids, query_ids, top_k=depth)
+        served_metrics = compute_metrics(dataset.qrels, run, wanted_ks)
+        for family in COMPARED:
+            for k in wanted_ks:
+                name = f"{family}@{k}"
+                if name not in ref["metrics"]:
+                    continue
+                tol = tolerance_for(k, tolerance_small_k, tolerance)
+                diff = abs(served_metrics[name] - float(ref["metrics"][name]))
+                rows.append(
+                    {
+                        "metric": name,
+                        "k": k,
+                        "served": served_metrics[name],
+                        "reference": float(ref["metrics"][name]),
+                        "diff": diff,
+                        "tolerance": tol,
+                        "ok": diff < tol,
+                    }
+                )
+        if not rows:
+            check("metrics", False, f"no nDCG@k / Recall@k for k in {wanted_ks} in the reference")
+
+    passed = all(c["ok"] is not False for c in checks) and bool(rows) and all(r["ok"] for r in rows)
+    report = {
+        "passed": passed,
+        "url": _base_url(url),
+        "model": client.model,
+        "dimensions": dimensions,
+        "reference": {k: ref[k] for k in ("path", "name", "dimension", "prompts")},
+        "dataset": {
+            "beir": str(beir),
+            "split": split,
+            "queries": len(dataset.qrels),
+            "passages": len(dataset.corpus),
+        },
+        "checks": checks,
+        "metrics": rows,
+        "served_metrics": served_metrics,
+        "tolerances": {"k<5": tolerance_small_k, "k>=5": tolerance},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    report["table"] = format_report(report)
+    if out:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The readable table ``embedforge verify`` prints."""
+    ref = report["reference"]
+    lines = [
+        f"served '{report['model']}' at {report['url']} vs reference '{ref['name']}' ({ref['path']})"
+        + (f", {report['dimensions']} dims" if report.get("dimensions") else ""),
+        "",
+        f"{'check':<12} {'result':<6} detail",
+    ]
+    for c in report["checks"]:
+        result = {True: "ok", False: "FAIL", None: "-"}[c["ok"]]
+        lines.append(f"{c['name']:<12} {result:<6} {c['detail']}")
+    if report["metrics"]:
+        lines += ["", f"{'metric':<12} {'served':>8} {'reference':>10} {'|diff|':>8} {'< tol':>6}  result"]
+        for r in report["metrics"]:
+            lines.append(
+                f"{r['metric']:<12} {r['served']:>8.4f} {r['reference']:>10.4f} {r['diff']:>8.4f} "
+                f"{r['tolerance']:>6.2f}  {'ok' if r['ok'] else 'DRIFT'}"
+            )
+    drifted = [r["metric"] for r in report["metrics"] if not r["ok"]]
+    failed = [c["name"] for c in report["checks"] if c["ok"] is False]
+    lines.append("")
+    if report["passed"]:
+        lines.append(
+            f"VERIFY PASSED: {len(report['metrics'])} metrics within tolerance ({report['seconds']} s)"
+        )
+    else:
+        why = []
+        if drifted:
+            why.append(f"drift in {', '.join(drifted)}")
+        if failed:
+            why.append(f"failed checks: {', '.join(failed)}")
+        lines.append("VERIFY FAILED: " + ("; ".join(why) or "nothing compared"))
+    return "\n".join(lines)
+
+
+def run_verify(config) -> dict[str, Any]:
+    """``embedforge verify`` driven by a ``config.VerifyConfig``."""
+    if not config.beir:
+        raise ValueError("verify needs a BEIR folder: --beir DIR")
+    if not config.reference:
+        raise ValueError("verify needs the offline results: --reference runs/eval/eval_results.json")
+    return verify(
+        config.url,
+        config.beir,
+        config.reference,
+        reference_model=config.reference_model,
+        model=config.model,
+        api_key=config.api_key,
+        dimensions=config.dimensions,
+        ks=config.ks or None,
+        tolerance_small_k=config.tolerance_small_k,
+        tolerance=config.tolerance,
+        batch_size=config.batch_size,
+        concurrency=config.concurrency,
+        encoding_format=config.encoding_format,
+        timeout=config.timeout,
+        split=config.split,
+        out=config.out,
+    )
