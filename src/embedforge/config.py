@@ -67,7 +67,9 @@ class FinetuneConfig:
     )
     temperature: float = setting(0.02, "softmax temperature of the contrastive loss (NVIDIA: 0.02)")
     in_batch_negatives: bool = setting(
-        False, "also score each query against the other queries' passages in the batch (NVIDIA: off)"
+        True,
+        "also score each query against the other queries' passages in the batch (NVIDIA: off; on measured "
+        "better: docs/benchmarks.md)",
     )
     cached_loss: bool = setting(
         False,
@@ -250,6 +252,9 @@ class ExportConfig:
         None, "attention used for tracing (e.g. eager); None = the model's own, retried with eager on failure"
     )
     model_name: str | None = setting(None, "name recorded for serving; None = the known name or folder name")
+    speed: bool = setting(
+        True, "time fp32 and the int8/fp16 copy on one batch of 32 mixed texts (texts/s in the report)"
+    )
 
 
 @dataclass
