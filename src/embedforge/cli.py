@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--model", help="model that mines the negatives (sets model)")
 
     export = _stage_parser(
-        sub, "export", "ONNX export with pooling, Matryoshka truncation and L2 norm in the graph, parity-checked"
+        sub, "export", "ONNX export: pooling, Matryoshka truncation and L2 norm in the graph, parity-checked"
+    )
+    export.usage = (
+        "%(prog)s MODEL OUT_DIR [key=value ...] [--quantize int8] [--fp16] [--beir DIR] [--config RECIPE]"
     )
     export.add_argument("model", nargs="?", metavar="MODEL", help="known model name or folder (sets model)")
     export.add_argument("out", nargs="?", metavar="OUT_DIR", help="export folder (sets out)")
@@ -139,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run folder")
     run.add_argument("--config", metavar="RECIPE", help="recipe YAML with a section per stage")
     run.add_argument(
-        "--stages", default="sdg,prep,finetune,eval", help="comma-separated subset of sdg,prep,finetune,eval,export,verify"
+        "--stages",
+        default="sdg,prep,finetune,eval",
+        help="comma-separated subset of sdg,prep,finetune,eval,export,verify",
     )
     run.add_argument("overrides", nargs="*", metavar="stage.key=value", help="override a stage's config key")
 
@@ -246,7 +251,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         positional = [w for w in words if "=" not in w]
         if len(positional) > 2:
             raise ConfigError(f"export takes MODEL and OUT_DIR, got {positional}")
-        given = {**dict(zip(["model", "out"], positional)), **_given(args, ["quantize", "fp16", "beir"])}
+        given = {**dict(zip(["model", "out"], positional, strict=False))}
+        given.update(_given(args, ["quantize", "fp16", "beir"]))
         config = load_config("export", args.config, [w for w in words if "=" in w], **given)
         try:
             report = run_export(config)

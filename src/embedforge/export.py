@@ -10,11 +10,14 @@ What it does:
   with ``dimensions`` an optional input that defaults to the full size;
 * saves the tokenizer, the prompts and an ``embedforge_export.json`` beside the model, so the folder needs
   nothing else (``OnnxEncoder`` loads it; the server reads the same contract);
-* checks parity with the PyTorch ``BiEncoder`` on mixed-length batches (very short and truncated-long texts
-  together, batch 1 and a full batch, full and smaller ``dimensions``, queries and passages); above the
-  tolerance the export fails and nothing is left at the output path;
-* optionally adds a dynamic-int8 (onnxruntime quantizer) and/or an fp16-weight copy, each with its quality
-  measured against fp32 (mean cosine on a probe set, and the nDCG@10 / Recall@10 delta on a BEIR folder).
+* checks that the saved tokenizer, reloaded, tokenizes exactly as the model does, then parity with the
+  PyTorch ``BiEncoder`` on mixed-length batches (very short and truncated-long texts together, batch 1 and a
+  full batch, full and smaller ``dimensions``, queries and passages); above the tolerance (1e-4) the export
+  fails and nothing is left at the output path;
+* optionally adds a dynamic-int8 (onnxruntime quantizer, MatMul weights per channel) and/or an fp16 copy,
+  each with its quality measured against fp32 (mean cosine on 32 probe texts, the nDCG@10 / Recall@10 delta
+  on a BEIR folder, file size, texts/s, and how much a vector depends on its batch); fp16 is also
+  parity-checked at a relaxed tolerance (5e-3).
 
 Everything is built in a temp sibling folder and renamed into place only when every check passed.
 
@@ -55,9 +58,12 @@ MODEL_FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx", "fp16": "model_f
 INPUT_NAMES = ("input_ids", "attention_mask")
 DIMENSIONS_INPUT, OUTPUT_NAME = "dimensions", "embeddings"
 DEFAULT_OPSET = 17
-FP16_TOLERANCE = 5e-3  # max abs difference per vector element of fp16 weights vs PyTorch fp32
-MIN_QUANTIZED_COSINE = 0.95  # a reduced-precision copy scoring below this mean cosine to fp32 fails the export
-_EXTERNAL_DATA_BYTES = 1_800_000_000  # above this, weights go to a .data file beside the graph (protobuf 2 GB)
+# max abs difference per vector element allowed for fp16 weights vs PyTorch fp32 (measured ~5e-4 on MiniLM)
+FP16_TOLERANCE = 5e-3
+# a reduced-precision copy whose mean cosine to fp32 on the probe texts is lower fails the export
+MIN_QUANTIZED_COSINE = 0.95
+# above this many bytes of weights, they go to a .data file beside the graph (protobuf's 2 GB limit)
+_EXTERNAL_DATA_BYTES = 1_800_000_000
 _POOLING_MODES = ("avg", "cls", "last", "weighted_avg")
 
 _LONG_TEXT = " ".join(
@@ -69,13 +75,11 @@ _LONG_TEXT = " ".join(
     * 12
 )  # ~560 words: longer than any model's usual token limit, so truncation is part of the check
 
-PARITY_TEXTS = (
+PARITY_TEXTS = (  # padded together in one batch: 1-token texts next to one cut at the model's token limit
     "a",
     _LONG_TEXT,
     "ok?",
     "How do I reclaim disk space after deleting many rows?",
-    "VACUUM",
-    _LONG_TEXT[: len(_LONG_TEXT) // 3],
     "Streaming replication ships write-ahead log records to a standby server.",
     "x y",
 )
@@ -242,11 +246,13 @@ def model_matryoshka_dims(folder: str | Path | None, dimension: int) -> list[int
 
 
 def _model_name(source: str, encoder) -> str:
-    if isinstance(source, str) and os.sep not in source and not Path(source).exists():
-        return source  # a known short name such as "minilm"
-    path = Path(str(source))
-    name = path.name if path.name not in ("model", "") else path.parent.name or path.name
-    return name or str(getattr(encoder, "name", "model"))
+    """A known short name as is; a folder's name, or ``parent-name`` for generic ones (``runs/tuned/model``)."""
+    if os.sep not in source and not Path(source).exists():
+        return source  # a known short name such as "minilm", or a BiEncoder's label
+    path = Path(source).resolve()
+    if path.name in {"model", "onnx", "export", "checkpoint"} and path.parent.name:
+        return f"{path.parent.name}-{path.name}"
+    return path.name or str(getattr(encoder, "name", "model"))
 
 
 # ------------------------------------------------------------------------------------------- the graph
@@ -258,9 +264,14 @@ def _opset_of(model) -> int:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The dynamo exporter logs and warns a lot that is not actionable here (opset upgrade notes, torchvision)."""
-    names = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir", "onnxruntime", "")
-    loggers = [logging.getLogger(n) for n in names]  # "": the quantizer logs on the root logger
+    """The exporters and the quantizer log a lot that is not actionable here (opset notes, tracing debug).
+
+    Silences the torch / onnx / onnxruntime loggers and the root logger (the quantizer logs there) while
+    they run, then restores every level.
+    """
+    prefixes = ("torch", "onnx", "onnxscript", "onnx_ir", "onnxruntime")
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in prefixes]
+    loggers = [logging.getLogger(n) for n in [*names, *prefixes]] + [logging.getLogger()]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -294,7 +305,7 @@ def _export_backbone(encoder, path: Path, *, opset: int, attn_implementation: st
     transformer, tokenizer, pooling = _parts(encoder)
     auto_model = transformer.auto_model
     example = tokenizer(
-        [PARITY_TEXTS[3], PARITY_TEXTS[6] + " " + PARITY_TEXTS[3]],  # 2 rows of different lengths
+        [PARITY_TEXTS[3], PARITY_TEXTS[4] + " " + PARITY_TEXTS[3]],  # 2 rows of different lengths
         padding=True,
         truncation=True,
         max_length=encoder.max_seq_length,
@@ -340,16 +351,53 @@ def _export_backbone(encoder, path: Path, *, opset: int, attn_implementation: st
     raise ExportError(f"the dynamo ONNX exporter could not trace the model: {last_error}") from last_error
 
 
-def _append_head(path: Path, dimension: int) -> int:
-    """Add the truncation + normalisation head to the graph at ``path`` (in place); returns its opset."""
+def _append_head(path: Path, dimension: int, opset: int) -> int:
+    """Add the truncation + normalisation head to the graph at ``path`` (in place); returns its opset.
+
+    The dynamo exporter builds at opset 18 and converts down; when its converter gives up (it does for Llama
+    graphs) onnx's own version converter is tried on the finished graph before settling for 18.
+    """
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
+    small = model.ByteSize() < _EXTERNAL_DATA_BYTES and not _has_external_data(model)
+    if _opset_of(model) != opset and small:
+        model = _convert_opset(model, opset)
     _add_head(model, dimension)
-    if model.ByteSize() < _EXTERNAL_DATA_BYTES:
+    if small:
         onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return _opset_of(model)
+
+
+_REDUCE_OPS = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum"}
+_REDUCE_OPS |= {"ReduceLogSumExp", "ReduceSumSquare"}
+
+
+def _convert_opset(model, opset: int):
+    """onnx's version converter, plus a fix for its Reduce* 18 -> 17 adapter (which keeps the opset-18-only
+    ``noop_with_empty_axes`` attribute); the model comes back unchanged when the result does not check."""
+    import onnx
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, opset)
+        for node in converted.graph.node:
+            if node.op_type in _REDUCE_OPS and opset < 18:
+                keep = [a for a in node.attribute if not (a.name == "noop_with_empty_axes" and a.i == 0)]
+                del node.attribute[:]
+                node.attribute.extend(keep)
+        onnx.checker.check_model(converted)
+        return converted
+    except Exception as err:  # noqa: BLE001 - keep the exporter's opset, reported in the json
+        logger.warning("could not convert the graph to opset %d (kept %d): %s", opset, _opset_of(model), err)
+        return model
+
+
+def _has_external_data(model) -> bool:
+    from onnx import TensorProto
+
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 _HEAD_NODES = ("ef_dims_1d", "ef_dims_clip", "ef_truncate", "ef_l2", "ef_norm_safe", "ef_normalise")
@@ -380,7 +428,9 @@ def _add_head(model, dimension: int) -> None:
         helper.make_node("Slice", [pooled, zero, "ef_dims", axis], ["ef_truncated"], name="ef_truncate"),
     ]
     if opset >= 18:  # ReduceL2 takes its axes as an input from opset 18
-        nodes.append(helper.make_node("ReduceL2", ["ef_truncated", axis], ["ef_norm"], keepdims=1, name="ef_l2"))
+        nodes.append(
+            helper.make_node("ReduceL2", ["ef_truncated", axis], ["ef_norm"], keepdims=1, name="ef_l2")
+        )
     else:
         nodes.append(
             helper.make_node("ReduceL2", ["ef_truncated"], ["ef_norm"], axes=[1], keepdims=1, name="ef_l2")
@@ -428,7 +478,13 @@ def _quantize_int8(src: Path, dst: Path, external: bool) -> dict[str, Any]:
     options = {"op_types_to_quantize": ["MatMul"], "weight_type": QuantType.QInt8, "per_channel": True}
     with _quiet_exporter():
         quantize_dynamic(str(src), str(dst), use_external_data_format=external, **options)
-    return {"method": "onnxruntime.quantization.quantize_dynamic", **{k: str(v) for k, v in options.items()}}
+    return {
+        "method": "onnxruntime.quantization.quantize_dynamic",
+        "op_types_to_quantize": ["MatMul"],
+        "weight_type": "QInt8",
+        "per_channel": True,
+        "activations": "uint8, one scale per tensor computed at run time",
+    }
 
 
 def _convert_fp16(src: Path, dst: Path, dimension: int, external: bool) -> dict[str, Any]:
@@ -496,10 +552,11 @@ class OnnxEncoder:
         options.log_severity_level = 3  # the optional `dimensions` input makes onnxruntime warn on every load
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(self.model_file), options, providers=["CPUExecutionProvider"]
-        )
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        self.session = ort.InferenceSession(str(self.model_file), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        for key in ("padding_side", "truncation_side"):  # as recorded at export, whatever the reload says
+            if self.info.get(key):
+                setattr(self.tokenizer, key, self.info[key])
         self.prompts: dict[str, str] = dict(self.info["prompts"])
         self.dimension: int = int(self.info["dimension"])
         self.max_seq_length: int = int(self.info["max_seq_length"])
@@ -520,7 +577,9 @@ class OnnxEncoder:
         progress: bool = False,
     ) -> np.ndarray:
         """Unit-norm float32 query vectors, with the saved query prompt prepended."""
-        return self.encode(texts, self.prompts["query"], batch_size=batch_size, dimensions=dimensions, progress=progress)
+        return self.encode(
+            texts, self.prompts["query"], batch_size=batch_size, dimensions=dimensions, progress=progress
+        )
 
     def encode_passages(
         self,
@@ -553,7 +612,9 @@ class OnnxEncoder:
         width = dimensions or self.dimension
         texts = [prompt + t for t in texts]
         out = np.zeros((len(texts), width), dtype=np.float32)
-        order = np.argsort([-len(t) for t in texts], kind="stable") if sort_by_length else np.arange(len(texts))
+        order = (
+            np.argsort([-len(t) for t in texts], kind="stable") if sort_by_length else np.arange(len(texts))
+        )
         starts = range(0, len(texts), batch_size)
         if progress:
             from tqdm.auto import tqdm
@@ -606,7 +667,7 @@ def parity_check(
     The ONNX rows keep the given order, so very short and truncated-long texts are padded together. Every
     size in ``dims`` is checked on the full batch, for queries and passages (passages skipped when the
     prompts are equal); the full size uses the graph's default ``dimensions`` and is also checked one text at
-    a time. ``passed`` also needs every ONNX vector to be unit-norm within 1e-4.
+    a time. PyTorch runs the same batches. ``passed`` also needs every ONNX vector to be unit-norm within 1e-4.
     """
     texts = list(texts)
     kinds = ["query"] if encoder.prompts["query"] == encoder.prompts["passage"] else ["query", "passage"]
@@ -618,13 +679,17 @@ def parity_check(
         batch_sizes = sorted({1, len(texts)}) if dim == encoder.dimension else [len(texts)]
         for kind in kinds:
             torch_encode = encoder.encode_queries if kind == "query" else encoder.encode_passages
-            expected = torch_encode(texts, dimensions=arg, batch_size=len(texts))
             for batch_size in batch_sizes:
+                # the same batches on both sides: with left padding and absolute positions (BERT) a vector
+                # depends on how much padding its batch needs
+                expected = torch_encode(texts, dimensions=arg, batch_size=batch_size)
                 got = onnx_encoder.encode(
                     texts, encoder.prompts[kind], batch_size=batch_size, dimensions=arg, sort_by_length=False
                 )
                 if got.shape != expected.shape:
-                    raise ExportError(f"ONNX output shape {got.shape} != PyTorch {expected.shape} at dim {dim}")
+                    raise ExportError(
+                        f"ONNX output shape {got.shape} != PyTorch {expected.shape} at dim {dim}"
+                    )
                 diff = float(np.abs(got.astype(np.float64) - expected).max())
                 by_dimension[str(dim)] = max(by_dimension.get(str(dim), 0.0), diff)
                 by_batch_size[str(batch_size)] = max(by_batch_size.get(str(batch_size), 0.0), diff)
@@ -643,6 +708,38 @@ def parity_check(
         "num_texts": len(texts),
         "token_lengths": [len(ids) for ids in tokens["input_ids"]],
     }
+
+
+def _check_tokenizer(encoder, onnx_encoder: OnnxEncoder, info: dict[str, Any]) -> None:
+    """The saved tokenizer, reloaded, must give the token ids the model itself gets (prompts included).
+
+    A tokenizer changed in memory (say a decoder's BOS/EOS switches) may not survive ``save_pretrained``;
+    this names that cause instead of leaving it to show up as a parity difference.
+    """
+    transformer = encoder.model[0]
+    for kind in ("query", "passage"):
+        texts = [encoder.prompts[kind] + t for t in PARITY_TEXTS]
+        expected = transformer.preprocess(texts) if hasattr(transformer, "preprocess") else None
+        if expected is None:
+            expected = transformer.tokenize(texts)
+        got = onnx_encoder.tokenizer(
+            texts, padding=True, truncation=True, max_length=onnx_encoder.max_seq_length, return_tensors="np"
+        )
+        for key in ("input_ids", "attention_mask"):
+            want = np.asarray(expected[key])
+            if want.shape != got[key].shape or not np.array_equal(want, got[key]):
+                row = 0 if want.shape != got[key].shape else int(np.argmax((want != got[key]).any(axis=1)))
+                model_ids = np.asarray(expected["input_ids"])[row][
+                    np.asarray(expected["attention_mask"])[row] > 0
+                ]
+                saved_ids = got["input_ids"][row][got["attention_mask"][row] > 0]
+                raise ExportError(
+                    f"the saved tokenizer does not reproduce the model's tokenization ({kind} text {row}: "
+                    f"model {model_ids[:10].tolist()}, reloaded {saved_ids[:10].tolist()}, padding "
+                    f"{transformer.tokenizer.padding_side} vs {onnx_encoder.tokenizer.padding_side}); "
+                    "a setting changed on the tokenizer in memory was not saved",
+                    info,
+                )
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -668,6 +765,18 @@ def quality_vs_fp32(
         else:
             result.setdefault("by_dimension", {})[str(dim)] = entry
     return result
+
+
+def batch_consistency(encoder: OnnxEncoder, texts: Sequence[str] = PROBE_TEXTS) -> float:
+    """Min cosine between each text embedded alone and inside one batch of all ``texts``.
+
+    fp32 gives ~1.0. Dynamic int8 quantizes activations with one scale per tensor, i.e. per batch, so a
+    vector depends on what it was batched with (padding included): a server that batches requests together
+    returns slightly different int8 vectors for the same text.
+    """
+    alone = encoder.encode_passages(texts, batch_size=1)
+    together = encoder.encode_passages(texts, batch_size=len(texts))
+    return float(_cosines(alone, together).min())
 
 
 def measure_speed(encoder: OnnxEncoder, texts: Sequence[str] = PROBE_TEXTS, repeats: int = 2) -> float:
@@ -715,6 +824,22 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _save_tokenizer(tokenizer, folder: Path) -> None:
+    """``tokenizer.save_pretrained(folder)``, plus its padding and truncation sides in tokenizer_config.json.
+
+    transformers 5 leaves ``padding_side`` out of the saved config and a reload takes the side from
+    tokenizer.json's padding state, which is only set once the tokenizer has padded something: a left-padding
+    tokenizer could come back right-padding (and ``last`` pooling would then read the wrong token).
+    """
+    tokenizer.save_pretrained(str(folder))
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    for key in ("padding_side", "truncation_side"):
+        if getattr(tokenizer, key, None):
+            config[key] = getattr(tokenizer, key)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def _write_info(folder: Path, info: dict[str, Any]) -> None:
     (folder / EXPORT_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
@@ -734,6 +859,7 @@ def export_onnx(
     attn_implementation: str | None = None,
     model_name: str | None = None,
     beir_split: str = "test",
+    speed: bool = True,
     config=None,
 ) -> dict[str, Any]:
     """Export a bi-encoder to a self-contained ONNX folder and return its ``embedforge_export.json`` report.
@@ -753,6 +879,7 @@ def export_onnx(
         attn_implementation: attention used for tracing; None: the model's own, retried with eager on failure.
         model_name: the name recorded for serving; None: the short name or the folder's name.
         beir_split: qrels split of ``beir``.
+        speed: time fp32 and each reduced-precision copy on one batch of 32 mixed texts (texts/s).
         config: the ``ExportConfig`` to record (built from the arguments when None).
 
     Raises:
@@ -766,7 +893,8 @@ def export_onnx(
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     if isinstance(model, BiEncoder):
         encoder, source = model, str(model.name)
-        folder = model.name if Path(str(model.name)).is_dir() else None
+        places = [model.name, getattr(model.model[0].auto_model, "name_or_path", None)]
+        folder = next((str(p) for p in places if p and Path(str(p)).is_dir()), None)
     else:
         from embedforge.registry import resolve_model
 
@@ -793,6 +921,7 @@ def export_onnx(
             matryoshka_dims=list(matryoshka_dims or []),
             attn_implementation=attn_implementation,
             model_name=model_name,
+            speed=speed,
         )
     out = Path(out_dir)
     _check_out_dir(out)
@@ -801,10 +930,13 @@ def export_onnx(
     started = time.perf_counter()
     try:
         _, tokenizer, pooling = _parts(encoder)
-        tokenizer.save_pretrained(str(tmp))
+        _save_tokenizer(tokenizer, tmp)
         logger.info("exporting %s to ONNX (opset %d, pooling %s)", source, opset, pooling)
-        traced = _export_backbone(encoder, tmp / MODEL_FILES["fp32"], opset=opset, attn_implementation=attn_implementation)
-        actual_opset = _append_head(tmp / MODEL_FILES["fp32"], dimension)
+        traced = _export_backbone(
+            encoder, tmp / MODEL_FILES["fp32"], opset=opset, attn_implementation=attn_implementation
+        )
+        actual_opset = _append_head(tmp / MODEL_FILES["fp32"], dimension, opset)
+        timings = {"trace": round(time.perf_counter() - started, 1)}
         if actual_opset != opset:
             logger.warning("the exporter produced opset %d (asked for %d)", actual_opset, opset)
         files = {"fp32": MODEL_FILES["fp32"]}
@@ -826,6 +958,7 @@ def export_onnx(
             },
             "outputs": {OUTPUT_NAME: "float32 [batch, dim_out], L2-normalised after truncation"},
             "padding_side": getattr(tokenizer, "padding_side", "right"),
+            "truncation_side": getattr(tokenizer, "truncation_side", "right"),
             "exporter": {"torch.onnx.export": "dynamo", **traced},
             "parity": {},
             "quantization_report": {},
@@ -834,10 +967,17 @@ def export_onnx(
         }
         _write_info(tmp, info)
 
+        mark = time.perf_counter()
         fp32 = OnnxEncoder(tmp, "fp32")
+        _check_tokenizer(encoder, fp32, info)
         parity = parity_check(encoder, fp32, _parity_dims(dims, dimension), parity_tolerance)
         info["parity"] = parity
-        logger.info("parity fp32 vs PyTorch: max abs diff %.2e (tolerance %.0e)", parity["max_abs_diff"], parity_tolerance)
+        timings["parity"] = round(time.perf_counter() - mark, 1)
+        logger.info(
+            "parity fp32 vs PyTorch: max abs diff %.2e (tolerance %.0e)",
+            parity["max_abs_diff"],
+            parity_tolerance,
+        )
         if not parity["passed"]:
             raise ExportError(
                 f"parity check failed: ONNX vs PyTorch max abs diff {parity['max_abs_diff']:.3e} "
@@ -846,8 +986,11 @@ def export_onnx(
             )
 
         variants = []
+        mark = time.perf_counter()
         if quantize == "int8":
-            method = _quantize_int8(tmp / MODEL_FILES["fp32"], tmp / MODEL_FILES["int8"], traced["external_data"])
+            method = _quantize_int8(
+                tmp / MODEL_FILES["fp32"], tmp / MODEL_FILES["int8"], traced["external_data"]
+            )
             files["int8"] = MODEL_FILES["int8"]
             variants.append(("int8", method))
         if fp16:
@@ -865,16 +1008,21 @@ def export_onnx(
             dataset = read_beir(beir, split=beir_split)
             fp32_beir = _beir_scores(fp32, dataset)
         quality_dims = [d for d in _parity_dims(dims, dimension) if d != dimension][:1]
+        fp32_speed = None
         for variant, method in variants:
+            mark = time.perf_counter() if variant != variants[0][0] else mark
             other = OnnxEncoder(tmp, variant)
             report: dict[str, Any] = {"file": files[variant], **method}
             report.update(quality_vs_fp32(fp32, other, dims=quality_dims))
-            report["speed"] = {
-                "batch": len(PROBE_TEXTS),
-                "fp32_texts_per_s": round(measure_speed(fp32), 1),
-                f"{variant}_texts_per_s": round(measure_speed(other), 1),
-                "note": "in-process onnxruntime CPU, one batch of mixed texts, tokenization included",
-            }
+            report["min_cosine_alone_vs_batched"] = batch_consistency(other)
+            if speed:
+                fp32_speed = fp32_speed or round(measure_speed(fp32), 1)
+                report["speed"] = {
+                    "batch": len(PROBE_TEXTS),
+                    "fp32_texts_per_s": fp32_speed,
+                    f"{variant}_texts_per_s": round(measure_speed(other), 1),
+                    "note": "in-process onnxruntime CPU, one batch of mixed texts, tokenization included",
+                }
             report["file_mb"] = {
                 "fp32": round((tmp / files["fp32"]).stat().st_size / 1e6, 1),
                 variant: round((tmp / files[variant]).stat().st_size / 1e6, 1),
@@ -893,6 +1041,7 @@ def export_onnx(
                     "delta": {m: scores[m] - fp32_beir[m] for m in _BEIR_METRICS},
                 }
             info["quantization_report"][variant] = report
+            timings[variant] = round(time.perf_counter() - mark, 1)
             logger.info("%s: mean cosine to fp32 %.5f", variant, report["mean_cosine_to_fp32"])
             del other
             if report["mean_cosine_to_fp32"] < min_quantized_cosine:
@@ -908,6 +1057,7 @@ def export_onnx(
                     info,
                 )
         info["seconds"] = round(time.perf_counter() - started, 1)
+        info["timings_s"] = timings
         _write_info(tmp, info)
         del fp32
         _swap_into_place(tmp, out)
@@ -934,6 +1084,7 @@ def run_export(config) -> dict[str, Any]:
         attn_implementation=config.attn_implementation,
         model_name=config.model_name,
         beir_split=config.beir_split,
+        speed=config.speed,
         config=config,
     )
 
@@ -956,18 +1107,27 @@ def format_summary(info: dict[str, Any]) -> str:
                 f"(tolerance {entry['tolerance']:.0e}) {verdict}; by dimension {dims}"
             )
     for variant, report in (info.get("quantization_report") or {}).items():
-        speed = report.get("speed", {})
-        lines.append(
+        line = (
             f"{variant}: mean cosine to fp32 {report['mean_cosine_to_fp32']:.5f} "
-            f"(min {report['min_cosine_to_fp32']:.5f}, {report['probe_texts']} probe texts x query/passage); "
-            f"speed {speed.get(f'{variant}_texts_per_s')} vs fp32 {speed.get('fp32_texts_per_s')} texts/s "
-            f"(batch {speed.get('batch')}); size {report['file_mb'][variant]} MB vs {report['file_mb']['fp32']} MB"
+            f"(min {report['min_cosine_to_fp32']:.5f}, {report['probe_texts']} probe texts as query and passage); "
+            f"size {report['file_mb'][variant]} MB vs fp32 {report['file_mb']['fp32']} MB; "
+            f"same text alone vs in a batch: min cosine {report['min_cosine_alone_vs_batched']:.4f}"
         )
+        if "speed" in report:
+            sp = report["speed"]
+            line += (
+                f"; speed {sp[f'{variant}_texts_per_s']} vs fp32 {sp['fp32_texts_per_s']} texts/s "
+                f"(one batch of {sp['batch']} mixed texts)"
+            )
+        lines.append(line)
         if "beir" in report:
             b = report["beir"]
             lines.append(
                 f"{variant} on {b['dataset']}: "
-                + ", ".join(f"{m} {b[variant][m]:.4f} vs fp32 {b['fp32'][m]:.4f} ({b['delta'][m]:+.4f})" for m in _BEIR_METRICS)
+                + ", ".join(
+                    f"{m} {b[variant][m]:.4f} vs fp32 {b['fp32'][m]:.4f} ({b['delta'][m]:+.4f})"
+                    for m in _BEIR_METRICS
+                )
             )
     return "\n".join(lines)
 
