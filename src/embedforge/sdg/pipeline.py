@@ -1,0 +1,785 @@
+"""The sdg stage: plan questions per passage, generate them resumably, filter, and write the outputs.
+
+Flow of :func:`run_sdg`:
+
+1. Read and chunk the corpus (``corpus.load_corpus``); write ``passages.jsonl`` (every passage).
+2. Plan each selected passage (a *unit*): its question types, complexities and openings, and for a
+   multi-hop question the group of 2-3 neighbouring passages of its document (``prompts.plan_unit``).
+3. Generate unit by unit, a chunk of units per round of generator calls. A finished unit (its questions
+   cleaned, answered and, with the judge on, scored) is appended to ``sdg_checkpoint.jsonl`` and fsynced.
+   A unit with any failed request is not written, so the next run retries it; a reply that arrives but is
+   unusable (malformed JSON, chatter, "the passage") is counted and the unit is done. An interrupted run
+   picks up exactly the units it has not written: never twice, never lost.
+4. Filter all finished units in corpus order (cheap, model-free except the embedding model, so they are
+   re-run every time and can be retuned without regenerating): judge threshold, near-duplicate removal
+   (cosine above ``dedup_threshold``, keep first), round-trip consistency (a positive must rank in the top
+   ``roundtrip_top_k`` of the whole corpus under ``embed_model``).
+5. Write ``pairs.jsonl``, ``sdg_dropped.jsonl`` (what each filter removed, for inspection) and
+   ``sdg_report.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedforge.config import ConfigError, SdgConfig, config_dict, config_hash
+from embedforge.corpus import Passage, load_corpus
+from embedforge.formats import passage_text
+from embedforge.sdg import prompts as P
+from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores
+from embedforge.sdg.generators import (
+    DEFAULT_LOCAL_MODEL,
+    GenRequest,
+    GenResult,
+    LocalGenerator,
+    OpenAIGenerator,
+)
+
+logger = logging.getLogger(__name__)
+
+PASSAGES_FILE, PAIRS_FILE, REPORT_FILE = "passages.jsonl", "pairs.jsonl", "sdg_report.json"
+DROPPED_FILE, CHECKPOINT_FILE, META_FILE = (
+    "sdg_dropped.jsonl",
+    "sdg_checkpoint.jsonl",
+    "sdg_checkpoint.meta.json",
+)
+# Stop the run (finished units stay saved) after this many requests in a row failed: the endpoint is down.
+ABORT_AFTER_FAILED_REQUESTS = 12
+RANK_BUCKETS = ((1, 1), (2, 3), (4, 10), (11, 100), (101, None))
+
+
+class SdgError(RuntimeError):
+    """The run cannot go on (e.g. the endpoint stopped answering); finished units are saved for a resume."""
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """Backend defaults filled in."""
+
+    model: str
+    temperature: float
+    max_new_tokens: int
+    judge: bool
+
+
+def resolve(config: SdgConfig) -> Resolved:
+    local = config.backend == "local"
+    if config.backend not in ("local", "openai"):
+        raise ConfigError(f"backend must be local or openai, got {config.backend!r}")
+    if not local and not config.model:
+        raise ConfigError("the openai backend needs model=<served model name>")
+    if config.questions_per_passage < 1:
+        raise ConfigError("questions_per_passage must be >= 1")
+    if not 0.0 <= config.multi_hop_share <= 1.0:
+        raise ConfigError("multi_hop_share must be between 0 and 1")
+    return Resolved(
+        model=config.model or DEFAULT_LOCAL_MODEL,
+        temperature=(0.0 if local else 0.7) if config.temperature is None else config.temperature,
+        max_new_tokens=config.max_new_tokens or (48 if local else 1024),
+        judge=(not local) if config.judge is None else config.judge,
+    )
+
+
+def generation_signature(config: SdgConfig, resolved: Resolved) -> dict[str, Any]:
+    """Settings that change what a unit's generation produces: a checkpoint is only resumed if they match."""
+    return {
+        "prompt_version": P.PROMPT_VERSION,
+        "backend": config.backend,
+        "model": resolved.model,
+        "questions_per_passage": config.questions_per_passage,
+        "multi_hop_share": config.multi_hop_share,
+        "seed": config.seed,
+        "temperature": resolved.temperature,
+        "max_new_tokens": resolved.max_new_tokens,
+        "judge": resolved.judge,
+        "max_prompt_chars": config.max_prompt_chars,
+        "sentences_per_chunk": config.sentences_per_chunk,
+        "max_passage_tokens": config.max_passage_tokens,
+        "min_words": config.min_words,
+    }
+
+
+def make_generator(config: SdgConfig, resolved: Resolved | None = None):
+    """The generator a config asks for (loads the local model, or opens the HTTP client)."""
+    resolved = resolved or resolve(config)
+    if config.backend == "openai":
+        return OpenAIGenerator(
+            config.base_url,
+            config.model,
+            api_key=os.environ.get(config.api_key_env) or None,
+            concurrency=config.concurrency,
+            timeout=config.timeout,
+            max_retries=config.max_retries,
+            temperature=resolved.temperature,
+            seed=config.seed,
+        )
+    return LocalGenerator(
+        resolved.model,
+        threads=config.threads,
+        batch_size=config.batch_size,
+        temperature=resolved.temperature,
+        seed=config.seed,
+    )
+
+
+# ------------------------------------------------------------------------------------------- file helpers
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so readers see the old or the new content, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _jsonl(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+class Checkpoint:
+    """Append-only JSONL of finished units, fsynced per unit, with the generation settings beside it.
+
+    A torn last line (the process died mid-write) is cut off when the file is opened; a unit written twice
+    keeps its first record.
+    """
+
+    def __init__(self, folder: Path, signature: dict[str, Any], resume: bool = True):
+        self.path = folder / CHECKPOINT_FILE
+        self.meta_path = folder / META_FILE
+        folder.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for path in (self.path, self.meta_path):
+                path.unlink(missing_ok=True)
+        if self.path.exists() and self.path.stat().st_size:
+            saved = json.loads(self.meta_path.read_text()) if self.meta_path.exists() else {}
+            changed = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
+            if changed:
+                details = ", ".join(f"{k}: {saved.get(k)!r} -> {signature.get(k)!r}" for k in changed)
+                raise ConfigError(
+                    f"{self.path} was made with other generation settings ({details}); "
+                    "use another out folder, or resume=false to delete it and start over"
+                )
+        write_atomic(self.meta_path, json.dumps(signature, indent=2) + "\n")
+        self.records = self._load()
+
+    def _load(self) -> dict[str, dict]:
+        records: dict[str, dict] = {}
+        if not self.path.exists():
+            return records
+        data = self.path.read_bytes()
+        good_end = 0
+        position = 0
+        for line in data.splitlines(keepends=True):
+            position += len(line)
+            if not line.endswith(b"\n"):
+                break  # torn write
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s: skipping an unreadable line at byte %d", self.path, position - len(line))
+                good_end = position
+                continue
+            if isinstance(record, dict) and isinstance(record.get("unit"), str):
+                records.setdefault(record["unit"], record)
+            else:
+                logger.warning(
+                    "%s: skipping a line without a unit at byte %d", self.path, position - len(line)
+                )
+            good_end = position
+        if good_end < len(data):
+            logger.warning("%s: cutting off a torn last line (%d bytes)", self.path, len(data) - good_end)
+            with self.path.open("r+b") as f:
+                f.truncate(good_end)
+        return records
+
+    def append(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.setdefault(record["unit"], record)
+
+
+# ------------------------------------------------------------------------------------------- planning
+
+
+def plan_units(passages: list[Passage], config: SdgConfig) -> list[P.UnitPlan]:
+    """Plans for the selected passages, in corpus order.
+
+    ``max_passages`` takes the first N of a seeded shuffle, so a larger N later is a superset.
+    """
+    by_doc: dict[str, list[str]] = {}
+    for p in passages:
+        by_doc.setdefault(p.doc_id, []).append(p.passage_id)
+    selected = [p.passage_id for p in passages]
+    if config.max_passages and config.max_passages < len(selected):
+        shuffled = selected[:]
+        random.Random(config.seed).shuffle(shuffled)
+        chosen = set(shuffled[: config.max_passages])
+        selected = [pid for pid in selected if pid in chosen]
+    doc_of = {p.passage_id: p.doc_id for p in passages}
+    plans = []
+    for pid in selected:
+        siblings = by_doc[doc_of[pid]]
+        i = siblings.index(pid)
+        # nearest first, the following passage before the preceding one (it usually continues the topic)
+        neighbours = [
+            siblings[j] for d in range(1, len(siblings)) for j in (i + d, i - d) if 0 <= j < len(siblings)
+        ]
+        plans.append(
+            P.plan_unit(pid, neighbours, config.questions_per_passage, config.multi_hop_share, config.seed)
+        )
+    return plans
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+
+def _question_id(unit: str, index: int, question: str) -> str:
+    return "q" + hashlib.sha1(f"{unit}|{index}|{question}".encode()).hexdigest()[:15]
+
+
+class _UnitWork:
+    """Requests of one unit and how to turn their replies into pairs."""
+
+    def __init__(self, plan: P.UnitPlan, passages: dict[str, Passage], config: SdgConfig, resolved: Resolved):
+        self.plan = plan
+        self.passages = passages
+        self.anchor = passages[plan.passage_id]
+        self.config = config
+        self.resolved = resolved
+        self.json_mode = config.backend == "openai"
+        self.requests: list[GenRequest] = []
+        self.meta: list[tuple[list[P.QuestionSpec], tuple[str, ...]]] = []  # specs, positives per request
+        if self.json_mode:
+            if plan.single:
+                self._add_json(list(plan.single), (plan.passage_id,))
+            if plan.multi:
+                self._add_json(list(plan.multi), plan.group)
+        else:
+            if plan.single:
+                self._add_plain(list(plan.single), (plan.passage_id,))
+            if plan.multi:
+                self._add_plain(list(plan.multi), plan.group)
+
+    def _texts(self, ids: tuple[str, ...]) -> list[str]:
+        return [self.passages[i].text for i in ids]
+
+    def _add_json(self, specs: list[P.QuestionSpec], ids: tuple[str, ...]) -> None:
+        messages = P.json_messages(
+            specs, self._texts(ids), self.anchor.title, self.anchor.section, self.config.max_prompt_chars
+        )
+        self.requests.append(GenRequest(messages, max_new_tokens=self.resolved.max_new_tokens))
+        self.meta.append((specs, ids))
+
+    def _add_plain(self, specs: list[P.QuestionSpec], ids: tuple[str, ...]) -> None:
+        messages, prefix, follow_ups = P.plain_messages(
+            specs, self._texts(ids), self.anchor.title, self.config.max_prompt_chars
+        )
+        self.requests.append(
+            GenRequest(
+                messages,
+                prefix=prefix,
+                follow_ups=follow_ups,
+                max_new_tokens=self.resolved.max_new_tokens,
+                stop_at_question=True,
+            )
+        )
+        self.meta.append((specs, ids))
+
+    def parse(self, results: list[GenResult], generator_name: str) -> dict:
+        """The unit's record: cleaned pairs, and every rejected reply with its reason."""
+        pairs: list[dict] = []
+        rejected: list[dict] = []
+        malformed = 0
+        for result, (specs, ids) in zip(results, self.meta, strict=True):
+            texts = self._texts(ids)
+            joined = " ".join([self.anchor.title, *texts])  # the prompt shows the title too
+            if self.json_mode:
+                items = _json_items(parse_json_reply(result.text))
+                if items is None:
+                    malformed += 1
+                    rejected.append({"reason": "malformed_output", "raw": (result.text or "")[:500]})
+                    continue
+                items = items[: len(specs)]
+            else:
+                parts = result.parts if result.parts is not None else [result.text]
+                flags = result.parts_truncated or [result.truncated] * len(parts)
+                items = [{"question": part, "truncated": cut} for part, cut in zip(parts, flags, strict=True)]
+            for spec, item in zip(specs, items, strict=False):
+                raw = item.get("question") if isinstance(item, dict) else None
+                if not isinstance(raw, str):
+                    malformed += 1
+                    rejected.append({"reason": "malformed_output", "raw": json.dumps(item)[:500]})
+                    continue
+                truncated = False if self.json_mode else bool(item.get("truncated"))
+                question, reason = clean_question(
+                    raw, passage=joined, truncated=truncated, require_mark=not self.json_mode
+                )
+                if question is None:
+                    rejected.append({"reason": reason, "raw": raw[:500]})
+                    continue
+                pair = self._pair(spec, item, question, ids, generator_name, len(pairs))
+                pairs.append(pair)
+        return {
+            "unit": self.plan.passage_id,
+            "pairs": pairs,
+            "rejected": rejected,
+            "malformed": malformed,
+            "requests": len(self.requests),
+        }
+
+    def _pair(self, spec, item: dict, question: str, ids: tuple[str, ...], generator_name: str, index: int):
+        query_type, complexity, positives = spec.query_type, spec.complexity, list(ids)
+        answer = ""
+        if self.json_mode:
+            answer = str(item.get("answer") or "").strip()
+            claimed = item.get("query_type")
+            if spec.query_type != "multi_hop" and claimed in ("structural", "contextual", "factual"):
+                query_type = claimed
+            try:
+                complexity = int(item.get("complexity", complexity))
+            except (TypeError, ValueError):
+                pass
+            uses = item.get("uses")
+            if isinstance(uses, list) and len(ids) > 1:
+                picked = [ids[u - 1] for u in uses if isinstance(u, int) and 1 <= u <= len(ids)]
+                positives = list(dict.fromkeys(picked)) or positives
+            if spec.query_type == "multi_hop" and len(positives) < 2:
+                query_type = "factual"  # the model says one segment suffices: not multi-hop after all
+        if not answer:
+            answer = extractive_answer(question, [self.passages[i].text for i in positives])
+        if query_type == "multi_hop":
+            complexity = max(complexity, 3)
+        return {
+            "question_id": _question_id(self.plan.passage_id, index, question),
+            "question": question,
+            "answer": answer,
+            "positive_ids": positives,
+            "doc_id": self.anchor.doc_id,
+            "query_type": query_type,
+            "complexity": min(5, max(2, complexity)),
+            "hops": min(3, max(1, len(positives))),
+            "scores": {},
+            "generator": generator_name,
+        }
+
+
+def _json_items(data) -> list | None:
+    if isinstance(data, dict):
+        if isinstance(data.get("questions"), list):
+            return data["questions"]
+        if "question" in data:
+            return [data]
+        return None
+    if isinstance(data, list) and data:
+        return data
+    return None
+
+
+def _judge_requests(pairs: list[dict], passages: dict[str, Passage], config: SdgConfig, local: bool):
+    requests = []
+    for pair in pairs:
+        texts = [passages[i].text for i in pair["positive_ids"]]
+        messages = P.judge_messages(pair["question"], pair["answer"], texts, config.max_prompt_chars)
+        requests.append(
+            GenRequest(
+                messages,
+                prefix='{"relevance": ' if local else "",
+                max_new_tokens=64 if local else 256,
+                temperature=0.0,
+            )
+        )
+    return requests
+
+
+# ------------------------------------------------------------------------------------------- filters
+
+
+def dedup_mask(vectors: np.ndarray, threshold: float) -> np.ndarray:
+    """Keep-first near-duplicate removal: row i is dropped if its cosine with an earlier KEPT row > threshold.
+
+    ``vectors`` must be unit-norm. Returns a boolean keep mask.
+    """
+    n = len(vectors)
+    keep = np.ones(n, dtype=bool)
+    if n == 0 or threshold >= 1.0:
+        return keep
+    block = 512
+    for start in range(0, n, block):
+        sims = vectors[start : start + block] @ vectors[: start + block].T
+        for r in range(sims.shape[0]):
+            i = start + r
+            earlier = sims[r, :i]
+            if earlier.size and np.any(earlier[keep[:i]] > threshold):
+                keep[i] = False
+    return keep
+
+
+def roundtrip_ranks(
+    query_vecs: np.ndarray, passage_vecs: np.ndarray, positives: list[list[int]], block: int = 256
+) -> list[int]:
+    """1-based rank of each query's best-ranked positive among all passages (ties count against it)."""
+    ranks: list[int] = []
+    for start in range(0, len(query_vecs), block):
+        scores = query_vecs[start : start + block] @ passage_vecs.T
+        for r, row in enumerate(scores):
+            mine = positives[start + r]
+            best = row[mine].max()
+            others = row.copy()
+            others[mine] = -np.inf
+            ranks.append(int(np.sum(others >= best)) + 1)
+    return ranks
+
+
+def rank_histogram(ranks: list[int]) -> dict[str, int]:
+    hist = {}
+    for low, high in RANK_BUCKETS:
+        label = f"{low}" if low == high else (f"{low}-{high}" if high else f">{low - 1}")
+        hist[label] = sum(1 for r in ranks if r >= low and (high is None or r <= high))
+    return hist
+
+
+# ------------------------------------------------------------------------------------------- the stage
+
+
+def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool = True) -> dict[str, Any]:
+    """Run the sdg stage; returns the report also written to ``OUT/sdg_report.json``.
+
+    Args:
+        config: the stage config.
+        generator: use this generator instead of building one from the config (anything with
+            ``generate(list[GenRequest]) -> list[GenResult]`` and a ``name``).
+        encoder: a loaded ``BiEncoder`` to use instead of loading ``config.embed_model``.
+        progress: show a progress bar.
+
+    Raises:
+        SdgError: the generator failed many requests in a row; finished units are saved, run again to resume.
+        GeneratorError: the endpoint rejected the credentials, URL or model.
+    """
+    resolved = resolve(config)
+    if not config.corpus:
+        raise ConfigError("sdg needs a corpus folder: --corpus DIR or corpus=DIR")
+    started = time.perf_counter()
+    out = Path(config.out)
+    corpus = load_corpus(
+        config.corpus,
+        sentences_per_chunk=config.sentences_per_chunk,
+        max_tokens=config.max_passage_tokens,
+        min_words=config.min_words,
+    )
+    if not corpus.passages:
+        raise ValueError(f"{config.corpus}: no passages (no readable .txt/.md/.rst/.html documents)")
+    passages = {p.passage_id: p for p in corpus.passages}
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        out / PASSAGES_FILE,
+        _jsonl(
+            {"passage_id": p.passage_id, "doc_id": p.doc_id, "text": p.text, "title": p.title}
+            for p in corpus.passages
+        ),
+    )
+    plans = plan_units(corpus.passages, config)
+    checkpoint = Checkpoint(out, generation_signature(config, resolved), resume=config.resume)
+    pending = [plan for plan in plans if plan.passage_id not in checkpoint.records]
+    resumed = len(plans) - len(pending)
+    if resumed:
+        logger.info("resuming: %d of %d passages already done", resumed, len(plans))
+
+    run_stats = Counter()
+    generation_seconds = 0.0
+    owned = generator is None
+    name = None
+    try:
+        if pending:
+            generator = generator or make_generator(config, resolved)
+        name = getattr(generator, "name", None) or f"{config.backend}:{resolved.model}"
+        if pending:
+            generation_seconds = _generate(
+                pending, passages, config, resolved, generator, name, checkpoint, run_stats, progress
+            )
+    finally:
+        if owned and generator is not None:
+            generator.close()
+
+    report = _finish(
+        config, resolved, corpus, plans, checkpoint, encoder, name or f"{config.backend}:{resolved.model}"
+    )
+    report["this_run"] = {
+        "units_resumed": resumed,
+        "units_generated": run_stats["units_done"],
+        "units_failed": run_stats["units_failed"],
+        "requests": run_stats["requests"],
+        "failed_requests": run_stats["failed_requests"],
+        "retries": getattr(generator, "retries", 0) if pending else 0,
+        "questions": run_stats["questions"],
+        "generation_seconds": round(generation_seconds, 2),
+        "questions_per_second": round(run_stats["questions"] / generation_seconds, 3)
+        if generation_seconds
+        else None,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if run_stats["units_failed"]:
+        report["note"] = (
+            f"{run_stats['units_failed']} passage(s) had failed requests and were not saved; "
+            "run the same command again to retry them"
+        )
+    write_atomic(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _generate(pending, passages, config, resolved, generator, name, checkpoint, stats, progress) -> float:
+    """Generate the pending units chunk by chunk; returns the seconds spent generating."""
+    from tqdm.auto import tqdm
+
+    local = config.backend == "local"
+    per_round = max(1, config.batch_size * 4 if local else config.concurrency * 2)
+    consecutive_failures = 0
+    seconds = 0.0
+    bar = tqdm(total=len(pending), desc="sdg", unit="passage", disable=not progress)
+    try:
+        index = 0
+        while index < len(pending):
+            works: list[_UnitWork] = []
+            n_requests = 0
+            while index < len(pending) and (not works or n_requests < per_round):
+                work = _UnitWork(pending[index], passages, config, resolved)
+                works.append(work)
+                n_requests += len(work.requests)
+                index += 1
+            start = time.perf_counter()
+            requests = [r for w in works for r in w.requests]
+            results = generator.generate(requests)
+            stats["requests"] += len(requests)
+            records: list[dict | None] = []
+            offset = 0
+            for work in works:
+                mine = results[offset : offset + len(work.requests)]
+                offset += len(work.requests)
+                failed = [r for r in mine if r.text is None]
+                consecutive_failures = _count_failures(mine, consecutive_failures)
+                stats["failed_requests"] += len(failed)
+                if failed:
+                    logger.warning(
+                        "passage %s: %d request(s) failed (%s); it will be retried on the next run",
+                        work.plan.passage_id,
+                        len(failed),
+                        failed[0].error,
+                    )
+                    records.append(None)
+                else:
+                    records.append(work.parse(mine, name))
+            if resolved.judge:
+                consecutive_failures = _judge(
+                    records, passages, config, local, generator, stats, consecutive_failures
+                )
+            seconds += time.perf_counter() - start
+            for record in records:
+                if record is None:
+                    stats["units_failed"] += 1
+                    continue
+                checkpoint.append(record)
+                stats["units_done"] += 1
+                stats["questions"] += len(record["pairs"])
+            bar.update(len(works))
+            bar.set_postfix(questions=stats["questions"], failed=stats["units_failed"])
+            if consecutive_failures >= ABORT_AFTER_FAILED_REQUESTS:
+                raise SdgError(
+                    f"the generator failed {consecutive_failures} requests in a row (last: "
+                    f"{_last_error(results)}); {len(checkpoint.records)} finished passages are saved in "
+                    f"{checkpoint.path}: run again to resume"
+                )
+    finally:
+        bar.close()
+    return seconds
+
+
+def _count_failures(results: list[GenResult], running: int) -> int:
+    for result in results:
+        running = running + 1 if result.text is None else 0
+    return running
+
+
+def _last_error(results: list[GenResult]) -> str:
+    return next((r.error for r in reversed(results) if r.error), "unknown")
+
+
+def _judge(records, passages, config, local, generator, stats, consecutive_failures) -> int:
+    """Attach judge scores to the pairs of the records; a record whose judging failed becomes None."""
+    todo = [(i, pair) for i, record in enumerate(records) if record for pair in record["pairs"]]
+    if not todo:
+        return consecutive_failures
+    requests = _judge_requests([pair for _, pair in todo], passages, config, local)
+    results = generator.generate(requests)
+    stats["requests"] += len(requests)
+    failed_records = set()
+    for (i, pair), result in zip(todo, results, strict=True):
+        consecutive_failures = _count_failures([result], consecutive_failures)
+        if result.text is None:
+            stats["failed_requests"] += 1
+            failed_records.add(i)
+            continue
+        scores = parse_scores(result.text)
+        pair["scores"] = scores or {}
+        if scores is None:
+            records[i]["judge_unparsed"] = records[i].get("judge_unparsed", 0) + 1
+    for i in failed_records:
+        logger.warning(
+            "passage %s: judge request failed; it will be retried on the next run", records[i]["unit"]
+        )
+        records[i] = None
+    return consecutive_failures
+
+
+def _openings(questions: list[str]) -> dict[str, Any]:
+    firsts = Counter(" ".join(q.lower().split()[:2]) for q in questions)
+    total = max(1, len(questions))
+    return {
+        "distinct_first_two_words": len(firsts),
+        "top": [[words, round(n / total, 3)] for words, n in firsts.most_common(8)],
+        "how_do_share": round(sum(n for w, n in firsts.items() if w.startswith("how do")) / total, 3),
+    }
+
+
+def _finish(config, resolved, corpus, plans, checkpoint, encoder, name) -> dict[str, Any]:
+    """Filter every finished unit (judge, dedup, round trip) and write pairs, dropped pairs and the report."""
+    out = Path(config.out)
+    index_of = {p.passage_id: i for i, p in enumerate(corpus.passages)}
+    done = [checkpoint.records[p.passage_id] for p in plans if p.passage_id in checkpoint.records]
+    stale = len(set(checkpoint.records) - {p.passage_id for p in plans})
+    rejected = Counter(r["reason"] for record in done for r in record["rejected"])
+    candidates = [dict(pair) for record in done for pair in record["pairs"]]
+    generated = len(candidates) + sum(rejected.values())
+    dropped: list[dict] = []
+    removed: dict[str, Any] = {"cleaning": dict(sorted(rejected.items()))}
+
+    if resolved.judge:
+        kept = []
+        for pair in candidates:
+            overall = pair["scores"].get("overall")
+            if overall is None or overall < config.judge_threshold:
+                dropped.append({**pair, "dropped_by": "judge"})
+            else:
+                kept.append(pair)
+        removed["judge"] = len(candidates) - len(kept)
+        judge_info = {
+            "enabled": True,
+            "threshold": config.judge_threshold,
+            "scored": sum(1 for p in candidates if p["scores"]),
+            "unscored": sum(1 for p in candidates if not p["scores"]),
+            "mean_overall": round(
+                float(np.mean([p["scores"]["overall"] for p in candidates if p["scores"]])), 3
+            )
+            if any(p["scores"] for p in candidates)
+            else None,
+        }
+        candidates = kept
+    else:
+        removed["judge"] = 0
+        judge_info = {"enabled": False}
+        for pair in candidates:
+            pair["scores"] = {}
+
+    need_vectors = candidates and (config.dedup_threshold < 1.0 or config.roundtrip_top_k > 0)
+    if need_vectors and encoder is None:
+        from embedforge.model import BiEncoder
+
+        encoder = BiEncoder.load(config.embed_model)
+    vectors = encoder.encode_queries([p["question"] for p in candidates]) if need_vectors else None
+
+    keep = (
+        dedup_mask(vectors, config.dedup_threshold) if vectors is not None else np.ones(len(candidates), bool)
+    )
+    for pair, ok in zip(candidates, keep, strict=True):
+        if not ok:
+            dropped.append({**pair, "dropped_by": "dedup"})
+    removed["dedup"] = int((~keep).sum())
+    candidates = [p for p, ok in zip(candidates, keep, strict=True) if ok]
+    if vectors is not None:
+        vectors = vectors[keep]
+
+    roundtrip: dict[str, Any] = {"top_k": config.roundtrip_top_k}
+    if config.roundtrip_top_k > 0 and candidates:
+        passage_vecs = encoder.encode_passages(
+            [passage_text({"title": p.title, "text": p.text}) for p in corpus.passages], progress=False
+        )
+        positives = [[index_of[i] for i in p["positive_ids"]] for p in candidates]
+        ranks = roundtrip_ranks(vectors, passage_vecs, positives)
+        roundtrip.update(
+            rank_histogram=rank_histogram(ranks),
+            kept_at_k={str(k): sum(r <= k for r in ranks) for k in (1, 3, 10, 100)},
+            median_rank=float(np.median(ranks)),
+        )
+        kept = []
+        for pair, rank in zip(candidates, ranks, strict=True):
+            pair["roundtrip_rank"] = rank
+            if rank <= config.roundtrip_top_k:
+                kept.append(pair)
+            else:
+                dropped.append({**pair, "dropped_by": "roundtrip"})
+        removed["roundtrip"] = len(candidates) - len(kept)
+        candidates = kept
+    else:
+        removed["roundtrip"] = 0
+        for pair in candidates:
+            pair["roundtrip_rank"] = None
+
+    fields = (
+        "question_id", "question", "answer", "positive_ids", "doc_id", "query_type",
+        "complexity", "hops", "scores", "roundtrip_rank", "generator",
+    )  # fmt: skip
+    pairs = [{k: pair.get(k) for k in fields} for pair in candidates]
+    write_atomic(out / PAIRS_FILE, _jsonl(pairs))
+    write_atomic(out / DROPPED_FILE, _jsonl(dropped))
+    return {
+        "stage": "sdg",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "corpus": config.corpus,
+        "out": str(out),
+        "generator": name,
+        "documents": len(corpus.documents),
+        "passages": len(corpus.passages),
+        "skipped_files": len(corpus.skipped),
+        "passages_selected": len(plans),
+        "passages_done": len(done),
+        "passages_pending": len(plans) - len(done),
+        "stale_checkpoint_units": stale,
+        "generated": generated,
+        "malformed_outputs": sum(r.get("malformed", 0) for r in done),
+        "removed": removed,
+        "kept": len(pairs),
+        "query_types": dict(Counter(p["query_type"] for p in pairs)),
+        "complexity": {str(k): v for k, v in sorted(Counter(p["complexity"] for p in pairs).items())},
+        "hops": {str(k): v for k, v in sorted(Counter(p["hops"] for p in pairs).items())},
+        "judge": judge_info,
+        "roundtrip": roundtrip,
+        "openings": _openings([p["question"] for p in pairs]),
+        "config": config_dict(config),
+        "config_hash": config_hash(config),
+        "files": {"passages": PASSAGES_FILE, "pairs": PAIRS_FILE, "dropped": DROPPED_FILE},
+    }
