@@ -206,10 +206,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not config.train_data:
             raise ConfigError("finetune needs training data: --train PATH or train_data=PATH")
         summary = finetune(config)
-        print(
-            json.dumps({k: summary[k] for k in ("steps", "train_loss", "best_metric", "seconds")}, indent=2)
-        )
-        print(f"model saved to {config.output_dir}/model")
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns; one prints
+            print(
+                json.dumps(
+                    {k: summary[k] for k in ("steps", "train_loss", "best_metric", "seconds")}, indent=2
+                )
+            )
+            print(f"model saved to {config.output_dir}/model")
         return 0
     if args.command == "eval":
         from embedforge.evaluate import run_eval
