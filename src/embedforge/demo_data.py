@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -88,9 +89,7 @@ def fetch_postgres_manual(cache_dir: Path | str = Path(".cache/demo")) -> Path:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".fetch-") as tmp:
         tmp_path = Path(tmp)
-        download = subprocess.run(
-            ["apt-get", "download", PACKAGE], cwd=tmp_path, capture_output=True, text=True
-        )
+        download = _apt_download(tmp_path)
         debs = sorted(tmp_path.glob(f"{PACKAGE}_*.deb"))
         if download.returncode != 0 or not debs:
             message = (download.stderr or download.stdout).strip()
@@ -113,6 +112,19 @@ def fetch_postgres_manual(cache_dir: Path | str = Path(".cache/demo")) -> Path:
                 raise
     logger.info("fetched %s into %s in %.1fs", PACKAGE, target, time.perf_counter() - start)
     return html_dir
+
+
+def _apt_download(folder: Path) -> subprocess.CompletedProcess:
+    """``apt-get download``; on a fresh machine with empty package lists, refresh them once if we are root."""
+    download = subprocess.run(["apt-get", "download", PACKAGE], cwd=folder, capture_output=True, text=True)
+    unknown = re.search(r"Unable to locate package|no installation candidate", download.stderr or "")
+    if download.returncode != 0 and unknown and hasattr(os, "geteuid") and os.geteuid() == 0:
+        logger.info("apt does not know %s yet: running apt-get update once", PACKAGE)
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+        download = subprocess.run(
+            ["apt-get", "download", PACKAGE], cwd=folder, capture_output=True, text=True
+        )
+    return download
 
 
 def clean_heading(heading: str) -> str:
