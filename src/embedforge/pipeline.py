@@ -201,7 +201,10 @@ def run_pipeline(
         if stage == "finetune" and marker.get("key") == key and marker.get("status") == "started":
             cfg.resume = True  # same config, interrupted: continue from the last checkpoint
         print(f"[{stage}] running (key {key})", flush=True)
-        _write_marker(folder, {"key": key, "status": "started", "config": config_dict(cfg)})
+        if stage != "export":
+            # export refuses a non-empty out folder that is not an export (a lone marker is enough) and swaps
+            # its finished folder into place, so its marker is written only once it finished
+            _write_marker(folder, {"key": key, "status": "started", "config": config_dict(cfg)})
         started = time.time()
         if stage == "verify":
             served = str(pipe.run / "export") if "export" in stages else str(pipe.run / "finetune" / "model")

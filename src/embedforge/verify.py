@@ -125,6 +125,8 @@ class _Client:
             "model": self.model,
             "input": list(texts),
             "input_type": input_type,
+            # offline eval truncates long passages at the end (sentence-transformers); ask the server to match
+            "truncate": "END",
             "encoding_format": self.encoding_format,
         }
         if dimensions is not None:

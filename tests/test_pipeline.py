@@ -1,0 +1,283 @@
+"""`embedforge run` end to end: sdg (against the stub chat server) -> prep -> finetune -> eval in one run
+folder, the document-level split, skipping of unchanged stages on a re-run (function and CLI), a changed
+finetune setting re-running finetune and eval only, export + verify on the tuned model, and bare overrides
+rejected. The tests share one run folder and run in file order."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from embedforge.pipeline import MARKER, run_pipeline
+from sdg_stub import StubServer
+
+MAIN_STAGES = ("sdg", "prep", "finetune", "eval")
+
+# Six short documents (two .txt, four .md) on unrelated topics, each a couple of passages.
+DOCS = {
+    "tides.md": """# Harbor tide tables
+
+## Reading the table
+The Kestrel harbor tide table lists high and low water for every day of the year. Heights are given in
+metres above chart datum. Times are local standard time and need one hour added in summer. Spring tides
+arrive two days after a full or new moon. Neap tides have the smallest range between high and low water.
+
+## Mooring rules
+Boats longer than twelve metres must moor on the outer pontoon. The harbor master assigns berths each
+morning at eight. Overnight mooring costs four euros per metre. Rafting more than three boats together is
+forbidden. Fuel is sold at the north quay until six in the evening.
+""",
+    "sourdough.txt": """Sourdough starter care. A sourdough starter is a culture of wild yeast and lactic acid
+bacteria. Feed the starter with equal weights of flour and water once a day. A healthy starter doubles in
+volume within six hours of feeding. Keep the jar loosely covered at room temperature. A grey liquid on top
+means the starter is hungry and needs feeding soon.
+""",
+    "zephyr.md": """# Zephyr job scheduler
+
+## Queues
+The Zephyr scheduler places every submitted job in a named queue. The default queue accepts jobs up to
+two hours long. The retry queue resubmits jobs that exit with a nonzero status. Jobs in the batch queue run
+only at night. Administrators can pause a queue without cancelling its jobs.
+
+## Priorities
+Each job carries a priority between one and ten. Zephyr starts the job with the highest priority first.
+Jobs of equal priority run in submission order. A user may lower but never raise the priority of a job.
+The scheduler tick recomputes priorities every five minutes.
+""",
+    "violin.txt": """Violin strings lose their tone after about six months of daily playing. Replace one
+string at a time to keep the bridge in place. Let new strings rest and tune them up slowly over several
+days. Wipe rosin dust off the strings after every practice session. The soundpost transmits vibration from
+the top plate to the back plate and must only be adjusted by a luthier.
+""",
+    "glacier.md": """# Glacier monitoring
+
+## Stakes
+Researchers drill ablation stakes into the glacier surface each spring. The exposed stake length measures
+how much ice melted over the summer. Stakes are read again in late September. A stake that melts out is
+replaced at a new position. The base station records the readings from every stake.
+
+## Weather stations
+An automatic weather station on the glacier logs air temperature every ten minutes. It also measures wind
+speed and incoming solar radiation. The station runs on a solar panel with a battery backup. Data are sent
+by satellite once a day. Snow can bury the station in winter and stop the wind sensor.
+""",
+    "chess.md": """# Chess clocks
+
+## Time controls
+A chess clock shows the remaining time of both players. In a rapid game each player has fifteen minutes.
+A Fischer increment adds a few seconds after every move. A player whose flag falls loses unless the
+opponent cannot checkmate. Blitz games give each player five minutes or less.
+
+## Operating the clock
+Press the clock with the same hand that moved the piece. Stopping the clock pauses both times while an
+arbiter is called. Batteries should be changed before every tournament. A digital clock can store several
+time control presets for club evenings.
+""",
+}
+
+RECIPE = """\
+name: pipeline-test
+sdg:
+  backend: openai
+  model: stub-model
+  base_url: {url}
+  api_key_env: EMBEDFORGE_PIPELINE_TEST_NO_KEY
+  concurrency: 4
+  timeout: 10.0
+  max_retries: 1
+  questions_per_passage: 2
+  judge: false
+  roundtrip_top_k: 0
+  dedup_threshold: 1.0
+prep:
+  num_negatives: 2
+  candidate_pool: 20
+  test_fraction: 0.34
+  batch_size: 16
+finetune:
+  max_steps: 2
+  max_seq_length: 128  # >= the longest test passage: the served model rejects longer input in verify
+  global_batch_size: 8
+  validation_split: 0.0
+  n_passages: 2
+  warmup_steps: 0
+  log_every: 1
+eval:
+  ks: [1, 5, 10]
+  batch_size: 16
+"""
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def markers(run: Path) -> dict[str, str]:
+    return {p.parent.name: p.read_text() for p in sorted(run.glob(f"*/{MARKER}"))}
+
+
+def files(run: Path) -> set[str]:
+    return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.name != "report.md"}
+
+
+@pytest.fixture(scope="module")
+def stub():
+    server = StubServer().start()
+    server.state["down"] = False
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, stub):
+    """One full run of the default stages; returns (corpus, run_dir, recipe, summary)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for name, text in DOCS.items():
+        (corpus / name).write_text(text)
+    recipe = root / "recipe.yaml"
+    recipe.write_text(RECIPE.format(url=stub.url))
+    run = root / "run"
+    summary = run_pipeline(str(corpus), str(run), str(recipe))
+    return corpus, run, recipe, summary
+
+
+def test_run_writes_every_stage_a_marker_and_the_report(first_run):
+    _, run, _, summary = first_run
+    assert all("seconds" in summary[s] and not summary[s].get("skipped") for s in MAIN_STAGES)
+    assert (run / "sdg" / "pairs.jsonl").exists() and read_jsonl(run / "sdg" / "pairs.jsonl")
+    assert (run / "prep" / "train.json").exists()
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        assert (run / "prep" / "test_beir" / name).exists(), name
+    assert (run / "finetune" / "model").is_dir() and any((run / "finetune" / "model").iterdir())
+    results = json.loads((run / "eval" / "eval_results.json").read_text())
+    assert results
+    for stage in MAIN_STAGES:
+        marker = json.loads((run / stage / MARKER).read_text())
+        assert marker["status"] == "finished" and marker["key"] and marker["finished"], stage
+    assert not (run / "export").exists() and not (run / "verify").exists()
+    report = Path(summary["report"])
+    assert report == run / "report.md"
+    text = report.read_text()
+    assert "Base vs tuned on held-out documents" in text
+    tuned = str(run / "finetune" / "model")
+    assert f"| metric | minilm | {tuned} |" in text  # base vs tuned columns
+    assert "| ndcg@10 |" in text and "| recall@10 |" in text
+    for stage in MAIN_STAGES:
+        assert f"| {stage} | finished |" in text
+
+
+def test_test_set_holds_only_test_documents(first_run):
+    _, run, _, _ = first_run
+    passages = {p["passage_id"]: p for p in read_jsonl(run / "sdg" / "passages.jsonl")}
+    pairs = read_jsonl(run / "sdg" / "pairs.jsonl")
+    beir = run / "prep" / "test_beir"
+    test_ids = {row["_id"] for row in read_jsonl(beir / "corpus.jsonl")}
+    test_docs = {passages[pid]["doc_id"] for pid in test_ids}
+    assert test_docs and len(test_docs) < len({p["doc_id"] for p in passages.values()})
+    # every passage of a test document is in the test corpus, and nothing else is
+    assert test_ids == {pid for pid, p in passages.items() if p["doc_id"] in test_docs}
+    test_queries = {row["_id"] for row in read_jsonl(beir / "queries.jsonl")}
+    assert test_queries
+    by_id = {p["question_id"]: p for p in pairs}
+    for qid in test_queries:
+        assert {passages[pid]["doc_id"] for pid in by_id[qid]["positive_ids"]} <= test_docs
+    qrels = (beir / "qrels" / "test.tsv").read_text().splitlines()
+    rows = [line.split("\t") for line in qrels if line and not line.startswith("query-id")]
+    assert rows and all(q in test_queries and d in test_ids for q, d, *_ in rows)
+    # no training query has a positive in a test document, and no test passage is in the training corpus
+    train_queries = set(by_id) - test_queries
+    assert train_queries
+    for qid in train_queries:
+        assert not {passages[pid]["doc_id"] for pid in by_id[qid]["positive_ids"]} & test_docs
+    train = json.loads((run / "prep" / "train.json").read_text())
+    train_corpus = {
+        row["id"]: row["text"] for row in pq.read_table(run / "prep" / "corpus" / "train.parquet").to_pylist()
+    }
+    assert train_corpus and not set(train_corpus) & test_ids
+    assert {passages[pid]["doc_id"] for pid in train_corpus}.isdisjoint(test_docs)
+    used = {d["id"] for row in train["data"] for d in (*row["pos_doc"], *row["neg_doc"])}
+    assert used <= set(train_corpus)
+    assert {row["question_id"].partition("#")[0] for row in train["data"]} <= train_queries
+    test_texts = [passages[pid]["text"] for pid in test_ids]
+    for row in read_jsonl(run / "prep" / "train.jsonl"):
+        for text in (row["pos_doc"], *row["neg_doc"]):
+            assert not any(t in text for t in test_texts)
+
+
+def test_second_run_skips_every_stage(first_run):
+    corpus, run, recipe, _ = first_run
+    before_markers, before_files = markers(run), files(run)
+    summary = run_pipeline(str(corpus), str(run), str(recipe))
+    assert all(summary[s] == {"skipped": True} for s in MAIN_STAGES)
+    assert markers(run) == before_markers
+    assert files(run) == before_files
+
+
+def test_cli_run_skips_unchanged_stages(first_run):
+    corpus, run, recipe, _ = first_run
+    before = markers(run)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "embedforge.cli", "run", "--corpus", str(corpus), "--out", str(run)]
+    done = subprocess.run(
+        [*cmd, "--config", str(recipe)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    for stage in MAIN_STAGES:
+        assert f"[{stage}] unchanged since" in done.stdout
+    assert "run report:" in done.stdout
+    assert markers(run) == before
+    # a bare override (no stage prefix) is rejected with a message saying how to write it
+    bad = subprocess.run(
+        [*cmd, "--config", str(recipe), "learning_rate=1e-4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert bad.returncode != 0
+    assert "finetune.epochs=1" in bad.stdout + bad.stderr and "learning_rate=1e-4" in bad.stdout + bad.stderr
+
+
+def test_export_and_verify_on_the_tuned_model(first_run):
+    corpus, run, recipe, _ = first_run
+    stages = [*MAIN_STAGES, "export", "verify"]
+    summary = run_pipeline(str(corpus), str(run), str(recipe), stages=stages)
+    assert all(summary[s] == {"skipped": True} for s in MAIN_STAGES)
+    assert "seconds" in summary["export"] and "seconds" in summary["verify"]
+    assert (run / "export" / "model.onnx").exists()
+    report = json.loads((run / "verify" / "verify_report.json").read_text())
+    assert report["passed"] is True
+    for stage in ("export", "verify"):
+        assert json.loads((run / stage / MARKER).read_text())["status"] == "finished"
+    assert "| export | finished |" in (run / "report.md").read_text()
+
+
+def test_changed_finetune_setting_reruns_finetune_and_eval_only(first_run):
+    corpus, run, recipe, _ = first_run
+    before = markers(run)
+    summary = run_pipeline(str(corpus), str(run), str(recipe), overrides=["finetune.learning_rate=5e-5"])
+    assert summary["sdg"] == {"skipped": True} and summary["prep"] == {"skipped": True}
+    assert "seconds" in summary["finetune"] and "seconds" in summary["eval"]
+    after = markers(run)
+    assert after["sdg"] == before["sdg"] and after["prep"] == before["prep"]
+    for stage in ("finetune", "eval"):
+        marker = json.loads(after[stage])
+        assert marker["status"] == "finished" and marker["key"] != json.loads(before[stage])["key"]
+    assert json.loads(after["finetune"])["config"]["learning_rate"] == 5e-5
+    # the same override again: nothing to do
+    again = run_pipeline(str(corpus), str(run), str(recipe), overrides=["finetune.learning_rate=5e-5"])
+    assert all(again[s] == {"skipped": True} for s in MAIN_STAGES)
+
+
+def test_bare_override_is_rejected(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    with pytest.raises(ValueError, match=r"name their stage.*learning_rate=1e-4"):
+        run_pipeline(str(tmp_path / "corpus"), str(tmp_path / "run"), None, overrides=["learning_rate=1e-4"])
+    with pytest.raises(ValueError, match="unknown stage"):
+        run_pipeline(str(tmp_path / "corpus"), str(tmp_path / "run"), None, stages=["sdg", "deploy"])
