@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from sentence_transformers.sentence_transformer.modules import Pooling
-from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
+from transformers import AutoTokenizer
 
 from embedforge import export as ex
 from embedforge.cli import main as cli_main
@@ -18,6 +18,7 @@ from embedforge.evaluate import evaluate_encoder
 from embedforge.export import ExportError, OnnxEncoder, export_onnx
 from embedforge.formats import BeirDataset, passage_text, read_beir, write_beir
 from embedforge.model import POOLING_MODES, BiEncoder
+from tiny_models import tiny_bert
 
 MIXED = [
     "a",
@@ -74,28 +75,9 @@ def minilm_export(prompted, beir_dir, tmp_path_factory):
     return out, report
 
 
-def _tiny_bert(folder):
-    """A random-weight BERT built from a config (no download), saved as a plain Hugging Face folder."""
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)] + ["the", "a"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab))
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    return _tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
+    return tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
 
 
 def _tiny_encoder(folder, pooling="avg", padding_side="right") -> BiEncoder:

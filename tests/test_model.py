@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
-from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from embedforge.model import BiEncoder
 from embedforge.registry import KNOWN_MODELS, ModelNotFoundError, describe_known_models, resolve_model
+from tiny_models import tiny_bert
 
 TEXTS = ["How do I reclaim disk space after deleting rows?", "VACUUM FULL rewrites the table.", "short"]
 
@@ -58,27 +58,9 @@ def test_saved_model_reloads_in_plain_sentence_transformers(tmp_path):
     assert again.pooling == "cls" and again.prompts == {"query": "query: ", "passage": "passage: "}
 
 
-def _tiny_bert(folder):
-    """A random-weight BERT built from a config (no download), saved as a plain Hugging Face folder."""
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)] + ["the", "a"]
-    (folder / "vocab.txt").parent.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab))
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("pooling", ["avg", "cls", "last", "weighted_avg"])
 def test_plain_hugging_face_encoder_gets_each_pooling(tmp_path, pooling):
-    folder = _tiny_bert(tmp_path / "bert")
+    folder = tiny_bert(tmp_path / "bert")
     enc = BiEncoder.load(folder, pooling=pooling, max_seq_length=32)
     assert enc.pooling == pooling and enc.dimension == 32
     vectors = enc.encode_passages(["the cat", "a dog sat"])
@@ -86,7 +68,7 @@ def test_plain_hugging_face_encoder_gets_each_pooling(tmp_path, pooling):
 
 
 def test_pooling_modes_differ_on_the_same_backbone(tmp_path):
-    folder = _tiny_bert(tmp_path / "bert")
+    folder = tiny_bert(tmp_path / "bert")
     avg = BiEncoder.load(folder, pooling="avg").encode_passages(["the cat sat"])
     cls = BiEncoder.load(folder, pooling="cls").encode_passages(["the cat sat"])
     assert not np.allclose(avg, cls, atol=1e-3)

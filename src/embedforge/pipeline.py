@@ -133,17 +133,9 @@ def _run_eval(cfg) -> dict:
 
 
 def _run_export(cfg) -> dict:
-    from embedforge.export import export_onnx
+    from embedforge.export import run_export
 
-    return export_onnx(
-        cfg.model,
-        cfg.out,
-        opset=cfg.opset,
-        quantize=cfg.quantize,
-        fp16=cfg.fp16,
-        beir=cfg.beir,
-        parity_tolerance=cfg.parity_tolerance,
-    )
+    return run_export(cfg)
 
 
 def _run_verify(cfg, served: str) -> dict:
