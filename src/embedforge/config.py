@@ -294,6 +294,9 @@ class SdgConfig:
     max_passages: int = setting(
         0, "generate for at most this many passages, a seeded sample (0 = all); raising it later reuses work"
     )
+    max_documents: int = setting(
+        0, "use a seeded sample of this many documents as the corpus (0 = all): a quick run on a large folder"
+    )
     batch_size: int = setting(8, "local backend: prompts per generate call (left-padded, length-sorted)")
     max_new_tokens: int | None = setting(
         None,

@@ -395,8 +395,7 @@ class LocalGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        if threads > 0:
-            torch.set_num_threads(threads)
+        self.threads = threads
         folder, gguf_file = locate_local_model(model)
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         start = time.perf_counter()
@@ -459,11 +458,19 @@ class LocalGenerator:
         lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(len(requests)), key=lambda i: lengths[i])  # little padding in each batch
         results: list[GenResult | None] = [None] * len(requests)
-        for start in range(0, len(order), size):
-            batch = order[start : start + size]
-            replies = self._generate_batch([requests[i] for i in batch], [prompts[i] for i in batch])
-            for index, result in zip(batch, replies, strict=True):
-                results[index] = result
+        # The thread count applies to generation only: later stages in the same process (round-trip
+        # embedding, mining, training) must get torch's full default back.
+        default_threads = self._torch.get_num_threads()
+        if self.threads > 0:
+            self._torch.set_num_threads(self.threads)
+        try:
+            for start in range(0, len(order), size):
+                batch = order[start : start + size]
+                replies = self._generate_batch([requests[i] for i in batch], [prompts[i] for i in batch])
+                for index, result in zip(batch, replies, strict=True):
+                    results[index] = result
+        finally:
+            self._torch.set_num_threads(default_threads)
         return [r for r in results if r is not None]
 
     def _generate_batch(self, requests: list[GenRequest], prompts: list[str]) -> list[GenResult]:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from embedforge.config import ConfigError, SdgConfig, config_dict, config_hash
-from embedforge.corpus import Passage, load_corpus
+from embedforge.corpus import CorpusResult, Passage, load_corpus
 from embedforge.formats import passage_text
 from embedforge.sdg import prompts as P
 from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores
@@ -226,6 +226,19 @@ class Checkpoint:
 
 
 # ------------------------------------------------------------------------------------------- planning
+
+
+def sample_documents(corpus: CorpusResult, max_documents: int, seed: int) -> CorpusResult:
+    """Keep a seeded sample of ``max_documents`` documents (and their passages); 0 keeps all."""
+    if not max_documents or max_documents >= len(corpus.documents):
+        return corpus
+    chosen = set(random.Random(seed).sample(sorted(d.doc_id for d in corpus.documents), max_documents))
+    logger.info("using %d of %d documents (max_documents)", max_documents, len(corpus.documents))
+    return dataclasses.replace(
+        corpus,
+        documents=[d for d in corpus.documents if d.doc_id in chosen],
+        passages=[p for p in corpus.passages if p.doc_id in chosen],
+    )
 
 
 def plan_units(passages: list[Passage], config: SdgConfig) -> list[P.UnitPlan]:
@@ -495,6 +508,7 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
     )
     if not corpus.passages:
         raise ValueError(f"{config.corpus}: no passages (no readable .txt/.md/.rst/.html documents)")
+    corpus = sample_documents(corpus, config.max_documents, config.seed)
     passages = {p.passage_id: p for p in corpus.passages}
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(
@@ -528,7 +542,14 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
             generator.close()
 
     report = _finish(
-        config, resolved, corpus, plans, checkpoint, encoder, name or f"{config.backend}:{resolved.model}"
+        config,
+        resolved,
+        corpus,
+        plans,
+        checkpoint,
+        encoder,
+        name or f"{config.backend}:{resolved.model}",
+        progress,
     )
     report["this_run"] = {
         "units_resumed": resumed,
@@ -666,7 +687,7 @@ def _openings(questions: list[str]) -> dict[str, Any]:
     }
 
 
-def _finish(config, resolved, corpus, plans, checkpoint, encoder, name) -> dict[str, Any]:
+def _finish(config, resolved, corpus, plans, checkpoint, encoder, name, progress) -> dict[str, Any]:
     """Filter every finished unit (judge, dedup, round trip) and write pairs, dropped pairs and the report."""
     out = Path(config.out)
     index_of = {p.passage_id: i for i, p in enumerate(corpus.passages)}
@@ -725,8 +746,9 @@ def _finish(config, resolved, corpus, plans, checkpoint, encoder, name) -> dict[
 
     roundtrip: dict[str, Any] = {"top_k": config.roundtrip_top_k}
     if config.roundtrip_top_k > 0 and candidates:
+        logger.info("round-trip filter: embedding the %d corpus passages", len(corpus.passages))
         passage_vecs = encoder.encode_passages(
-            [passage_text({"title": p.title, "text": p.text}) for p in corpus.passages], progress=False
+            [passage_text({"title": p.title, "text": p.text}) for p in corpus.passages], progress=progress
         )
         positives = [[index_of[i] for i in p["positive_ids"]] for p in candidates]
         ranks = roundtrip_ranks(vectors, passage_vecs, positives)
