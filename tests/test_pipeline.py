@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from embedforge.general_check import load_lee
 from embedforge.pipeline import MARKER, run_pipeline
 from sdg_stub import StubServer
 
@@ -91,7 +92,7 @@ sdg:
   max_retries: 1
   questions_per_passage: 2
   judge: false
-  roundtrip_top_k: 0
+  roundtrip_top_k: 1000  # keeps every question, but embeds the corpus with the base model
   dedup_threshold: 1.0
 prep:
   num_negatives: 2
@@ -168,8 +169,24 @@ def test_run_writes_every_stage_a_marker_and_the_report(first_run):
     tuned = str(run / "finetune" / "model")
     assert f"| metric | minilm | {tuned} |" in text  # base vs tuned columns
     assert "| ndcg@10 |" in text and "| recall@10 |" in text
+    assert "| lee pearson |" in text  # the general-domain check, base vs tuned
+    general = {name: r["general_check"]["pearson"] for name, r in results["models"].items()}
+    assert len(general) == 2 and all(0.3 < v < 0.9 for v in general.values())
     for stage in MAIN_STAGES:
         assert f"| {stage} | finished |" in text
+
+
+def test_base_model_embeds_each_passage_once_per_run(first_run):
+    _, run, _, summary = first_run
+    passages = read_jsonl(run / "sdg" / "passages.jsonl")
+    # sdg's round-trip filter embeds the whole corpus; mining (train documents) and the baseline eval
+    # (test documents) reuse those vectors instead of embedding them again; eval's general-domain check
+    # embeds its own documents
+    general_docs = len(load_lee()[0])
+    assert summary["base_model_passages"] == {
+        "embedded": len(passages) + general_docs,
+        "reused": len(passages),
+    }
 
 
 def test_test_set_holds_only_test_documents(first_run):

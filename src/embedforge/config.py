@@ -132,6 +132,11 @@ class EvalConfig:
         None, "override every model's passage prefix; None = the model's own"
     )
     max_seq_length: int | None = setting(None, "override every model's token limit")
+    general_check: bool = setting(
+        True,
+        "also score each model on a general-domain set (Lee news similarity, from gensim's wheel) to show "
+        "that a domain fine-tune kept its general quality",
+    )
 
 
 @dataclass

@@ -36,6 +36,7 @@ import numpy as np
 import pytrec_eval
 
 from embedforge.formats import passage_text  # the one join of title and text, re-exported for callers
+from embedforge.matryoshka import unit_truncate
 
 logger = logging.getLogger(__name__)
 
@@ -220,13 +221,6 @@ def compute_metrics(
 # ------------------------------------------------------------------------------------------- encoders
 
 
-def _unit_truncate(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """Matryoshka: keep the first ``dim`` values, then L2-normalise (what ``dimensions=dim`` does)."""
-    cut = np.ascontiguousarray(vectors[:, :dim], dtype=np.float32)
-    norms = np.linalg.norm(cut, axis=1, keepdims=True)
-    return cut / np.maximum(norms, 1e-12)
-
-
 def evaluate_encoder(
     encoder,
     corpus: Mapping[str, Mapping[str, Any]],
@@ -287,7 +281,7 @@ def evaluate_encoder(
         q, p = (
             (query_vecs, passages)
             if dim == full_dim
-            else (_unit_truncate(query_vecs, dim), _unit_truncate(passages, dim))
+            else (unit_truncate(query_vecs, dim), unit_truncate(passages, dim))
         )
         return compute_metrics(qrels, retrieve(q, p, doc_ids, query_ids, top_k=depth), ks)
 
@@ -364,6 +358,7 @@ def compare_models(
     batch_size: int = 64,
     progress: bool = True,
     load_options: Mapping[str, Any] | None = None,
+    general_check: bool = False,
 ) -> dict[str, Any]:
     """Evaluate models on one BEIR set, the first as baseline, and write the JSON, Markdown and chart reports.
 
@@ -380,6 +375,8 @@ def compare_models(
         progress: show progress bars.
         load_options: keyword arguments for ``BiEncoder.load`` of the models given as paths (e.g.
             ``query_prompt``, ``passage_prompt``, ``max_seq_length``); None values are dropped.
+        general_check: also score each model on the general-domain Lee similarity set
+            (``general_check``), to show a domain fine-tune kept its general quality.
 
     Returns:
         ``{"baseline", "models": {name: evaluate_encoder result}, "deltas": {name: {metric: {"abs", "rel"}}},
@@ -406,13 +403,13 @@ def compare_models(
             encoder, dataset, ks=ks, dimensions=dims, batch_size=batch_size, progress=progress
         )
         result["model"] = name
+        if general_check:
+            result["general_check"] = _general_check(encoder)
         models[name] = result
         model_config.append(
             {
                 "name": name,
-                "source": str(spec)
-                if isinstance(spec, (str, os.PathLike))
-                else f"<{type(spec).__name__} object>",
+                "source": str(spec) if isinstance(spec, (str, os.PathLike)) else str(spec.name),
                 "dimension": result["dimension"],
                 "prompts": result["prompts"],
             }
@@ -458,19 +455,33 @@ def compare_models(
     return results
 
 
-def run_eval(config) -> dict[str, Any]:
+def _general_check(encoder) -> dict[str, Any]:
+    from embedforge.general_check import lee_check
+
+    try:
+        return lee_check(encoder)
+    except FileNotFoundError as error:  # the data package is optional: say so in the report, go on
+        logger.warning("general-domain check skipped: %s", error)
+        return {"skipped": str(error)}
+
+
+def run_eval(config, *, loaded: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``embedforge eval`` stage: ``compare_models`` driven by a ``config.EvalConfig``.
 
-    Returns the results of ``compare_models`` plus ``"table"``, the Markdown table the CLI prints.
+    ``loaded``: already loaded encoders for some of ``config.models`` (keyed by the same string, and named
+    by it), used instead of loading them. Returns the results of ``compare_models`` plus ``"table"``, the Markdown
+    table the CLI prints.
     """
+    loaded = loaded or {}
     results = compare_models(
-        list(config.models),
+        [loaded.get(str(m), m) for m in config.models],
         config.beir,
         config.out,
         ks=config.ks,
         dimensions=config.dims,
         split=config.split,
         batch_size=config.batch_size,
+        general_check=config.general_check,
         load_options={
             "query_prompt": config.query_prompt,
             "passage_prompt": config.passage_prompt,
@@ -531,6 +542,10 @@ def format_table(results: Mapping[str, Any]) -> str:
             n: {f"{m} @ {d}d": per_dim[n][d][m] for d in dims for m in DIMENSION_METRICS} for n in names
         }
         lines += ["", *_table(list(values[names[0]]), values, names, "metric @ dimension")]
+    general = {n: models[n].get("general_check") or {} for n in names}
+    if all("pearson" in g for g in general.values()):
+        values = {n: {f"lee {m}": general[n][m] for m in ("pearson", "spearman")} for n in names}
+        lines += ["", *_table(list(values[names[0]]), values, names, "general domain (Lee news similarity)")]
     return "\n".join(lines)
 
 

@@ -74,6 +74,23 @@ class Pipeline:
             output_dir=str(self.run / "finetune"),
         )
         self.base_model = self.finetune_cfg.base_model
+        self._base = None
+
+    def shared_base(self, model: str, *prompt_overrides):
+        """The base model, shared by sdg, prep and eval so each passage is embedded once per run (see
+        ``vector_memo``); None when this stage uses another model or its own prompts or token limit."""
+        if model != self.base_model or any(o is not None for o in prompt_overrides):
+            return None
+        if self._base is None:
+            from embedforge.model import BiEncoder
+            from embedforge.vector_memo import MemoEncoder
+
+            self._base = MemoEncoder(lambda: BiEncoder.load(self.base_model), name=self.base_model)
+        return self._base
+
+    def release_base(self) -> None:
+        if self._base is not None:
+            self._base.release()
 
     def config(self, stage: str):
         run = self.run
@@ -107,32 +124,35 @@ class Pipeline:
         return _digest({"config": config_dict(config), "upstream": upstream, "corpus": extra})
 
 
-def _run_sdg(cfg) -> dict:
+def _run_sdg(cfg, pipe: Pipeline) -> dict:
     from embedforge.sdg import run_sdg
 
-    return run_sdg(cfg)
+    return run_sdg(cfg, encoder=pipe.shared_base(cfg.embed_model))
 
 
-def _run_prep(cfg) -> dict:
+def _run_prep(cfg, pipe: Pipeline) -> dict:
     from embedforge.prep import run_prep
 
-    return run_prep(cfg)
+    return run_prep(cfg, encoder=pipe.shared_base(cfg.model, cfg.query_prompt, cfg.passage_prompt))
 
 
-def _run_finetune(cfg) -> dict:
+def _run_finetune(cfg, pipe: Pipeline) -> dict:
     from embedforge.train import finetune
 
+    pipe.release_base()  # its passage vectors stay for eval; its weights need not sit beside training
     return finetune(cfg)
 
 
-def _run_eval(cfg) -> dict:
+def _run_eval(cfg, pipe: Pipeline) -> dict:
     from embedforge.evaluate import run_eval
 
-    results = run_eval(cfg)
+    base = pipe.shared_base(pipe.base_model, cfg.query_prompt, cfg.passage_prompt, cfg.max_seq_length)
+    results = run_eval(cfg, loaded={pipe.base_model: base} if base is not None else None)
+    pipe.release_base()
     return {"table": results["table"]}
 
 
-def _run_export(cfg) -> dict:
+def _run_export(cfg, pipe: Pipeline) -> dict:
     from embedforge.export import run_export
 
     return run_export(cfg)
@@ -202,7 +222,7 @@ def run_pipeline(
             served = str(pipe.run / "export") if "export" in stages else str(pipe.run / "finetune" / "model")
             _run_verify(cfg, served)
         else:
-            RUNNERS[stage](cfg)
+            RUNNERS[stage](cfg, pipe)
         seconds = round(time.time() - started, 1)
         _write_marker(
             folder,
@@ -215,6 +235,8 @@ def run_pipeline(
             },
         )
         summary[stage] = {"seconds": seconds}
+    if pipe._base is not None:
+        summary["base_model_passages"] = {"embedded": pipe._base.misses, "reused": pipe._base.hits}
     report = write_run_report(pipe.run, summary)
     summary["report"] = str(report)
     return summary

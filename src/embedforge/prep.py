@@ -269,8 +269,12 @@ def render_report(report: dict) -> str:
 # --------------------------------------------------------------------------------------------------- run
 
 
-def run_prep(config: PrepConfig) -> dict:
-    """Run the prep stage and return the report (also written to ``out/prep_report.{json,md}``)."""
+def run_prep(config: PrepConfig, *, encoder=None) -> dict:
+    """Run the prep stage and return the report (also written to ``out/prep_report.{json,md}``).
+
+    ``encoder``: an already loaded mining model to use instead of loading ``config.model`` (the caller makes
+    sure it is that model with the configured prompts).
+    """
     from embedforge.model import BiEncoder  # torch import only when the stage actually runs
 
     started = time.time()
@@ -299,7 +303,7 @@ def run_prep(config: PrepConfig) -> dict:
     train_corpus = {pid: texts[pid] for pid, p in passages.items() if p.doc_id not in test_set}
     test_passages = {pid: p for pid, p in passages.items() if p.doc_id in test_set}
 
-    encoder = BiEncoder.load(
+    encoder = encoder or BiEncoder.load(
         config.model, query_prompt=config.query_prompt, passage_prompt=config.passage_prompt
     )
     train_positives = [p.positive_ids[: config.max_positives] for p in train_pairs]

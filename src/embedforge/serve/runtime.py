@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from embedforge.matryoshka import unit_truncate
+
 logger = logging.getLogger(__name__)
 
 EXPORT_MANIFEST = "embedforge_export.json"
@@ -47,15 +49,6 @@ class Tokenized:
 
     ids: list[int]
     truncated: bool = False
-
-
-def unit_truncate(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """Matryoshka: keep the first ``dimensions`` values, then L2-normalise (truncate first, then normalise)."""
-    out = np.asarray(vectors, dtype=np.float32)
-    if dimensions is not None and dimensions < out.shape[-1]:
-        out = out[..., :dimensions]
-    norms = np.linalg.norm(out, axis=-1, keepdims=True)
-    return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 class EmbeddingRuntime:
