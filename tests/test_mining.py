@@ -413,6 +413,7 @@ def test_prep_splits_by_document_deterministically(prepped, tmp_path):
         "total": sum(map(len, QUESTIONS.values())),
         "train": sum(map(len, QUESTIONS.values())) - n_test,
         "test": n_test,
+        "test_near_misses": 0,
         "dropped_cross_split": 0,
     }
     # same seed, same split and the same files; another seed, another split
@@ -432,6 +433,48 @@ def test_prep_splits_by_document_deterministically(prepped, tmp_path):
     first = json.loads((Path(config.out) / "train.json").read_text())["data"]
     second = json.loads((tmp_path / "again" / "train.json").read_text())["data"]
     assert first == second
+
+
+def test_prep_tests_on_round_trip_near_misses_but_never_trains_on_them(prepped, tmp_path):
+    config, report = prepped
+    test_docs, train_docs = report["split"]["test_documents"], report["split"]["train_documents"]
+    ids = {doc: [formats.passage_id(t) for t in texts] for doc, (_, texts) in DOCS.items()}
+
+    def dropped(qid, doc, rank, by="roundtrip"):
+        question = f"near miss {qid} about {DOCS[doc][0]}?"
+        return {
+            "question_id": qid,
+            "question": question,
+            "positive_ids": [ids[doc][0]],
+            "doc_id": doc,
+            "roundtrip_rank": rank,
+            "dropped_by": by,
+        }
+
+    rows = [
+        dropped("in-test-rank-20", test_docs[0], 20),  # the only one the test set takes
+        dropped("in-test-rank-500", test_docs[0], 500),  # beyond test_roundtrip_top_k (100)
+        dropped("in-test-dedup", test_docs[1], 3, by="dedup"),  # another filter: never
+        dropped("in-train-rank-15", train_docs[0], 15),  # training documents: never
+    ]
+    sdg = tmp_path / "sdg"
+    sdg.mkdir()
+    for name in ("pairs.jsonl", "passages.jsonl"):
+        (sdg / name).write_text(Path(getattr(config, name.split(".")[0])).read_text())
+    (sdg / "sdg_dropped.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    report2 = run_prep(PrepConfig(pairs=str(sdg / "pairs.jsonl"), out=str(out)))
+    assert report2["split"]["test_documents"] == test_docs  # the extras' documents were split already
+    assert report2["split"]["questions"]["test_near_misses"] == 1
+    queries = [json.loads(line)["_id"] for line in (out / "test_beir" / "queries.jsonl").open()]
+    assert "in-test-rank-20" in queries and len(queries) == report["split"]["questions"]["test"] + 1
+    train_text = (out / "train.jsonl").read_text()
+    assert "near miss" not in train_text
+    assert (out / "train.jsonl").read_text() == (Path(config.out) / "train.jsonl").read_text()
+    off = run_prep(
+        PrepConfig(pairs=str(sdg / "pairs.jsonl"), out=str(tmp_path / "off"), test_roundtrip_top_k=0)
+    )
+    assert off["split"]["questions"]["test_near_misses"] == 0
 
 
 def test_prep_unrolls_multi_positive_queries_with_shared_negatives(prepped):

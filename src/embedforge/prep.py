@@ -67,6 +67,7 @@ from embedforge.formats import (
     write_inline_jsonl,
 )
 from embedforge.mining import mine_hard_negatives
+from embedforge.sdg.pipeline import DROPPED_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +91,12 @@ class Pair:
 # ------------------------------------------------------------------------------------------------ input
 
 
-def read_pairs(path) -> list[Pair]:
-    """Read sdg's pairs JSONL; errors name the file, line and field."""
+def read_pairs(path, keep=None) -> list[Pair]:
+    """Read sdg's pairs JSONL (only the records ``keep(record)`` accepts); errors name the file, line, field."""
     pairs, seen = [], {}
     for n, obj in _iter_jsonl(path):
+        if keep is not None and not keep(obj):
+            continue
         qid = _ident(path, n, _required(path, n, obj, "question_id"), "question_id")
         if qid in seen:
             raise DataFormatError(path, f'duplicate question_id "{qid}" (first on line {seen[qid]})', n)
@@ -143,6 +146,25 @@ def split_documents(doc_ids, test_fraction: float, seed: int) -> tuple[list[str]
     n_test = min(len(docs) - 1, max(1, int(len(docs) * test_fraction + 0.5)))
     random.Random(seed).shuffle(docs)
     return sorted(docs[n_test:]), sorted(docs[:n_test])
+
+
+def read_test_extras(pairs_path: Path, max_rank: int) -> list[Pair]:
+    """Questions sdg's round-trip filter dropped whose positive still ranked within ``max_rank`` (test only).
+
+    The round-trip filter keeps a question only when the base model already ranks a positive in its top
+    k (10). Testing only on such questions measures the base model on what it already gets right and hides
+    what fine-tuning adds; so the test set also takes the questions it ranked 11..``max_rank``. Questions
+    ranked lower are mostly ones the small generator got wrong, and stay out.
+    """
+    path = pairs_path.with_name(DROPPED_FILE)
+    if max_rank <= 0 or not path.is_file():
+        return []
+
+    def near_miss(record: dict) -> bool:
+        rank = record.get("roundtrip_rank")
+        return record.get("dropped_by") == "roundtrip" and isinstance(rank, int) and rank <= max_rank
+
+    return read_pairs(path, keep=near_miss)
 
 
 def _question_docs(pairs, passages, pairs_path) -> tuple[dict[str, set[str]], int]:
@@ -223,7 +245,8 @@ def render_report(report: dict) -> str:
         "| | train | test |",
         "|---|---|---|",
         f"| documents with questions | {split['documents']['train']} | {split['documents']['test']} |",
-        f"| questions | {split['questions']['train']} | {split['questions']['test']} |",
+        f"| questions | {split['questions']['train']} | {split['questions']['test']} "
+        f"+ {split['questions'].get('test_near_misses', 0)} round-trip near misses |",
         f"| passages (mining corpus / BEIR corpus) | {split['passages']['train']} | {split['passages']['test']} |",
         f"| training records (unrolled) / qrels | {split['train_records']} | {split['test_qrels']} |",
         "",
@@ -287,13 +310,19 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     out = Path(config.out)
     pairs, passages = read_pairs(pairs_path), read_passages(passages_path)
     question_docs, mismatched = _question_docs(pairs, passages, pairs_path)
+    extras = read_test_extras(pairs_path, config.test_roundtrip_top_k)
+    extra_docs, _ = _question_docs(extras, passages, pairs_path.with_name(DROPPED_FILE))
 
+    # every document with a question (kept, or a test-eligible near miss) takes part in the split
     train_docs, test_docs = split_documents(
-        {d for docs in question_docs.values() for d in docs}, config.test_fraction, config.seed
+        {d for docs in [*question_docs.values(), *extra_docs.values()] for d in docs},
+        config.test_fraction,
+        config.seed,
     )
     test_set = set(test_docs)
     train_pairs = [p for p in pairs if not question_docs[p.question_id] & test_set]
     test_pairs = [p for p in pairs if question_docs[p.question_id] <= test_set]
+    test_extras = [p for p in extras if extra_docs[p.question_id] <= test_set]
     dropped = len(pairs) - len(train_pairs) - len(test_pairs)
     if dropped:
         logger.warning("%d questions have positives in both train and test documents: dropped", dropped)
@@ -353,8 +382,8 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     write_inline_jsonl(examples, out / TRAIN_JSONL)
     beir = BeirDataset(
         corpus={pid: {"title": p.title, "text": p.text} for pid, p in test_passages.items()},
-        queries={p.question_id: p.question for p in test_pairs},
-        qrels={p.question_id: dict.fromkeys(p.positive_ids, 1) for p in test_pairs},
+        queries={p.question_id: p.question for p in test_pairs + test_extras},
+        qrels={p.question_id: dict.fromkeys(p.positive_ids, 1) for p in test_pairs + test_extras},
     )
     write_beir(beir, out / TEST_BEIR)
 
@@ -377,11 +406,12 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
                 "total": len(pairs),
                 "train": len(train_pairs),
                 "test": len(test_pairs),
+                "test_near_misses": len(test_extras),
                 "dropped_cross_split": dropped,
             },
             "passages": {"total": len(passages), "train": len(train_corpus), "test": len(test_passages)},
             "train_records": len(examples),
-            "test_qrels": sum(len(p.positive_ids) for p in test_pairs),
+            "test_qrels": sum(len(p.positive_ids) for p in test_pairs + test_extras),
             "doc_id_mismatches": mismatched,
             "queries_with_positives_cut": sum(
                 len(p.positive_ids) > config.max_positives for p in train_pairs
