@@ -79,7 +79,7 @@ def summarize(run: Path, seconds: float, overrides: list[str]) -> dict:
             "questions_kept": sdg["kept"],
             "removed": sdg["removed"],
             "train_questions": prep["questions"]["train"],
-            "test_questions": prep["questions"]["test"] + prep["questions"].get("test_near_misses", 0),
+            "test_questions": prep["questions"]["test"] + prep["questions"].get("test_roundtrip_dropped", 0),
             "test_passages": prep["passages"]["test"],
         },
         "metrics": metrics,

@@ -413,7 +413,7 @@ def test_prep_splits_by_document_deterministically(prepped, tmp_path):
         "total": sum(map(len, QUESTIONS.values())),
         "train": sum(map(len, QUESTIONS.values())) - n_test,
         "test": n_test,
-        "test_near_misses": 0,
+        "test_roundtrip_dropped": 0,
         "dropped_cross_split": 0,
     }
     # same seed, same split and the same files; another seed, another split
@@ -435,13 +435,13 @@ def test_prep_splits_by_document_deterministically(prepped, tmp_path):
     assert first == second
 
 
-def test_prep_tests_on_round_trip_near_misses_but_never_trains_on_them(prepped, tmp_path):
+def test_prep_tests_on_what_the_round_trip_dropped_but_never_trains_on_it(prepped, tmp_path):
     config, report = prepped
     test_docs, train_docs = report["split"]["test_documents"], report["split"]["train_documents"]
     ids = {doc: [formats.passage_id(t) for t in texts] for doc, (_, texts) in DOCS.items()}
 
     def dropped(qid, doc, rank, by="roundtrip"):
-        question = f"near miss {qid} about {DOCS[doc][0]}?"
+        question = f"dropped {qid} about {DOCS[doc][0]}?"
         return {
             "question_id": qid,
             "question": question,
@@ -452,29 +452,36 @@ def test_prep_tests_on_round_trip_near_misses_but_never_trains_on_them(prepped, 
         }
 
     rows = [
-        dropped("in-test-rank-20", test_docs[0], 20),  # the only one the test set takes
-        dropped("in-test-rank-500", test_docs[0], 500),  # beyond test_roundtrip_top_k (100)
-        dropped("in-test-dedup", test_docs[1], 3, by="dedup"),  # another filter: never
-        dropped("in-train-rank-15", train_docs[0], 15),  # training documents: never
+        dropped("in-test-rank-20", test_docs[0], 20),
+        dropped("in-test-rank-500", test_docs[0], 500),
+        dropped("in-test-dedup", test_docs[1], 3, by="dedup"),  # another filter dropped it: never
+        dropped("in-train-rank-15", train_docs[0], 15),  # a training document: never
     ]
     sdg = tmp_path / "sdg"
     sdg.mkdir()
     for name in ("pairs.jsonl", "passages.jsonl"):
         (sdg / name).write_text(Path(getattr(config, name.split(".")[0])).read_text())
     (sdg / "sdg_dropped.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "out"
-    report2 = run_prep(PrepConfig(pairs=str(sdg / "pairs.jsonl"), out=str(out)))
-    assert report2["split"]["test_documents"] == test_docs  # the extras' documents were split already
-    assert report2["split"]["questions"]["test_near_misses"] == 1
-    queries = [json.loads(line)["_id"] for line in (out / "test_beir" / "queries.jsonl").open()]
-    assert "in-test-rank-20" in queries and len(queries) == report["split"]["questions"]["test"] + 1
-    train_text = (out / "train.jsonl").read_text()
-    assert "near miss" not in train_text
-    assert (out / "train.jsonl").read_text() == (Path(config.out) / "train.jsonl").read_text()
-    off = run_prep(
-        PrepConfig(pairs=str(sdg / "pairs.jsonl"), out=str(tmp_path / "off"), test_roundtrip_top_k=0)
+    n_test = report["split"]["questions"]["test"]
+
+    def prep(out, **options):
+        result = run_prep(PrepConfig(pairs=str(sdg / "pairs.jsonl"), out=str(tmp_path / out), **options))
+        queries = [
+            json.loads(line)["_id"] for line in (tmp_path / out / "test_beir" / "queries.jsonl").open()
+        ]
+        assert "dropped" not in (tmp_path / out / "train.jsonl").read_text()
+        assert (tmp_path / out / "train.jsonl").read_text() == (Path(config.out) / "train.jsonl").read_text()
+        assert result["split"]["test_documents"] == test_docs  # their documents were split already
+        return result["split"]["questions"]["test_roundtrip_dropped"], queries
+
+    count, queries = prep("all")  # default: every round-trip drop of a test document
+    assert (
+        count == 2 and {"in-test-rank-20", "in-test-rank-500"} <= set(queries) and len(queries) == n_test + 2
     )
-    assert off["split"]["questions"]["test_near_misses"] == 0
+    count, queries = prep("within100", test_roundtrip_top_k=100)
+    assert count == 1 and "in-test-rank-20" in queries and "in-test-rank-500" not in queries
+    count, queries = prep("none", test_roundtrip_top_k=0)
+    assert count == 0 and len(queries) == n_test
 
 
 def test_prep_unrolls_multi_positive_queries_with_shared_negatives(prepped):

@@ -159,10 +159,11 @@ class PrepConfig:
         "perc", "perc: skip > margin x lowest positive score; abs: skip > lowest positive - margin"
     )
     max_positives: int = setting(5, "positives kept per query for training (NVIDIA: 5)")
-    test_roundtrip_top_k: int = setting(
-        100,
-        "the test set also takes questions sdg's round-trip filter dropped whose base-model rank was within "
-        "this (0 = none): testing only on questions the base model already ranks in its top 10 favours it",
+    test_roundtrip_top_k: int | None = setting(
+        None,
+        "the test set also takes the test documents' questions that sdg's round-trip filter dropped: None = "
+        "all of them, k = those whose positive the base model ranked within k, 0 = none. A test set of only "
+        "the questions the base model already ranks in its top 10 is chosen by the base model and favours it",
     )
     candidate_pool: int = setting(
         100, "passages retrieved per query before the margin rule (widened if short)"

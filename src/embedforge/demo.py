@@ -35,7 +35,7 @@ def main(run_dir: str = "runs/demo", cache_dir: str = ".cache/demo") -> int:
     questions = prep["questions"]
     print()
     print(
-        f"held-out pages: {prep['documents']['test']} ({questions['test'] + questions.get('test_near_misses', 0)} "
+        f"held-out pages: {prep['documents']['test']} ({questions['test'] + questions.get('test_roundtrip_dropped', 0)} "
         f"questions over {prep['passages']['test']} passages); trained on {questions['train']} questions "
         f"from {prep['documents']['train']} pages"
     )

@@ -340,6 +340,9 @@ class OnnxRuntime(EmbeddingRuntime):
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        # Idle ONNX Runtime workers busy-wait by default; in a server they would take the CPU from the
+        # event loop and the tokenizer threads between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         self.backend = f"onnx-{precision}"
         self.precision = precision
