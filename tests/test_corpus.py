@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 
 import pytest
@@ -18,7 +17,6 @@ from embedforge.corpus import (
     read_documents,
     split_sentences,
 )
-from embedforge.demo_data import build_demo_dataset, clean_heading
 
 # ------------------------------------------------------------------------------------------------ sentences
 
@@ -280,111 +278,3 @@ def test_load_corpus_dedups_across_documents_keeping_the_first(tmp_path):
     assert [p.doc_id for p in result.passages] == ["a.txt", "c.txt"]
     assert len({p.passage_id for p in result.passages}) == len(result.passages)
     assert result.skipped == []
-
-
-# ------------------------------------------------------------------------------------------------ demo data
-
-
-def test_clean_heading_strips_numbers():
-    assert clean_heading("9.4.1. format") == "format"
-    assert clean_heading("Chapter 9. Functions and Operators") == "Functions and Operators"
-    assert clean_heading("F.1. adminpack — pgAdmin support") == "adminpack — pgAdmin support"
-    assert clean_heading("Appendix A. PostgreSQL Error Codes") == "PostgreSQL Error Codes"
-    assert clean_heading("CREATE TABLE") == "CREATE TABLE"
-    assert clean_heading("E.1. Release 15.18") == "Release 15.18"
-
-
-TOPICS = [
-    "Vacuuming",
-    "Indexes",
-    "Replication",
-    "Locks",
-    "Backups",
-    "Logging",
-    "Tablespaces",
-    "Roles",
-    "Triggers",
-    "Views",
-]
-
-
-def _page(i: int) -> str:
-    topic = TOPICS[i]
-
-    def sents(tag: str, n: int) -> str:
-        return " ".join(
-            f"The {topic.lower()} {tag} fact number {k} is described in some detail here." for k in range(n)
-        )
-
-    return (
-        f"<html><head><title>{i + 1}.1. {topic}</title></head><body>"
-        f"<div class='navheader'>Prev Next Home</div>"
-        f"<h2>{i + 1}.1. {topic}</h2><p>{sents('overview', 3)}</p>"
-        f"<h3>{i + 1}.1.1. {topic} Internals</h3><p>{sents('internal', 7)}</p>"
-        f"<h3>{i + 1}.1.2. Examples</h3><p>{sents('example', 2)}</p>"
-        "</body></html>"
-    )
-
-
-def test_build_demo_dataset_splits_by_document_and_writes_valid_files(tmp_path):
-    html = tmp_path / "html"
-    html.mkdir()
-    for i in range(10):
-        (html / f"page{i}.html").write_text(_page(i), encoding="utf-8")
-    out = tmp_path / "out"
-    counts = build_demo_dataset(html, out, seed=42, test_fraction=0.2)
-    assert counts["documents"] == 10 and counts["train_documents"] == 8 and counts["test_documents"] == 2
-
-    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
-    assert len(train) == counts["train_pairs"] == 8 * 3  # three sections per page
-    assert all(set(r) == {"query", "pos_doc", "neg_doc"} and r["neg_doc"] == [] for r in train)
-    assert all(not r["query"][0].isdigit() for r in train), "section numbers are stripped"
-    assert any(r["query"].endswith(" Examples") and r["query"] != "Examples" for r in train), (
-        "a heading shared by many pages is qualified with its page title"
-    )
-    assert all(r["query"] not in r["pos_doc"] for r in train), "the heading is not inside its passage"
-
-    beir = out / "test_beir"
-    corpus = [json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()]
-    queries = [json.loads(line) for line in (beir / "queries.jsonl").read_text().splitlines()]
-    qrels = (beir / "qrels" / "test.tsv").read_text().splitlines()
-    assert qrels[0] == "query-id\tcorpus-id\tscore"
-    assert all(set(c) == {"_id", "title", "text"} for c in corpus) and all(
-        set(q) == {"_id", "text"} for q in queries
-    )
-    corpus_ids, query_ids = {c["_id"] for c in corpus}, {q["_id"] for q in queries}
-    assert (
-        len(corpus_ids) == len(corpus) == counts["test_corpus"]
-        and len(queries) == counts["test_queries"] == 6
-    )
-    for line in qrels[1:]:
-        qid, cid, score = line.split("\t")
-        assert qid in query_ids and cid in corpus_ids and score == "1"
-
-    # Split by document: nothing of a test page appears in training, and the corpus is all of the test pages.
-    config = json.loads((out / "dataset_config.json").read_text())
-    test_docs = config["test_documents"]
-    assert len(test_docs) == 2 and config["seed"] == 42 and config["counts"] == counts
-    assert all(c["title"] == "" for c in corpus), "no page titles: they would give heading-queries away"
-    assert not {c["text"] for c in corpus} & {r["pos_doc"] for r in train}
-    assert len(corpus) == 2 * 4  # per page: 1 overview + 2 internals (5 + 2 sentences) + 1 examples passage
-
-    # The token counter reaches the chunker: a 300-character cap holds for every passage written.
-    capped = tmp_path / "capped"
-    build_demo_dataset(html, capped, count_tokens=len, max_tokens=300)
-    texts = [
-        json.loads(line)["text"] for line in (capped / "test_beir" / "corpus.jsonl").read_text().splitlines()
-    ]
-    texts += [json.loads(line)["pos_doc"] for line in (capped / "train.jsonl").read_text().splitlines()]
-    assert texts and max(map(len, texts)) <= 300 < max(len(c["text"]) for c in corpus)
-
-    # Deterministic: same seed, same files.
-    out2 = tmp_path / "out2"
-    build_demo_dataset(html, out2, seed=42)
-    for name in (
-        "train.jsonl",
-        "test_beir/corpus.jsonl",
-        "test_beir/queries.jsonl",
-        "test_beir/qrels/test.tsv",
-    ):
-        assert (out / name).read_bytes() == (out2 / name).read_bytes()
