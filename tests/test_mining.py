@@ -482,6 +482,9 @@ def test_prep_tests_on_what_the_round_trip_dropped_but_never_trains_on_it(preppe
     assert count == 1 and "in-test-rank-20" in queries and "in-test-rank-500" not in queries
     count, queries = prep("none", test_roundtrip_top_k=0)
     assert count == 0 and len(queries) == n_test
+    (sdg / "sdg_dropped.jsonl").write_text("")  # sdg dropped nothing
+    count, queries = prep("nothing_dropped")
+    assert count == 0 and len(queries) == n_test
 
 
 def test_prep_unrolls_multi_positive_queries_with_shared_negatives(prepped):

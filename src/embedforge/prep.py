@@ -158,8 +158,8 @@ def read_test_extras(pairs_path: Path, max_rank: int | None) -> list[Pair]:
     Training never sees them.
     """
     path = pairs_path.with_name(DROPPED_FILE)
-    if max_rank == 0 or not path.is_file():
-        return []
+    if max_rank == 0 or not path.is_file() or not path.read_text(encoding="utf-8").strip():
+        return []  # no file, or sdg dropped nothing
 
     def dropped_by_roundtrip(record: dict) -> bool:
         rank = record.get("roundtrip_rank")
