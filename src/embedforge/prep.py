@@ -158,8 +158,8 @@ def read_test_extras(pairs_path: Path, max_rank: int | None) -> list[Pair]:
     Training never sees them.
     """
     path = pairs_path.with_name(DROPPED_FILE)
-    if max_rank == 0 or not path.is_file() or not path.read_text(encoding="utf-8").strip():
-        return []  # no file, or sdg dropped nothing
+    if max_rank == 0 or not path.is_file() or path.stat().st_size == 0:
+        return []  # no file, or sdg dropped nothing (it writes an empty file)
 
     def dropped_by_roundtrip(record: dict) -> bool:
         rank = record.get("roundtrip_rank")
@@ -325,6 +325,7 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     train_pairs = [p for p in pairs if not question_docs[p.question_id] & test_set]
     test_pairs = [p for p in pairs if question_docs[p.question_id] <= test_set]
     test_extras = [p for p in extras if extra_docs[p.question_id] <= test_set]
+    test_questions = test_pairs + test_extras
     dropped = len(pairs) - len(train_pairs) - len(test_pairs)
     if dropped:
         logger.warning("%d questions have positives in both train and test documents: dropped", dropped)
@@ -384,8 +385,8 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     write_inline_jsonl(examples, out / TRAIN_JSONL)
     beir = BeirDataset(
         corpus={pid: {"title": p.title, "text": p.text} for pid, p in test_passages.items()},
-        queries={p.question_id: p.question for p in test_pairs + test_extras},
-        qrels={p.question_id: dict.fromkeys(p.positive_ids, 1) for p in test_pairs + test_extras},
+        queries={p.question_id: p.question for p in test_questions},
+        qrels={p.question_id: dict.fromkeys(p.positive_ids, 1) for p in test_questions},
     )
     write_beir(beir, out / TEST_BEIR)
 
@@ -413,7 +414,7 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
             },
             "passages": {"total": len(passages), "train": len(train_corpus), "test": len(test_passages)},
             "train_records": len(examples),
-            "test_qrels": sum(len(p.positive_ids) for p in test_pairs + test_extras),
+            "test_qrels": sum(len(p.positive_ids) for p in test_questions),
             "doc_id_mismatches": mismatched,
             "queries_with_positives_cut": sum(
                 len(p.positive_ids) > config.max_positives for p in train_pairs
