@@ -260,7 +260,8 @@ class ExportConfig:
         [], "supported sizes to record; [] = the model's own list, else powers of two >= 32 and the full size"
     )
     attn_implementation: str | None = setting(
-        None, "attention used for tracing (e.g. sdpa); None = eager (the faster graph), retried with the model's own on failure"
+        None,
+        "attention used for tracing (e.g. sdpa); None = eager (the faster graph), retried with the model's own on failure",
     )
     model_name: str | None = setting(None, "name recorded for serving; None = the known name or folder name")
     speed: bool = setting(
