@@ -12,7 +12,14 @@ from embedforge.config import FinetuneConfig
 from embedforge.evaluate import compare_models
 from embedforge.formats import TrainingExample
 from embedforge.model import BiEncoder
-from embedforge.train import GroupContrastiveLoss, build_training_rows, finetune, plan_batches
+from embedforge.train import (
+    GroupContrastiveLoss,
+    build_training_rows,
+    finetune,
+    plan_batches,
+    resolve_bf16,
+    set_attention_dropout,
+)
 
 PROBE = ["replace the intake filter on the Ridge pump", "The coolant loop was drained at the north site."]
 
@@ -122,6 +129,38 @@ def test_saved_model_records_its_config_and_reloads_identically(tuned):
     assert not np.allclose(
         BiEncoder.load("minilm").encode_queries(PROBE), ours.encode_queries(PROBE), atol=1e-3
     )
+
+
+def test_attention_dropout_reaches_every_attention_module_of_both_layouts(minilm):
+    from transformers import LlamaConfig, LlamaModel
+
+    bert = BiEncoder.load("minilm").model[0].auto_model
+    assert set_attention_dropout(bert, 0.0) == 6  # one per MiniLM layer
+    assert {m.dropout.p for m in bert.modules() if type(m).__name__ == "BertSelfAttention"} == {0.0}
+    assert bert.config.attention_probs_dropout_prob == 0.1  # the config is not rewritten
+    llama = LlamaModel(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=100,
+            attention_dropout=0.1,
+        )
+    )
+    assert set_attention_dropout(llama, 0.25) == 3
+    assert {m.attention_dropout for m in llama.modules() if type(m).__name__ == "LlamaAttention"} == {0.25}
+    assert resolve_bf16(True) is True and resolve_bf16(False) is False
+
+
+@pytest.mark.slow
+def test_training_choices_are_recorded_and_the_saved_config_keeps_the_models_dropout(tuned):
+    out, summary = tuned
+    assert summary["config"]["attention_dropout"] == 0.0 and summary["config"]["bf16"] is None
+    assert summary["plan"]["bf16"] == resolve_bf16(None)
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["attention_probs_dropout_prob"] == 0.1
 
 
 @pytest.mark.slow

@@ -263,6 +263,36 @@ def _merge_lora(encoder: BiEncoder) -> None:
     backbone.model = backbone.model.merge_and_unload()
 
 
+def resolve_bf16(requested: bool | None) -> bool:
+    """``None`` -> bf16 where it is native: a CUDA GPU that supports it, or a CPU with AMX tiles."""
+    if requested is not None:
+        return requested
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(amx and amx())
+
+
+def set_attention_dropout(backbone, p: float) -> int:
+    """Set the attention-probability dropout of every attention module to ``p``; returns how many changed.
+
+    Covers both layouts in transformers: an ``nn.Dropout`` named ``dropout`` inside an attention module
+    (BERT family) and a float ``attention_dropout`` (Llama, Mistral, Qwen). The saved config is untouched:
+    this is a training choice, not a property of the model.
+    """
+    changed = 0
+    for module in backbone.modules():
+        if "Attention" not in type(module).__name__:
+            continue
+        if isinstance(getattr(module, "dropout", None), torch.nn.Dropout):
+            module.dropout.p = p
+            changed += 1
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+            changed += 1
+    return changed
+
+
 def finetune(config: FinetuneConfig) -> dict:
     """Train, keep the best validation checkpoint, merge LoRA, and save to ``output_dir/model``.
 
@@ -298,6 +328,9 @@ def finetune(config: FinetuneConfig) -> dict:
         bidirectional=config.bidirectional,
     )
     model = encoder.model
+    if config.attention_dropout is not None:
+        set_attention_dropout(model[0].auto_model, config.attention_dropout)
+    bf16 = resolve_bf16(config.bf16)
     if config.finetuning_type == "lora_merged":
         _add_lora(encoder, config)
 
@@ -334,7 +367,7 @@ def finetune(config: FinetuneConfig) -> dict:
         weight_decay=config.weight_decay,
         seed=config.seed,
         data_seed=config.seed,
-        bf16=config.bf16,
+        bf16=bf16,
         activation_checkpointing=config.gradient_checkpointing,
         dataloader_num_workers=config.dataloader_workers,
         # gathered in-batch negatives need equal batch shapes on every process
@@ -375,7 +408,7 @@ def finetune(config: FinetuneConfig) -> dict:
     summary = {
         "config": config_dict(config),
         "config_hash": config_hash(config),
-        "plan": plan,
+        "plan": {**plan, "bf16": bf16},
         "data": {**rows.stats, "train_queries": len(train_examples), "val_queries": len(val_examples)},
         "train_loss": result.training_loss,
         "train_runtime": result.metrics.get("train_runtime"),
