@@ -29,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "demo_cpu.yaml"
-# the demo's recipe on the whole manual, with five times the questions
-OVERRIDES = ["sdg.max_documents=0", "sdg.max_passages=1000"]
+# the demo recipe on the whole manual, with 15 times the questions
+OVERRIDES = ["sdg.max_documents=0", "sdg.max_passages=3000"]
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 TARGET_NDCG_GAIN = 0.10
 GENERAL_TOLERANCE = 0.01

@@ -560,7 +560,8 @@ def test_local_model_lookup_joins_parts_once_checks_the_hash_and_names_missing_p
 
 @pytest.fixture(scope="module")
 def smollm():
-    return G.LocalGenerator("smollm2-135m", threads=1, batch_size=4)
+    # float32: batched and one-at-a-time replies are then identical (in bfloat16 padding shifts the rounding)
+    return G.LocalGenerator("smollm2-135m", batch_size=4, dtype="float32")
 
 
 PASSAGES = [
@@ -572,7 +573,7 @@ PASSAGES = [
 ]
 
 
-def test_local_generator_writes_real_questions_in_batches(smollm):
+def _two_question_requests() -> list:
     from embedforge.sdg.prompts import QuestionSpec
 
     specs = [QuestionSpec("factual", 2, "Which", 0), QuestionSpec("contextual", 3, "What should I do if", 1)]
@@ -585,7 +586,10 @@ def test_local_generator_writes_real_questions_in_batches(smollm):
                 messages, prefix=prefix, follow_ups=follow_ups, max_new_tokens=48, stop_at_question=True
             )
         )
-    results = smollm.generate(requests)
+    return requests
+
+
+def _assert_real_questions(results) -> None:
     assert len(results) == 2
     cleaned = []
     for result, text in zip(results, PASSAGES, strict=True):
@@ -601,9 +605,27 @@ def test_local_generator_writes_real_questions_in_batches(smollm):
                 cleaned.append(question)
     assert len(cleaned) >= 2
     assert all(q.endswith("?") and len(q.split()) >= 4 and q[0].isupper() for q in cleaned)
+
+
+def test_local_generator_writes_real_questions_in_batches(smollm):
+    requests = _two_question_requests()
+    results = smollm.generate(requests)
+    _assert_real_questions(results)
     # batching is real and changes nothing: one prompt per call gives the same replies, in order
     alone = smollm.generate(requests, batch_size=1)
     assert [r.parts for r in alone] == [r.parts for r in results]
+
+
+def test_local_generator_default_dtype_is_bf16_exactly_where_native_and_writes_real_questions():
+    import torch
+
+    from embedforge.precision import bf16_is_native
+
+    generator = G.LocalGenerator("smollm2-135m", batch_size=4)
+    assert generator.model.dtype == (torch.bfloat16 if bf16_is_native() else torch.float32)
+    _assert_real_questions(generator.generate(_two_question_requests()))
+    with pytest.raises(ValueError, match="dtype must be"):
+        G.LocalGenerator("smollm2-135m", dtype="float16")
 
 
 def test_local_sdg_run_end_to_end(smollm, tmp_path, minilm):

@@ -318,7 +318,7 @@ class SdgConfig:
     max_documents: int = setting(
         0, "use a seeded sample of this many documents as the corpus (0 = all): a quick run on a large folder"
     )
-    batch_size: int = setting(8, "local backend: prompts per generate call (left-padded, length-sorted)")
+    batch_size: int = setting(16, "local backend: prompts per generate call (left-padded, length-sorted)")
     max_new_tokens: int | None = setting(
         None,
         "token cap per generation; None = 48 for local (one question), 1024 for openai (JSON with answers)",
@@ -328,7 +328,13 @@ class SdgConfig:
     )
     seed: int = setting(42, "seed for the passage sample, question types, openings and sampling")
     threads: int = setting(
-        1, "local backend: torch CPU threads; 0 = torch default (on a shared 2-core CPU, 1 is much faster)"
+        0,
+        "local backend: torch CPU threads; 0 = torch default (all cores; 1 is faster only on a busy machine)",
+    )
+    dtype: str = setting(
+        "auto",
+        "local backend: weights dtype, float32 or bfloat16; auto = bfloat16 where native (a CPU with AMX: "
+        "2x faster here), else float32",
     )
     judge: bool | None = setting(
         None,

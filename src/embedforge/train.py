@@ -45,6 +45,7 @@ from embedforge.config import FinetuneConfig, config_dict, config_hash
 from embedforge.formats import TrainingExample, passage_id, read_training_data
 from embedforge.inbatch import ID_COLUMN, InBatchNegativesLoss, id_rows
 from embedforge.model import PASSAGE, QUERY, BiEncoder
+from embedforge.precision import bf16_is_native
 
 logger = logging.getLogger(__name__)
 
@@ -264,13 +265,8 @@ def _merge_lora(encoder: BiEncoder) -> None:
 
 
 def resolve_bf16(requested: bool | None) -> bool:
-    """``None`` -> bf16 where it is native: a CUDA GPU that supports it, or a CPU with AMX tiles."""
-    if requested is not None:
-        return requested
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(amx and amx())
+    """``None`` -> bf16 where it is native (``precision.bf16_is_native``)."""
+    return bf16_is_native() if requested is None else requested
 
 
 def set_attention_dropout(backbone, p: float) -> int:

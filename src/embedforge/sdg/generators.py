@@ -376,25 +376,33 @@ class LocalGenerator:
     Args:
         model: a name in :data:`LOCAL_MODELS`, a ``.gguf`` file or a model folder.
         threads: torch CPU threads (0 = leave torch's default). On a 2-core machine shared with another job,
-            1 thread ran several times faster than 2 (REFERENCE §7 and docs/bench/sdg_speed.json).
+            1 thread ran several times faster than 2 (REFERENCE §7); on the idle machine 2 are 1.8x faster.
         batch_size: prompts per ``generate`` call.
         temperature: 0 = greedy (the default for small models); above 0 samples with top-p 0.95.
         seed: torch seed set before each batch when sampling.
+        dtype: weights dtype, ``float32`` or ``bfloat16``; ``auto`` = bfloat16 where it is native (AMX).
     """
 
     def __init__(
         self,
         model: str = DEFAULT_LOCAL_MODEL,
         *,
-        threads: int = 1,
-        batch_size: int = 8,
+        threads: int = 0,
+        batch_size: int = 16,
         temperature: float = 0.0,
         seed: int = 42,
+        dtype: str = "auto",
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
+        if dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
+        if dtype == "auto":
+            from embedforge.precision import bf16_is_native
+
+            dtype = "bfloat16" if bf16_is_native() else "float32"
         self.threads = threads
         folder, gguf_file = locate_local_model(model)
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
@@ -404,7 +412,7 @@ class LocalGenerator:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=torch.float32, local_files_only=True, **kwargs
+                folder, dtype=getattr(torch, dtype), local_files_only=True, **kwargs
             ).eval()
         finally:
             hf_logging.set_verbosity(verbosity)

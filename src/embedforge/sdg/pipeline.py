@@ -134,6 +134,7 @@ def make_generator(config: SdgConfig, resolved: Resolved | None = None):
         resolved.model,
         threads=config.threads,
         batch_size=config.batch_size,
+        dtype=config.dtype,
         temperature=resolved.temperature,
         seed=config.seed,
     )
