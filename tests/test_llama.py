@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, MistralConfig, MistralForCausalLM
+from transformers import LlamaForCausalLM, LlamaModel, MistralForCausalLM
 
 from domain_fixture import make_domain_fixture
 from embedforge.evaluate import compare_models
@@ -30,6 +30,7 @@ from embedforge.llama_bidirectional import (
 )
 from embedforge.model import BiEncoder
 from embedforge.registry import KNOWN_MODELS, KnownModel, describe_known_models
+from tiny_models import tiny_decoder_config as tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -45,20 +46,6 @@ SUBPROCESS_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "OMP_NUM_THREADS": "1",
 }
-
-
-def tiny(kind: str = "llama", vocab_size: int = 300, **extra):
-    config_cls = LlamaConfig if kind == "llama" else MistralConfig
-    return config_cls(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        **extra,
-    )
 
 
 # ------------------------------------------------------------------------------------------ fixtures

@@ -132,23 +132,15 @@ def test_saved_model_records_its_config_and_reloads_identically(tuned):
 
 
 def test_attention_dropout_reaches_every_attention_module_of_both_layouts(minilm):
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaModel
+
+    from tiny_models import tiny_decoder_config
 
     bert = BiEncoder.load("minilm").model[0].auto_model
     assert set_attention_dropout(bert, 0.0) == 6  # one per MiniLM layer
     assert {m.dropout.p for m in bert.modules() if type(m).__name__ == "BertSelfAttention"} == {0.0}
     assert bert.config.attention_probs_dropout_prob == 0.1  # the config is not rewritten
-    llama = LlamaModel(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            vocab_size=100,
-            attention_dropout=0.1,
-        )
-    )
+    llama = LlamaModel(tiny_decoder_config(num_hidden_layers=3, attention_dropout=0.1))
     assert set_attention_dropout(llama, 0.25) == 3
     assert {m.attention_dropout for m in llama.modules() if type(m).__name__ == "LlamaAttention"} == {0.25}
     assert resolve_bf16(True) is True and resolve_bf16(False) is False

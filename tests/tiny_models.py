@@ -1,7 +1,7 @@
 """Tiny random-weight models built from configs (no download), for tests that need a second backbone."""
 
 import torch
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import BertConfig, BertModel, BertTokenizerFast, LlamaConfig, MistralConfig
 
 
 def tiny_bert(folder):
@@ -21,3 +21,18 @@ def tiny_bert(folder):
     )
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+def tiny_decoder_config(kind: str = "llama", vocab_size: int = 300, **extra):
+    """A 2-layer, 32-dim Llama (or Mistral) config; ``extra`` overrides any field."""
+    config_cls = LlamaConfig if kind == "llama" else MistralConfig
+    fields = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    return config_cls(**{**fields, **extra})
