@@ -437,6 +437,15 @@ def test_requests_waiting_together_share_one_model_call(slow):
     assert _batches_of_3_or_4(slow) == before + 1
 
 
+def test_a_lone_request_does_not_wait_for_company():
+    # with nobody else admitted there is nothing to wait for: max_wait (5 s here) is not paid
+    with running(TorchRuntime("minilm"), max_wait_ms=5000) as server:
+        post(server, {"model": "minilm", "input": ["warm"]})
+        started = time.perf_counter()
+        assert post(server, {"model": "minilm", "input": ["alone"]}).status_code == 200
+        assert time.perf_counter() - started < 2.5
+
+
 def test_full_queue_answers_429_and_recovers(slow):
     body = {"model": "minilm", "input": ["one", "two"]}
     with ThreadPoolExecutor(6) as pool:

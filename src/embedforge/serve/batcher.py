@@ -8,8 +8,8 @@ How a request flows:
 2. ``tokenize`` runs the tokenizer on a worker thread, so the event loop keeps serving other clients.
 3. ``embed`` puts the token sequences on the pending list and awaits their vectors.
 
-The batch loop waits until the pending inputs fill ``max_batch_tokens`` or the oldest has waited
-``max_wait_ms``, takes inputs first-come first-served up to the budget, sorts them by length and cuts them
+The batch loop waits until the pending inputs fill ``max_batch_tokens``, the oldest has waited
+``max_wait_ms``, or no other admitted request is still on its way (then it does not wait at all), takes inputs first-come first-served up to the budget, sorts them by length and cuts them
 into model calls whose padded size (longest x count) stays within the budget, so short inputs are not padded
 to long ones. Model calls run one at a time on an inference thread (the model uses the CPU cores itself).
 Every input is embedded at full size; each request truncates to its own ``dimensions`` afterwards.
@@ -229,9 +229,15 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # give other requests up to max_wait to join, unless the budget is already full
+            # give requests already admitted (still tokenizing) up to max_wait to join, unless the budget is
+            # full; when every admitted input is pending there is nobody to wait for, so a lone client
+            # (concurrency 1) pays no wait at all
             deadline = self._pending[0].enqueued + self.max_wait
-            while self._pending_tokens < self.max_batch_tokens and not self._closing:
+            while (
+                self._pending_tokens < self.max_batch_tokens
+                and not self._closing
+                and self._admitted > len(self._pending)
+            ):
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
