@@ -15,8 +15,8 @@ What it does:
   full batch, full and smaller ``dimensions``, queries and passages); above the tolerance (1e-4) the export
   fails and nothing is left at the output path;
 * optionally adds a dynamic-int8 copy (onnxruntime's transformer fusions, kept only when the fused graph
-  matches fp32 within the parity tolerance, then the quantizer on MatMul weights per channel) and/or an fp16 copy,
-  each with its quality measured against fp32 (mean cosine on 32 probe texts, the nDCG@10 / Recall@10 delta
+  matches fp32 within the parity tolerance, then the quantizer on MatMul weights per channel) and/or an fp16
+  copy, each with its quality measured against fp32 (mean cosine on 32 probe texts, the nDCG@10 / Recall@10 delta
   on a BEIR folder, file size, texts/s, and how much a vector depends on its batch); fp16 is also
   parity-checked at a relaxed tolerance (5e-3).
 
