@@ -12,7 +12,8 @@ The batch loop waits until the pending inputs fill ``max_batch_tokens``, the old
 ``max_wait_ms``, or no other admitted request is still on its way (then it does not wait at all), takes
 inputs first-come first-served up to the budget, sorts them by length and cuts them into model calls
 whose padded size (longest x count) stays within the budget, so short inputs are not padded to long ones.
-Model calls run one at a time on an inference thread (the model uses the CPU cores itself). Every input is embedded at full size; each request truncates to its own ``dimensions`` afterwards.
+Model calls run one at a time on an inference thread (the model uses the CPU cores itself). Every input is
+embedded at full size; each request truncates to its own ``dimensions`` afterwards.
 
 ``close`` stops admitting, finishes what is queued and stops the loop (graceful shutdown).
 """
