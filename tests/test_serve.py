@@ -446,6 +446,37 @@ def test_a_lone_request_does_not_wait_for_company():
         assert time.perf_counter() - started < 2.5
 
 
+def test_merged_requests_are_cut_into_calls_within_the_token_budget(minilm):
+    # a round of merged requests is sorted by length and cut so that every model call pads to at most
+    # max_batch_tokens (64 here), one long input alone excepted; the vectors are those of single requests
+    words = "index vacuum replica backup table query planner lock".split()
+    requests = [[" ".join(words[: 1 + (i * 3 + j) % 8]) for j in range(6)] for i in range(4)]
+    with running(SlowRuntime("minilm"), max_batch_tokens=64, max_wait_ms=1) as server:
+        single = [vectors_of(post(server, {"model": "minilm", "input": texts})) for texts in requests]
+        before = metric_samples(server)
+        with ThreadPoolExecutor(5) as pool:
+            blocker = pool.submit(post, server, {"model": "minilm", "input": ["occupies the model"]})
+            time.sleep(0.15)  # the next four requests queue up behind it and are taken as one round
+            merged = list(pool.map(lambda t: post(server, {"model": "minilm", "input": t}), requests))
+            assert blocker.result().status_code == 200
+        after = metric_samples(server)
+    calls = after[("embedforge_batch_tokens_count", ())] - before[("embedforge_batch_tokens_count", ())]
+    within = (
+        after[("embedforge_batch_tokens_bucket", (("le", "64.0"),))]
+        - before[("embedforge_batch_tokens_bucket", (("le", "64.0"),))]
+    )
+    # the 24 queued inputs were sorted as one round: the calls are the cuts of their sorted lengths
+    lengths = sorted(len(minilm.model.tokenizer(t)["input_ids"]) for texts in requests for t in texts)
+    cuts, count = 1, 0
+    for n in lengths:
+        if count and n * (count + 1) > 64:
+            cuts, count = cuts + 1, 0
+        count += 1
+    assert calls == 1 + cuts and within == calls  # the blocker's call, then the round's, all within 64
+    for response, expected in zip(merged, single, strict=True):
+        np.testing.assert_allclose(vectors_of(response), expected, atol=ATOL)
+
+
 def test_full_queue_answers_429_and_recovers(slow):
     body = {"model": "minilm", "input": ["one", "two"]}
     with ThreadPoolExecutor(6) as pool:

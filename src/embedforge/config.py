@@ -202,7 +202,7 @@ class ServeConfig:
     )
     max_length: int | None = setting(None, "token limit per input; None = the model's max_seq_length")
     max_batch_tokens: int = setting(
-        8192, "padded tokens (longest x count) per model call when merging requests"
+        1024, "padded tokens (longest x count) per model call; ~1,000 suits CPUs (cache), GPUs want more"
     )
     max_wait_ms: float = setting(5.0, "how long a queued input waits for others to join its batch")
     max_queue: int = setting(
