@@ -5,8 +5,8 @@ attention: its patterns expect the masks of older exporters, and ours is a ``Whe
 Left unfused, each layer materialises ``batch x heads x seq x seq`` scores and runs Mul, Add, Softmax and
 two MatMuls over them one after the other; on a 2-core CPU that was about 40% of the int8 graph's time.
 The fused op computes Q, K and V in one projection (``quantize_dynamic`` then turns it into ``QAttention``
-with int8 weights) and the scores per head, where they stay in cache: the int8 MiniLM export embeds 21%
-more texts per second (docs/benchmarks.md, serving).
+with int8 weights) and the scores per head, where they stay in cache: the int8 MiniLM export embeds
+1.1-1.2x more texts per second (``benchmarks/batch_budget.py``; docs/benchmarks.md, serving).
 
 The pattern matched, per layer (what ``torch.onnx.export(dynamo=True)`` writes for eager BERT attention)::
 

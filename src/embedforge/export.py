@@ -477,7 +477,7 @@ def _fuse_for_onnxruntime(src: Path, dst: Path, external: bool) -> dict[str, Any
 
     The fused ops are onnxruntime contrib ops, so only the int8 copy (an onnxruntime artifact anyway) is
     built from this graph; ``model.onnx`` stays plain ONNX for other runtimes. On this 2-core CPU the fused
-    int8 graph runs about 1.5x faster than the unfused one, and the attention fusion adds about 1.2x on top
+    int8 graph runs about 1.5x faster than the unfused one, and the attention fusion adds 1.1-1.2x on top
     (docs/benchmarks.md, serving).
     """
     from onnxruntime.transformers.optimizer import optimize_model

@@ -13,8 +13,8 @@ The batch loop waits until the pending inputs fill ``max_batch_tokens``, the old
 takes a round of inputs, first-come first-served, up to ``ROUND_CALLS`` model calls' worth of tokens, sorts
 them by length and cuts them into model calls whose padded size (longest x count) stays within
 ``max_batch_tokens``, so short inputs are not padded to long ones. The per-call budget is small on purpose:
-on a CPU, calls of about 1,000 padded tokens keep the activations in cache and run 1.6x faster per text than
-calls of 8,000 (docs/benchmarks.md, serving); the round is larger so that sorting has inputs to choose from.
+on a CPU, calls of about 1,000 padded tokens keep the activations in cache and run 1.5-1.7x faster per text
+than calls of 8,000 (docs/benchmarks.md, serving); the round is larger so that sorting has inputs to choose from.
 Model calls run one at a time on an inference thread (the model uses the CPU cores itself). Every input is
 embedded at full size; each request truncates to its own ``dimensions`` afterwards.
 
