@@ -2,7 +2,8 @@
 
 The PostgreSQL 15 manual (Debian package, fetched into .cache/ without root) -> the local SmolLM2-135M
 generator writes questions -> hard negatives mined from training pages -> MiniLM fine-tuned -> base vs
-tuned retrieval on held-out pages, plus the general-domain check. ``recipes/demo_cpu.yaml`` subsamples
+tuned retrieval on held-out pages, plus the general-domain check -> the tuned model exported to ONNX (fp32
+and int8) -> the export served on a loopback port and verified against the offline eval. ``recipes/demo_cpu.yaml`` subsamples
 the manual so this fits in 15 minutes on 2 CPU cores; ``benchmarks/quality.py`` is the larger run.
 Everything lands in ``runs/demo``; a re-run skips the finished stages.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from embedforge.demo_data import fetch_postgres_manual
 from embedforge.evaluate import format_table
-from embedforge.pipeline import run_pipeline
+from embedforge.export import EXPORT_FILE, format_summary
+from embedforge.pipeline import STAGES, run_pipeline
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo_cpu.yaml"
 
@@ -28,7 +30,7 @@ def main(run_dir: str = "runs/demo", cache_dir: str = ".cache/demo") -> int:
     manual = fetch_postgres_manual(Path(cache_dir))
     recipe = os.environ.get("EMBEDFORGE_DEMO_RECIPE", str(RECIPE))
     print(f"embedforge run --corpus {manual} --out {run_dir} --config {recipe}", flush=True)
-    summary = run_pipeline(str(manual), run_dir, recipe)
+    summary = run_pipeline(str(manual), run_dir, recipe, stages=list(STAGES))
     run = Path(run_dir)
     results = json.loads((run / "eval" / "eval_results.json").read_text())
     prep = json.loads((run / "prep" / "prep_report.json").read_text())["split"]
@@ -40,6 +42,10 @@ def main(run_dir: str = "runs/demo", cache_dir: str = ".cache/demo") -> int:
         f"from {prep['documents']['train']} pages"
     )
     print(format_table(results))
+    print(f"\nONNX export: {run / 'export'}")
+    print(format_summary(json.loads((run / "export" / EXPORT_FILE).read_text())))
+    print("\n" + json.loads((run / "verify" / "verify_report.json").read_text())["table"])
+    print(f"serve it: embedforge serve {run / 'export'} --port 8000 [--precision int8]")
     print(f"\nreport: {summary['report']}  chart: {run / 'eval' / 'eval_chart.png'}")
     print(f"demo finished in {time.time() - started:.0f} s")
     return 0

@@ -107,7 +107,11 @@ class Pipeline:
                 "models": [self.base_model, str(run / "finetune" / "model")],
                 "out": str(run / "eval"),
             },
-            "export": {"model": str(run / "finetune" / "model"), "out": str(run / "export")},
+            "export": {
+                "model": str(run / "finetune" / "model"),
+                "out": str(run / "export"),
+                "beir": str(run / "prep" / "test_beir"),  # int8/fp16 copies: their retrieval delta vs fp32
+            },
             "verify": {
                 "beir": str(run / "prep" / "test_beir"),
                 "reference": str(run / "eval" / "eval_results.json"),
