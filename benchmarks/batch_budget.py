@@ -6,8 +6,8 @@ server does (passage prompt, truncate END), sorted by length and cut as the batc
 (twice; the faster pass counts) and the script reports texts/s per budget:
 
 * ``onnx-fp32`` / ``onnx-int8``: the serving runtime on a fresh ``embedforge export minilm --quantize int8``;
-* ``onnx-int8-no-attention-fusion``: the same int8 recipe without ``embedforge.attention_fusion`` (only
-  onnxruntime's own fusions), to measure what the attention fusion buys;
+* ``onnx-int8-no-attention-fusion``: the export's int8 recipe with ``embedforge.attention_fusion`` off
+  (onnxruntime's own fusions only), to measure what the attention fusion buys;
 * ``torch-fp32``: the PyTorch serving runtime (``TorchRuntime("minilm")``).
 
     .venv/bin/python benchmarks/batch_budget.py [--out docs/bench/batch_budget.json]
@@ -35,23 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 BUDGETS = (256, 512, 1024, 2048, 4096, 8192)
 
 
-def cut(sequences: list[list[int]], budget: int) -> list[list[list[int]]]:
-    """Sorted sequences cut into calls of longest x count <= budget, as the batcher cuts a round."""
-    calls, current = [], []
-    for ids in sorted(sequences, key=len):
-        if current and len(ids) * (len(current) + 1) > budget:
-            calls.append(current)
-            current = []
-        current.append(ids)
-    calls.append(current)
-    return calls
-
-
 def sweep(runtime, texts: list[str]) -> dict:
+    from embedforge.serve.batcher import length_sorted_calls
+
     sequences = [t.ids for t in runtime.tokenize(texts, "passage", "END")]
     out = {}
     for budget in BUDGETS:
-        batches = [runtime.pad(call) for call in cut(sequences, budget)]
+        batches = [runtime.pad(call) for call in length_sorted_calls(sequences, budget)]
         runtime.embed(*batches[0])  # warm-up
         best = float("inf")
         for _ in range(2):
@@ -65,21 +55,13 @@ def sweep(runtime, texts: list[str]) -> dict:
 
 
 def int8_without_attention_fusion(export: Path, work: Path) -> Path:
-    """A copy of the export whose int8 graph has onnxruntime's fusions only (the recipe before ours)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.optimizer import optimize_model
+    """A copy of the export whose int8 graph is the export's recipe with the attention fusion off."""
+    from embedforge.export import MODEL_FILES, _fuse_for_onnxruntime, _quantize_int8
 
     folder = work / "no-attention-fusion"
     shutil.copytree(export, folder)
-    fused = optimize_model(str(folder / "model.onnx"), model_type="bert", opt_level=0, use_gpu=False)
-    fused.save_model_to_file(str(work / "fused.onnx"))
-    quantize_dynamic(
-        str(work / "fused.onnx"),
-        str(folder / "model_int8.onnx"),
-        op_types_to_quantize=["MatMul"],
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
+    _fuse_for_onnxruntime(folder / MODEL_FILES["fp32"], work / "fused.onnx", external=False, attention=False)
+    _quantize_int8(work / "fused.onnx", folder / MODEL_FILES["int8"], external=False)
     return folder
 
 

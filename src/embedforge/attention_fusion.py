@@ -51,7 +51,6 @@ def _projection(model, transpose, out_map) -> tuple[str, np.ndarray, np.ndarray,
     weight = _constant(model, matmul.input[1])
     bias = next((b for b in (_constant(model, i) for i in add.input) if b is not None), None)
     shape = out_map.get(reshape.input[1])
-    head_size = None
     if shape is not None and shape.op_type == "Concat":  # (batch, seq, heads or -1, head_size)
         last = _constant(model, shape.input[-1])
         head_size = int(last.reshape(-1)[-1]) if last is not None and last.size else None

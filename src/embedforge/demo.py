@@ -3,8 +3,9 @@
 The PostgreSQL 15 manual (Debian package, fetched into .cache/ without root) -> the local SmolLM2-135M
 generator writes questions -> hard negatives mined from training pages -> MiniLM fine-tuned -> base vs
 tuned retrieval on held-out pages, plus the general-domain check -> the tuned model exported to ONNX (fp32
-and int8) -> the export served on a loopback port and verified against the offline eval. ``recipes/demo_cpu.yaml`` subsamples
-the manual so this fits in 15 minutes on 2 CPU cores; ``benchmarks/quality.py`` is the larger run.
+and int8) -> the export served on a loopback port and verified against the offline eval.
+``recipes/demo_cpu.yaml`` subsamples the manual so this fits in 15 minutes on 2 CPU cores;
+``benchmarks/quality.py`` is the larger run.
 Everything lands in ``runs/demo``; a re-run skips the finished stages.
 """
 

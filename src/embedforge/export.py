@@ -471,7 +471,7 @@ def _strip_head(model) -> None:
     graph.output.append(helper.make_tensor_value_info(pooled, TensorProto.FLOAT, ["batch", "hidden"]))
 
 
-def _fuse_for_onnxruntime(src: Path, dst: Path, external: bool) -> dict[str, Any]:
+def _fuse_for_onnxruntime(src: Path, dst: Path, external: bool, attention: bool = True) -> dict[str, Any]:
     """Write ``src`` with onnxruntime's transformer fusions (SkipLayerNormalization, BiasGelu, ...) and our
     attention fusion (``attention_fusion``) to ``dst``.
 
@@ -488,9 +488,9 @@ def _fuse_for_onnxruntime(src: Path, dst: Path, external: bool) -> dict[str, Any
         # opt_level 0: the pattern fusions only; onnxruntime's own graph passes run at session load anyway
         fused = optimize_model(str(src), model_type="bert", opt_level=0, use_gpu=False)
         counts = {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
-        attention = fuse_attention(fused)
-        if attention:
-            counts["Attention"] = counts.get("Attention", 0) + attention
+        layers = fuse_attention(fused) if attention else 0
+        if layers:
+            counts["Attention"] = counts.get("Attention", 0) + layers
         fused.save_model_to_file(str(dst), use_external_data_format=external)
     return {
         "method": "onnxruntime.transformers.optimizer (model_type bert, opt_level 0) + "

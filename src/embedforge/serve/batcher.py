@@ -28,9 +28,10 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -38,7 +39,23 @@ from embedforge.serve.runtime import EmbeddingRuntime, Tokenized
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 ROUND_CALLS = 8  # a round takes up to this many model calls' worth of queued tokens to sort by length
+
+
+def length_sorted_calls(items: Sequence[T], budget: int, length: Callable[[T], int] = len) -> list[list[T]]:
+    """Sort by length and cut into model calls whose padded size (longest x count) stays within ``budget``;
+    an item longer than the budget gets a call of its own."""
+    calls: list[list[T]] = []
+    current: list[T] = []
+    for item in sorted(items, key=length):
+        if current and length(item) * (len(current) + 1) > budget:
+            calls.append(current)
+            current = []
+        current.append(item)
+    if current:
+        calls.append(current)
+    return calls
 
 
 class QueueFullError(RuntimeError):
@@ -285,18 +302,7 @@ class Batcher:
         return items
 
     def _chunks(self, items: list[_Item]) -> list[list[_Item]]:
-        """Sort by length and cut so that longest x count <= max_batch_tokens per model call."""
-        items = sorted(items, key=lambda it: len(it.ids))
-        chunks: list[list[_Item]] = []
-        current: list[_Item] = []
-        for item in items:
-            if current and len(item.ids) * (len(current) + 1) > self.max_batch_tokens:
-                chunks.append(current)
-                current = []
-            current.append(item)
-        if current:
-            chunks.append(current)
-        return chunks
+        return length_sorted_calls(items, self.max_batch_tokens, lambda it: len(it.ids))
 
     def _run(self, chunk: list[_Item]) -> np.ndarray:
         input_ids, mask = self.runtime.pad([item.ids for item in chunk])
