@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedforge import formats
+from embedforge.atomic import atomic_write
 from embedforge.formats import (
     BeirDataset,
     DataFormatError,
     TrainingExample,
-    atomic_write,
     beir_to_training,
     convert,
     detect_format,

@@ -18,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from embedforge import __version__  # noqa: E402
 from embedforge.config import STAGE_CONFIGS, ConfigError, describe, load_config  # noqa: E402
+from embedforge.errors import EmbedforgeError  # noqa: E402
 
 
 def _keys_epilog(stage: str) -> str:
@@ -164,11 +165,13 @@ def _given(args: argparse.Namespace, names: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
     )
     try:
         return _dispatch(args)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (EmbedforgeError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -19,8 +19,10 @@ from typing import Any, Literal
 
 import yaml
 
+from embedforge.errors import EmbedforgeError
 
-class ConfigError(ValueError):
+
+class ConfigError(EmbedforgeError, ValueError):
     """A recipe or override that names an unknown key or a value of the wrong type."""
 
 

@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from embedforge.errors import EmbedforgeError
+
 logger = logging.getLogger(__name__)
 
 EXPORT_FILE = "embedforge_export.json"
@@ -122,7 +124,7 @@ PROBE_TEXTS = (  # 32 mixed texts: quality of reduced-precision copies and the s
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(EmbedforgeError, RuntimeError):
     """An export that failed a check; ``report`` holds what was measured (nothing was written to the output)."""
 
     def __init__(self, message: str, report: dict[str, Any] | None = None):

@@ -22,22 +22,21 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import secrets
-import shutil
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedforge.atomic import atomic_write
+from embedforge.errors import EmbedforgeError
+
 FORMATS = ("inline", "corpus_id", "beir", "triplets")
 QRELS_HEADER = "query-id\tcorpus-id\tscore"
 
 
-class DataFormatError(ValueError):
+class DataFormatError(EmbedforgeError, ValueError):
     """Bad input data, located precisely enough to fix it: file, 1-based line/record and field.
 
     ``unit`` says what ``line`` counts: "line" renders as ``train.jsonl:3:``, anything else (record,
@@ -144,37 +143,6 @@ class _PassageIds:
 
 
 # ------------------------------------------------------------------------------------------ file access
-
-
-@contextmanager
-def atomic_write(path) -> Iterator[Path]:
-    """Yield a temporary sibling path; move it onto ``path`` only if the block succeeds.
-
-    The block creates a file or a folder at the yielded path. Readers of ``path`` see the old version or
-    the complete new one. An existing folder is swapped (rename aside, rename in, delete old) because POSIX
-    cannot atomically replace a non-empty directory; on any failure the temporary is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        if tmp.is_dir() and path.is_dir():
-            old = tmp.with_suffix(".old")
-            os.replace(path, old)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)
-                raise
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists() or tmp.is_symlink():
-            tmp.unlink()
 
 
 def _refuse_foreign_folder(folder: Path, marker: str) -> None:

@@ -50,6 +50,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedforge.atomic import atomic_write
 from embedforge.config import PrepConfig, config_dict, config_hash
 from embedforge.corpus import Passage
 from embedforge.formats import (
@@ -60,7 +61,6 @@ from embedforge.formats import (
     _iter_jsonl,
     _required,
     _text,
-    atomic_write,
     passage_text,
     write_beir,
     write_corpus_id_json,

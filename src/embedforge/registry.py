@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedforge.errors import EmbedforgeError
+
 
 def cache_dir() -> Path:
     """Where built models live: ``$EMBEDFORGE_CACHE`` or ``~/.cache/embedforge/models``."""
@@ -66,7 +68,7 @@ class KnownModel:
         return target
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(EmbedforgeError, FileNotFoundError):
     """A model name or path that resolves to nothing usable."""
 
 

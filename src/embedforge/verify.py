@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from embedforge.errors import EmbedforgeError
 from embedforge.evaluate import DEFAULT_KS, MRR_CUTOFF, compute_metrics, retrieve
 from embedforge.formats import passage_text, read_beir
 
@@ -38,7 +39,7 @@ COMPARED = ("ndcg", "recall")  # NVIDIA's deploy check compares these two famili
 SMALL_K = 5  # k < SMALL_K uses the looser tolerance
 
 
-class VerifyError(RuntimeError):
+class VerifyError(EmbedforgeError, RuntimeError):
     """The server could not be used at all (unreachable, not ready, requests failing)."""
 
 

@@ -37,12 +37,13 @@ from pathlib import Path
 
 import httpx
 
+from embedforge.errors import EmbedforgeError
 from embedforge.registry import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
 
-class GeneratorError(RuntimeError):
+class GeneratorError(EmbedforgeError, RuntimeError):
     """A generator that cannot work at all (bad credentials, wrong URL or model): the run stops."""
 
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from embedforge.config import ConfigError, SdgConfig, config_dict, config_hash
 from embedforge.corpus import CorpusResult, Passage, load_corpus
+from embedforge.errors import EmbedforgeError
 from embedforge.formats import passage_text
 from embedforge.sdg import prompts as P
 from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores
@@ -62,7 +63,7 @@ ABORT_AFTER_FAILED_REQUESTS = 12
 RANK_BUCKETS = ((1, 1), (2, 3), (4, 10), (11, 100), (101, None))
 
 
-class SdgError(RuntimeError):
+class SdgError(EmbedforgeError, RuntimeError):
     """The run cannot go on (e.g. the endpoint stopped answering); finished units are saved for a resume."""
 
 
