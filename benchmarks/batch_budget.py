@@ -6,7 +6,7 @@ server does (passage prompt, truncate END), sorted by length and cut as the batc
 (twice; the faster pass counts) and the script reports texts/s per budget:
 
 * ``onnx-fp32`` / ``onnx-int8``: the serving runtime on a fresh ``embedforge export minilm --quantize int8``;
-* ``onnx-int8-no-attention-fusion``: the export's int8 recipe with ``embedforge.attention_fusion`` off
+* ``onnx-int8-no-attention-fusion``: the export's int8 recipe with ``embedforge.export.attention_fusion`` off
   (onnxruntime's own fusions only), to measure what the attention fusion buys;
 * ``torch-fp32``: the PyTorch serving runtime (``TorchRuntime("minilm")``).
 
@@ -56,12 +56,13 @@ def sweep(runtime, texts: list[str]) -> dict:
 
 def int8_without_attention_fusion(export: Path, work: Path) -> Path:
     """A copy of the export whose int8 graph is the export's recipe with the attention fusion off."""
-    from embedforge.export import MODEL_FILES, _fuse_for_onnxruntime, _quantize_int8
+    from embedforge.export.folder import MODEL_FILES
+    from embedforge.export.quantize import fuse_for_onnxruntime, quantize_int8
 
     folder = work / "no-attention-fusion"
     shutil.copytree(export, folder)
-    _fuse_for_onnxruntime(folder / MODEL_FILES["fp32"], work / "fused.onnx", external=False, attention=False)
-    _quantize_int8(work / "fused.onnx", folder / MODEL_FILES["int8"], external=False)
+    fuse_for_onnxruntime(folder / MODEL_FILES["fp32"], work / "fused.onnx", external=False, attention=False)
+    quantize_int8(work / "fused.onnx", folder / MODEL_FILES["int8"], external=False)
     return folder
 
 

@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.transformers.onnx_model import OnnxModel
 from transformers import AutoTokenizer
 
-from embedforge.attention_fusion import fuse_attention
 from embedforge.export import export_onnx
+from embedforge.export.attention_fusion import fuse_attention
 from embedforge.model import BiEncoder
 from tiny_models import tiny_bert
 

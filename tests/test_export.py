@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnx as onnx_lib
@@ -17,6 +19,7 @@ from embedforge import export as ex
 from embedforge.cli import main as cli_main
 from embedforge.evaluate import evaluate_encoder
 from embedforge.export import ExportError, OnnxEncoder, export_onnx
+from embedforge.export.graph import convert_opset, opset_of
 from embedforge.formats import BeirDataset, passage_text, read_beir, write_beir
 from embedforge.model import POOLING_MODES, BiEncoder
 from tiny_models import tiny_bert
@@ -252,9 +255,27 @@ def test_refuses_to_replace_a_folder_that_is_not_an_export(tiny_folder, tmp_path
     out = tmp_path / "precious"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not an embedforge export"):
+    with pytest.raises(ExportError, match=f"{out} exists and is not an embedforge export folder"):
         export_onnx(_tiny_encoder(tiny_folder), out)
     assert (out / "notes.txt").read_text() == "keep me"
+    assert _leftovers(tmp_path) == []
+
+
+def test_cli_export_onto_a_folder_that_is_not_an_export_is_one_line_and_exit_2(tiny_folder, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    command = [sys.executable, "-m", "embedforge.cli", "export", str(tiny_folder), str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {out} exists and is not an embedforge export folder (no {ex.EXPORT_FILE}); not replaced"
+    ]
+    assert (out / "notes.txt").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == [
+        "notes.txt"
+    ]
 
 
 def test_cli_exit_codes_and_summary(tiny_folder, tmp_path, capsys):
@@ -336,8 +357,8 @@ def test_opset_18_reduce_ops_convert_down_to_17():
     node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=1)
     graph = helper.make_graph([node], "g", [x], [y], initializer=[axes])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    converted = ex._convert_opset(model, 17)
-    assert ex._opset_of(converted) == 17
+    converted = convert_opset(model, 17)
+    assert opset_of(converted) == 17
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
     data = np.arange(8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_allclose(session.run(None, {"x": data})[0], data.mean(axis=1, keepdims=True))

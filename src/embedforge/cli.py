@@ -263,8 +263,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             report = run_export(config)
         except ExportError as err:
-            if err.report:
-                print(format_summary(err.report))
+            if not err.report:  # nothing was measured (e.g. OUT is not an export folder): one line, exit 2
+                raise
+            print(format_summary(err.report))
             print(f"export failed, nothing written to {config.out}: {err}", file=sys.stderr)
             return 1
         print(format_summary(report))

@@ -15,7 +15,6 @@ does: ``prompt + text``), and applies the NIM ``truncate`` modes; ``pad`` builds
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -29,10 +28,8 @@ from embedforge.matryoshka import unit_truncate
 
 logger = logging.getLogger(__name__)
 
-EXPORT_MANIFEST = "embedforge_export.json"
 TRUNCATE_MODES = ("NONE", "START", "END")
 INPUT_TYPES = ("query", "passage")
-PRECISIONS = ("fp32", "int8", "fp16")  # the graphs an export folder may hold (files.fp32, files.int8, ...)
 
 
 class InputTooLongError(ValueError):
@@ -199,14 +196,6 @@ def _supported_dimensions(full: int, extra: Sequence[int] | None) -> list[int]:
     return sorted(dims)
 
 
-def _display_name(path: Path) -> str:
-    """A folder's name, or ``parent-name`` for generic names such as ``runs/tuned/model``."""
-    path = path.resolve()
-    if path.name in {"model", "onnx", "export", "checkpoint"} and path.parent.name:
-        return f"{path.parent.name}-{path.name}"
-    return path.name
-
-
 def _declared_dimensions(folder: Path | None, dimension: int) -> list[int]:
     """The sizes ``embedforge export`` would record for this model, so PyTorch and ONNX serving agree:
     the Matryoshka sizes the model declares (embedforge.json / config.json), else powers of two from 32."""
@@ -240,6 +229,7 @@ class TorchRuntime(EmbeddingRuntime):
     ):
         import torch
 
+        from embedforge.export import display_name
         from embedforge.model import BiEncoder
         from embedforge.registry import KNOWN_MODELS, resolve_model
 
@@ -250,7 +240,7 @@ class TorchRuntime(EmbeddingRuntime):
             encoder, default_name, folder = model, model.name, None
         else:
             folder = Path(resolve_model(model))
-            default_name = str(model) if str(model) in KNOWN_MODELS else _display_name(folder)
+            default_name = str(model) if str(model) in KNOWN_MODELS else display_name(folder)
             encoder = BiEncoder.load(model, name=default_name)
         self.encoder = encoder
         st = encoder.model
@@ -294,7 +284,7 @@ class TorchRuntime(EmbeddingRuntime):
 
 
 class OnnxRuntime(EmbeddingRuntime):
-    """An ``embedforge export`` folder run with ONNX Runtime (CPU).
+    """An ``embedforge export`` folder run with ONNX Runtime (CPU), opened by ``export.ExportFolder``.
 
     The graph takes ``input_ids`` and ``attention_mask`` (int64 ``[batch, seq]``), optionally
     ``token_type_ids`` and ``dimensions`` (int64 scalar or ``[1]``), and returns unit-norm ``embeddings``.
@@ -302,7 +292,7 @@ class OnnxRuntime(EmbeddingRuntime):
 
     Args:
         folder: the export folder (with ``embedforge_export.json``).
-        precision: ``fp32`` (``files.fp32``), ``int8`` or ``fp16`` (an error when the export has none).
+        precision: ``fp32`` (``files.fp32``), ``int8`` or ``fp16`` (``ExportFolderError`` when the export has none).
         name, max_length: as for ``TorchRuntime``.
         dimensions: sizes to accept besides the full size (default: the export's ``matryoshka_dims``).
         threads: ONNX Runtime intra-op threads; 0 leaves its default.
@@ -318,47 +308,26 @@ class OnnxRuntime(EmbeddingRuntime):
         max_length: int | None = None,
         threads: int = 0,
     ):
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
+        from embedforge.export import ExportFolder
 
-        folder = Path(folder)
-        manifest_file = folder / EXPORT_MANIFEST
-        if not manifest_file.is_file():
-            raise FileNotFoundError(f"{folder} is not an ONNX export: no {EXPORT_MANIFEST}")
-        manifest = json.loads(manifest_file.read_text())
-        files = manifest.get("files") or {"fp32": "model.onnx"}
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if not files.get(precision):
-            raise FileNotFoundError(
-                f"{folder}: the export has no {precision} model (files: {sorted(k for k, v in files.items() if v)})"
-            )
-        graph = folder / files[precision]
-        if not graph.is_file():
-            raise FileNotFoundError(f"{graph} is listed in {EXPORT_MANIFEST} but missing")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        # Idle ONNX Runtime workers busy-wait by default; in a server they would take the CPU from the
-        # event loop and the tokenizer threads between batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        export = ExportFolder(folder)
+        self.session = export.session(precision, threads=threads, spin=False)
         self.backend = f"onnx-{precision}"
         self.precision = precision
-        self.manifest = manifest
-        self.model_name = name or manifest.get("model_name") or _display_name(folder)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        self.max_length = int(max_length or manifest.get("max_seq_length") or self.tokenizer.model_max_length)
-        prompts = manifest.get("prompts") or {}
-        self.prompts = {"query": prompts.get("query") or "", "passage": prompts.get("passage") or ""}
+        self.manifest = export.manifest
+        self.model_name = name or export.model_name
+        self.tokenizer = export.tokenizer()
+        self.max_length = int(
+            max_length or self.manifest.get("max_seq_length") or self.tokenizer.model_max_length
+        )
+        self.prompts = export.prompts
         inputs = {i.name: i for i in self.session.get_inputs()}
         # an optional input with a default is an overridable initializer, not a listed graph input
         optional = {i.name: i for i in self.session.get_overridable_initializers()}
         outputs = [o.name for o in self.session.get_outputs()]
         self._output = "embeddings" if "embeddings" in outputs else outputs[0]
-        self.dimension = int(manifest.get("dimension") or self.session.get_outputs()[0].shape[-1])
-        extra = dimensions if dimensions else manifest.get("matryoshka_dims")
+        self.dimension = int(self.manifest.get("dimension") or self.session.get_outputs()[0].shape[-1])
+        extra = dimensions if dimensions else self.manifest.get("matryoshka_dims")
         self.supported_dimensions = _supported_dimensions(self.dimension, extra)
         self._token_type_ids = "token_type_ids" in inputs
         dims_input = inputs.get("dimensions") or optional.get("dimensions")
@@ -379,17 +348,15 @@ class OnnxRuntime(EmbeddingRuntime):
         return unit_truncate(vectors, dimensions)
 
 
-def is_onnx_export(path) -> bool:
-    return (Path(str(path)) / EXPORT_MANIFEST).is_file()
-
-
 def load_runtime(path_or_name, *, precision: str = "fp32", **options) -> EmbeddingRuntime:
     """ONNX Runtime for an export folder (has ``embedforge_export.json``), else PyTorch.
 
     ``options``: ``name``, ``dimensions``, ``max_length``, ``threads`` (see the runtimes). ``precision``
     only applies to ONNX exports; asking for int8 with a PyTorch checkpoint is an error.
     """
-    if is_onnx_export(path_or_name):
+    from embedforge.export import is_export_folder
+
+    if is_export_folder(path_or_name):
         return OnnxRuntime(path_or_name, precision=precision, **options)
     if precision != "fp32":
         raise ValueError(
