@@ -2,7 +2,9 @@
 
 * ``runtime``: the model behind the server (``TorchRuntime``, ``OnnxRuntime``, ``load_runtime``).
 * ``batcher``: merges concurrent requests into token-budgeted model calls; bounded queue (429).
-* ``app``: the FastAPI app (``create_app``): routes, validation, limits, auth, metrics.
+* ``routes``: the routers (embeddings, models, health and metrics); ``api``: their errors and shared state.
+* ``metrics``: Prometheus metrics and the middleware that checks the API key and records each request.
+* ``app``: ``create_app`` wires the routers, middleware and batcher to one runtime.
 * ``server``: ``serve(model, host, port, **settings)`` with uvicorn, ``ServerThread`` for tests.
 
 Checking a served model against its offline evaluation is ``embedforge.verify``.
