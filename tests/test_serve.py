@@ -18,10 +18,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx as onnx_lib
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from embedforge.cli import main as cli_main
+from embedforge.export import OnnxEncoder
 from embedforge.model import BiEncoder
 from embedforge.serve import OnnxRuntime, TorchRuntime, load_runtime
 from embedforge.serve.app import MISSING_INPUT_TYPE, create_app
@@ -114,41 +117,65 @@ def asym(asym_dir):
         yield server
 
 
-class SlowRuntime(TorchRuntime):
-    """The real runtime with every model call taking at least ``delay`` seconds (to fill the queue)."""
+class GatedRuntime(TorchRuntime):
+    """The real runtime whose model calls wait at a gate the test opens, and which records each call's size.
 
-    delay = 0.5
+    With the gate closed the test knows the model is busy and decides what queues up behind it (checked on
+    the batcher's own counters), so batching is asserted by order and counts, never by timing.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.gate.set()
+        self.calls: list[int] = []
 
     def _forward(self, input_ids, attention_mask, dimensions):
-        time.sleep(self.delay)
+        self.calls.append(len(input_ids))
+        self.entered.set()
+        assert self.gate.wait(300), "the test never opened the gate"
         return super()._forward(input_ids, attention_mask, dimensions)
+
+    @contextlib.contextmanager
+    def closed(self):
+        """Close the gate (forgetting earlier calls); it opens again on leaving, whatever happened."""
+        self.calls.clear()
+        self.entered.clear()
+        self.gate.clear()
+        try:
+            yield self
+        finally:
+            self.gate.set()
+
+
+def wait_until(condition, what: str, timeout: float = 300) -> None:
+    """Poll ``condition`` until it holds (the state is read, not guessed from elapsed time)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def gated_server(**settings):
+    """(server, runtime, batcher) for a ``GatedRuntime`` of minilm."""
+    runtime = GatedRuntime("minilm")
+    app = create_app(runtime, settings)
+    with ServerThread(app) as server:
+        yield server, runtime, app.state.batcher
 
 
 @pytest.fixture(scope="module")
-def slow():
-    with running(SlowRuntime("minilm"), max_queue=6, max_inputs=2, max_wait_ms=1) as server:
-        yield server
+def gated():
+    with gated_server(max_queue=6, max_inputs=2, max_wait_ms=1) as parts:
+        yield parts
 
 
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory) -> Path:
-    """A real `embedforge export` of minilm, plus a dynamic-int8 copy registered in its manifest."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from embedforge.export import EXPORT_FILE, export_onnx
-
+    """What `embedforge export minilm OUT --quantize int8` ships: fp32 and the fused int8 graph (QAttention)."""
     folder = tmp_path_factory.mktemp("export") / "onnx"
-    export_onnx("minilm", folder)
-    quantize_dynamic(
-        str(folder / "model.onnx"),
-        str(folder / "model_int8.onnx"),
-        op_types_to_quantize=["MatMul"],
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
-    info = json.loads((folder / EXPORT_FILE).read_text())
-    info["files"]["int8"] = "model_int8.onnx"
-    (folder / EXPORT_FILE).write_text(json.dumps(info))
+    assert cli_main(["export", "minilm", str(folder), "speed=false", "--quantize", "int8"]) == 0
     return folder
 
 
@@ -424,26 +451,28 @@ def _batches_of_3_or_4(server) -> float:
     return le4 - samples[("embedforge_batch_size_bucket", (("le", "2.0"),))]
 
 
-def test_requests_waiting_together_share_one_model_call(slow):
-    body = {"model": "minilm", "input": ["first"]}
-    before = _batches_of_3_or_4(slow)
-    with ThreadPoolExecutor(4) as pool:
-        first = pool.submit(post, slow, body)
-        time.sleep(0.15)  # the first request now occupies the model for 0.5 s
-        others = [pool.submit(post, slow, {"model": "minilm", "input": [f"text {i}"]}) for i in range(3)]
+def test_requests_waiting_together_share_one_model_call(gated):
+    server, runtime, batcher = gated
+    before = _batches_of_3_or_4(server)
+    with ThreadPoolExecutor(4) as pool, runtime.closed():
+        first = pool.submit(post, server, {"model": "minilm", "input": ["first"]})
+        assert runtime.entered.wait(300)  # the first request now occupies the model
+        others = [pool.submit(post, server, {"model": "minilm", "input": [f"text {i}"]}) for i in range(3)]
+        wait_until(lambda: batcher.queued == 3, "three inputs queued behind the busy model")
+        runtime.gate.set()
         assert first.result().status_code == 200
         assert all(f.result().status_code == 200 for f in others)
     # the three requests that waited went through one model call of 3 inputs
-    assert _batches_of_3_or_4(slow) == before + 1
+    assert runtime.calls == [1, 3]
+    assert _batches_of_3_or_4(server) == before + 1
 
 
 def test_a_lone_request_does_not_wait_for_company():
-    # with nobody else admitted there is nothing to wait for: max_wait (5 s here) is not paid
-    with running(TorchRuntime("minilm"), max_wait_ms=5000) as server:
-        post(server, {"model": "minilm", "input": ["warm"]})
-        started = time.perf_counter()
-        assert post(server, {"model": "minilm", "input": ["alone"]}).status_code == 200
-        assert time.perf_counter() - started < 2.5
+    # with nobody else admitted there is nothing to wait for: the 10-minute max_wait is never paid (a
+    # request that paid it would outlast the client's 60 s timeout and fail)
+    with running(TorchRuntime("minilm"), max_wait_ms=600_000) as server:
+        for text in ["warm", "alone", "alone again"]:
+            assert post(server, {"model": "minilm", "input": [text]}).status_code == 200
 
 
 def test_merged_requests_are_cut_into_calls_within_the_token_budget(minilm):
@@ -451,13 +480,17 @@ def test_merged_requests_are_cut_into_calls_within_the_token_budget(minilm):
     # max_batch_tokens (64 here), one long input alone excepted; the vectors are those of single requests
     words = "index vacuum replica backup table query planner lock".split()
     requests = [[" ".join(words[: 1 + (i * 3 + j) % 8]) for j in range(6)] for i in range(4)]
-    with running(SlowRuntime("minilm"), max_batch_tokens=64, max_wait_ms=1) as server:
+    with gated_server(max_batch_tokens=64, max_wait_ms=1) as (server, runtime, batcher):
         single = [vectors_of(post(server, {"model": "minilm", "input": texts})) for texts in requests]
         before = metric_samples(server)
-        with ThreadPoolExecutor(5) as pool:
+        with ThreadPoolExecutor(5) as pool, runtime.closed():
             blocker = pool.submit(post, server, {"model": "minilm", "input": ["occupies the model"]})
-            time.sleep(0.15)  # the next four requests queue up behind it and are taken as one round
-            merged = list(pool.map(lambda t: post(server, {"model": "minilm", "input": t}), requests))
+            assert runtime.entered.wait(300)
+            # the next four requests queue up behind it and are taken as one round
+            pending = [pool.submit(post, server, {"model": "minilm", "input": t}) for t in requests]
+            wait_until(lambda: batcher.queued == 24, "the 24 inputs queued behind the busy model")
+            runtime.gate.set()
+            merged = [f.result() for f in pending]
             assert blocker.result().status_code == 200
         after = metric_samples(server)
     calls = after[("embedforge_batch_tokens_count", ())] - before[("embedforge_batch_tokens_count", ())]
@@ -473,27 +506,39 @@ def test_merged_requests_are_cut_into_calls_within_the_token_budget(minilm):
             cuts, count = cuts + 1, 0
         count += 1
     assert calls == 1 + cuts and within == calls  # the blocker's call, then the round's, all within 64
+    assert len(runtime.calls) == calls and runtime.calls[0] == 1 and sum(runtime.calls) == 25
     for response, expected in zip(merged, single, strict=True):
         np.testing.assert_allclose(vectors_of(response), expected, atol=ATOL)
 
 
-def test_full_queue_answers_429_and_recovers(slow):
+def test_full_queue_answers_429_and_recovers(gated):
+    server, runtime, batcher = gated
     body = {"model": "minilm", "input": ["one", "two"]}
-    with ThreadPoolExecutor(6) as pool:
-        responses = list(pool.map(lambda _: post(slow, body), range(6)))  # 12 inputs, room for 6
-    codes = sorted(r.status_code for r in responses)
-    assert codes.count(200) >= 1 and codes.count(429) >= 3, codes
+    before = metric_samples(server)
+    with ThreadPoolExecutor(6) as pool, runtime.closed():
+        first = pool.submit(post, server, body)
+        assert runtime.entered.wait(300)  # 2 of the 6 places are taken while the model is busy
+        rest = [pool.submit(post, server, body) for _ in range(5)]
+        # room for two more requests of 2 inputs; the other three are turned away at once
+        wait_until(
+            lambda: sum(f.done() for f in rest) == 3 and batcher.admitted == 6, "3 admitted, 3 rejected"
+        )
+        runtime.gate.set()
+        responses = [first.result(), *(f.result() for f in rest)]
+    assert sorted(r.status_code for r in responses) == [200, 200, 200, 429, 429, 429]
     for r in responses:
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1
             assert r.json()["error"]["type"] == "rate_limit_error"
             assert r.json()["error"]["code"] == "queue_full"
-    assert httpx.get(slow.url + "/v1/health/ready").status_code == 200
-    assert post(slow, body).status_code == 200
-    samples = metric_samples(slow)
-    assert samples[("embedforge_errors_total", (("code", "429"),))] >= 3
+    assert httpx.get(server.url + "/v1/health/ready").status_code == 200
+    assert post(server, body).status_code == 200
+    samples = metric_samples(server)
+    key = ("embedforge_errors_total", (("code", "429"),))
+    assert samples[key] - before.get(key, 0) == 3
     assert samples[("embedforge_queue_depth", ())] == 0
     assert samples[("embedforge_inflight_inputs", ())] == 0
+    assert batcher.admitted == 0 and batcher.queued == 0
 
 
 def test_metrics_expose_counters(sym):
@@ -552,18 +597,35 @@ def test_onnx_server_matches_pytorch(onnx_server, sym, minilm):
     assert meta["model"]["backend"] == "onnx-fp32"
 
 
-def test_onnx_int8_precision(onnx_dir, minilm):
+def test_served_int8_export_matches_its_onnx_session(onnx_dir):
+    """The int8 graph `embedforge export --quantize int8` ships, served on loopback to the OpenAI client."""
+    int8_ops = [n.op_type for n in onnx_lib.load(str(onnx_dir / "model_int8.onnx")).graph.node]
+    assert int8_ops.count("QAttention") == 6 and "Softmax" not in int8_ops  # the fused, quantized attention
     runtime = load_runtime(onnx_dir, precision="int8")
     assert runtime.backend == "onnx-int8"
     with running(runtime) as server:
-        r = post(server, {"model": "minilm", "input": TEXTS, "encoding_format": "base64"})
-        assert r.status_code == 200
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        before = metric_samples(server)
+        full = client.embeddings.create(model="minilm", input=TEXTS, extra_body={"input_type": "passage"})
+        small = client.embeddings.create(model="minilm", input=TEXTS, dimensions=128)
+        after = metric_samples(server)
         assert httpx.get(server.url + "/v1/metadata").json()["model"]["backend"] == "onnx-int8"
-    got = vectors_of(r)
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    cosines = np.sum(got * minilm.encode_queries(TEXTS), axis=1)
-    assert cosines.min() > 0.95, cosines
-    assert not np.allclose(got, minilm.encode_queries(TEXTS), atol=1e-4)  # really the int8 graph
+    # each request ran as one model call of its 4 inputs: dynamic int8 scales activations per call, so the
+    # in-process session must see the same batch to give the same vectors
+    calls = ("embedforge_batch_size_count", ())
+    assert after[calls] - before[calls] == 2
+    assert after[("embedforge_batch_size_sum", ())] - before[("embedforge_batch_size_sum", ())] == 8
+    session = OnnxEncoder(onnx_dir, "int8")
+    got = np.asarray([d.embedding for d in full.data], dtype=np.float32)
+    np.testing.assert_allclose(got, session.encode_passages(TEXTS, batch_size=len(TEXTS)), atol=ATOL)
+    got_small = np.asarray([d.embedding for d in small.data], dtype=np.float32)
+    assert got_small.shape == (4, 128)
+    expected_small = session.encode_queries(TEXTS, batch_size=len(TEXTS), dimensions=128)
+    np.testing.assert_allclose(got_small, expected_small, atol=ATOL)
+    fp32 = OnnxEncoder(onnx_dir).encode_passages(TEXTS, batch_size=len(TEXTS))
+    cosines = np.sum(got * fp32, axis=1)
+    assert cosines.min() > 0.98, cosines
+    assert np.abs(got - fp32).max() > 1e-4  # really the int8 graph, not fp32
 
 
 # ------------------------------------------------------------------------------ the CLI, shutdown
