@@ -1,10 +1,12 @@
 """`embedforge run` end to end: sdg (against the stub chat server) -> prep -> finetune -> eval in one run
 folder, the document-level split, skipping of unchanged stages on a re-run (function and CLI), a changed
-finetune setting re-running finetune and eval only, export + verify on the tuned model, and bare overrides
-rejected. The tests share one run folder and run in file order."""
+finetune setting re-running finetune and eval only, a stage re-run when the outputs it reads changed in an
+earlier invocation, export + verify on the tuned model, and bare overrides rejected. The tests read one run
+folder; a test that changes a run works on its own copy, so they pass in any order."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from embedforge.errors import EmbedforgeError
 from embedforge.general_check import load_lee
 from embedforge.pipeline import MARKER, run_pipeline
 from sdg_stub import StubServer
@@ -148,6 +151,15 @@ def first_run(tmp_path_factory, stub):
     return corpus, run, recipe, summary
 
 
+@pytest.fixture
+def run_copy(first_run, tmp_path):
+    """A copy of the first run in another folder, for a test that changes it; returns (corpus, run, recipe)."""
+    corpus, run, recipe, _ = first_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    return corpus, copy, recipe
+
+
 def test_run_writes_every_stage_a_marker_and_the_report(first_run):
     _, run, _, summary = first_run
     assert all("seconds" in summary[s] and not summary[s].get("skipped") for s in MAIN_STAGES)
@@ -261,8 +273,8 @@ def test_cli_run_skips_unchanged_stages(first_run):
     assert "finetune.epochs=1" in bad.stdout + bad.stderr and "learning_rate=1e-4" in bad.stdout + bad.stderr
 
 
-def test_export_and_verify_on_the_tuned_model(first_run):
-    corpus, run, recipe, _ = first_run
+def test_export_and_verify_on_the_tuned_model(run_copy):
+    corpus, run, recipe = run_copy
     stages = [*MAIN_STAGES, "export", "verify"]
     summary = run_pipeline(str(corpus), str(run), str(recipe), stages=stages)
     assert all(summary[s] == {"skipped": True} for s in MAIN_STAGES)
@@ -275,8 +287,8 @@ def test_export_and_verify_on_the_tuned_model(first_run):
     assert "| export | finished |" in (run / "report.md").read_text()
 
 
-def test_changed_finetune_setting_reruns_finetune_and_eval_only(first_run):
-    corpus, run, recipe, _ = first_run
+def test_changed_finetune_setting_reruns_finetune_and_eval_only(run_copy):
+    corpus, run, recipe = run_copy
     before = markers(run)
     summary = run_pipeline(str(corpus), str(run), str(recipe), overrides=["finetune.learning_rate=5e-5"])
     assert summary["sdg"] == {"skipped": True} and summary["prep"] == {"skipped": True}
@@ -290,6 +302,33 @@ def test_changed_finetune_setting_reruns_finetune_and_eval_only(first_run):
     # the same override again: nothing to do
     again = run_pipeline(str(corpus), str(run), str(recipe), overrides=["finetune.learning_rate=5e-5"])
     assert all(again[s] == {"skipped": True} for s in MAIN_STAGES)
+
+
+def test_a_stage_reruns_when_its_inputs_changed_in_an_earlier_invocation(run_copy):
+    corpus, run, recipe = run_copy
+    # a moved run folder is the same run: nothing to redo
+    assert run_pipeline(str(corpus), str(run), str(recipe), stages=["eval"]) == {
+        "eval": {"skipped": True},
+        "report": str(run / "report.md"),
+    }
+    before = json.loads((run / "eval" / MARKER).read_text())
+    tuned = run_pipeline(
+        str(corpus), str(run), str(recipe), overrides=["finetune.learning_rate=5e-5"], stages=["finetune"]
+    )
+    assert "seconds" in tuned["finetune"]
+    finetune_key = json.loads((run / "finetune" / MARKER).read_text())["key"]
+    summary = run_pipeline(str(corpus), str(run), str(recipe), stages=["eval"])
+    assert "seconds" in summary["eval"]  # the model eval read last time is gone
+    after = json.loads((run / "eval" / MARKER).read_text())
+    assert after["key"] != before["key"] and after["inputs"]["finetune"] == finetune_key
+    assert run_pipeline(str(corpus), str(run), str(recipe), stages=["eval"])["eval"] == {"skipped": True}
+
+
+def test_a_stage_whose_input_stage_never_finished_is_refused(run_copy):
+    corpus, run, recipe = run_copy
+    shutil.rmtree(run / "prep")
+    with pytest.raises(EmbedforgeError, match=r"finetune reads .*prep.* run it first"):
+        run_pipeline(str(corpus), str(run), str(recipe), stages=["finetune"])
 
 
 def test_bare_override_is_rejected(tmp_path):
