@@ -337,3 +337,53 @@ def test_bare_override_is_rejected(tmp_path):
         run_pipeline(str(tmp_path / "corpus"), str(tmp_path / "run"), None, overrides=["learning_rate=1e-4"])
     with pytest.raises(ValueError, match="unknown stage"):
         run_pipeline(str(tmp_path / "corpus"), str(tmp_path / "run"), None, stages=["sdg", "deploy"])
+
+
+def _cli_error(capsys, argv: list[str]) -> str:
+    """Run the CLI in this process; it must exit with code 2 and end with one error line, no traceback
+    (progress bars may come before it)."""
+    from embedforge.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
+    return lines[-1]
+
+
+def test_an_unreachable_question_generator_inside_run_ends_in_one_line(first_run, tmp_path, capsys):
+    corpus, _, recipe, _ = first_run
+    argv = ["run", "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--config", str(recipe)]
+    line = _cli_error(capsys, [*argv, "sdg.base_url=http://127.0.0.1:9/v1", "sdg.max_retries=0"])
+    assert "Connection refused" in line and str(tmp_path / "run" / "sdg") in line
+
+
+def test_a_failed_verify_inside_run_ends_in_one_line_naming_the_report(run_copy, capsys):
+    corpus, run, recipe = run_copy
+    argv = ["run", "--corpus", str(corpus), "--out", str(run), "--config", str(recipe), "--stages", "verify"]
+    line = _cli_error(capsys, [*argv, "verify.tolerance=-1", "verify.tolerance_small_k=-1"])
+    assert str(run / "verify" / "verify_report.json") in line and "drift" in line
+    assert json.loads((run / "verify" / MARKER).read_text())["status"] == "started"
+
+
+def test_leaking_negatives_end_prep_with_one_line_and_write_nothing(first_run, tmp_path, capsys, monkeypatch):
+    from embedforge import prep
+
+    _, run, _, _ = first_run
+    test_ids = [json.loads(line)["_id"] for line in (run / "prep" / "test_beir" / "corpus.jsonl").open()]
+    real = prep.mine_hard_negatives
+
+    def leaking(*args, **kwargs):
+        """The real miner, then one negative from a test document, as a mining bug would add."""
+        negatives, scores, stats = real(*args, **kwargs)
+        negatives[0].append((test_ids[0], 0.5))
+        return negatives, scores, stats
+
+    monkeypatch.setattr(prep, "mine_hard_negatives", leaking)
+    out = tmp_path / "prep"
+    pairs = run / "sdg" / "pairs.jsonl"
+    line = _cli_error(capsys, ["prep", "--pairs", str(pairs), "--out", str(out), "test_fraction=0.34"])
+    assert "negatives_from_test_documents" in line and str(pairs) in line
+    assert not out.exists()

@@ -217,14 +217,17 @@ def _run_verify(cfg, served: str) -> dict:
 
     from embedforge.serve.app import create_app
     from embedforge.serve.server import ServerThread, load_serving_runtime
-    from embedforge.verify import run_verify
+    from embedforge.verify import VerifyError, run_verify
 
     serve_cfg = load_config("serve", None, [], model=served)
     app = create_app(load_serving_runtime(serve_cfg), serve_cfg)
     with ServerThread(app) as server:
         report = run_verify(dataclasses.replace(cfg, url=server.url))
     if not report.get("passed", False):
-        raise RuntimeError(f"verify: the served model drifted from the offline eval (see {cfg.out})")
+        why = report["table"].splitlines()[-1].removeprefix("VERIFY FAILED: ")
+        raise VerifyError(
+            f"verify: {served} served over HTTP does not match the offline eval ({why}); see {cfg.out}"
+        )
     return report
 
 
