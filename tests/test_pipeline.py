@@ -331,6 +331,42 @@ def test_a_stage_whose_input_stage_never_finished_is_refused(run_copy):
         run_pipeline(str(corpus), str(run), str(recipe), stages=["finetune"])
 
 
+def test_the_plan_counts_the_corpus_and_the_training_steps(first_run):
+    from embedforge.pipeline import STAGES, Pipeline
+    from embedforge.plan import estimate_run, format_plan
+
+    corpus, run, recipe, _ = first_run
+    pipe = Pipeline(str(corpus), str(run), str(recipe))
+    about, plans = estimate_run(str(corpus), pipe.config, STAGES, cuda=False)
+    passages = len(read_jsonl(run / "sdg" / "passages.jsonl"))
+    assert about == f"{len(DOCS)} documents, {passages} passages"
+    by_stage = {p.stage: p for p in plans}
+    assert list(by_stage) == list(STAGES)
+    assert f"for {passages} passages" in by_stage["sdg"].what
+    assert by_stage["sdg"].seconds is None  # a remote generator: not measured
+    assert "-> 2 steps of" in by_stage["finetune"].what  # the recipe's max_steps
+    assert all(by_stage[s].seconds > 0 for s in STAGES if s != "sdg")
+    text = format_plan(str(recipe), about, plans)
+    assert "not measured" in text and "for the measured stages: an estimate" in text
+    # on a GPU, MiniLM's CPU timings do not apply: counts only
+    assert all(p.seconds is None for p in estimate_run(str(corpus), pipe.config, STAGES, cuda=True)[1])
+
+
+def test_a_run_without_a_recipe_uses_the_one_sized_for_this_machine_and_prints_the_plan(tmp_path, capsys):
+    from embedforge.cli import main
+    from embedforge.config import default_recipe
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, text in DOCS.items():
+        (corpus / name).write_text(text)
+    assert main(["run", "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--stages", "prep"]) == 2
+    out = capsys.readouterr().out
+    assert f"no recipe given: {default_recipe()}" in out
+    assert f"plan (recipe {default_recipe()}); corpus: {len(DOCS)} documents" in out
+    assert "an estimate" in out
+
+
 def test_bare_override_is_rejected(tmp_path):
     (tmp_path / "corpus").mkdir()
     with pytest.raises(ValueError, match=r"name their stage.*learning_rate=1e-4"):

@@ -26,6 +26,30 @@ class ConfigError(EmbedforgeError, ValueError):
     """A recipe or override that names an unknown key or a value of the wrong type."""
 
 
+# the shipped recipes are package data, so a wheel install has them too (the checkout's recipes/ links here)
+RECIPES_DIR = Path(__file__).parent / "recipes"
+CPU_RECIPE = "minilm_cpu"
+GPU_RECIPE = "llama_nemotron_embed_1b_v2"
+
+
+def default_recipe(cuda: bool | None = None) -> Path:
+    """The recipe sized for this machine: NVIDIA's GPU defaults with CUDA, the MiniLM CPU recipe without."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    return RECIPES_DIR / f"{GPU_RECIPE if cuda else CPU_RECIPE}.yaml"
+
+
+def _recipe_file(recipe: str | Path) -> Path:
+    """A recipe path, or the name of a shipped recipe (``minilm_cpu``)."""
+    path = Path(recipe)
+    shipped = RECIPES_DIR / f"{recipe}.yaml"
+    if not path.exists() and path.suffix == "" and shipped.exists():
+        return shipped
+    return path
+
+
 def setting(default: Any, help: str, **kwargs) -> Any:
     """A dataclass field with its documentation attached."""
     if isinstance(default, (list, dict)):
@@ -448,11 +472,13 @@ def load_config(
     values: dict[str, Any] = {}
     source = "command line"
     if recipe:
+        recipe = _recipe_file(recipe)
         source = str(recipe)
         try:
-            data = yaml.safe_load(Path(recipe).read_text()) or {}
+            data = yaml.safe_load(recipe.read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{recipe}: cannot read recipe: {err}") from err
+            shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+            raise ConfigError(f"{recipe}: cannot read recipe: {err} (shipped recipes: {shipped})") from err
         if not isinstance(data, dict):
             raise ConfigError(f"{recipe}: a recipe must be a mapping of stage sections")
         unknown_sections = sorted(set(data) - set(STAGE_CONFIGS) - {"name", "description"})

@@ -17,12 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+from embedforge.config import RECIPES_DIR
 from embedforge.demo_data import fetch_postgres_manual
 from embedforge.evaluate import format_table
 from embedforge.export import EXPORT_FILE, format_summary
 from embedforge.pipeline import STAGES, run_pipeline
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo_cpu.yaml"
+RECIPE = RECIPES_DIR / "demo_cpu.yaml"
 
 
 def main(run_dir: str = "runs/demo", cache_dir: str = ".cache/demo") -> int:

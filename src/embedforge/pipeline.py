@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from embedforge.atomic import write_json_atomic, write_text_atomic
-from embedforge.config import config_dict, load_config
+from embedforge.config import config_dict, default_recipe, load_config
 from embedforge.errors import EmbedforgeError
+from embedforge.plan import estimate_run, format_plan
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ def _read_marker(folder: Path) -> dict:
 
 def _write_marker(folder: Path, data: dict) -> None:
     write_json_atomic(folder / MARKER, data)
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class Pipeline:
@@ -254,7 +261,17 @@ def run_pipeline(
         raise RunError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     if not Path(corpus).is_dir():
         raise RunError(f"corpus folder '{corpus}' does not exist")
+    cuda = torch_cuda()
+    if recipe is None:
+        recipe = str(default_recipe(cuda))
+        print(
+            f"no recipe given: {recipe}, sized for this machine ({'CUDA GPU' if cuda else 'CPU, no CUDA device'}); "
+            "choose another with --config RECIPE or change a key with stage.key=value",
+            flush=True,
+        )
     pipe = Pipeline(corpus, run_dir, recipe, overrides)
+    about, plans = estimate_run(corpus, pipe.config, [s for s in STAGES if s in stages], cuda)
+    print(format_plan(recipe, about, plans), flush=True)
     summary: dict[str, Any] = {}
     for stage in [s for s in STAGES if s in stages]:
         cfg = pipe.config(stage)
