@@ -273,15 +273,17 @@ def test_cli_run_skips_unchanged_stages(first_run):
     assert "finetune.epochs=1" in bad.stdout + bad.stderr and "learning_rate=1e-4" in bad.stdout + bad.stderr
 
 
-def test_export_and_verify_on_the_tuned_model(run_copy):
+def test_export_and_verify_on_the_tuned_model_verify_every_graph_it_exports(run_copy):
     corpus, run, recipe = run_copy
     stages = [*MAIN_STAGES, "export", "verify"]
-    summary = run_pipeline(str(corpus), str(run), str(recipe), stages=stages)
+    summary = run_pipeline(str(corpus), str(run), str(recipe), ["export.quantize=int8"], stages=stages)
     assert all(summary[s] == {"skipped": True} for s in MAIN_STAGES)
     assert "seconds" in summary["export"] and "seconds" in summary["verify"]
-    assert (run / "export" / "model.onnx").exists()
-    report = json.loads((run / "verify" / "verify_report.json").read_text())
-    assert report["passed"] is True
+    assert (run / "export" / "model.onnx").exists() and (run / "export" / "model_int8.onnx").exists()
+    for name in ("verify_report.json", "verify_report_int8.json"):
+        report = json.loads((run / "verify" / name).read_text())
+        assert report["passed"] is True, name
+        assert report["metrics"] and all(r["diff"] <= r["tolerance"] for r in report["metrics"])
     for stage in ("export", "verify"):
         assert json.loads((run / stage / MARKER).read_text())["status"] == "finished"
     assert "| export | finished |" in (run / "report.md").read_text()

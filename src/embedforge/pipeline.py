@@ -218,24 +218,46 @@ def _run_export(cfg, pipe: Pipeline) -> dict:
     return run_export(cfg)
 
 
+def served_precisions(served: Path) -> list[str]:
+    """The graphs a user can serve from ``served``: every precision an export wrote, or the checkpoint."""
+    from embedforge.export import EXPORT_FILE
+
+    manifest = served / EXPORT_FILE
+    if not manifest.is_file():
+        return ["fp32"]
+    files = json.loads(manifest.read_text()).get("files", {})
+    return [p for p in ("fp32", "int8", "fp16") if files.get(p)]
+
+
+def verify_report_path(fp32_report: str | Path, precision: str) -> Path:
+    """fp32's report is verify's ``out``; each reduced-precision graph gets its own beside it."""
+    out = Path(fp32_report)
+    return out if precision == "fp32" else out.with_name(f"{out.stem}_{precision}{out.suffix}")
+
+
 def _run_verify(cfg, served: str) -> dict:
-    """Serve the artifact on a loopback port in this process, verify it, stop the server."""
+    """Serve each graph the export offers (fp32 and the int8/fp16 copies users are told to serve) on a
+    loopback port in this process and verify it against the offline eval; every one must pass."""
     import dataclasses
 
     from embedforge.serve.app import create_app
     from embedforge.serve.server import ServerThread, load_serving_runtime
     from embedforge.verify import VerifyError, run_verify
 
-    serve_cfg = load_config("serve", None, [], model=served)
-    app = create_app(load_serving_runtime(serve_cfg), serve_cfg)
-    with ServerThread(app) as server:
-        report = run_verify(dataclasses.replace(cfg, url=server.url))
-    if not report.get("passed", False):
-        why = report["table"].splitlines()[-1].removeprefix("VERIFY FAILED: ")
-        raise VerifyError(
-            f"verify: {served} served over HTTP does not match the offline eval ({why}); see {cfg.out}"
-        )
-    return report
+    reports = {}
+    for precision in served_precisions(Path(served)):
+        serve_cfg = load_config("serve", None, [], model=served, precision=precision)
+        app = create_app(load_serving_runtime(serve_cfg), serve_cfg)
+        out = str(verify_report_path(cfg.out, precision))
+        with ServerThread(app) as server:
+            reports[precision] = report = run_verify(dataclasses.replace(cfg, url=server.url, out=out))
+        if not report.get("passed", False):
+            why = report["table"].splitlines()[-1].removeprefix("VERIFY FAILED: ")
+            raise VerifyError(
+                f"verify: {served} ({precision}) served over HTTP does not match the offline eval ({why}); "
+                f"see {out}"
+            )
+    return reports
 
 
 RUNNERS: dict[str, Callable] = {
