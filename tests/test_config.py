@@ -72,6 +72,18 @@ def test_unknown_key_names_the_file_and_key(tmp_path):
         load_config("finetune", None, ["learning_rat=3"])
 
 
+def test_a_wrong_value_names_its_source_stage_key_and_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"^command line: finetune\.learning_rate: .*number.* got 'fast'$"):
+        load_config("finetune", None, ["learning_rate=fast"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("eval:\n  ks: [1, five]\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: eval\.ks\[1\]: .*integer.* got 'five'$"):
+        load_config("eval", recipe)
+    with pytest.raises(ConfigError, match=r"serve\.precision: .*'fp32'.*'int8'.* got 'int4'"):
+        load_config("serve", None, ["precision=int4"])
+    assert load_config("finetune", None, ["bf16=null", "max_steps=3"]).max_steps == 3
+
+
 def test_wrong_types_and_choices_are_rejected():
     with pytest.raises(ConfigError, match="epochs"):
         load_config("finetune", None, ["epochs=many"])
