@@ -354,6 +354,14 @@ def test_the_plan_counts_the_corpus_and_the_training_steps(first_run):
     assert all(p.seconds is None for p in estimate_run(str(corpus), pipe.config, STAGES, cuda=True)[1])
 
 
+def test_the_plan_warns_when_other_work_fills_the_cores():
+    from embedforge.plan import busy_note
+
+    assert busy_note(1.5, 2) is None and busy_note(2.0, 2) is None
+    note = busy_note(11.2, 2)
+    assert "load average 11.2 on 2 cores" in note and "sdg.threads=1" in note
+
+
 def test_a_run_without_a_recipe_uses_the_one_sized_for_this_machine_and_prints_the_plan(tmp_path, capsys):
     from embedforge.cli import main
     from embedforge.config import default_recipe

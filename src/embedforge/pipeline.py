@@ -27,7 +27,7 @@ from typing import Any
 from embedforge.atomic import write_json_atomic, write_text_atomic
 from embedforge.config import config_dict, default_recipe, load_config
 from embedforge.errors import EmbedforgeError
-from embedforge.plan import estimate_run, format_plan
+from embedforge.plan import busy_note, estimate_run, format_plan
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +294,9 @@ def run_pipeline(
     pipe = Pipeline(corpus, run_dir, recipe, overrides)
     about, plans = estimate_run(corpus, pipe.config, [s for s in STAGES if s in stages], cuda)
     print(format_plan(recipe, about, plans), flush=True)
+    note = busy_note(os.getloadavg()[0], os.cpu_count() or 1)
+    if note:
+        print(note, flush=True)
     summary: dict[str, Any] = {}
     for stage in [s for s in STAGES if s in stages]:
         cfg = pipe.config(stage)

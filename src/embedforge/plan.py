@@ -114,6 +114,16 @@ def estimate_run(
     return about, [plans[s] for s in stages]
 
 
+def busy_note(load: float, cores: int) -> str | None:
+    """A warning when other work already fills the cores: the per-item seconds assume an idle machine."""
+    if load <= cores:
+        return None
+    return (
+        f"  note: load average {load:.1f} on {cores} cores: other work shares this machine, so expect the stages "
+        "to take several times longer (on a busy machine sdg.threads=1 keeps the local generator from stalling)"
+    )
+
+
 def _minutes(seconds: float) -> str:
     return f"~{seconds / 60:.1f} min" if seconds >= 60 else f"~{seconds:.0f} s"
 
