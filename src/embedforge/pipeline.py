@@ -294,7 +294,7 @@ def run_pipeline(
     pipe = Pipeline(corpus, run_dir, recipe, overrides)
     about, plans = estimate_run(corpus, pipe.config, [s for s in STAGES if s in stages], cuda)
     print(format_plan(recipe, about, plans), flush=True)
-    note = busy_note(os.getloadavg()[0], os.cpu_count() or 1)
+    note = hasattr(os, "getloadavg") and busy_note(os.getloadavg()[0], os.cpu_count() or 1)
     if note:
         print(note, flush=True)
     summary: dict[str, Any] = {}
