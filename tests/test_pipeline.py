@@ -1,10 +1,12 @@
 """`embedforge run` end to end: sdg (against the stub chat server) -> prep -> finetune -> eval in one run
 folder, the document-level split, skipping of unchanged stages on a re-run (function and CLI), a changed
-finetune setting re-running finetune and eval only, export + verify on the tuned model, and bare overrides
-rejected. The tests share one run folder and run in file order."""
+finetune setting re-running finetune and eval only, a stage re-run when the outputs it reads changed in an
+earlier invocation, export + verify on the tuned model, and bare overrides rejected. The tests read one run
+folder; a test that changes a run works on its own copy, so they pass in any order."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from embedforge.errors import EmbedforgeError
 from embedforge.general_check import load_lee
 from embedforge.pipeline import MARKER, run_pipeline
 from sdg_stub import StubServer
@@ -148,6 +151,15 @@ def first_run(tmp_path_factory, stub):
     return corpus, run, recipe, summary
 
 
+@pytest.fixture
+def run_copy(first_run, tmp_path):
+    """A copy of the first run in another folder, for a test that changes it; returns (corpus, run, recipe)."""
+    corpus, run, recipe, _ = first_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    return corpus, copy, recipe
+
+
 def test_run_writes_every_stage_a_marker_and_the_report(first_run):
     _, run, _, summary = first_run
     assert all("seconds" in summary[s] and not summary[s].get("skipped") for s in MAIN_STAGES)
@@ -261,22 +273,24 @@ def test_cli_run_skips_unchanged_stages(first_run):
     assert "finetune.epochs=1" in bad.stdout + bad.stderr and "learning_rate=1e-4" in bad.stdout + bad.stderr
 
 
-def test_export_and_verify_on_the_tuned_model(first_run):
-    corpus, run, recipe, _ = first_run
+def test_export_and_verify_on_the_tuned_model_verify_every_graph_it_exports(run_copy):
+    corpus, run, recipe = run_copy
     stages = [*MAIN_STAGES, "export", "verify"]
-    summary = run_pipeline(str(corpus), str(run), str(recipe), stages=stages)
+    summary = run_pipeline(str(corpus), str(run), str(recipe), ["export.quantize=int8"], stages=stages)
     assert all(summary[s] == {"skipped": True} for s in MAIN_STAGES)
     assert "seconds" in summary["export"] and "seconds" in summary["verify"]
-    assert (run / "export" / "model.onnx").exists()
-    report = json.loads((run / "verify" / "verify_report.json").read_text())
-    assert report["passed"] is True
+    assert (run / "export" / "model.onnx").exists() and (run / "export" / "model_int8.onnx").exists()
+    for name in ("verify_report.json", "verify_report_int8.json"):
+        report = json.loads((run / "verify" / name).read_text())
+        assert report["passed"] is True, name
+        assert report["metrics"] and all(r["diff"] <= r["tolerance"] for r in report["metrics"])
     for stage in ("export", "verify"):
         assert json.loads((run / stage / MARKER).read_text())["status"] == "finished"
     assert "| export | finished |" in (run / "report.md").read_text()
 
 
-def test_changed_finetune_setting_reruns_finetune_and_eval_only(first_run):
-    corpus, run, recipe, _ = first_run
+def test_changed_finetune_setting_reruns_finetune_and_eval_only(run_copy):
+    corpus, run, recipe = run_copy
     before = markers(run)
     summary = run_pipeline(str(corpus), str(run), str(recipe), overrides=["finetune.learning_rate=5e-5"])
     assert summary["sdg"] == {"skipped": True} and summary["prep"] == {"skipped": True}
@@ -292,9 +306,130 @@ def test_changed_finetune_setting_reruns_finetune_and_eval_only(first_run):
     assert all(again[s] == {"skipped": True} for s in MAIN_STAGES)
 
 
+def test_a_stage_reruns_when_its_inputs_changed_in_an_earlier_invocation(run_copy):
+    corpus, run, recipe = run_copy
+    # a moved run folder is the same run: nothing to redo
+    assert run_pipeline(str(corpus), str(run), str(recipe), stages=["eval"]) == {
+        "eval": {"skipped": True},
+        "report": str(run / "report.md"),
+    }
+    before = json.loads((run / "eval" / MARKER).read_text())
+    tuned = run_pipeline(
+        str(corpus), str(run), str(recipe), overrides=["finetune.learning_rate=5e-5"], stages=["finetune"]
+    )
+    assert "seconds" in tuned["finetune"]
+    finetune_key = json.loads((run / "finetune" / MARKER).read_text())["key"]
+    summary = run_pipeline(str(corpus), str(run), str(recipe), stages=["eval"])
+    assert "seconds" in summary["eval"]  # the model eval read last time is gone
+    after = json.loads((run / "eval" / MARKER).read_text())
+    assert after["key"] != before["key"] and after["inputs"]["finetune"] == finetune_key
+    assert run_pipeline(str(corpus), str(run), str(recipe), stages=["eval"])["eval"] == {"skipped": True}
+
+
+def test_a_stage_whose_input_stage_never_finished_is_refused(run_copy):
+    corpus, run, recipe = run_copy
+    shutil.rmtree(run / "prep")
+    with pytest.raises(EmbedforgeError, match=r"finetune reads .*prep.* run it first"):
+        run_pipeline(str(corpus), str(run), str(recipe), stages=["finetune"])
+
+
+def test_the_plan_counts_the_corpus_and_the_training_steps(first_run):
+    from embedforge.pipeline import STAGES, Pipeline
+    from embedforge.plan import estimate_run, format_plan
+
+    corpus, run, recipe, _ = first_run
+    pipe = Pipeline(str(corpus), str(run), str(recipe))
+    about, plans = estimate_run(str(corpus), pipe.config, STAGES, cuda=False)
+    passages = len(read_jsonl(run / "sdg" / "passages.jsonl"))
+    assert about == f"{len(DOCS)} documents, {passages} passages"
+    by_stage = {p.stage: p for p in plans}
+    assert list(by_stage) == list(STAGES)
+    assert f"for {passages} passages" in by_stage["sdg"].what
+    assert by_stage["sdg"].seconds is None  # a remote generator: not measured
+    assert "-> 2 steps of" in by_stage["finetune"].what  # the recipe's max_steps
+    assert all(by_stage[s].seconds > 0 for s in STAGES if s != "sdg")
+    text = format_plan(str(recipe), about, plans)
+    assert "not measured" in text and "for the measured stages: an estimate" in text
+    # on a GPU, MiniLM's CPU timings do not apply: counts only
+    assert all(p.seconds is None for p in estimate_run(str(corpus), pipe.config, STAGES, cuda=True)[1])
+
+
+def test_the_plan_warns_when_other_work_fills_the_cores():
+    from embedforge.plan import busy_note
+
+    assert busy_note(1.5, 2) is None and busy_note(2.0, 2) is None
+    note = busy_note(11.2, 2)
+    assert "load average 11.2 on 2 cores" in note and "sdg.threads=1" in note
+
+
+def test_a_run_without_a_recipe_uses_the_one_sized_for_this_machine_and_prints_the_plan(tmp_path, capsys):
+    from embedforge.cli import main
+    from embedforge.config import default_recipe
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, text in DOCS.items():
+        (corpus / name).write_text(text)
+    assert main(["run", "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--stages", "prep"]) == 2
+    out = capsys.readouterr().out
+    assert f"no recipe given: {default_recipe()}" in out
+    assert f"plan (recipe {default_recipe()}); corpus: {len(DOCS)} documents" in out
+    assert "an estimate" in out
+
+
 def test_bare_override_is_rejected(tmp_path):
     (tmp_path / "corpus").mkdir()
     with pytest.raises(ValueError, match=r"name their stage.*learning_rate=1e-4"):
         run_pipeline(str(tmp_path / "corpus"), str(tmp_path / "run"), None, overrides=["learning_rate=1e-4"])
     with pytest.raises(ValueError, match="unknown stage"):
         run_pipeline(str(tmp_path / "corpus"), str(tmp_path / "run"), None, stages=["sdg", "deploy"])
+
+
+def _cli_error(capsys, argv: list[str]) -> str:
+    """Run the CLI in this process; it must exit with code 2 and end with one error line, no traceback
+    (progress bars may come before it)."""
+    from embedforge.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
+    return lines[-1]
+
+
+def test_an_unreachable_question_generator_inside_run_ends_in_one_line(first_run, tmp_path, capsys):
+    corpus, _, recipe, _ = first_run
+    argv = ["run", "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--config", str(recipe)]
+    line = _cli_error(capsys, [*argv, "sdg.base_url=http://127.0.0.1:9/v1", "sdg.max_retries=0"])
+    assert "Connection refused" in line and str(tmp_path / "run" / "sdg") in line
+
+
+def test_a_failed_verify_inside_run_ends_in_one_line_naming_the_report(run_copy, capsys):
+    corpus, run, recipe = run_copy
+    argv = ["run", "--corpus", str(corpus), "--out", str(run), "--config", str(recipe), "--stages", "verify"]
+    line = _cli_error(capsys, [*argv, "verify.tolerance=-1", "verify.tolerance_small_k=-1"])
+    assert str(run / "verify" / "verify_report.json") in line and "drift" in line
+    assert json.loads((run / "verify" / MARKER).read_text())["status"] == "started"
+
+
+def test_leaking_negatives_end_prep_with_one_line_and_write_nothing(first_run, tmp_path, capsys, monkeypatch):
+    from embedforge import prep
+
+    _, run, _, _ = first_run
+    test_ids = [json.loads(line)["_id"] for line in (run / "prep" / "test_beir" / "corpus.jsonl").open()]
+    real = prep.mine_hard_negatives
+
+    def leaking(*args, **kwargs):
+        """The real miner, then one negative from a test document, as a mining bug would add."""
+        negatives, scores, stats = real(*args, **kwargs)
+        negatives[0].append((test_ids[0], 0.5))
+        return negatives, scores, stats
+
+    monkeypatch.setattr(prep, "mine_hard_negatives", leaking)
+    out = tmp_path / "prep"
+    pairs = run / "sdg" / "pairs.jsonl"
+    line = _cli_error(capsys, ["prep", "--pairs", str(pairs), "--out", str(out), "test_fraction=0.34"])
+    assert "negatives_from_test_documents" in line and str(pairs) in line
+    assert not out.exists()

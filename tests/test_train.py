@@ -207,3 +207,79 @@ def test_resume_continues_from_the_last_checkpoint(domain, tmp_path):
     a = BiEncoder.load(tmp_path / "straight" / "model").encode_queries(PROBE)
     b = BiEncoder.load(tmp_path / "split" / "model").encode_queries(PROBE)
     np.testing.assert_allclose(a, b, atol=1e-5)  # same weights as never having stopped
+
+
+def _previous_run(folder):
+    """An output folder as a finished earlier run leaves it: checkpoints, a training log and a model."""
+    (folder / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    (folder / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (folder / "train_log.jsonl").write_text('{"step": 4, "loss": 0.5}\n')
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"train_data": "does-not-exist.jsonl"},
+        {"n_passages": 0},
+        {"global_batch_size": 30, "micro_batch_size": 8},
+        {"val_data": "missing-val.jsonl"},
+    ],
+    ids=["missing-data", "n_passages", "batch-plan", "missing-val"],
+)
+def test_a_bad_config_or_bad_data_fails_before_the_previous_run_is_touched(domain, tmp_path, bad):
+    before = _previous_run(tmp_path)
+    values = dict(train_data=str(domain["train"]), output_dir=str(tmp_path), max_steps=1, n_passages=2)
+    values.update({k: str(tmp_path / v) if k.endswith("_data") else v for k, v in bad.items()})
+    with pytest.raises((ValueError, FileNotFoundError)):
+        finetune(FinetuneConfig(**values))
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_a_failed_swap_keeps_the_previous_model(minilm, tmp_path, monkeypatch):
+    import os
+
+    from embedforge import train
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("the previous model")
+    real = {"rename": os.rename, "replace": os.replace}
+    failed = []
+
+    def crash_once(name):
+        def move(src, dst, *args, **kwargs):
+            """The first move onto the model folder fails, as a crash between the two renames would."""
+            if os.fspath(dst) == str(target) and not failed:
+                failed.append(src)
+                raise OSError("simulated crash while moving the new model into place")
+            return real[name](src, dst, *args, **kwargs)
+
+        return move
+
+    monkeypatch.setattr(os, "rename", crash_once("rename"))
+    monkeypatch.setattr(os, "replace", crash_once("replace"))
+    summary = {
+        "config": {
+            "base_model": "minilm",
+            "finetuning_type": "full",
+            "in_batch_negatives": True,
+            "cached_loss": False,
+            "temperature": 0.02,
+            "n_passages": 2,
+        },
+        "data": {"rows": 1, "train_queries": 1, "val_queries": 0},
+        "steps": 0,
+        "best_metric": None,
+        "config_hash": "x",
+    }
+    with pytest.raises(OSError, match="simulated crash"):
+        train._save_model(minilm, target, summary)
+    assert failed, "the model was never moved into place"
+    assert (target / "old.txt").read_text() == "the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left beside it
+    monkeypatch.undo()
+    train._save_model(minilm, target, summary)
+    assert not (target / "old.txt").exists() and (target / "embedforge.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

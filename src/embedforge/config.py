@@ -9,21 +9,46 @@ naming the file and the key. Each field's ``help`` metadata is the documentation
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from embedforge.errors import EmbedforgeError
 
 
 class ConfigError(EmbedforgeError, ValueError):
     """A recipe or override that names an unknown key or a value of the wrong type."""
+
+
+# the shipped recipes are package data, so a wheel install has them too (the checkout's recipes/ links here)
+RECIPES_DIR = Path(__file__).parent / "recipes"
+CPU_RECIPE = "minilm_cpu"
+GPU_RECIPE = "llama_nemotron_embed_1b_v2"
+
+
+def default_recipe(cuda: bool | None = None) -> Path:
+    """The recipe sized for this machine: NVIDIA's GPU defaults with CUDA, the MiniLM CPU recipe without."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    return RECIPES_DIR / f"{GPU_RECIPE if cuda else CPU_RECIPE}.yaml"
+
+
+def _recipe_file(recipe: str | Path) -> Path:
+    """A recipe path, or the name of a shipped recipe (``minilm_cpu``)."""
+    path = Path(recipe)
+    shipped = RECIPES_DIR / f"{recipe}.yaml"
+    if not path.exists() and path.suffix == "" and shipped.exists():
+        return shipped
+    return path
 
 
 def setting(default: Any, help: str, **kwargs) -> Any:
@@ -373,57 +398,36 @@ STAGE_CONFIGS: dict[str, type] = {
 }
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against a field's type annotation, converting the few safe cases (int -> float)."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{where}: cannot be {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is list:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if annotation is int and isinstance(value, str) and value.lstrip("-").isdigit():
-        return int(value)
-    if annotation is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if annotation in (int, float, str, bool) and (type(value) is not annotation):
-        raise ConfigError(f"{where}: must be {annotation.__name__}, got {value!r}")
-    return value
+@functools.cache
+def _validator(cls: type) -> TypeAdapter:
+    cls.__pydantic_config__ = ConfigDict(coerce_numbers_to_str=True)  # model=123 is the name "123"
+    return TypeAdapter(cls)
 
 
 def build_config(cls: type, values: dict[str, Any], source: str = "config") -> Any:
-    """Make a ``cls`` from a mapping, rejecting unknown keys and wrong types with the source named."""
+    """Make a ``cls`` from a mapping with pydantic's type checks and coercions ("3" -> 3, 1 -> 1.0), rejecting
+    unknown keys and wrong values with the source, ``stage.key`` and the value named."""
+    stage = next((name for name, c in STAGE_CONFIGS.items() if c is cls), cls.__name__)
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - set(hints))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key(s) {unknown} for {cls.__name__}; known keys: {sorted(known)}"
+            f"{source}: unknown key(s) {unknown} for {cls.__name__}; known keys: {sorted(hints)}"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{source}: key '{k}'") for k, v in values.items()}
-    return cls(**kwargs)
+    # a comma-separated string is a list (``dims=64,128`` on the command line)
+    values = {
+        k: [p for p in v.split(",") if p.strip()]
+        if isinstance(v, str) and typing.get_origin(hints[k]) is list
+        else v
+        for k, v in values.items()
+    }
+    try:
+        return _validator(cls).validate_python(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key, *index = first["loc"]
+        where = f"{stage}.{key}" + "".join(f"[{i}]" for i in index if isinstance(i, int))
+        raise ConfigError(f"{source}: {where}: {first['msg']}, got {first['input']!r}") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -448,11 +452,13 @@ def load_config(
     values: dict[str, Any] = {}
     source = "command line"
     if recipe:
+        recipe = _recipe_file(recipe)
         source = str(recipe)
         try:
-            data = yaml.safe_load(Path(recipe).read_text()) or {}
+            data = yaml.safe_load(recipe.read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{recipe}: cannot read recipe: {err}") from err
+            shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+            raise ConfigError(f"{recipe}: cannot read recipe: {err} (shipped recipes: {shipped})") from err
         if not isinstance(data, dict):
             raise ConfigError(f"{recipe}: a recipe must be a mapping of stage sections")
         unknown_sections = sorted(set(data) - set(STAGE_CONFIGS) - {"name", "description"})

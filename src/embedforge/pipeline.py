@@ -1,11 +1,13 @@
 """`embedforge run`: sdg -> prep -> finetune -> eval [-> export -> verify] in one run folder, resumable.
 
 Each stage reads its section of one recipe, gets its inputs wired to the previous stage's outputs, and
-writes into ``RUN_DIR/<stage>/``. A stage's key is the hash of its config plus the keys of the stages it
-reads from (and, for sdg, a fingerprint of the corpus files); a finished stage leaves
-``.stage.json`` with that key and is skipped when a re-run computes the same key. So an interrupted run
-resumes: finished stages are skipped, sdg continues from its own checkpoint, finetune from its last
-checkpoint; and a changed setting re-runs that stage and everything after it.
+writes into ``RUN_DIR/<stage>/``. A stage's key is the hash of its config (paths inside the run folder and
+the corpus written relative to them) plus what its inputs on disk record: the key in the ``.stage.json``
+marker of each stage folder it reads, and for sdg a fingerprint of the corpus files. A finished stage leaves
+its marker with that key and the input keys, and is skipped when a re-run computes the same key. So an
+interrupted run resumes: finished stages are skipped, sdg continues from its own checkpoint, finetune from
+its last checkpoint; a changed setting re-runs that stage and everything after it, even when the later
+stages run in a later invocation; and a moved run folder is still the same run.
 
 This module only wires and skips stages; the work is in ``sdg``, ``prep``, ``train``, ``evaluate``,
 ``export`` and ``verify``.
@@ -16,18 +18,35 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from embedforge.config import config_dict, load_config
+from embedforge.atomic import write_json_atomic, write_text_atomic
+from embedforge.config import config_dict, default_recipe, load_config
+from embedforge.errors import EmbedforgeError
+from embedforge.plan import busy_note, estimate_run, format_plan
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("sdg", "prep", "finetune", "eval", "export", "verify")
 DEFAULT_STAGES = ("sdg", "prep", "finetune", "eval")
 MARKER = ".stage.json"
+# the stage folders each stage reads; verify also reads what it serves (see Pipeline.served)
+INPUTS = {
+    "sdg": (),
+    "prep": ("sdg",),
+    "finetune": ("prep",),
+    "eval": ("prep", "finetune"),
+    "export": ("prep", "finetune"),
+    "verify": ("prep", "eval"),
+}
+
+
+class RunError(EmbedforgeError, ValueError):
+    """A run that cannot start: bad stage names or overrides, or a stage whose inputs are not there."""
 
 
 def _digest(data: Any) -> str:
@@ -48,10 +67,13 @@ def _read_marker(folder: Path) -> dict:
 
 
 def _write_marker(folder: Path, data: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(folder / MARKER)
+    write_json_atomic(folder / MARKER, data)
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class Pipeline:
@@ -64,8 +86,7 @@ class Pipeline:
         self.overrides = overrides or []
         bare = [o for o in self.overrides if o.partition("=")[0].partition(".")[0] not in STAGES]
         if bare:
-            raise ValueError(f"run overrides name their stage, e.g. finetune.epochs=1; got {bare}")
-        self.keys: dict[str, str] = {}
+            raise RunError(f"run overrides name their stage, e.g. finetune.epochs=1; got {bare}")
         self.finetune_cfg = load_config(
             "finetune",
             recipe,
@@ -122,10 +143,45 @@ class Pipeline:
             return self.finetune_cfg
         return load_config(stage, self.recipe, self.overrides, **wiring[stage])
 
-    def key(self, stage: str, config) -> str:
-        upstream = [self.keys.get(s) for s in STAGES[: STAGES.index(stage)] if s in self.keys]
-        extra = corpus_fingerprint(self.corpus) if stage == "sdg" else None
-        return _digest({"config": config_dict(config), "upstream": upstream, "corpus": extra})
+    def served(self) -> Path:
+        """What verify serves: the run's export once it has finished, else the tuned checkpoint."""
+        export = self.run / "export"
+        return export if _read_marker(export).get("status") == "finished" else self.run / "finetune" / "model"
+
+    def inputs(self, stage: str) -> dict[str, str]:
+        """The keys the input stage folders record on disk (for sdg: the corpus fingerprint)."""
+        if stage == "sdg":
+            return {"corpus": corpus_fingerprint(self.corpus)}
+        upstream = list(INPUTS[stage])
+        if stage == "verify":
+            upstream.append("export" if self.served().name == "export" else "finetune")
+        found = {}
+        for name in upstream:
+            marker = _read_marker(self.run / name)
+            if marker.get("status") != "finished":
+                state = f"its status is '{marker['status']}'" if marker else "it has no marker"
+                raise RunError(
+                    f"{stage} reads {self.run / name}, but stage {name} has not finished there ({state}): "
+                    f"run it first, e.g. --stages {name},{stage}"
+                )
+            found[name] = marker["key"]
+        return found
+
+    def key(self, stage: str, config, inputs: dict[str, str]) -> str:
+        return _digest({"config": self._portable(config_dict(config)), "inputs": inputs})
+
+    def _portable(self, value: Any) -> Any:
+        """Paths inside the run folder or the corpus, written relative to them: a moved run keeps its keys."""
+        if isinstance(value, str):
+            for root, name in ((str(self.run), "<run>"), (str(self.corpus), "<corpus>")):
+                if value == root or value.startswith(root + os.sep):
+                    return name + value[len(root) :]
+            return value
+        if isinstance(value, list):
+            return [self._portable(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._portable(v) for k, v in value.items()}
+        return value
 
 
 def _run_sdg(cfg, pipe: Pipeline) -> dict:
@@ -162,21 +218,46 @@ def _run_export(cfg, pipe: Pipeline) -> dict:
     return run_export(cfg)
 
 
+def served_precisions(served: Path) -> list[str]:
+    """The graphs a user can serve from ``served``: every precision an export wrote, or the checkpoint."""
+    from embedforge.export import EXPORT_FILE
+
+    manifest = served / EXPORT_FILE
+    if not manifest.is_file():
+        return ["fp32"]
+    files = json.loads(manifest.read_text()).get("files", {})
+    return [p for p in ("fp32", "int8", "fp16") if files.get(p)]
+
+
+def verify_report_path(fp32_report: str | Path, precision: str) -> Path:
+    """fp32's report is verify's ``out``; each reduced-precision graph gets its own beside it."""
+    out = Path(fp32_report)
+    return out if precision == "fp32" else out.with_name(f"{out.stem}_{precision}{out.suffix}")
+
+
 def _run_verify(cfg, served: str) -> dict:
-    """Serve the artifact on a loopback port in this process, verify it, stop the server."""
+    """Serve each graph the export offers (fp32 and the int8/fp16 copies users are told to serve) on a
+    loopback port in this process and verify it against the offline eval; every one must pass."""
     import dataclasses
 
     from embedforge.serve.app import create_app
     from embedforge.serve.server import ServerThread, load_serving_runtime
-    from embedforge.verify import run_verify
+    from embedforge.verify import VerifyError, run_verify
 
-    serve_cfg = load_config("serve", None, [], model=served)
-    app = create_app(load_serving_runtime(serve_cfg), serve_cfg)
-    with ServerThread(app) as server:
-        report = run_verify(dataclasses.replace(cfg, url=server.url))
-    if not report.get("passed", False):
-        raise RuntimeError(f"verify: the served model drifted from the offline eval (see {cfg.out})")
-    return report
+    reports = {}
+    for precision in served_precisions(Path(served)):
+        serve_cfg = load_config("serve", None, [], model=served, precision=precision)
+        app = create_app(load_serving_runtime(serve_cfg), serve_cfg)
+        out = str(verify_report_path(cfg.out, precision))
+        with ServerThread(app) as server:
+            reports[precision] = report = run_verify(dataclasses.replace(cfg, url=server.url, out=out))
+        if not report.get("passed", False):
+            why = report["table"].splitlines()[-1].removeprefix("VERIFY FAILED: ")
+            raise VerifyError(
+                f"verify: {served} ({precision}) served over HTTP does not match the offline eval ({why}); "
+                f"see {out}"
+            )
+    return reports
 
 
 RUNNERS: dict[str, Callable] = {
@@ -199,15 +280,28 @@ def run_pipeline(
     stages = list(stages or DEFAULT_STAGES)
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+        raise RunError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     if not Path(corpus).is_dir():
-        raise FileNotFoundError(f"corpus folder '{corpus}' does not exist")
+        raise RunError(f"corpus folder '{corpus}' does not exist")
+    cuda = torch_cuda()
+    if recipe is None:
+        recipe = str(default_recipe(cuda))
+        print(
+            f"no recipe given: {recipe}, sized for this machine ({'CUDA GPU' if cuda else 'CPU, no CUDA device'}); "
+            "choose another with --config RECIPE or change a key with stage.key=value",
+            flush=True,
+        )
     pipe = Pipeline(corpus, run_dir, recipe, overrides)
+    about, plans = estimate_run(corpus, pipe.config, [s for s in STAGES if s in stages], cuda)
+    print(format_plan(recipe, about, plans), flush=True)
+    note = hasattr(os, "getloadavg") and busy_note(os.getloadavg()[0], os.cpu_count() or 1)
+    if note:
+        print(note, flush=True)
     summary: dict[str, Any] = {}
     for stage in [s for s in STAGES if s in stages]:
         cfg = pipe.config(stage)
-        key = pipe.key(stage, cfg)
-        pipe.keys[stage] = key
+        inputs = pipe.inputs(stage)
+        key = pipe.key(stage, cfg, inputs)
         folder = pipe.run / stage
         marker = _read_marker(folder)
         if marker.get("key") == key and marker.get("status") == "finished":
@@ -220,11 +314,12 @@ def run_pipeline(
         if stage != "export":
             # export refuses a non-empty out folder that is not an export (a lone marker is enough) and swaps
             # its finished folder into place, so its marker is written only once it finished
-            _write_marker(folder, {"key": key, "status": "started", "config": config_dict(cfg)})
+            _write_marker(
+                folder, {"key": key, "status": "started", "inputs": inputs, "config": config_dict(cfg)}
+            )
         started = time.time()
         if stage == "verify":
-            served = str(pipe.run / "export") if "export" in stages else str(pipe.run / "finetune" / "model")
-            _run_verify(cfg, served)
+            _run_verify(cfg, str(pipe.served()))
         else:
             RUNNERS[stage](cfg, pipe)
         seconds = round(time.time() - started, 1)
@@ -235,6 +330,7 @@ def run_pipeline(
                 "status": "finished",
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "seconds": seconds,
+                "inputs": inputs,
                 "config": config_dict(cfg),
             },
         )
@@ -264,8 +360,5 @@ def write_run_report(run: Path, summary: dict) -> Path:
         if (run / name).exists():
             lines += ["", f"## {title}", "", f"See [{name}]({name})."]
     path = run / "report.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path

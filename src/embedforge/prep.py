@@ -53,6 +53,7 @@ from pathlib import Path
 from embedforge.atomic import atomic_write
 from embedforge.config import PrepConfig, config_dict, config_hash
 from embedforge.corpus import Passage
+from embedforge.errors import EmbedforgeError
 from embedforge.formats import (
     BeirDataset,
     DataFormatError,
@@ -70,6 +71,11 @@ from embedforge.mining import mine_hard_negatives
 from embedforge.sdg.pipeline import DROPPED_FILE
 
 logger = logging.getLogger(__name__)
+
+
+class PrepError(EmbedforgeError, RuntimeError):
+    """Prep's own output check failed: a mined negative leaks from a test document or is a positive."""
+
 
 TRAIN_JSON, TRAIN_JSONL, TEST_BEIR = "train.json", "train.jsonl", "test_beir"
 REPORT_JSON, REPORT_MD = "prep_report.json", "prep_report.md"
@@ -360,7 +366,10 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
         ),
     }
     if any(checks.values()):
-        raise RuntimeError(f"prep produced leaking negatives (a bug): {checks}")
+        raise PrepError(
+            f"prep: the negatives mined for {pairs_path} leak {checks} (a bug in mining); nothing was written "
+            f"to {out}"
+        )
 
     mining_args = {
         "model": config.model,

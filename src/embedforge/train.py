@@ -41,7 +41,8 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from embedforge.config import FinetuneConfig, config_dict, config_hash
+from embedforge.atomic import atomic_write, write_json_atomic
+from embedforge.config import ConfigError, FinetuneConfig, config_dict, config_hash
 from embedforge.formats import TrainingExample, passage_id, read_training_data
 from embedforge.inbatch import ID_COLUMN, InBatchNegativesLoss, id_rows
 from embedforge.model import PASSAGE, QUERY, BiEncoder
@@ -210,8 +211,8 @@ def plan_batches(config: FinetuneConfig, n_rows: int) -> dict[str, int]:
     else:
         micro = min(config.micro_batch_size or per_process, per_process)
         if per_process % micro:
-            raise ValueError(
-                f"global_batch_size {global_batch} is not a multiple of micro_batch_size {micro} x {world}"
+            raise ConfigError(
+                f"finetune.global_batch_size {global_batch} is not a multiple of micro_batch_size {micro} x {world}"
             )
         accumulation = per_process // micro
         mini = micro
@@ -295,25 +296,20 @@ def finetune(config: FinetuneConfig) -> dict:
     Returns a summary dict (also written to ``output_dir/train_summary.json``).
     """
     started = time.time()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoints = out / "checkpoints"
-    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun / accelerate launch set RANK
-    if not config.resume and checkpoints.exists() and main_process:
-        shutil.rmtree(checkpoints)
-    log_path = out / "train_log.jsonl"
-    if not config.resume and main_process:
-        log_path.unlink(missing_ok=True)
+    # everything that can fail on bad input runs before the previous run's checkpoints and log are removed
     if config.n_passages < 1:
-        raise ValueError("n_passages must be at least 1")
+        raise ConfigError(f"finetune.n_passages must be at least 1, got {config.n_passages}")
     if config.n_passages == 1 and not (config.in_batch_negatives or config.cached_loss):
-        raise ValueError("n_passages=1 has no negatives: enable in_batch_negatives or give negatives")
-
+        raise ConfigError(
+            "finetune.n_passages=1 has no negatives: enable in_batch_negatives or give negatives"
+        )
     examples = read_training_data(config.train_data)
     if config.val_data:
         train_examples, val_examples = examples, read_training_data(config.val_data)
     else:
         train_examples, val_examples = split_validation(examples, config.validation_split, config.seed)
+    rows = build_training_rows(train_examples, config.n_passages, config.seed)
+    plan = plan_batches(config, rows.stats["rows"])
 
     encoder = BiEncoder.load(
         config.base_model,
@@ -330,8 +326,14 @@ def finetune(config: FinetuneConfig) -> dict:
     if config.finetuning_type == "lora_merged":
         _add_lora(encoder, config)
 
-    rows = build_training_rows(train_examples, config.n_passages, config.seed)
-    plan = plan_batches(config, rows.stats["rows"])
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = out / "checkpoints"
+    log_path = out / "train_log.jsonl"
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun / accelerate launch set RANK
+    if not config.resume and main_process:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        log_path.unlink(missing_ok=True)
     if plan["total_steps"] < 50:
         warnings.warn(f"only {plan['total_steps']} training steps: results may be noisy", stacklevel=2)
     columns = dict(rows.columns)
@@ -415,19 +417,16 @@ def finetune(config: FinetuneConfig) -> dict:
     }
     if trainer.is_world_process_zero():
         _save_model(encoder, out / "model", summary)
-        _write_json(out / "train_summary.json", summary)
+        write_json_atomic(out / "train_summary.json", summary)
     return summary
 
 
 def _save_model(encoder: BiEncoder, target: Path, summary: dict) -> None:
-    """Write the model into a temp sibling folder, then swap it in: no half-written model is ever left."""
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    encoder.save(tmp, extra_config={"training": summary})
-    _write_model_card(tmp, encoder, summary)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    """Write the model into a temp sibling folder, then swap it in: the previous model stays until the new
+    one is complete, and comes back if the swap fails."""
+    with atomic_write(target) as tmp:
+        encoder.save(tmp, extra_config={"training": summary})
+        _write_model_card(tmp, encoder, summary)
 
 
 def _write_model_card(folder: Path, encoder: BiEncoder, summary: dict) -> None:
@@ -453,9 +452,3 @@ def _write_model_card(folder: Path, encoder: BiEncoder, summary: dict) -> None:
     card = folder / "README.md"
     rest = card.read_text() if card.exists() else ""
     card.write_text("\n".join(lines) + "\n" + rest)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)

@@ -1,0 +1,145 @@
+"""The plan `embedforge run` prints before it starts: what each stage will do and about how long it takes.
+
+A run can last an hour, so the user should see the size of the job before it starts and pick a smaller
+recipe if it is too big. The estimate is a simple model: counts from the corpus and the recipe (passages,
+questions, training steps) times seconds per item measured with MiniLM and the local SmolLM2-135M on a
+2-core x86_64 CPU (docs/benchmarks.md). Other models, a GPU or a remote question generator were not
+measured; their stages show counts only. The printout says it is an estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+# seconds per item on 2 CPU cores with MiniLM at up to 256 tokens (docs/benchmarks.md, 2026-11-23)
+SECONDS = {
+    "generate": 0.2,  # one question from the local SmolLM2-135M, batched x16 (2.5-3 passages/s at 2 questions)
+    "embed": 0.02,  # one text embedded by MiniLM (the demo's sdg embedded its 4,521 passages in about 90 s)
+    "train_text": 0.08,  # one text (query or passage) forward + backward at 256 tokens (128 x 4 texts: ~40 s)
+    "load": 5.0,  # loading a model
+    "general_check": 10.0,  # eval's general-domain check, per model
+    "export": 40.0,  # fp32 + int8 export with parity checks (the demo's export stage)
+}
+# share of generated questions that survive cleaning, dedup and the round-trip filter (0.31 and 0.41 in the
+# quality and demo runs)
+KEPT_SHARE = 0.35
+MEASURED_MODEL = "minilm"
+LOCAL_GENERATORS = ("", "smollm2-135m")
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    what: str
+    seconds: float | None  # None: not measured for this model, device or generator
+
+
+def estimate_run(
+    corpus: str, config_of: Callable[[str], Any], stages: Iterable[str], cuda: bool
+) -> tuple[str, list[StagePlan]]:
+    """(a line about the corpus, one StagePlan per requested stage) from the corpus and each stage's config."""
+    from embedforge.corpus import load_corpus
+    from embedforge.train import plan_batches
+
+    sdg, prep, tune = config_of("sdg"), config_of("prep"), config_of("finetune")
+    chunked = load_corpus(
+        corpus,
+        sentences_per_chunk=sdg.sentences_per_chunk,
+        max_tokens=sdg.max_passage_tokens,
+        min_words=sdg.min_words,
+    )
+    n_docs = len(chunked.documents)
+    docs = min(sdg.max_documents or n_docs, n_docs)
+    passages = round(len(chunked.passages) * docs / n_docs) if n_docs else 0
+    selected = min(sdg.max_passages or passages, passages)
+    generated = selected * sdg.questions_per_passage
+    kept = round(generated * KEPT_SHARE)
+    test_passages = round(passages * prep.test_fraction)
+    test_queries = round(kept * prep.test_fraction)
+    train_queries = kept - test_queries
+    validating = bool(tune.val_data) or tune.validation_split > 0
+    rows = max(1, round(train_queries * (1 - (0 if tune.val_data else tune.validation_split))))
+    batches = plan_batches(tune, rows)
+    measured = not cuda and tune.base_model == MEASURED_MODEL
+    embed, load = SECONDS["embed"], SECONDS["load"]
+
+    def timed(seconds: float, ok: bool = True) -> float | None:
+        return seconds if measured and ok else None
+
+    local = sdg.backend == "local" and sdg.model in LOCAL_GENERATORS
+    generator = f"the local {sdg.model or 'smollm2-135m'}" if sdg.backend == "local" else sdg.model
+    texts_per_step = batches["global_batch_size"] * (1 + tune.n_passages)
+    train_seconds = batches["total_steps"] * texts_per_step * SECONDS["train_text"]
+    train_seconds *= min(tune.max_seq_length, 256) / 256
+    # validation retrieves over the training rows' passages, three times per run
+    validation = 3 * min(tune.max_val_corpus, rows * tune.n_passages) * embed if validating else 0
+    served = test_passages + test_queries
+    precisions = 2 if config_of("export").quantize else 1
+    plans = {
+        "sdg": StagePlan(
+            "sdg",
+            f"{generated:,} questions for {selected:,} passages with {generator}; about {kept:,} kept; "
+            f"{passages:,} passages embedded for the round trip",
+            timed(generated * SECONDS["generate"] + passages * embed + 2 * load, local),
+        ),
+        "prep": StagePlan(
+            "prep",
+            f"{docs:,} documents split {1 - prep.test_fraction:.0%} / "
+            f"{prep.test_fraction:.0%}; {prep.num_negatives} hard negatives mined for ~{train_queries:,} questions",
+            timed(train_queries * embed + load),
+        ),
+        "finetune": StagePlan(
+            "finetune",
+            f"~{rows:,} training rows -> {batches['total_steps']} steps of {batches['global_batch_size']} x "
+            f"(1 + {tune.n_passages}) texts at {tune.max_seq_length} tokens ({tune.base_model})",
+            timed(train_seconds + validation + load),
+        ),
+        "eval": StagePlan(
+            "eval",
+            f"base vs tuned on ~{test_queries:,} questions over ~{test_passages:,} held-out passages",
+            timed(2 * (served * embed + SECONDS["general_check"]) + load),
+        ),
+        "export": StagePlan("export", "ONNX with pooling and norm in the graph", timed(SECONDS["export"])),
+        "verify": StagePlan(
+            "verify",
+            f"the eval re-run over HTTP for {precisions} precision(s)",
+            timed(precisions * (served * embed + load)),
+        ),
+    }
+    about = f"{n_docs:,} documents, {len(chunked.passages):,} passages" + (
+        f" (a sample of {docs:,} documents used)" if docs < n_docs else ""
+    )
+    return about, [plans[s] for s in stages]
+
+
+def busy_note(load: float, cores: int) -> str | None:
+    """A warning when other work already fills the cores: the per-item seconds assume an idle machine."""
+    if load <= cores:
+        return None
+    return (
+        f"  note: load average {load:.1f} on {cores} cores: other work shares this machine, so expect the stages "
+        "to take several times longer (on a busy machine sdg.threads=1 keeps the local generator from stalling)"
+    )
+
+
+def _minutes(seconds: float) -> str:
+    return f"~{seconds / 60:.1f} min" if seconds >= 60 else f"~{seconds:.0f} s"
+
+
+def format_plan(recipe: str, about: str, plans: list[StagePlan]) -> str:
+    """The printed plan; stages without a measurement show their counts only."""
+    lines = [f"plan (recipe {recipe}); corpus: {about}"]
+    for p in plans:
+        lines.append(
+            f"  {p.stage:<9} {_minutes(p.seconds) if p.seconds is not None else 'not measured':>14}  {p.what}"
+        )
+    known = [p.seconds for p in plans if p.seconds is not None]
+    if known:
+        partial = " for the measured stages" if len(known) < len(plans) else ""
+        lines.append(
+            f"  total     {_minutes(sum(known)):>14}{partial}: an estimate from these counts and seconds per item "
+            "measured with MiniLM on 2 CPU cores; a busy or slower machine takes longer"
+        )
+    return "\n".join(lines)
