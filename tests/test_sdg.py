@@ -14,8 +14,9 @@ from embedforge.corpus import Passage
 from embedforge.sdg import GeneratorError, GenRequest, OpenAIGenerator, SdgError, run_sdg
 from embedforge.sdg import generators as G
 from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores
-from embedforge.sdg.pipeline import CHECKPOINT_FILE, dedup_mask, plan_units, rank_histogram, roundtrip_ranks
+from embedforge.sdg.pipeline import CHECKPOINT_FILE, dedup_mask, plan_units, rank_histogram
 from embedforge.sdg.prompts import plain_messages, plan_unit
+from embedforge.search import positive_ranks
 from sdg_stub import StubServer
 
 PAIR_KEYS = {
@@ -299,8 +300,8 @@ def test_dedup_drops_above_threshold_keeping_the_first_and_compares_only_with_ke
 def test_roundtrip_rank_is_the_best_positive_and_ties_count_against_it():
     queries = np.array([[1.0, 0.0], [0.0, 1.0]])
     passages = np.array([[0.9, 0.1], [1.0, 0.0], [0.5, 0.5], [0.2, 0.9], [0.0, 1.0]])
-    assert roundtrip_ranks(queries, passages, [[0], [2, 4]]) == [2, 1]
-    assert roundtrip_ranks(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [1.0, 0.0]]), [[0]]) == [2]
+    assert positive_ranks(queries, passages, [[0], [2, 4]]) == [2, 1]
+    assert positive_ranks(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [1.0, 0.0]]), [[0]]) == [2]
     assert rank_histogram([1, 2, 3, 7, 50, 400]) == {"1": 1, "2-3": 2, "4-10": 1, "11-100": 1, ">100": 1}
 
 

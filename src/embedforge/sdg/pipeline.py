@@ -49,6 +49,7 @@ from embedforge.sdg.generators import (
     LocalGenerator,
     OpenAIGenerator,
 )
+from embedforge.search import positive_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -456,22 +457,6 @@ def dedup_mask(vectors: np.ndarray, threshold: float) -> np.ndarray:
     return keep
 
 
-def roundtrip_ranks(
-    query_vecs: np.ndarray, passage_vecs: np.ndarray, positives: list[list[int]], block: int = 256
-) -> list[int]:
-    """1-based rank of each query's best-ranked positive among all passages (ties count against it)."""
-    ranks: list[int] = []
-    for start in range(0, len(query_vecs), block):
-        scores = query_vecs[start : start + block] @ passage_vecs.T
-        for r, row in enumerate(scores):
-            mine = positives[start + r]
-            best = row[mine].max()
-            others = row.copy()
-            others[mine] = -np.inf
-            ranks.append(int(np.sum(others >= best)) + 1)
-    return ranks
-
-
 def rank_histogram(ranks: list[int]) -> dict[str, int]:
     hist = {}
     for low, high in RANK_BUCKETS:
@@ -753,7 +738,7 @@ def _finish(config, resolved, corpus, plans, checkpoint, encoder, name, progress
             [passage_text({"title": p.title, "text": p.text}) for p in corpus.passages], progress=progress
         )
         positives = [[index_of[i] for i in p["positive_ids"]] for p in candidates]
-        ranks = roundtrip_ranks(vectors, passage_vecs, positives)
+        ranks = positive_ranks(vectors, passage_vecs, positives)
         roundtrip.update(
             rank_histogram=rank_histogram(ranks),
             kept_at_k={str(k): sum(r <= k for r in ranks) for k in (1, 3, 10, 100)},
