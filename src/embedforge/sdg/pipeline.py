@@ -15,7 +15,7 @@ Flow of :func:`run_sdg`:
    (cosine above ``dedup_threshold``, keep first), round-trip consistency (a positive must rank in the top
    ``roundtrip_top_k`` of the whole corpus under ``embed_model``).
 5. Write ``pairs.jsonl``, ``sdg_dropped.jsonl`` (what each filter removed, for inspection) and
-   ``sdg_report.json`` atomically.
+   ``sdg_report.json`` atomically (``embedforge.atomic``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -36,14 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from embedforge.atomic import write_text_atomic
 from embedforge.config import ConfigError, SdgConfig, config_dict, config_hash
 from embedforge.corpus import CorpusResult, Passage, load_corpus
 from embedforge.errors import EmbedforgeError
 from embedforge.formats import passage_text
+from embedforge.registry import DEFAULT_GENERATOR
 from embedforge.sdg import prompts as P
 from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores
 from embedforge.sdg.generators import (
-    DEFAULT_LOCAL_MODEL,
     GenRequest,
     GenResult,
     LocalGenerator,
@@ -92,7 +92,7 @@ def resolve(config: SdgConfig) -> Resolved:
     if not 0.0 <= config.multi_hop_share <= 1.0:
         raise ConfigError("multi_hop_share must be between 0 and 1")
     return Resolved(
-        model=config.model or DEFAULT_LOCAL_MODEL,
+        model=config.model or DEFAULT_GENERATOR,
         temperature=(0.0 if local else 0.7) if config.temperature is None else config.temperature,
         max_new_tokens=config.max_new_tokens or (48 if local else 1024),
         judge=(not local) if config.judge is None else config.judge,
@@ -145,21 +145,6 @@ def make_generator(config: SdgConfig, resolved: Resolved | None = None):
 # ------------------------------------------------------------------------------------------- file helpers
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so readers see the old or the new content, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _jsonl(rows: Iterable[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
@@ -187,7 +172,7 @@ class Checkpoint:
                     f"{self.path} was made with other generation settings ({details}); "
                     "use another out folder, or resume=false to delete it and start over"
                 )
-        write_atomic(self.meta_path, json.dumps(signature, indent=2) + "\n")
+        write_text_atomic(self.meta_path, json.dumps(signature, indent=2) + "\n")
         self.records = self._load()
 
     def _load(self) -> dict[str, dict]:
@@ -498,7 +483,7 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
     corpus = sample_documents(corpus, config.max_documents, config.seed)
     passages = {p.passage_id: p for p in corpus.passages}
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(
+    write_text_atomic(
         out / PASSAGES_FILE,
         _jsonl(
             {"passage_id": p.passage_id, "doc_id": p.doc_id, "text": p.text, "title": p.title}
@@ -557,7 +542,7 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
             f"{run_stats['units_failed']} passage(s) had failed requests and were not saved; "
             "run the same command again to retry them"
         )
-    write_atomic(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -763,8 +748,8 @@ def _finish(config, resolved, corpus, plans, checkpoint, encoder, name, progress
         "complexity", "hops", "scores", "roundtrip_rank", "generator",
     )  # fmt: skip
     pairs = [{k: pair.get(k) for k in fields} for pair in candidates]
-    write_atomic(out / PAIRS_FILE, _jsonl(pairs))
-    write_atomic(out / DROPPED_FILE, _jsonl(dropped))
+    write_text_atomic(out / PAIRS_FILE, _jsonl(pairs))
+    write_text_atomic(out / DROPPED_FILE, _jsonl(dropped))
     return {
         "stage": "sdg",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
