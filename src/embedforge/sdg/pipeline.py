@@ -40,6 +40,7 @@ from embedforge.config import ConfigError, SdgConfig, config_dict, config_hash
 from embedforge.corpus import CorpusResult, Passage, load_corpus
 from embedforge.errors import EmbedforgeError
 from embedforge.formats import passage_text
+from embedforge.layout import SDG_DROPPED_FILE, SDG_PAIRS_FILE, SDG_PASSAGES_FILE, SDG_REPORT_FILE
 from embedforge.registry import DEFAULT_GENERATOR
 from embedforge.sdg import prompts as P
 from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores
@@ -53,12 +54,9 @@ from embedforge.search import positive_ranks
 
 logger = logging.getLogger(__name__)
 
-PASSAGES_FILE, PAIRS_FILE, REPORT_FILE = "passages.jsonl", "pairs.jsonl", "sdg_report.json"
-DROPPED_FILE, CHECKPOINT_FILE, META_FILE = (
-    "sdg_dropped.jsonl",
-    "sdg_checkpoint.jsonl",
-    "sdg_checkpoint.meta.json",
-)
+PASSAGES_FILE, PAIRS_FILE, REPORT_FILE = SDG_PASSAGES_FILE, SDG_PAIRS_FILE, SDG_REPORT_FILE
+DROPPED_FILE = SDG_DROPPED_FILE
+CHECKPOINT_FILE, META_FILE = "sdg_checkpoint.jsonl", "sdg_checkpoint.meta.json"
 # Stop the run (finished units stay saved) after this many requests in a row failed: the endpoint is down.
 ABORT_AFTER_FAILED_REQUESTS = 12
 RANK_BUCKETS = ((1, 1), (2, 3), (4, 10), (11, 100), (101, None))
