@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedforge.atomic import atomic_write
+from embedforge.errors import EmbedforgeError
 from embedforge.records import (  # DataFormatError is re-exported: readers catch it from here
     DataFormatError,
     ident_field,
@@ -43,6 +44,10 @@ from embedforge.records import (  # DataFormatError is re-exported: readers catc
 
 FORMATS = ("inline", "corpus_id", "beir", "triplets")
 QRELS_HEADER = "query-id\tcorpus-id\tscore"
+
+
+class OutputExistsError(EmbedforgeError, FileExistsError):
+    """The output path holds something embedforge did not write; it is never replaced."""
 
 
 @dataclass
@@ -117,7 +122,7 @@ def _refuse_foreign_folder(folder: Path, marker: str) -> None:
     if folder.exists() and (
         not folder.is_dir() or (any(folder.iterdir()) and not (folder / marker).exists())
     ):
-        raise FileExistsError(f"{folder} exists and has no {marker}; refusing to replace it")
+        raise OutputExistsError(f"{folder} exists and has no {marker}; refusing to replace it")
 
 
 def _write_jsonl(f, obj) -> None:
@@ -619,7 +624,7 @@ def validate(path) -> dict:
 def convert(src, dst, to: str) -> dict:
     """Convert ``src`` (any format) to ``to``; the output appears complete or not at all."""
     if to not in FORMATS:
-        raise ValueError(f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
+        raise DataFormatError(dst, f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
     src_fmt = detect_format(src)
     if to == "beir":
         if src_fmt == "beir":

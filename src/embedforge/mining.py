@@ -223,7 +223,7 @@ def mine_hard_negatives(
     depth = candidate_pool
     while pending:
         k = min(len(ids), depth + max(len(masks[q]) for q in pending))
-        scores, rows = top_k(query_vecs[pending], passage_vecs, k, batch_size=batch_size)
+        scores, rows = top_k(query_vecs[pending], passage_vecs, k)
         still_short = []
         for q, q_scores, q_rows in zip(pending, scores, rows, strict=True):
             results[q] = select_negatives(

@@ -41,6 +41,7 @@ from embedforge.corpus import CorpusResult, Passage, load_corpus
 from embedforge.errors import EmbedforgeError
 from embedforge.formats import passage_text
 from embedforge.layout import SDG_DROPPED_FILE, SDG_PAIRS_FILE, SDG_PASSAGES_FILE, SDG_REPORT_FILE
+from embedforge.records import DataFormatError
 from embedforge.registry import DEFAULT_GENERATOR
 from embedforge.sdg import prompts as P
 from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores
@@ -477,7 +478,7 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
         min_words=config.min_words,
     )
     if not corpus.passages:
-        raise ValueError(f"{config.corpus}: no passages (no readable .txt/.md/.rst/.html documents)")
+        raise DataFormatError(config.corpus, "no passages (no readable .txt/.md/.rst/.html documents)")
     corpus = sample_documents(corpus, config.max_documents, config.seed)
     passages = {p.passage_id: p for p in corpus.passages}
     out.mkdir(parents=True, exist_ok=True)
