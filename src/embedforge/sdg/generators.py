@@ -3,8 +3,8 @@
 Both take a list of :class:`GenRequest` and return one :class:`GenResult` per request, in order:
 
 * :class:`OpenAIGenerator` posts to ``{base_url}/chat/completions`` (NIM, vLLM, Ollama, llama.cpp server,
-  OpenAI) from a thread pool with ``concurrency`` workers over one ``httpx`` connection pool. Timeouts,
-  connection errors, 429 and 5xx are retried with exponential backoff and jitter (``Retry-After`` is
+  OpenAI) through the ``openai`` SDK from a thread pool with ``concurrency`` workers. The SDK retries
+  timeouts, connection errors, 408/409/429 and 5xx with exponential backoff and jitter (``Retry-After`` is
   honoured); after ``max_retries`` the request is reported failed (``text=None``), never raised. A rejected
   API key (401/403) or an unknown route or model (404) stop the run with :class:`GeneratorError`, because
   every later request would fail the same way.
@@ -22,15 +22,12 @@ Known local generators (``smollm2-135m``, the default, and ``qwen2.5-coder-0.5b`
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from embedforge.errors import EmbedforgeError
 from embedforge.registry import DEFAULT_GENERATOR, GENERATOR, ModelNotFoundError, known, known_names
@@ -83,23 +80,23 @@ class GenResult:
 
 # ------------------------------------------------------------------------------------------ OpenAI-compatible
 
-RETRY_STATUS = frozenset({408, 409, 425, 429})
-
 
 class OpenAIGenerator:
     """Chat completions from an OpenAI-compatible endpoint, ``concurrency`` requests at a time.
+
+    Requests go through the ``openai`` SDK, whose client does the timeouts and the retries (exponential
+    backoff with jitter, ``Retry-After`` honoured, on timeouts, connection errors, 408/409/429 and 5xx).
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8000/v1`` (vLLM, NIM), ``http://localhost:11434/v1`` (Ollama),
             ``https://api.openai.com/v1``.
         model: the served model name.
-        api_key: sent as ``Authorization: Bearer``; None sends no header (local servers).
+        api_key: sent as ``Authorization: Bearer``; None sends a placeholder (local servers ignore it).
         concurrency: parallel requests.
         timeout: seconds per attempt.
-        max_retries: extra attempts after a timeout, connection error, 408/409/425/429 or 5xx.
+        max_retries: extra attempts after a timeout, connection error, 408/409/429 or 5xx.
         temperature: default sampling temperature.
         seed: sent as ``seed`` (servers that support it make sampling reproducible).
-        backoff: first retry delay in seconds; doubles each retry (with jitter), capped at ``max_backoff``.
     """
 
     def __init__(
@@ -113,9 +110,9 @@ class OpenAIGenerator:
         max_retries: int = 4,
         temperature: float = 0.7,
         seed: int | None = None,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
     ):
+        import openai
+
         if not model:
             raise GeneratorError("the openai backend needs the served model name: set model=<name>")
         self.base_url = base_url.rstrip("/")
@@ -124,14 +121,9 @@ class OpenAIGenerator:
         self.max_retries = max(0, int(max_retries))
         self.temperature = temperature
         self.seed = seed
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        self._openai = openai
+        self._client = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or "none", timeout=timeout, max_retries=self.max_retries
         )
         self._lock = threading.Lock()
         self.retries = 0  # attempts beyond the first, over the generator's life
@@ -149,71 +141,57 @@ class OpenAIGenerator:
             return list(pool.map(self._complete, requests))
 
     def _complete(self, request: GenRequest) -> GenResult:
-        body: dict = {
-            "model": self.model,
-            "messages": request.messages,
-            "max_tokens": request.max_new_tokens,
-            "temperature": self.temperature if request.temperature is None else request.temperature,
-        }
-        if self.seed is not None:
-            body["seed"] = self.seed
-        error = "no attempt"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                with self._lock:
-                    self.retries += 1
-            delay = None
-            try:
-                response = self._client.post("/chat/completions", json=body)
-            except httpx.TimeoutException:
-                error = "timeout"
-            except httpx.TransportError as err:
-                error = f"connection error: {type(err).__name__}: {err}"
-            else:
-                status = response.status_code
-                if status == 200:
-                    try:
-                        choice = response.json()["choices"][0]
-                        content = choice["message"].get("content") or ""
-                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-                        error = "response is not a chat completion"
-                    else:
-                        truncated = choice.get("finish_reason") == "length"
-                        return GenResult(content, truncated=truncated, attempts=attempt + 1)
-                elif status in (401, 403):
-                    raise GeneratorError(
-                        f"{self.base_url} rejected the request (HTTP {status}): check the API key "
-                        f"(the api_key_env setting names the environment variable that holds it)"
-                    )
-                elif status == 404:
-                    raise GeneratorError(
-                        f"{self.base_url}/chat/completions or model '{self.model}' not found (HTTP 404): "
-                        f"base_url should end in /v1 and model must be a served model name; "
-                        f"{response.text[:200]}"
-                    )
-                elif status in RETRY_STATUS or status >= 500:
-                    error = f"HTTP {status}"
-                    delay = _retry_after(response)
-                else:  # other 4xx: the request itself is wrong, retrying will not help
-                    return GenResult(
-                        None, error=f"HTTP {status}: {response.text[:200]}", attempts=attempt + 1
-                    )
-            if attempt < self.max_retries:
-                wait = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
-                time.sleep(min(self.max_backoff, delay) if delay is not None else wait)
-        logger.debug("request failed after %d attempts: %s", self.max_retries + 1, error)
-        return GenResult(None, error=error, attempts=self.max_retries + 1)
+        """One request; a failure after the SDK's retries is a failed result, a dead endpoint raises."""
+        openai = self._openai
+        options = {"seed": self.seed} if self.seed is not None else {}
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(
+                model=self.model,
+                messages=request.messages,
+                max_tokens=request.max_new_tokens,
+                temperature=self.temperature if request.temperature is None else request.temperature,
+                **options,
+            )
+        except openai.APIStatusError as err:
+            status = err.status_code
+            if status in (401, 403):
+                raise GeneratorError(
+                    f"{self.base_url} rejected the request (HTTP {status}): check the API key "
+                    f"(the api_key_env setting names the environment variable that holds it)"
+                ) from None
+            if status == 404:
+                raise GeneratorError(
+                    f"{self.base_url}/chat/completions or model '{self.model}' not found (HTTP 404): "
+                    f"base_url should end in /v1 and model must be a served model name; "
+                    f"{err.response.text[:200]}"
+                ) from None
+            retried = status in (408, 409, 429) or status >= 500
+            return self._failed(f"HTTP {status}: {err.response.text[:200]}", retried)
+        except openai.APITimeoutError:
+            return self._failed("timeout", True)
+        except openai.APIConnectionError as err:
+            return self._failed(f"connection error: {type(err.__cause__ or err).__name__}: {err}", True)
+        self._count(raw.retries_taken)
+        try:
+            choice = raw.parse().choices[0]
+            content = choice.message.content or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return GenResult(None, error="response is not a chat completion", attempts=raw.retries_taken + 1)
+        truncated = choice.finish_reason == "length"
+        return GenResult(content, truncated=truncated, attempts=raw.retries_taken + 1)
+
+    def _count(self, retries: int) -> None:
+        with self._lock:
+            self.retries += retries
+
+    def _failed(self, error: str, retried: bool) -> GenResult:
+        retries = self.max_retries if retried else 0
+        self._count(retries)
+        logger.debug("request failed after %d attempts: %s", retries + 1, error)
+        return GenResult(None, error=error, attempts=retries + 1)
 
     def close(self) -> None:
         self._client.close()
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
 
 
 # ------------------------------------------------------------------------------------------------ local GGUF
@@ -285,7 +263,7 @@ class LocalGenerator:
     Args:
         model: a generator name in ``registry.KNOWN_MODELS``, a ``.gguf`` file or a model folder.
         threads: torch CPU threads (0 = leave torch's default). On a 2-core machine shared with another job,
-            1 thread ran several times faster than 2 (REFERENCE §7); on the idle machine 2 are 1.8x faster.
+            1 thread ran several times faster than 2; on an idle 2-core machine 2 are 1.8x faster.
         batch_size: prompts per ``generate`` call.
         temperature: 0 = greedy (the default for small models); above 0 samples with top-p 0.95.
         seed: torch seed set before each batch when sampling.
