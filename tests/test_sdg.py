@@ -12,8 +12,10 @@ from embedforge.config import ConfigError, SdgConfig, load_config
 from embedforge.corpus import Passage
 from embedforge.sdg import GeneratorError, GenRequest, OpenAIGenerator, SdgError, run_sdg
 from embedforge.sdg import generators as G
+from embedforge.sdg.checkpoint import CHECKPOINT_FILE
 from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores
-from embedforge.sdg.pipeline import CHECKPOINT_FILE, dedup_mask, plan_units, rank_histogram
+from embedforge.sdg.filters import dedup_mask, rank_histogram
+from embedforge.sdg.pipeline import plan_units
 from embedforge.sdg.prompts import plain_messages, plan_unit
 from embedforge.search import positive_ranks
 from sdg_stub import StubServer
