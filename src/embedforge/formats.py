@@ -20,16 +20,22 @@ document and is loaded whole, as upstream does. Mining scores on corpus-ID docs 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedforge.atomic import atomic_write
+from embedforge.dataset import (  # re-exported: the data the formats hold
+    BeirDataset,
+    PassageIds,
+    TrainingExample,
+    check_example,
+    passage_id,
+    passage_text,
+)
 from embedforge.errors import EmbedforgeError
 from embedforge.records import (  # DataFormatError is re-exported: readers catch it from here
     DataFormatError,
@@ -48,70 +54,6 @@ QRELS_HEADER = "query-id\tcorpus-id\tscore"
 
 class OutputExistsError(EmbedforgeError, FileExistsError):
     """The output path holds something embedforge did not write; it is never replaced."""
-
-
-@dataclass
-class TrainingExample:
-    query: str
-    positives: list[str]
-    negatives: list[str] = field(default_factory=list)
-    query_id: str | None = None
-    positive_ids: list[str] | None = None
-    negative_ids: list[str] | None = None
-
-
-@dataclass
-class BeirDataset:
-    corpus: dict[str, dict]
-    queries: dict[str, str]
-    qrels: dict[str, dict[str, int]]
-
-
-def passage_id(text: str) -> str:
-    """Stable id of a passage: the same text gets the same id in every run, stage and format."""
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------- checks
-
-
-def _check_example(ex, path, n) -> None:
-    """Writers check each example so a bad one fails the write instead of producing a bad file."""
-    text_field(path, n, ex.query, "query", "example")
-    if not isinstance(ex.positives, list) or not ex.positives:
-        raise DataFormatError(path, "needs at least one positive", n, "positives", unit="example")
-    for name in ("positives", "negatives"):
-        texts = getattr(ex, name)
-        if not isinstance(texts, list):
-            raise DataFormatError(path, f"must be a list, got {json_kind(texts)}", n, name, unit="example")
-        for i, text in enumerate(texts):
-            text_field(path, n, text, f"{name}[{i}]", "example")
-        ids = getattr(ex, name[:-1] + "_ids")
-        if ids is not None and len(ids) != len(texts):
-            msg = f"has {len(ids)} ids for {len(texts)} passages"
-            raise DataFormatError(path, msg, n, name[:-1] + "_ids", unit="example")
-
-
-class _PassageIds:
-    """Gives each distinct passage one id: the id the input carried, else the text's hash."""
-
-    def __init__(self):
-        self.texts: dict[str, str] = {}  # id -> text
-        self._ids: dict[str, str] = {}  # text -> id
-
-    def add(self, text: str, known_id: str | None = None) -> str:
-        pid = known_id if known_id is not None else self._ids.get(text, passage_id(text))
-        if self.texts.setdefault(pid, text) != text:
-            raise ValueError(f'id "{pid}" is used for two different passages')
-        self._ids.setdefault(text, pid)
-        return pid
-
-    def add_all(self, texts, known_ids, path, n, name) -> list[str]:
-        """Ids for one example's positives or negatives; a clash is reported against that example."""
-        try:
-            return [self.add(t, i) for t, i in zip(texts, known_ids or [None] * len(texts), strict=True)]
-        except ValueError as e:
-            raise DataFormatError(path, str(e), n, f"{name[:-1]}_ids", unit="example") from None
 
 
 # ------------------------------------------------------------------------------------------ file access
@@ -166,7 +108,7 @@ def write_inline_jsonl(examples: Iterable[TrainingExample], path) -> None:
     n = 0
     with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for n, ex in enumerate(examples, 1):
-            _check_example(ex, path, n)
+            check_example(ex, path, n)
             pos = ex.positives[0] if len(ex.positives) == 1 else ex.positives
             _write_jsonl(f, {"query": ex.query, "pos_doc": pos, "neg_doc": ex.negatives})
         if n == 0:
@@ -291,9 +233,9 @@ def write_corpus_id_json(
     path = Path(path)
     corpus_dir = path.parent / corpus_dir_name
     _refuse_foreign_folder(corpus_dir, "merlin_metadata.json")
-    ids, records, seen_qids = _PassageIds(), [], set()
+    ids, records, seen_qids = PassageIds(), [], set()
     for n, ex in enumerate(examples, 1):
-        _check_example(ex, path, n)
+        check_example(ex, path, n)
         qid = ex.query_id if ex.query_id is not None else f"q{n - 1}"
         if qid in seen_qids:
             raise DataFormatError(path, f'duplicate question id "{qid}"', n, "query_id", unit="example")
@@ -432,9 +374,9 @@ def training_to_beir(examples: Iterable[TrainingExample]) -> BeirDataset:
     Score 0 means "judged not relevant": retrieval metrics ignore it, and it lets hard negatives survive a
     round trip through BEIR. Ids are the examples' known ids, else ``passage_id`` of the text.
     """
-    ids, queries, qrels = _PassageIds(), {}, {}
+    ids, queries, qrels = PassageIds(), {}, {}
     for n, ex in enumerate(examples, 1):
-        _check_example(ex, "examples", n)
+        check_example(ex, "examples", n)
         qid = ex.query_id if ex.query_id is not None else passage_id(ex.query)
         if queries.setdefault(qid, ex.query) != ex.query:
             raise DataFormatError(
@@ -465,17 +407,6 @@ def beir_to_training(dataset: BeirDataset) -> list[TrainingExample]:
         positives, negatives = ([passage_text(dataset.corpus[d]) for d in ids] for ids in (pos_ids, neg_ids))
         examples.append(TrainingExample(dataset.queries[qid], positives, negatives, qid, pos_ids, neg_ids))
     return examples
-
-
-def passage_text(doc: dict | str) -> str:
-    """The text a model embeds for a BEIR corpus entry: "title text", or just the text without a title.
-
-    BEIR's and MTEB's dense-retrieval join (title, one space, text), so scores compare with published ones.
-    The one place this is decided: training, eval and serving all embed identical strings.
-    """
-    if isinstance(doc, str):
-        return doc
-    return f"{(doc.get('title') or '').strip()} {(doc.get('text') or '').strip()}".strip()
 
 
 # -------------------------------------------------------------------------------------------- triplets
@@ -537,7 +468,7 @@ def write_triplets(examples: Iterable[TrainingExample], path) -> None:
     with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         for n, ex in enumerate(examples, 1):
-            _check_example(ex, path, n)
+            check_example(ex, path, n)
             pos, neg = ex.positives, ex.negatives
             for k in range(max(len(pos), len(neg))):
                 row = {"query": ex.query, "positive": pos[k % len(pos)]}
