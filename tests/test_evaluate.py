@@ -190,6 +190,11 @@ def test_faiss_path_equals_numpy_path():
         assert list(with_faiss[q].values()) == pytest.approx(list(with_numpy[q].values()), abs=1e-5)
 
 
+def test_retrieve_with_an_empty_corpus_returns_an_empty_list_per_query():
+    queries = _unit(np.random.default_rng(4), 2, 8)
+    assert retrieve(queries, np.zeros((0, 8), np.float32), [], ["q1", "q2"]) == {"q1": {}, "q2": {}}
+
+
 def test_retrieve_rejects_mismatched_shapes():
     rng = np.random.default_rng(3)
     with pytest.raises(ValueError):

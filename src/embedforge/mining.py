@@ -4,10 +4,10 @@ What it does:
 
 * embeds the corpus with ``encoder.encode_passages`` and the queries with ``encoder.encode_queries``, so
   mining applies exactly the prompts the model saves and trains with;
-* searches an exact FAISS ``IndexFlatIP`` (unit vectors, so scores are cosines) for each query's top
+* searches exactly (``search.top_k``; unit vectors, so scores are cosines) for each query's top
   candidates, widening the search for a query whose candidates ran out before it had enough negatives;
-* applies NVIDIA's false-negative margin (REFERENCE §1) through :func:`select_negatives`, measured against
-  the query's LOWEST positive score ``s``:
+* applies NVIDIA's false-negative margin (TopK-PercPos of the NV-Retriever paper, arXiv:2407.15831)
+  through :func:`select_negatives`, measured against the query's LOWEST positive score ``s``:
 
   - ``"perc"``: a candidate scoring above ``margin * s`` is a likely false negative and skipped
     (margin 0.95 = sentence-transformers' ``relative_margin=0.05``);
@@ -21,6 +21,9 @@ What it does:
 What it deliberately does not do: choose the corpus (the caller passes only passages that may serve as
 negatives; ``prep`` passes training documents only, so no test passage leaks into training), split data,
 write files, or re-rank with a cross-encoder.
+
+Not sentence-transformers' ``mine_hard_negatives``: it applies the margin per (anchor, positive) row rather
+than against a query's lowest positive, works on texts not ids, and cannot exclude ids per query.
 
 Example::
 
@@ -40,6 +43,8 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
+
+from embedforge.search import top_k
 
 logger = logging.getLogger(__name__)
 
@@ -213,23 +218,17 @@ def mine_hard_negatives(
         mask.update(exclude_ids_per_query[q] if exclude_ids_per_query is not None else ())
         masks.append(mask)
 
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
-    import faiss
-
-    index = faiss.IndexFlatIP(passage_vecs.shape[1])
-    index.add(passage_vecs)
     results: list[Selection | None] = [None] * len(queries)
     pending = list(range(len(queries)))
     depth = candidate_pool
     while pending:
         k = min(len(ids), depth + max(len(masks[q]) for q in pending))
-        scores, rows = index.search(query_vecs[pending], k)
+        scores, rows = top_k(query_vecs[pending], passage_vecs, k)
         still_short = []
         for q, q_scores, q_rows in zip(pending, scores, rows, strict=True):
-            keep = q_rows >= 0
             results[q] = select_negatives(
-                [ids[r] for r in q_rows[keep]],
-                q_scores[keep].tolist(),
+                [ids[r] for r in q_rows],
+                q_scores.tolist(),
                 masks[q],
                 min(positive_scores[q]),
                 num_negatives,

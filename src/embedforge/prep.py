@@ -56,19 +56,21 @@ from embedforge.corpus import Passage
 from embedforge.errors import EmbedforgeError
 from embedforge.formats import (
     BeirDataset,
-    DataFormatError,
     TrainingExample,
-    _ident,
-    _iter_jsonl,
-    _required,
-    _text,
     passage_text,
     write_beir,
     write_corpus_id_json,
     write_inline_jsonl,
 )
+from embedforge.layout import SDG_DROPPED_FILE as DROPPED_FILE
 from embedforge.mining import mine_hard_negatives
-from embedforge.sdg.pipeline import DROPPED_FILE
+from embedforge.records import DataFormatError
+
+# the public record checks under the short names the readers below use
+from embedforge.records import ident_field as _ident
+from embedforge.records import iter_jsonl as _iter_jsonl
+from embedforge.records import required_field as _required
+from embedforge.records import text_field as _text
 
 logger = logging.getLogger(__name__)
 

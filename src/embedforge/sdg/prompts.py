@@ -6,7 +6,7 @@ Two prompt families, one per kind of generator:
   format or a list of rules, but they follow a short instruction well when the reply is already started for
   them. So each prompt ends with the first words of the answer (an *opening* such as "Which option",
   "What happens if", "I want to"), drawn per question from a list for its query type. This is what keeps
-  questions from all starting "How do..." (REFERENCE §7: 92% did with a single one-example prompt).
+  questions from all starting "How do..." (with a single one-example prompt, 92% of SmolLM2's did).
 * **json** (the openai backend): one call per passage (or passage group) asks for all of its questions as a
   JSON list with answers, query types, complexity and the segments each question uses.
 
