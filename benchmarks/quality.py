@@ -6,7 +6,7 @@ then writes the relative nDCG@10 and Recall@10 gains of the tuned model over the
 pages, the general-domain check (Lee news similarity, base vs tuned), the stage times and the chart into
 ``docs/benchmarks.md`` (between the ``quality`` markers) and ``docs/bench/quality.json``.
 
-Target (issue 3): at least +10% relative nDCG@10 on held-out pages and no loss on the general-domain set
+Target: at least +10% relative nDCG@10 on held-out pages and no loss on the general-domain set
 (here: the tuned Pearson correlation no more than 0.01 below the base model's).
 
     .venv/bin/python benchmarks/quality.py [--run-dir runs/quality] [stage.key=value ...]

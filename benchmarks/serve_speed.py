@@ -16,7 +16,7 @@ time, latency is per request (p50/p99).
   with the same batches (``embed_texts``: tokenize, pad, run), the same client threads without HTTP.
 * st-torch: ``SentenceTransformer(resolve_model("minilm")).encode(batch, batch_size=len(batch))``.
 
-Ratios (the serving issue's targets): at concurrency 32, server / in-process ORT throughput (>= 0.85); int8
+Ratios (the serving targets): at concurrency 32, server / in-process ORT throughput (>= 0.85); int8
 server / sentence-transformers torch throughput (>= 2); p99 at concurrency 1 / the median of one in-process
 call of the same request (<= 1.5): one request of median length is sent ``--fixed-requests`` times one after the
 other, to the server and in-process, so the ratio measures what serving adds, not how request lengths vary

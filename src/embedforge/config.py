@@ -120,7 +120,7 @@ class FinetuneConfig:
     weight_decay: float = setting(0.01, "AdamW weight decay (NVIDIA: 0.01)")
     global_batch_size: int = setting(
         128,
-        "queries per optimizer step (NVIDIA: 128); under 2000 examples the default shrinks (REFERENCE §1)",
+        "queries per optimizer step (NVIDIA: 128); under 2000 examples the default shrinks (NVIDIA's small-data rule)",
     )
     micro_batch_size: int | None = setting(
         None, "queries per forward pass; the rest is gradient accumulation (or GradCache with cached_loss)"

@@ -1,6 +1,6 @@
 """The prep stage: sdg's question pairs -> a leak-free document split, hard negatives, training and test data.
 
-What it does (REFERENCE §1, prep row):
+What it does (the prep stage of NVIDIA's Nemotron `embed` recipe):
 
 1. reads the pairs JSONL and the passages JSONL that sdg writes (schemas below), checking every line;
 2. splits **by document**: the documents that have questions are shuffled with ``seed`` and

@@ -8,7 +8,7 @@ transformers' Trainer). What this module adds is what those lack for the NVIDIA 
   (CachedMNRL) are options;
 * training rows with exactly ``n_passages`` passages: multi-positive queries unrolled, short negative
   lists repeated cyclically (one warning), missing negatives filled with random passages (one warning);
-* the small-data rule of REFERENCE §1 (batch shrinks under 2000 examples, validate every total//3 steps);
+* NVIDIA's small-data rule (Nemotron `embed` recipe) (batch shrinks under 2000 examples, validate every total//3 steps);
 * validation by full-corpus retrieval nDCG@10 on held-out queries, keeping the best checkpoint and stopping
   early when it stops improving;
 * LoRA merged into the weights before saving, so the output is a plain full model.
@@ -50,7 +50,7 @@ from embedforge.precision import bf16_is_native
 
 logger = logging.getLogger(__name__)
 
-MAX_POSITIVES_PER_QUERY = 5  # REFERENCE §1: at most 5 positives per query
+MAX_POSITIVES_PER_QUERY = 5  # NVIDIA's recipe: at most 5 positives per query
 SMALL_DATA_EXAMPLES = 2000
 DEFAULT_GLOBAL_BATCH = 128
 VAL_METRIC = "ndcg@10"
