@@ -181,7 +181,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from embedforge.registry import describe_known_models
 
         for row in describe_known_models():
-            print(f"{row['name']:<10} {row['path']}\n{'':<10} {row['description']}")
+            print(f"{row['name']:<20} {row['kind']:<10} {row['path']}\n{'':<31} {row['description']}")
         return 0
     if args.command == "data":
         from embedforge import formats

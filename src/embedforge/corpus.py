@@ -35,8 +35,9 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
+
+from embedforge.markup import html_to_text, markdown_to_text, rst_to_text
 
 logger = logging.getLogger(__name__)
 
@@ -333,227 +334,6 @@ def chunk_document(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# HTML to text
-
-_BLOCK_TAGS = frozenset(
-    """
-    address article blockquote body caption dd details dialog div dl dt fieldset figcaption figure
-    hr li main ol p pre section summary table tbody thead tfoot tr ul br
-    """.split()
-)
-_HEADING_TAGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
-_CELL_TAGS = frozenset({"td", "th"})
-# Whole subtrees that never carry document content.
-_SKIP_TAGS = frozenset(
-    """
-    script style noscript template nav header footer aside form button select svg iframe object
-    canvas map head
-    """.split()
-)
-_VOID_TAGS = frozenset("area base br col embed hr img input link meta param source track wbr".split())
-# class/id tokens that mark navigation and other page furniture.
-_BOILERPLATE = re.compile(
-    r"^(?:nav|navbar|navheader|navfooter|navigation|menu|breadcrumbs?|sidebar|toc|skip-?link|"
-    r"cookie-?banner|site-?header|site-?footer|page-?header|page-?footer|footer|header|banner)$",
-    re.IGNORECASE,
-)
-_BOILERPLATE_ROLES = frozenset({"navigation", "banner", "contentinfo", "search", "menu", "menubar"})
-# Admonition boxes whose <h3>Note</h3> label is not a section heading.
-_ADMONITIONS = frozenset({"note", "tip", "warning", "caution", "important"})
-
-
-def _is_boilerplate(tag: str, attrs: dict[str, str | None]) -> bool:
-    if tag in _SKIP_TAGS:
-        return True
-    if (attrs.get("role") or "").lower() in _BOILERPLATE_ROLES:
-        return True
-    tokens = (attrs.get("class") or "").split() + (attrs.get("id") or "").split()
-    return any(_BOILERPLATE.match(t) for t in tokens)
-
-
-class _HTMLText(HTMLParser):
-    """Collect text blocks and headings from HTML, skipping boilerplate subtrees."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.blocks: list[str] = []
-        self.headings: list[str] = []
-        self.title = ""
-        self._buf: list[str] = []
-        self._skip_tag: str | None = None  # tag name of the boilerplate subtree we are inside
-        self._skip_depth = 0
-        self._in_title = False
-        self._title_buf: list[str] = []
-        self._heading_depth = 0
-        self._pre_depth = 0
-        self._div_stack: list[bool] = []  # per open div: is it an admonition box?
-
-    def _flush(self, heading: bool = False) -> None:
-        raw = "".join(self._buf)
-        self._buf = []
-        if self._pre_depth:  # keep the line structure of code listings
-            text = "\n".join(" ".join(line.split()) for line in raw.splitlines() if line.strip())
-        else:
-            text = " ".join(raw.split())
-        if not text:
-            return
-        if heading:
-            if any(self._div_stack) and text.lower().rstrip(":") in _ADMONITIONS:
-                return  # "Note" label of an admonition box
-            self.headings.append(text)
-        self.blocks.append(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
-            self._in_title = True
-            return
-        if self._skip_tag is not None:
-            if tag == self._skip_tag and tag not in _VOID_TAGS:
-                self._skip_depth += 1
-            return
-        attr = dict(attrs)
-        if tag not in _VOID_TAGS and _is_boilerplate(tag, attr):
-            self._skip_tag, self._skip_depth = tag, 1
-            return
-        if tag == "div":
-            self._div_stack.append(bool(set((attr.get("class") or "").lower().split()) & _ADMONITIONS))
-        if tag in _HEADING_TAGS:
-            self._flush()
-            self._heading_depth += 1
-        elif tag in _BLOCK_TAGS:
-            self._flush()
-            if tag == "pre":
-                self._pre_depth += 1
-        elif tag in _CELL_TAGS and "".join(self._buf).strip():
-            self._buf.append(" | ")
-        elif tag == "img" and attr.get("alt"):
-            self._buf.append(f" {attr['alt']} ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self._in_title = False
-            self.title = self.title or " ".join("".join(self._title_buf).split())
-            return
-        if self._skip_tag is not None:
-            if tag == self._skip_tag:
-                self._skip_depth -= 1
-                if self._skip_depth == 0:
-                    self._skip_tag = None
-            return
-        if tag in _HEADING_TAGS and self._heading_depth:
-            self._flush(heading=True)
-            self._heading_depth -= 1
-        elif tag in _BLOCK_TAGS:
-            self._flush()
-            if tag == "pre" and self._pre_depth:
-                self._pre_depth -= 1
-        if tag == "div" and self._div_stack:
-            self._div_stack.pop()
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self._title_buf.append(data)
-        elif self._skip_tag is None:
-            self._buf.append(data)
-
-    def close(self) -> None:
-        super().close()
-        self._flush(heading=self._heading_depth > 0)
-
-
-@dataclass(frozen=True)
-class HtmlText:
-    """Result of :func:`html_to_text`."""
-
-    title: str
-    text: str
-    headings: tuple[str, ...]
-
-
-def html_to_text(html: str) -> HtmlText:
-    """Extract title, text blocks (blank-line separated) and headings from an HTML page.
-
-    Drops ``script``, ``style``, ``nav``, ``header``, ``footer``, ``aside``, forms and elements whose
-    class, id or ARIA role marks them as navigation, menus, breadcrumbs, sidebars or a table of contents.
-    Headings (``h1``-``h6``) become blocks of their own; the "Note"/"Warning" labels of admonition boxes
-    are not treated as headings.
-    """
-    parser = _HTMLText()
-    parser.feed(html)
-    parser.close()
-    return HtmlText(parser.title, "\n\n".join(parser.blocks), tuple(parser.headings))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Markdown / reStructuredText / plain text
-
-_MD_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
-_MD_SETEXT = re.compile(r"^\s{0,3}(=+|-+)\s*$")
-_RST_ADORNMENT = re.compile(r"""^([=\-`:'"~^_*+#<>.])\1{2,}\s*$""")
-
-
-def _markdown_to_text(text: str) -> tuple[str, tuple[str, ...]]:
-    text = re.sub(r"\A---\n.*?\n---\n", "", text, flags=re.S)  # YAML front matter
-    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
-    out: list[str] = []
-    headings: list[str] = []
-    lines = text.splitlines()
-    in_fence = False
-    for i, line in enumerate(lines):
-        if re.match(r"^\s*(```|~~~)", line):
-            in_fence = not in_fence
-            continue  # fence markers go; the code itself is kept
-        if in_fence:
-            out.append(line)
-            continue
-        m = _MD_HEADING.match(line)
-        if m:
-            heading = _inline_markdown(m.group(2))
-            if heading:
-                headings.append(heading)
-                out += ["", heading, ""]
-            continue
-        if _MD_SETEXT.match(line):
-            continue  # setext underline or horizontal rule
-        nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        if line.strip() and _MD_SETEXT.match(nxt):
-            heading = _inline_markdown(line)
-            headings.append(heading)
-            out += ["", heading, ""]
-            continue
-        out.append(_inline_markdown(re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", line)) if line.strip() else "")
-    return "\n".join(out), tuple(headings)
-
-
-def _inline_markdown(line: str) -> str:
-    line = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", line)  # images -> alt text
-    line = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", line)  # links -> link text
-    line = re.sub(r"`([^`]*)`", r"\1", line)
-    line = re.sub(r"(\*\*|__)(.+?)\1", r"\2", line)
-    return line.strip()
-
-
-def _rst_to_text(text: str) -> tuple[str, tuple[str, ...]]:
-    out: list[str] = []
-    headings: list[str] = []
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if _RST_ADORNMENT.match(line):
-            continue  # over/underline of a section title
-        nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        if line.strip() and _RST_ADORNMENT.match(nxt) and len(nxt.rstrip()) >= len(line.strip()):
-            headings.append(line.strip())
-            out += ["", line.strip(), ""]
-            continue
-        if line.startswith(".."):
-            continue  # directives, link targets, substitutions, comments (indented content stays)
-        line = re.sub(r":[\w:-]+:`([^`<]*?)(?:\s*<[^>]*>)?`", r"\1", line)  # :role:`text <target>`
-        line = re.sub(r"`([^`<]*?)(?:\s*<[^>]*>)?`_{0,2}", r"\1", line)
-        out.append(line.replace("``", "").rstrip())
-    return "\n".join(out), tuple(headings)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Reading files
 
 _HTML_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([\w-]+)""", re.IGNORECASE)
@@ -588,9 +368,9 @@ def _read_one(path: Path, doc_id: str) -> Document:
         page = html_to_text(text)
         title, text, headings = page.title, page.text, page.headings
     elif suffix == ".md":
-        text, headings = _markdown_to_text(text)
+        text, headings = markdown_to_text(text)
     elif suffix == ".rst":
-        text, headings = _rst_to_text(text)
+        text, headings = rst_to_text(text)
     text = re.sub(r"\n\s*\n\s*", "\n\n", text).strip()
     if not text:
         raise ValueError("no text (empty file or only markup)")
