@@ -2,6 +2,7 @@
 timeouts, 500s, garbage, resume after a crash), the CLI, and the real local generator (SmolLM2 via gguf)."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -601,3 +602,13 @@ def test_local_sdg_run_end_to_end(smollm, tmp_path, minilm):
     for pair in pairs:
         assert set(pair) == PAIR_KEYS and pair["question"].endswith("?") and pair["scores"] == {}
         assert pair["answer"] and pair["roundtrip_rank"] <= 10
+
+
+def test_generation_threads_drop_to_one_only_on_a_busy_machine(monkeypatch):
+    from embedforge.sdg import generators
+
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(generators.os, "getloadavg", lambda: (cores + 0.5, 0.0, 0.0))
+    assert generators.generation_threads(default=cores) == 1
+    monkeypatch.setattr(generators.os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
+    assert generators.generation_threads(default=cores) == cores

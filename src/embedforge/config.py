@@ -356,7 +356,7 @@ class SdgConfig:
     seed: int = setting(42, "seed for the passage sample, question types, openings and sampling")
     threads: int = setting(
         0,
-        "local backend: torch CPU threads; 0 = torch default (all cores; 1 is faster only on a busy machine)",
+        "local backend: torch CPU threads; 0 = auto: all cores, or 1 while the load average exceeds the cores",
     )
     dtype: str = setting(
         "auto",
