@@ -20,6 +20,7 @@ perl-doc is distributed under Perl's terms (Artistic License or GPL-1+).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import html
 import re
@@ -227,6 +228,16 @@ def collect(pod_dir: Path) -> tuple[BeirDataset, dict[str, str]]:
     return BeirDataset(corpus, queries, qrels), headings
 
 
+def _debian_version(pod_dir: Path) -> str:
+    """``5.36.0-7+deb12u3``: the package version, from the first line of its Debian changelog."""
+    changelog = pod_dir.parents[2] / "doc" / PACKAGE / "changelog.Debian.gz"
+    if not changelog.is_file():
+        return pod_dir.parent.name
+    first = gzip.decompress(changelog.read_bytes()).decode("utf-8", "replace").partition("\n")[0]
+    match = re.search(r"\(([^)]+)\)", first)
+    return match.group(1) if match else pod_dir.parent.name
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -253,7 +264,7 @@ def build_perlfaq(cache_dir: Path | str = Path(".cache/perlfaq")) -> PerlfaqPath
     write_json_atomic(
         paths.manifest,
         {
-            "source": f"Debian {PACKAGE} {pod_dir.parent.name} (Perl's Artistic License or GPL-1+)",
+            "source": f"Debian {PACKAGE} {_debian_version(pod_dir)} (Perl's Artistic License or GPL-1+)",
             "queries": len(dataset.queries),
             "documents": len(dataset.corpus),
             "answer_documents": len(faq_docs),
