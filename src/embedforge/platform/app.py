@@ -1,0 +1,91 @@
+"""Builds the platform's FastAPI app: one router per resource family, the store, the job runner.
+
+The lifespan migrates the database, registers the base models (MiniLM under its public name and any
+operator-listed folder) as customization targets and models, and starts the runner that turns queued
+jobs into worker processes. Every expected failure answers NeMo's ``{"detail": ...}`` shape.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from embedforge.platform import store
+from embedforge.platform.errors import PlatformError, Unprocessable
+from embedforge.platform.settings import Settings
+
+logger = logging.getLogger(__name__)
+OPEN_PATHS = ("/health", "/v1/health/live", "/v1/health/ready")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The platform app for ``settings``; nothing starts until the ASGI server runs its lifespan."""
+    from embedforge.platform.jobs.runner import JobRunner
+    from embedforge.platform.routers import (
+        customization,
+        datastore,
+        deployment,
+        entities,
+        evaluation,
+        inference,
+    )
+    from embedforge.platform.targets import register_base_models
+
+    engine = store.make_engine(settings.database_url)
+    sessions = store.session_factory(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        store.migrate(engine)
+        register_base_models(sessions, settings)
+        runner = JobRunner(sessions, settings)
+        app.state.runner = runner
+        runner.start()
+        logger.info(
+            "platform ready: data in %s, database %s", settings.data_dir, engine.url.render_as_string()
+        )
+        try:
+            yield
+        finally:
+            runner.stop()
+            engine.dispose()
+
+    app = FastAPI(title="embedforge platform", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.sessions = sessions
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+            return JSONResponse(
+                {"detail": f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}"},
+                status_code=413,
+            )
+        if settings.api_key and request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
+                return JSONResponse({"detail": "missing or wrong API key (Authorization: Bearer)"}, 401)
+        return await call_next(request)
+
+    @app.exception_handler(PlatformError)
+    async def platform_error(_request: Request, err: PlatformError):
+        if isinstance(err, Unprocessable):
+            detail = [{"loc": ["body", *err.loc], "msg": str(err), "type": "value_error"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return JSONResponse({"detail": str(err)}, status_code=err.status_code)
+
+    @app.get("/health")
+    @app.get("/v1/health/live")
+    @app.get("/v1/health/ready")
+    def health() -> dict:
+        return {"status": "healthy"}
+
+    for router in (datastore, entities, customization, deployment, evaluation):
+        app.include_router(router.router)
+    app.include_router(inference.router, prefix="/nim")
+    return app

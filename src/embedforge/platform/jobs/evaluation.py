@@ -1,0 +1,1 @@
+"""Evaluation jobs (retriever over BEIR): placeholder until the evaluator lands."""

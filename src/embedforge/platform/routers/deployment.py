@@ -1,0 +1,5 @@
+"""deployment."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

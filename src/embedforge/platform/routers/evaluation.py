@@ -1,0 +1,5 @@
+"""evaluation."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""inference."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
