@@ -22,8 +22,11 @@ _databases = itertools.count()
 
 
 class PlatformProcess:
-    def __init__(self, data_dir: Path, database_url: str | None = None, api_key: str | None = None):
+    def __init__(
+        self, data_dir: Path, database_url: str | None = None, api_key: str | None = None, base_models=()
+    ):
         self.data_dir, self.database_url, self.api_key = data_dir, database_url, api_key
+        self.base_models = list(base_models)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = data_dir.parent / f"{data_dir.name}-platform.log"
@@ -34,6 +37,8 @@ class PlatformProcess:
         cmd += ["--port", str(self.port)]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
+        for folder in self.base_models:
+            cmd += ["--base-model", str(folder)]
         env = {**os.environ, "EMBEDFORGE_API_KEY": self.api_key or ""}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -70,16 +75,14 @@ def postgres():
 def platform_factory(tmp_path_factory, request):
     started: list[PlatformProcess] = []
 
-    def make(
-        database: str = "sqlite", api_key: str | None = None, data_dir: Path | None = None
-    ) -> PlatformProcess:
+    def make(database="sqlite", api_key=None, data_dir=None, base_models=()) -> PlatformProcess:
         folder = data_dir or tmp_path_factory.mktemp("platform")
         url = None
         if database == "postgresql":
             url = request.getfixturevalue("postgres").create_database(
                 f"platform_{next(_databases)}_{os.getpid()}"
             )
-        proc = PlatformProcess(folder, url, api_key)
+        proc = PlatformProcess(folder, url, api_key, base_models)
         started.append(proc)
         return proc
 

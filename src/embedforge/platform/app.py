@@ -11,6 +11,7 @@ import hmac
 import logging
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
         register_base_models(sessions, settings)
         runner = JobRunner(sessions, settings)
         app.state.runner = runner
+        app.state.http = httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=128))
         runner.start()
         logger.info(
             "platform ready: data in %s, database %s", settings.data_dir, engine.url.render_as_string()
@@ -52,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             runner.stop()
+            await app.state.http.aclose()
             engine.dispose()
 
     app = FastAPI(title="embedforge platform", lifespan=lifespan)

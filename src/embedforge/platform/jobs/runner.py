@@ -40,6 +40,21 @@ def die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def spawn(module: str, workdir: Path) -> subprocess.Popen:
+    """``python -m module WORKDIR`` logging to WORKDIR/worker.log, without the platform's API key (a child
+    server must not demand it), killed if the platform dies."""
+    env = {k: v for k, v in os.environ.items() if k != "EMBEDFORGE_API_KEY"}
+    with open(workdir / "worker.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, str(workdir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+            env={**env, "TOKENIZERS_PARALLELISM": "false"},
+        )
+
+
 @dataclass
 class Worker:
     process: subprocess.Popen
@@ -51,6 +66,9 @@ class JobRunner:
     def __init__(self, sessions: sessionmaker, settings: Settings):
         self.sessions, self.settings = sessions, settings
         self.workers: dict[str, Worker] = {}
+        from embedforge.platform.jobs.deployments import Deployments
+
+        self.deployments = Deployments(settings, spawn)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="embedforge-job-runner", daemon=True)
         self._lock = threading.Lock()
@@ -77,10 +95,12 @@ class JobRunner:
         for worker in self.workers.values():
             _terminate(worker.process)
         self.workers.clear()
+        self.deployments.stop_all()
 
     def recover(self) -> None:
         """Requeue the jobs a previous platform process left running (its workers died with it)."""
         with self.sessions() as db:
+            self.deployments.recover(db)
             for row in job_store.active(db):
                 if row.kind not in self.kinds():
                     continue
@@ -121,6 +141,7 @@ class JobRunner:
 
     def tick(self) -> None:
         with self._lock, self.sessions() as db:
+            self.deployments.tick(db)
             for row in job_store.active(db):
                 if row.kind not in self.kinds():
                     continue
@@ -156,18 +177,7 @@ class JobRunner:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "error.json").unlink(missing_ok=True)
         write_json_atomic(workdir / "spec.json", kind.worker_spec(self.settings, row, workdir))
-        log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - the child owns it from here
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "embedforge.platform.jobs.worker", str(workdir)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-            )
-        finally:
-            log.close()
+        process = spawn("embedforge.platform.jobs.worker", workdir)
         self.workers[row.id] = Worker(process, workdir)
         row.worker_pid = process.pid
         row.attempts += 1
@@ -203,7 +213,7 @@ class JobRunner:
             job_store.set_status(db, row, "completed", _done_message(row.kind), None, **done, **extra)
             logger.info("job %s completed", row.id)
             return
-        reason = _failure(code, worker.workdir)
+        reason = failure_reason(code, worker.workdir)
         job_store.set_status(db, row, "failed", "failed", reason)
         logger.error("job %s failed: %s", row.id, reason)
 
@@ -223,18 +233,19 @@ def _progress_line(job_id: str, fields: dict) -> str:
     return ", ".join(parts)
 
 
-def _failure(code: int, workdir: Path) -> str:
+def failure_reason(code: int, workdir: Path, who: str = "the worker process") -> str:
+    """Why a child ended: its own error.json, the signal that killed it, or its last log line."""
     error = workdir / "error.json"
     if error.exists():
         return json.loads(error.read_text())["message"]
     if code < 0:
-        return f"the worker process was killed by {signal.Signals(-code).name}"
+        return f"{who} was killed by {signal.Signals(-code).name}"
     tail = (
         (workdir / "worker.log").read_text(errors="replace").strip().splitlines()[-1:]
         if (workdir / "worker.log").exists()
         else []
     )
-    return f"the worker process exited with code {code}" + (f": {tail[0]}" if tail else "")
+    return f"{who} exited with code {code}" + (f": {tail[0]}" if tail else "")
 
 
 def _terminate(process: subprocess.Popen) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,6 +37,17 @@ def merged_jsonl(dataset_dir: Path, split: str, out: Path) -> Path | None:
     return target
 
 
+def drop_incomplete_checkpoints(folder: Path) -> list[str]:
+    """Remove checkpoints a killed worker left half-saved (the trainer writes trainer_state.json last),
+    so a resumed job continues from the newest complete one."""
+    dropped = []
+    for checkpoint in sorted(folder.glob("checkpoint-*")) if folder.is_dir() else []:
+        if not (checkpoint / "trainer_state.json").exists():
+            shutil.rmtree(checkpoint)
+            dropped.append(checkpoint.name)
+    return dropped
+
+
 def run_customization(spec: dict) -> dict:
     from embedforge.config import FinetuneConfig, build_config
     from embedforge.formats import DataFormatError
@@ -49,6 +61,9 @@ def run_customization(spec: dict) -> dict:
         raise DataFormatError(dataset_dir.name, "the dataset has no training/*.jsonl file")
     val = merged_jsonl(dataset_dir, "validation", out)
     values.update(train_data=str(train), val_data=str(val) if val else None)
+    if values.get("resume"):
+        for name in drop_incomplete_checkpoints(out / "checkpoints"):
+            logging.warning("dropped the incomplete checkpoint %s", name)
     summary = finetune(build_config(FinetuneConfig, values, "customization job"))
     return {k: summary.get(k) for k in ("steps", "train_loss", "best_metric", "seconds")}
 
@@ -56,7 +71,7 @@ def run_customization(spec: dict) -> dict:
 def run_evaluation(spec: dict) -> dict:
     from embedforge.platform.jobs.evaluation import evaluate_task
 
-    return {"tasks": {name: evaluate_task(task, spec) for name, task in spec["tasks"].items()}}
+    return {"tasks": {name: evaluate_task(name, task, spec) for name, task in spec["tasks"].items()}}
 
 
 def main(argv: list[str]) -> int:
