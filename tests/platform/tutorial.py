@@ -104,3 +104,41 @@ def deploy(url: str, model: str, name: str, timeout: float = 900):
             return deployment
         time.sleep(1)
     raise AssertionError(f"deployment {name} still pending after {timeout} s")
+
+
+def evaluate(url: str, model_id: str, files_url: str, timeout: float = 900):
+    """Notebook 3: an inline retriever config and target, the job polled to the end, then its results."""
+    client = client_for(url)
+    endpoint = {"url": f"{url}/nim/v1/embeddings", "model_id": model_id, "api_key": ""}
+    names = ("recall_5", "ndcg_cut_5", "recall_10", "ndcg_cut_10")
+    job = client.evaluation.jobs.create(
+        namespace=NS,
+        config={
+            "type": "retriever",
+            "namespace": NS,
+            "tasks": {
+                "my-beir-task": {
+                    "type": "beir",
+                    "dataset": {"files_url": files_url},
+                    "metrics": {name: {"type": name} for name in names},
+                }
+            },
+        },
+        target={
+            "type": "retriever",
+            "retriever": {
+                "pipeline": {
+                    "query_embedding_model": {"api_endpoint": endpoint},
+                    "index_embedding_model": {"api_endpoint": endpoint},
+                    "top_k": 10,
+                }
+            },
+        },
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.evaluation.jobs.retrieve(job.id)
+        if job.status not in ACTIVE:
+            break
+        time.sleep(1)
+    return job, (client.evaluation.jobs.results(job.id) if job.status == "completed" else None)

@@ -4,15 +4,30 @@ upload, dataset, config, job, status polling, the registered model."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import openai
 import pytest
+from huggingface_hub import HfApi
 from openai import OpenAI
 from sentence_transformers import SentenceTransformer
-from tutorial import MINILM, NS, client_for, create_config, deploy, start_job, upload_dataset, wait_job
+from tutorial import (
+    MINILM,
+    NS,
+    client_for,
+    create_config,
+    deploy,
+    evaluate,
+    start_job,
+    upload_dataset,
+    wait_job,
+)
 
 from domain_fixture import make_domain_fixture
+from embedforge.evaluate import evaluate_dataset
+from embedforge.formats import read_beir
+from embedforge.model import BiEncoder
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +51,7 @@ def finished_job(platform, tmp_path_factory):
         job.id,
         until=lambda j: seen.add(j.status) or j.status not in ("created", "pending", "running"),
     )
-    return {"created": job, "finished": finished, "seen": seen}
+    return {"created": job, "finished": finished, "seen": seen, "data": data}
 
 
 def test_job_response_has_nvidias_fields(finished_job):
@@ -123,3 +138,36 @@ def test_unknown_model_is_an_openai_shaped_404(platform, deployed):
         )
     assert err.value.body["code"] == "model_not_found"
     assert "nope" in err.value.body["message"]
+
+
+def test_evaluator_scores_the_deployment_like_the_offline_eval(platform, finished_job, deployed):
+    beir = finished_job["data"]["test_beir"]
+    HfApi(endpoint=f"{platform.url}/v1/hf").create_repo(f"{NS}/domain-beir", repo_type="dataset")
+    HfApi(endpoint=f"{platform.url}/v1/hf").upload_folder(
+        folder_path=str(beir), repo_id=f"{NS}/domain-beir", repo_type="dataset"
+    )
+    job, results = evaluate(platform.url, f"{NS}/fullweight_sft_embedding", f"hf://datasets/{NS}/domain-beir")
+    assert job.id.startswith("eval-") and job.status == "completed", job.status_details
+    assert job.status_details.progress == 100.0
+    metrics = results.tasks["my-beir-task"].metrics
+    assert sorted(metrics) == [
+        f"retriever.{m}" for m in ("ndcg_cut_10", "ndcg_cut_5", "recall_10", "recall_5")
+    ]
+    served = {m: metrics[f"retriever.{m}"].scores[m].value for m in ("ndcg_cut_10", "recall_5")}
+
+    folder = (
+        client_for(platform.url)
+        .models.retrieve(model_name=deployed["model"].split("/", 1)[1], namespace=NS)
+        .artifact.files_url.removeprefix("file://")
+    )
+    offline = evaluate_dataset(BiEncoder.load(folder), read_beir(beir), ks=(5, 10), progress=False)["metrics"]
+    assert served["ndcg_cut_10"] == pytest.approx(offline["ndcg@10"], abs=0.01)  # NVIDIA's deploy tolerance
+    assert served["recall_5"] == pytest.approx(offline["recall@5"], abs=0.01)
+
+
+def test_evaluator_reads_an_operators_beir_folder(platform, finished_job, deployed):
+    shutil.copytree(finished_job["data"]["test_beir"], platform.data_dir / "beir" / "domain")
+    job, results = evaluate(platform.url, f"{NS}/fullweight_sft_embedding", "file://domain/")
+    assert job.status == "completed", job.status_details
+    value = results.tasks["my-beir-task"].metrics["retriever.ndcg_cut_10"].scores["ndcg_cut_10"].value
+    assert 0.0 < value <= 1.0
