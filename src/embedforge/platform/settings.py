@@ -9,6 +9,7 @@ from pathlib import Path
 DATA_DIR_ENV = "EMBEDFORGE_DATA_DIR"
 DATABASE_URL_ENV = "EMBEDFORGE_DATABASE_URL"
 API_KEY_ENV = "EMBEDFORGE_API_KEY"
+MAX_BODY_ENV = "EMBEDFORGE_MAX_BODY_BYTES"
 
 
 @dataclass
@@ -42,4 +43,5 @@ class Settings:
             database_url=url,
             api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
             base_models=list(base_models or []),
+            max_body_bytes=int(os.environ.get(MAX_BODY_ENV) or cls.max_body_bytes),
         )

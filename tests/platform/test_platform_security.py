@@ -1,0 +1,73 @@
+"""The platform's guards: the optional API key, the body size limit, and checkpoints a killed worker left
+half-written."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+from huggingface_hub import HfApi
+from nemo_microservices import AuthenticationError, NeMoMicroservices
+
+from embedforge.platform.jobs.worker import drop_incomplete_checkpoints
+
+KEY = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def guarded(platform_factory):
+    os.environ["EMBEDFORGE_MAX_BODY_BYTES"] = "100000"
+    try:
+        return platform_factory("sqlite", api_key=KEY).start()
+    finally:
+        del os.environ["EMBEDFORGE_MAX_BODY_BYTES"]
+
+
+def test_every_call_but_health_needs_the_key(guarded):
+    assert httpx.get(f"{guarded.url}/health").status_code == 200
+    r = httpx.get(f"{guarded.url}/v1/namespaces")
+    assert r.status_code == 401 and "API key" in r.json()["detail"]
+    assert (
+        httpx.get(f"{guarded.url}/v1/namespaces", headers={"Authorization": "Bearer wrong"}).status_code
+        == 401
+    )
+    with pytest.raises(AuthenticationError):
+        NeMoMicroservices(base_url=guarded.url).namespaces.list()
+    NeMoMicroservices(
+        base_url=guarded.url, default_headers={"Authorization": f"Bearer {KEY}"}
+    ).namespaces.create(id="ns")
+    assert (
+        httpx.post(f"{guarded.url}/nim/v1/embeddings", json={"model": "x", "input": "y"}).status_code == 401
+    )
+
+
+def test_the_hub_client_passes_the_key_as_its_token(guarded, tmp_path):
+    api = HfApi(endpoint=f"{guarded.url}/v1/hf", token=KEY)
+    api.create_repo("ns/data", repo_type="dataset")
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    api.upload_file(
+        path_or_fileobj=str(tmp_path / "a.jsonl"),
+        path_in_repo="a.jsonl",
+        repo_id="ns/data",
+        repo_type="dataset",
+    )
+    assert api.list_repo_files("ns/data", repo_type="dataset") == ["a.jsonl"]
+
+
+def test_a_body_over_the_limit_is_413(guarded):
+    headers = {"Authorization": f"Bearer {KEY}", "content-type": "application/x-ndjson"}
+    r = httpx.post(
+        f"{guarded.url}/v1/hf/api/datasets/ns/data/commit/main", content=b"x" * 100_001, headers=headers
+    )
+    assert r.status_code == 413 and "100000" in r.json()["detail"]
+
+
+def test_half_saved_checkpoints_are_dropped_before_a_resume(tmp_path):
+    for step, complete in ((10, True), (20, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert drop_incomplete_checkpoints(tmp_path) == ["checkpoint-20"]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-10"]
