@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import httpx
@@ -133,3 +134,10 @@ def test_minilm_is_a_target_and_a_model_at_start(platform, uploaded):
     assert target.num_parameters == 22713728 and target.enabled
     model = client.models.retrieve(model_name="all-MiniLM-L6-v2", namespace="sentence-transformers")
     assert model.spec.is_embedding_model and model.spec.dims == 384
+
+
+def test_an_lfs_upload_with_the_wrong_content_is_refused(platform, uploaded):
+    oid = hashlib.sha256(b"promised").hexdigest()
+    r = httpx.put(f"{platform.url}/v1/hf/lfs-objects/{oid}", content=b"delivered")
+    assert r.status_code == 400 and "sha256" in r.json()["detail"]
+    assert not (platform.data_dir / "datastore" / "lfs" / oid).exists()

@@ -3,11 +3,12 @@ half-written."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import httpx
 import pytest
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, hf_hub_download
 from nemo_microservices import AuthenticationError, NeMoMicroservices
 
 from embedforge.platform.jobs.worker import drop_incomplete_checkpoints
@@ -53,6 +54,33 @@ def test_the_hub_client_passes_the_key_as_its_token(guarded, tmp_path):
         repo_type="dataset",
     )
     assert api.list_repo_files("ns/data", repo_type="dataset") == ["a.jsonl"]
+
+
+def test_files_too_big_for_a_commit_body_go_through_git_lfs(guarded, tmp_path, monkeypatch):
+    """Over the body limit a file cannot travel inline; a client without hf_xet sends it with git-lfs."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    api = HfApi(endpoint=f"{guarded.url}/v1/hf", token=KEY)
+    api.create_repo("ns/big", repo_type="dataset")
+    big = tmp_path / "corpus.bin"
+    big.write_bytes(hashlib.sha256(b"seed").digest() * 8000)  # 256 kB against a 100 kB body limit
+    api.upload_file(
+        path_or_fileobj=str(big), path_in_repo="data/corpus.bin", repo_id="ns/big", repo_type="dataset"
+    )
+    oid = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert (guarded.data_dir / "datastore" / "lfs" / oid).exists()  # it came through the signed LFS PUT
+    local = hf_hub_download(
+        "ns/big",
+        "data/corpus.bin",
+        repo_type="dataset",
+        endpoint=f"{guarded.url}/v1/hf",
+        token=KEY,
+        cache_dir=tmp_path / "c",
+    )
+    assert hashlib.sha256(open(local, "rb").read()).hexdigest() == oid
+    r = httpx.put(f"{guarded.url}/v1/hf/lfs-objects/{oid}", content=b"x")  # no signature
+    assert r.status_code == 400
 
 
 def test_a_body_over_the_limit_is_413(guarded):

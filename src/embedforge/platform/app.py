@@ -63,13 +63,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        # an LFS object upload is streamed to disk and hash-checked, and carries its own signature
+        lfs_put = request.url.path.startswith("/v1/hf/lfs-objects/")
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+        if not lfs_put and length and length.isdigit() and int(length) > settings.max_body_bytes:
             return JSONResponse(
                 {"detail": f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}"},
                 status_code=413,
             )
-        if settings.api_key and request.url.path not in OPEN_PATHS:
+        if settings.api_key and request.url.path not in OPEN_PATHS and not lfs_put:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
                 return JSONResponse({"detail": "missing or wrong API key (Authorization: Bearer)"}, 401)

@@ -8,6 +8,8 @@ listings and downloads answer without hashing files again. A path that would lea
 from __future__ import annotations
 
 import hashlib
+import hmac
+import shutil
 from pathlib import Path, PurePosixPath
 
 from embedforge.atomic import atomic_write
@@ -103,3 +105,53 @@ def files_url_dir(data_dir: Path, url: str) -> Path:
         name = url[len("file://") :].strip("/")
         return safe_path(data_dir / "beir", name)
     raise BadRequest(f"files_url '{url}' must start with hf:// or file://")
+
+
+# -------------------------------------------------------------------------------------- LFS objects
+
+
+def upload_mode(size: int, max_body_bytes: int) -> str:
+    """Inline ("regular") whenever the file fits a commit body as base64: huggingface_hub with hf_xet
+    (its default) sends "lfs" files only to Xet storage, which this store does not speak. Bigger files go
+    through git-lfs' basic transfer, which clients without hf_xet (``HF_HUB_DISABLE_XET=1``) use."""
+    return "regular" if size * 4 // 3 + 4096 < max_body_bytes else "lfs"
+
+
+def lfs_dir(data_dir: Path) -> Path:
+    return data_dir / "datastore" / "lfs"
+
+
+def check_oid(oid: str) -> str:
+    if len(oid) != 64 or any(c not in "0123456789abcdef" for c in oid):
+        raise BadRequest(f"LFS oid must be a sha256 hex digest, got '{oid[:80]}'")
+    return oid
+
+
+def sign(api_key: str | None, oid: str) -> str:
+    return hmac.new((api_key or "").encode(), oid.encode(), hashlib.sha256).hexdigest()
+
+
+def lfs_object(data_dir: Path, oid: str) -> Path:
+    path = lfs_dir(data_dir) / check_oid(oid)
+    if not path.exists():
+        raise BadRequest(f"LFS object {oid} was never uploaded")
+    return path
+
+
+async def receive_lfs_object(data_dir: Path, oid: str, chunks) -> None:
+    """Stream an upload to disk; keep it only when its sha256 is ``oid``."""
+    digest = hashlib.sha256()
+    with atomic_write(lfs_dir(data_dir) / oid) as tmp:
+        with tmp.open("wb") as out:
+            async for chunk in chunks:
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != oid:
+            raise BadRequest(f"uploaded content has sha256 {digest.hexdigest()}, not {oid}")
+
+
+def place_lfs_object(root: Path, path_in_repo: str, source: Path) -> dict:
+    target = safe_path(root, path_in_repo)
+    with atomic_write(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return {"size": target.stat().st_size, "sha256": source.name}

@@ -21,6 +21,7 @@ def serve(
     settings = Settings.from_env(data_dir, database_url, base_models=base_models)
     settings.public_url = f"http://{host}:{port}"
     logging.getLogger("embedforge").setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the runner's health probes are not news
     print(
         f"embedforge platform on http://{host}:{port} (NIM surface at /nim), data in {settings.data_dir}",
         flush=True,

@@ -8,6 +8,7 @@ protocol's "regular" mode), ``list_repo_files`` / ``list_repo_tree``, ``repo_inf
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import secrets
 import threading
@@ -105,18 +106,57 @@ async def delete_repo(request: Request, db: DB, cfg: Config):
 
 
 @router.post("/v1/hf/api/{repo_type}s/{namespace}/{name}/preupload/{revision}")
-async def preupload(repo_type: str, namespace: str, name: str, revision: str, request: Request, db: DB):
+async def preupload(
+    repo_type: str, namespace: str, name: str, revision: str, request: Request, db: DB, cfg: Config
+):
     _repo(db, repo_type, namespace, name, revision)
     body = await _json(request)
     listed = body.get("files")
     if not isinstance(listed, list):
         raise BadRequest("preupload body needs 'files': a list of {path, size, sample}")
     for entry in listed:
-        files.safe_path(
-            files.repo_dir(request.app.state.settings.data_dir, repo_type, namespace, name),
-            str(entry.get("path", "")),
-        )
-    return {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in listed]}
+        files.safe_path(files.repo_dir(cfg.data_dir, repo_type, namespace, name), str(entry.get("path", "")))
+    return {
+        "files": [
+            {
+                "path": f["path"],
+                "uploadMode": files.upload_mode(int(f.get("size") or 0), cfg.max_body_bytes),
+                "shouldIgnore": False,
+            }
+            for f in listed
+        ]
+    }
+
+
+@router.post("/v1/hf/{repo_type}s/{namespace}/{repo_git}/info/lfs/objects/batch")
+async def lfs_batch(repo_type: str, namespace: str, repo_git: str, request: Request, db: DB, cfg: Config):
+    """git-lfs batch API (basic transfer): where to PUT each object the store does not have yet."""
+    _repo(db, repo_type, namespace, repo_git.removesuffix(".git"), "main")
+    body = await _json(request)
+    if body.get("operation") != "upload":
+        raise BadRequest("only the LFS 'upload' operation is served")
+    objects = []
+    for obj in body.get("objects") or []:
+        oid, size = str(obj.get("oid", "")), int(obj.get("size") or 0)
+        files.check_oid(oid)
+        entry = {"oid": oid, "size": size, "authenticated": True}
+        if not (files.lfs_dir(cfg.data_dir) / oid).exists():
+            href = f"{str(request.base_url).rstrip('/')}/v1/hf/lfs-objects/{oid}?sig={files.sign(cfg.api_key, oid)}"
+            entry["actions"] = {"upload": {"href": href}}
+        objects.append(entry)
+    return {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
+
+
+@router.put("/v1/hf/lfs-objects/{oid}")
+async def lfs_put(oid: str, request: Request, cfg: Config):
+    """The upload href the batch call hands out (signed, since LFS clients send no credentials here)."""
+    files.check_oid(oid)
+    if cfg.api_key and not hmac.compare_digest(
+        request.query_params.get("sig", ""), files.sign(cfg.api_key, oid)
+    ):
+        raise BadRequest("bad or missing upload signature")
+    await files.receive_lfs_object(cfg.data_dir, oid, request.stream())
+    return Response(status_code=200)
 
 
 @router.post("/v1/hf/api/{repo_type}s/{namespace}/{name}/commit/{revision}")
@@ -132,28 +172,34 @@ async def commit(
     row = _repo(db, repo_type, namespace, name, revision)
     root = files.repo_dir(cfg.data_dir, repo_type, namespace, name)
     operations = _ndjson(await request.body())
-    for op in operations:  # check every path before the first write: a bad commit writes nothing
-        if op["key"] in ("file", "deletedFile", "deletedFolder", "lfsFile"):
-            files.safe_path(root, str(op["value"].get("path", "")))
-        if op["key"] == "lfsFile":
-            raise BadRequest(
-                f"'{op['value'].get('path')}': LFS uploads are not served; preupload answers 'regular'"
-            )
+    writes: list[tuple[str, str, object]] = []  # checked and decoded before the first write
+    for op in operations:
+        key, value = op["key"], op["value"]
+        if key not in ("file", "lfsFile", "deletedFile", "deletedFolder"):
+            continue
+        path = str(value.get("path", ""))
+        files.safe_path(root, path)
+        if key == "file":
+            if value.get("encoding", "base64") != "base64":
+                raise BadRequest(f"'{path}': only base64 file content is accepted")
+            try:
+                writes.append((key, path, base64.b64decode(value.get("content", ""), validate=True)))
+            except ValueError as err:
+                raise BadRequest(f"'{path}': content is not valid base64") from err
+        elif key == "lfsFile":
+            writes.append((key, path, files.lfs_object(cfg.data_dir, str(value.get("oid", "")))))
+        else:
+            writes.append((key, path, None))
     with _commit_lock:
         db.refresh(row)
         index = dict(row.body["files"])
-        for op in operations:
-            key, value = op["key"], op["value"]
+        for key, path, payload in writes:
             if key == "file":
-                if value.get("encoding", "base64") != "base64":
-                    raise BadRequest(f"'{value['path']}': only base64 file content is accepted")
-                try:
-                    content = base64.b64decode(value.get("content", ""), validate=True)
-                except ValueError as err:
-                    raise BadRequest(f"'{value['path']}': content is not valid base64") from err
-                index[value["path"]] = files.write_file(root, value["path"], content)
-            elif key in ("deletedFile", "deletedFolder"):
-                files.delete_path(root, value["path"], index)
+                index[path] = files.write_file(root, path, payload)
+            elif key == "lfsFile":
+                index[path] = files.place_lfs_object(root, path, payload)
+            else:
+                files.delete_path(root, path, index)
         sha = _sha()
         records.update(db, row, {"files": index, "sha": sha})
     return {"commitUrl": f"{_url(repo_type, row.name)}/commit/{sha}", "commitOid": sha, "success": True}
