@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from embedforge.platform import store
@@ -21,6 +23,22 @@ from embedforge.platform.settings import Settings
 
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/v1/health/live", "/v1/health/ready")
+
+
+def field_errors(errors: list[dict]) -> list[dict]:
+    """pydantic's 422 errors with the field path only: a field that takes "ns/name" or an inline object
+    is a union, and pydantic names the union member in ``loc`` and reports the branch the input did not
+    take; keep the taken branch and drop the member names."""
+    from embedforge.platform import schemas
+
+    members = {"str", *(name for name, obj in vars(schemas).items() if isinstance(obj, type))}
+    kept = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        if "str" in loc and not isinstance(error.get("input"), str):
+            continue  # the "ns/name" branch of an inline object
+        kept.append({**error, "loc": [part for part in loc if part not in members]})
+    return jsonable_encoder(kept or errors)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -83,6 +101,10 @@ def create_app(settings: Settings) -> FastAPI:
             detail = [{"loc": ["body", *err.loc], "msg": str(err), "type": "value_error"}]
             return JSONResponse({"detail": detail}, status_code=422)
         return JSONResponse({"detail": str(err)}, status_code=err.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, err: RequestValidationError):
+        return JSONResponse({"detail": field_errors(err.errors())}, status_code=422)
 
     @app.get("/health")
     @app.get("/v1/health/live")

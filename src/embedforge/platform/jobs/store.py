@@ -75,14 +75,14 @@ def active(db: Session, kind: str | None = None) -> list[Job]:
 
 
 def set_status(
-    db: Session, row: Job, status: str | None = None, message: str | None = None, detail: Any = None, **fields
+    db: Session, row: Job, status: str | None = None, log: str | None = None, detail: Any = None, **fields
 ) -> Job:
-    """Move ``row`` to ``status`` (logged once per change), merge ``fields`` into its details, commit."""
+    """Move ``row`` to ``status``, append ``log`` (+ ``detail``) to its status_logs, merge ``fields``, commit."""
     now = utcnow()
     details = {**row.details, **fields, "updated_at": records.iso(now)}
     logs = list(details.get("status_logs") or [])
-    if message is not None:
-        logs.append({"updated_at": records.iso(now), "message": message, "detail": detail})
+    if log is not None:
+        logs.append({"updated_at": records.iso(now), "message": log, "detail": detail})
     details["status_logs"] = logs
     if status is not None:
         row.status = status

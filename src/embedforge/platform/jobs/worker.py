@@ -79,9 +79,11 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     spec = json.loads((workdir / "spec.json").read_text())
     runners = {"customization": run_customization, "evaluation": run_evaluation}
+    import httpx
+
     try:
         result = runners[spec["kind"]](spec)
-    except (EmbedforgeError, ValueError, FileNotFoundError) as err:
+    except (EmbedforgeError, ValueError, FileNotFoundError, httpx.HTTPError) as err:
         write_json_atomic(workdir / "error.json", {"message": str(err), "type": type(err).__name__})
         logging.error("%s", err)
         return 2
