@@ -24,13 +24,14 @@ from pathlib import Path
 from sqlalchemy.orm import sessionmaker
 
 from embedforge.atomic import write_json_atomic
-from embedforge.platform.jobs import customization
+from embedforge.platform.jobs import customization, evaluation
 from embedforge.platform.jobs import store as job_store
+from embedforge.platform.jobs.deployments import Deployments
 from embedforge.platform.settings import Settings
 
 logger = logging.getLogger("embedforge.platform.jobs")
 MAX_ATTEMPTS = 3
-KINDS = {"customization": customization}
+KINDS = {"customization": customization, "evaluation": evaluation}  # jobs that run one worker to its end
 SLOTS = {"customization": 1, "evaluation": 1}
 
 
@@ -66,17 +67,10 @@ class JobRunner:
     def __init__(self, sessions: sessionmaker, settings: Settings):
         self.sessions, self.settings = sessions, settings
         self.workers: dict[str, Worker] = {}
-        from embedforge.platform.jobs.deployments import Deployments
-
         self.deployments = Deployments(settings, spawn)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="embedforge-job-runner", daemon=True)
         self._lock = threading.Lock()
-
-    def kinds(self) -> dict:
-        from embedforge.platform.jobs import evaluation
-
-        return {**KINDS, "evaluation": evaluation}
 
     def workdir(self, kind: str, job_id: str) -> Path:
         return self.settings.data_dir / kind / job_id
@@ -102,7 +96,7 @@ class JobRunner:
         with self.sessions() as db:
             self.deployments.recover(db)
             for row in job_store.active(db):
-                if row.kind not in self.kinds():
+                if row.kind not in KINDS:
                     continue
                 if row.worker_pid and _is_our_worker(row.worker_pid, self.workdir(row.kind, row.id)):
                     os.kill(row.worker_pid, signal.SIGKILL)
@@ -143,7 +137,7 @@ class JobRunner:
         with self._lock, self.sessions() as db:
             self.deployments.tick(db)
             for row in job_store.active(db):
-                if row.kind not in self.kinds():
+                if row.kind not in KINDS:
                     continue
                 worker = self.workers.get(row.id)
                 if row.status == "cancelling":
@@ -172,7 +166,7 @@ class JobRunner:
     def _start(self, db, row) -> None:
         if not job_store.claim(db, row):
             return
-        kind = self.kinds()[row.kind]
+        kind = KINDS[row.kind]
         workdir = self.workdir(row.kind, row.id)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "error.json").unlink(missing_ok=True)
@@ -186,7 +180,7 @@ class JobRunner:
         logger.info("job %s started: worker pid %d, attempt %d", row.id, process.pid, row.attempts)
 
     def _watch(self, db, row, worker: Worker) -> None:
-        kind = self.kinds()[row.kind]
+        kind = KINDS[row.kind]
         code = worker.process.poll()
         fields = kind.progress(row, worker.workdir)
         if fields:

@@ -17,6 +17,7 @@ from embedforge.platform.store.models import Job, utcnow
 
 ACTIVE = ("created", "pending", "running", "cancelling")
 TERMINAL = ("completed", "failed", "cancelled", "ready")
+INTERNAL = ("work", "resume")  # details the runner keeps for itself, never shown
 
 
 def create(
@@ -55,7 +56,10 @@ def public(row: Job) -> dict[str, Any]:
         **row.body,
         "id": row.id,
         "status": row.status,
-        "status_details": {**row.details, "status": row.status},
+        "status_details": {
+            **{k: v for k, v in row.details.items() if k not in INTERNAL},
+            "status": row.status,
+        },
         "created_at": records.iso(row.created_at),
         "updated_at": records.iso(row.updated_at),
     }
