@@ -217,13 +217,11 @@ def _done_message(kind: str) -> str:
 
 
 def _progress_line(job_id: str, fields: dict) -> str:
-    parts = [f"job {job_id}: {fields.get('percentage_done', 0):.0f}%"]
+    parts = [f"job {job_id}: {fields.get('percentage_done', fields.get('progress', 0)):.0f}%"]
     if fields.get("steps_completed") is not None:
         parts.append(f"step {fields['steps_completed']}")
     if fields.get("train_loss") is not None:
         parts.append(f"train_loss {fields['train_loss']:.4f}")
-    if fields.get("progress") is not None:
-        parts.append(f"progress {fields['progress']}")
     return ", ".join(parts)
 
 
