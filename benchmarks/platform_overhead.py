@@ -1,14 +1,17 @@
 """The platform's overhead: ``/nim/v1/embeddings`` through the platform vs the same deployment called
-directly, and entity-store list/get latency under many concurrent clients.
+directly, and entity-store list/get latency under many concurrent clients. (Not named platform.py: a
+script of that name would shadow the standard library's ``platform`` module.)
 
 One platform (a fresh data dir, SQLite unless ``--database-url``), one deployment of MiniLM (the ONNX export
 ``embedforge serve`` runs). Embeddings: requests of ``--batch`` texts (the serving benchmark's texts and load
 driver, ``benchmarks/serve_speed.py``) from 32 client threads, alternating direct and through the gateway
 ``--rounds`` times so a shared machine's drift hits both alike; targets: gateway throughput >= 0.9x direct,
-p99 overhead <= 5 ms. Entity store: ``--entities`` datasets registered, then 50 client threads alternate
+p99 overhead <= 5 ms. At concurrency 32 a request's latency is mostly its wait in the model server's queue,
+so the per-request cost of the gateway is also measured alone: ``--single`` one-text requests at
+concurrency 1, direct and through the gateway interleaved one by one. Entity store: ``--entities`` datasets registered, then 50 client threads alternate
 ``GET /v1/datasets?filter[namespace]=...`` (a page of 100) and ``GET /v1/datasets/{ns}/{name}``.
 
-    .venv/bin/python benchmarks/platform.py [--seconds 10] [--rounds 2] [--out docs/bench/platform.json]
+    .venv/bin/python benchmarks/platform_overhead.py [--seconds 10] [--rounds 2] [--out docs/bench/platform.json]
 """
 
 from __future__ import annotations
@@ -69,6 +72,28 @@ def deploy(url: str, precision: str) -> str:
         time.sleep(2)
 
 
+def single_requests(direct: str, gateway: str, texts: list[str], n: int) -> dict:
+    """One-text requests at concurrency 1, direct and through the gateway in turn: the gateway's own cost."""
+    lat: dict[str, list[float]] = {"direct": [], "gateway": []}
+    with httpx.Client(timeout=60) as client:
+        for i in range(n):
+            for name, base in (("direct", direct), ("gateway", gateway)):
+                body = {"model": BASE, "input": [texts[i % len(texts)]], "input_type": "query"}
+                t0 = time.perf_counter()
+                client.post(base + "/v1/embeddings", json=body).raise_for_status()
+                lat[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, values in lat.items():
+        values.sort()
+        out[name] = {
+            "p50_ms": round(statistics.median(values) * 1000, 2),
+            "p99_ms": round(values[int(0.99 * (n - 1))] * 1000, 2),
+        }
+    out["p50_overhead_ms"] = round(out["gateway"]["p50_ms"] - out["direct"]["p50_ms"], 2)
+    out["p99_overhead_ms"] = round(out["gateway"]["p99_ms"] - out["direct"]["p99_ms"], 2)
+    return out
+
+
 def entity_load(url: str, names: list[str], clients: int, seconds: float) -> dict:
     """``clients`` threads alternating a list call and a get call for ``seconds``."""
     lat: dict[str, list[float]] = {"list": [], "get": []}
@@ -122,6 +147,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--precision", choices=["fp32", "int8"], default="int8")
+    parser.add_argument(
+        "--single", type=int, default=300, help="one-text requests at concurrency 1, per path"
+    )
     parser.add_argument("--entities", type=int, default=200)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--database-url")
@@ -150,6 +178,8 @@ def main() -> int:
                 runs[name].append(drive(callers[name], batches, args.concurrency, args.seconds, 10**9))
                 print(name, json.dumps(runs[name][-1]), flush=True)
         results["embeddings"] = runs
+        results["single"] = single_requests(direct_url, url + "/nim", texts, args.single)
+        print("single", json.dumps(results["single"]), flush=True)
         mean = {n: statistics.fmean(r["texts_per_s"] for r in runs[n]) for n in runs}
         p99 = {n: statistics.fmean(r["p99_ms"] for r in runs[n]) for n in runs}
         results["throughput_ratio"] = round(mean["gateway"] / mean["direct"], 3)
@@ -166,7 +196,9 @@ def main() -> int:
     finally:
         process.terminate()
         process.wait(timeout=60)
-    summary = {k: results[k] for k in ("throughput_ratio", "p99_overhead_ms", "entities") if k in results}
+    summary = {
+        k: results[k] for k in ("throughput_ratio", "p99_overhead_ms", "single", "entities") if k in results
+    }
     print(json.dumps(summary, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
