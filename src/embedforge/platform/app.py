@@ -25,6 +25,35 @@ logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/v1/health/live", "/v1/health/ready")
 
 
+class Guard:
+    """Body size limit and the optional API key, as plain ASGI (a per-request cost the NIM gateway pays).
+
+    An LFS object upload is exempt from both: it is streamed to disk, hash-checked and carries its own
+    signature (LFS clients send no credentials to the upload URL).
+    """
+
+    def __init__(self, app, settings: Settings):
+        self.app, self.settings = app, settings
+        self.expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        lfs_put = path.startswith("/v1/hf/lfs-objects/")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"")
+        limit = self.settings.max_body_bytes
+        if not lfs_put and length.isdigit() and int(length) > limit:
+            detail = f"request body of {int(length)} bytes exceeds the limit of {limit}"
+            return await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+        if self.expected and path not in OPEN_PATHS and not lfs_put:
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                detail = "missing or wrong API key (Authorization: Bearer)"
+                return await JSONResponse({"detail": detail}, 401)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def field_errors(errors: list[dict]) -> list[dict]:
     """pydantic's 422 errors with the field path only: a field that takes "ns/name" or an inline object
     is a union, and pydantic names the union member in ``loc`` and reports the branch the input did not
@@ -79,21 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = sessions
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        # an LFS object upload is streamed to disk and hash-checked, and carries its own signature
-        lfs_put = request.url.path.startswith("/v1/hf/lfs-objects/")
-        length = request.headers.get("content-length")
-        if not lfs_put and length and length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse(
-                {"detail": f"request body of {length} bytes exceeds the limit of {settings.max_body_bytes}"},
-                status_code=413,
-            )
-        if settings.api_key and request.url.path not in OPEN_PATHS and not lfs_put:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-                return JSONResponse({"detail": "missing or wrong API key (Authorization: Bearer)"}, 401)
-        return await call_next(request)
+    app.add_middleware(Guard, settings=settings)
 
     @app.exception_handler(PlatformError)
     async def platform_error(_request: Request, err: PlatformError):
