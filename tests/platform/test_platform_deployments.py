@@ -10,9 +10,8 @@ import time
 import httpx
 import pytest
 from openai import BadRequestError, OpenAI
+from platform_proc import PlatformProcess
 from tutorial import MINILM, NS, client_for, evaluate
-
-from conftest import PlatformProcess
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ import signal
 import httpx
 import pytest
 from nemo_microservices import UnprocessableEntityError
+from platform_proc import PlatformProcess
 from tutorial import NS, client_for, create_config, start_job, upload_dataset, wait_job, worker_pid
 
-from conftest import PlatformProcess
 from domain_fixture import make_domain_fixture
 from tiny_models import tiny_bert
 
