@@ -142,6 +142,11 @@ def main() -> int:
         url, process = start_platform(Path(args.data_dir))
     NDS_URL = NEMO_URL = url
     NIM_URL = url + "/nim"
+    if url.startswith(("http://127.0.0.1", "http://localhost")):
+        # HF_HUB_OFFLINE (set by the Makefile) would also stop the hub client talking to our local data store
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = False
     try:
         client = NeMoMicroservices(base_url=NEMO_URL, inference_base_url=NIM_URL)
         client.namespaces.create(id=NS)
