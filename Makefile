@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean postgres
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,7 +34,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m embedforge.demo
 
-test: $(STAMP)
+# The platform's tests also run on PostgreSQL: Debian's server binaries, started per test session on loopback.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
+
+test: $(STAMP) postgres
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

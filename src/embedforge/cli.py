@@ -155,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     sdg.add_argument("--backend", choices=["local", "openai"], help="generator backend (sets backend)")
 
     sub.add_parser("demo", help="the end-to-end demo on the bundled corpus and model (what `make demo` runs)")
+
+    platform = sub.add_parser("platform", help="NVIDIA's NeMo Microservices embedding workflow over HTTP")
+    platform_sub = platform.add_subparsers(dest="platform_command", metavar="ACTION", required=True)
+    pserve = platform_sub.add_parser(
+        "serve", help="data store, entity store, customizer, deployments, evaluator"
+    )
+    pserve.add_argument("--data-dir", help="where files and the SQLite database live (EMBEDFORGE_DATA_DIR)")
+    pserve.add_argument("--host", default="127.0.0.1")
+    pserve.add_argument("--port", type=int, default=8080)
+    pserve.add_argument("--database-url", help="e.g. postgresql://user@host/db (EMBEDFORGE_DATABASE_URL)")
+    pserve.add_argument(
+        "--base-model", action="append", metavar="DIR", help="also offer this model folder as a target"
+    )
     return parser
 
 
@@ -321,6 +334,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         keys = ("generator", "passages_selected", "passages_done", "generated", "removed", "kept")
         print(json.dumps({**{k: report[k] for k in keys}, "this_run": report["this_run"]}, indent=2))
         print(f"pairs written to {config.out}/pairs.jsonl; report in {config.out}/sdg_report.json")
+        return 0
+    if args.command == "platform":
+        from embedforge.platform.server import serve as serve_platform
+
+        serve_platform(args.data_dir, args.host, args.port, args.database_url, args.base_model)
         return 0
     if args.command == "demo":
         from embedforge.demo import main as demo_main

@@ -1,0 +1,133 @@
+"""Builds the platform's FastAPI app: one router per resource family, the store, the job runner.
+
+The lifespan migrates the database, registers the base models (MiniLM under its public name and any
+operator-listed folder) as customization targets and models, and starts the runner that turns queued
+jobs into worker processes. Every expected failure answers NeMo's ``{"detail": ...}`` shape.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from embedforge.platform import store
+from embedforge.platform.errors import PlatformError, Unprocessable
+from embedforge.platform.settings import Settings
+
+logger = logging.getLogger(__name__)
+OPEN_PATHS = ("/health", "/v1/health/live", "/v1/health/ready")
+
+
+class Guard:
+    """Body size limit and the optional API key, as plain ASGI (a per-request cost the NIM gateway pays).
+
+    An LFS object upload is exempt from both: it is streamed to disk, hash-checked and carries its own
+    signature (LFS clients send no credentials to the upload URL).
+    """
+
+    def __init__(self, app, settings: Settings):
+        self.app, self.settings = app, settings
+        self.expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        lfs_put = path.startswith("/v1/hf/lfs-objects/")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"")
+        limit = self.settings.max_body_bytes
+        if not lfs_put and length.isdigit() and int(length) > limit:
+            detail = f"request body of {int(length)} bytes exceeds the limit of {limit}"
+            return await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+        if self.expected and path not in OPEN_PATHS and not lfs_put:
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                detail = "missing or wrong API key (Authorization: Bearer)"
+                return await JSONResponse({"detail": detail}, 401)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def field_errors(errors: list[dict]) -> list[dict]:
+    """pydantic's 422 errors with the field path only: a field that takes "ns/name" or an inline object
+    is a union, and pydantic names the union member in ``loc`` and reports the branch the input did not
+    take; keep the taken branch and drop the member names."""
+    from embedforge.platform import schemas
+
+    members = {"str", *(name for name, obj in vars(schemas).items() if isinstance(obj, type))}
+    kept = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        if "str" in loc and not isinstance(error.get("input"), str):
+            continue  # the "ns/name" branch of an inline object
+        kept.append({**error, "loc": [part for part in loc if part not in members]})
+    return jsonable_encoder(kept or errors)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The platform app for ``settings``; nothing starts until the ASGI server runs its lifespan."""
+    from embedforge.platform.jobs.runner import JobRunner
+    from embedforge.platform.routers import (
+        customization,
+        datastore,
+        deployment,
+        entities,
+        evaluation,
+        inference,
+    )
+    from embedforge.platform.targets import register_base_models
+
+    engine = store.make_engine(settings.database_url)
+    sessions = store.session_factory(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        store.migrate(engine)
+        register_base_models(sessions, settings)
+        runner = JobRunner(sessions, settings)
+        app.state.runner = runner
+        app.state.http = httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=128))
+        runner.start()
+        logger.info(
+            "platform ready: data in %s, database %s", settings.data_dir, engine.url.render_as_string()
+        )
+        try:
+            yield
+        finally:
+            runner.stop()
+            await app.state.http.aclose()
+            engine.dispose()
+
+    app = FastAPI(title="embedforge platform", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.sessions = sessions
+
+    app.add_middleware(Guard, settings=settings)
+
+    @app.exception_handler(PlatformError)
+    async def platform_error(_request: Request, err: PlatformError):
+        if isinstance(err, Unprocessable):
+            detail = [{"loc": ["body", *err.loc], "msg": str(err), "type": "value_error"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return JSONResponse({"detail": str(err)}, status_code=err.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, err: RequestValidationError):
+        return JSONResponse({"detail": field_errors(err.errors())}, status_code=422)
+
+    @app.get("/health")
+    @app.get("/v1/health/live")
+    @app.get("/v1/health/ready")
+    def health() -> dict:
+        return {"status": "healthy"}
+
+    for router in (datastore, entities, customization, deployment, evaluation):
+        app.include_router(router.router)
+    app.include_router(inference.router, prefix="/nim")
+    return app

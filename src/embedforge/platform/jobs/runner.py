@@ -1,0 +1,258 @@
+"""The job runner: a thread in the platform process that turns job rows into worker processes.
+
+Each poll it (1) claims ``created`` jobs while a slot is free and starts a worker for each, (2) reads
+each worker's progress into the database and logs one progress line per change, (3) stops workers of
+jobs being cancelled, and (4) marks finished workers completed or failed (with the worker's error, or
+the signal that killed it). Workers die with the platform (Linux parent-death signal); on the next start
+the jobs they left ``pending`` / ``running`` are queued again with ``resume`` (the finetune stage
+continues from its last checkpoint), up to ``MAX_ATTEMPTS`` times.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import sessionmaker
+
+from embedforge.atomic import write_json_atomic
+from embedforge.platform.jobs import customization, evaluation
+from embedforge.platform.jobs import store as job_store
+from embedforge.platform.jobs.deployments import Deployments
+from embedforge.platform.settings import Settings
+
+logger = logging.getLogger("embedforge.platform.jobs")
+MAX_ATTEMPTS = 3
+KINDS = {"customization": customization, "evaluation": evaluation}  # jobs that run one worker to its end
+SLOTS = {"customization": 1, "evaluation": 1}
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the platform dies, so no orphan keeps training."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def spawn(module: str, workdir: Path) -> subprocess.Popen:
+    """``python -m module WORKDIR`` logging to WORKDIR/worker.log, without the platform's API key (a child
+    server must not demand it), killed if the platform dies."""
+    env = {k: v for k, v in os.environ.items() if k != "EMBEDFORGE_API_KEY"}
+    with open(workdir / "worker.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, str(workdir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+            env={**env, "TOKENIZERS_PARALLELISM": "false"},
+        )
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen
+    workdir: Path
+    last_line: str = ""
+
+
+class JobRunner:
+    def __init__(self, sessions: sessionmaker, settings: Settings):
+        self.sessions, self.settings = sessions, settings
+        self.workers: dict[str, Worker] = {}
+        self.deployments = Deployments(settings, spawn)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="embedforge-job-runner", daemon=True)
+        self._lock = threading.Lock()
+
+    def workdir(self, kind: str, job_id: str) -> Path:
+        return self.settings.data_dir / kind / job_id
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.recover()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling and stop the workers; their jobs stay active and resume on the next start."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        for worker in self.workers.values():
+            _terminate(worker.process)
+        self.workers.clear()
+        self.deployments.stop_all()
+
+    def recover(self) -> None:
+        """Requeue the jobs a previous platform process left running (its workers died with it)."""
+        with self.sessions() as db:
+            self.deployments.recover(db)
+            for row in job_store.active(db):
+                if row.kind not in KINDS:
+                    continue
+                if row.worker_pid and _is_our_worker(row.worker_pid, self.workdir(row.kind, row.id)):
+                    os.kill(row.worker_pid, signal.SIGKILL)
+                if row.status == "cancelling":
+                    job_store.set_status(
+                        db, row, "cancelled", "cancelled", "the platform stopped while cancelling"
+                    )
+                elif row.status in ("pending", "running"):
+                    if row.attempts >= MAX_ATTEMPTS:
+                        job_store.set_status(
+                            db,
+                            row,
+                            "failed",
+                            "failed",
+                            f"interrupted {row.attempts} times by platform restarts",
+                        )
+                        continue
+                    row.status = "created"
+                    job_store.set_status(
+                        db,
+                        row,
+                        "created",
+                        "resumed",
+                        "the platform restarted; continuing from the last checkpoint",
+                        resume=True,
+                    )
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.poll_seconds):
+            try:
+                self.tick()
+            except Exception:  # a bad poll must not end the runner; the next one retries
+                logger.exception("job runner poll failed")
+
+    # --------------------------------------------------------------------------------------- a poll
+
+    def tick(self) -> None:
+        with self._lock, self.sessions() as db:
+            self.deployments.tick(db)
+            for row in job_store.active(db):
+                if row.kind not in KINDS:
+                    continue
+                worker = self.workers.get(row.id)
+                if row.status == "cancelling":
+                    if worker:
+                        _terminate(worker.process)
+                        self.workers.pop(row.id)
+                    job_store.set_status(db, row, "cancelled", "cancelled", "the worker was stopped")
+                    logger.info("job %s cancelled", row.id)
+                elif worker is not None:
+                    self._watch(db, row, worker)
+                elif row.status == "created" and self._free_slot(row.kind):
+                    self._start(db, row)
+                elif row.status in ("pending", "running"):  # a worker this runner never started
+                    job_store.set_status(
+                        db,
+                        row,
+                        "failed",
+                        "failed",
+                        "its worker is gone (not started by this platform process)",
+                    )
+
+    def _free_slot(self, kind: str) -> bool:
+        busy = sum(1 for job_id, w in self.workers.items() if w.workdir.parent.name == kind)
+        return busy < SLOTS.get(kind, 1)
+
+    def _start(self, db, row) -> None:
+        if not job_store.claim(db, row):
+            return
+        kind = KINDS[row.kind]
+        workdir = self.workdir(row.kind, row.id)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "error.json").unlink(missing_ok=True)
+        write_json_atomic(workdir / "spec.json", kind.worker_spec(self.settings, row, workdir))
+        process = spawn("embedforge.platform.jobs.worker", workdir)
+        self.workers[row.id] = Worker(process, workdir)
+        row.worker_pid = process.pid
+        row.attempts += 1
+        message = "TrainingJobRunning" if row.kind == "customization" else "running"
+        job_store.set_status(db, row, "running", message, f"worker pid {process.pid}")
+        logger.info("job %s started: worker pid %d, attempt %d", row.id, process.pid, row.attempts)
+
+    def _watch(self, db, row, worker: Worker) -> None:
+        kind = KINDS[row.kind]
+        code = worker.process.poll()
+        fields = kind.progress(row, worker.workdir)
+        if fields:
+            job_store.set_status(db, row, **fields)
+            line = _progress_line(row.id, fields)
+            if line != worker.last_line:
+                logger.info("%s", line)
+                worker.last_line = line
+        if code is None:
+            return
+        self.workers.pop(row.id)
+        db.refresh(row)
+        if row.status == "cancelling":
+            job_store.set_status(db, row, "cancelled", "cancelled", "the worker was stopped")
+            return
+        if code == 0:
+            try:
+                extra = kind.finish(db, row, worker.workdir)
+            except Exception as err:  # e.g. a model folder the worker did not leave
+                job_store.set_status(db, row, "failed", "failed", f"finishing the job: {err}")
+                logger.error("job %s failed while finishing: %s", row.id, err)
+                return
+            done = {"percentage_done": 100.0} if row.kind == "customization" else {}
+            job_store.set_status(db, row, "completed", _done_message(row.kind), None, **done, **extra)
+            logger.info("job %s completed", row.id)
+            return
+        reason = failure_reason(code, worker.workdir)
+        job_store.set_status(db, row, "failed", "failed", reason)
+        logger.error("job %s failed: %s", row.id, reason)
+
+
+def _done_message(kind: str) -> str:
+    return "TrainingJobCompleted" if kind == "customization" else "completed"
+
+
+def _progress_line(job_id: str, fields: dict) -> str:
+    parts = [f"job {job_id}: {fields.get('percentage_done', fields.get('progress', 0)):.0f}%"]
+    if fields.get("steps_completed") is not None:
+        parts.append(f"step {fields['steps_completed']}")
+    if fields.get("train_loss") is not None:
+        parts.append(f"train_loss {fields['train_loss']:.4f}")
+    return ", ".join(parts)
+
+
+def failure_reason(code: int, workdir: Path, who: str = "the worker process") -> str:
+    """Why a child ended: its own error.json, the signal that killed it, or its last log line."""
+    error = workdir / "error.json"
+    if error.exists():
+        return json.loads(error.read_text())["message"]
+    if code < 0:
+        return f"{who} was killed by {signal.Signals(-code).name}"
+    tail = (
+        (workdir / "worker.log").read_text(errors="replace").strip().splitlines()[-1:]
+        if (workdir / "worker.log").exists()
+        else []
+    )
+    return f"{who} exited with code {code}" + (f": {tail[0]}" if tail else "")
+
+
+def _terminate(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _is_our_worker(pid: int, workdir: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(workdir).encode() in cmdline

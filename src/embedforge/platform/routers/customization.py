@@ -1,0 +1,118 @@
+"""The customizer: targets, configs and jobs under ``/v1/customization``.
+
+A job request is checked and mapped to embedforge's finetune config here (unknown or unsupported
+fields are a 422 naming the field); the job runner does the work in a worker process.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from sqlalchemy.orm import Session
+
+from embedforge.platform import jobs
+from embedforge.platform.deps import DB, Config, Params, split_ref
+from embedforge.platform.errors import NotFound, Unprocessable
+from embedforge.platform.routers import add_read_routes
+from embedforge.platform.schemas import ConfigCreate, CustomizationJobCreate, TargetCreate, dump
+from embedforge.platform.store import records
+
+router = APIRouter(prefix="/v1/customization", tags=["customization"])
+TARGET, CONFIG = "customization_target", "customization_config"
+
+
+@router.post("/targets")
+def create_target(body: TargetCreate, db: DB) -> dict:
+    if not (body.model_path or body.model_uri):
+        raise Unprocessable(["model_path"], "a target needs model_path (a local folder) or model_uri")
+    data = {"status": "ready", **dump(body)}
+    data.setdefault("base_model", f"{body.namespace}/{body.name}")
+    return records.public(records.create(db, TARGET, body.namespace, body.name, data, "cust-target"))
+
+
+add_read_routes(router, "/targets", TARGET)
+
+
+def _config_body(body: ConfigCreate, db: Session, loc: list) -> dict:
+    data = dump(body)
+    if isinstance(body.target, str):
+        ns, name = split_ref(body.target, "target")
+        if records.find(db, TARGET, ns, name) is None:
+            raise Unprocessable([*loc, "target"], f"no customization target '{body.target}'")
+    else:
+        data["target"] = f"{body.target.namespace}/{body.target.name}"
+    data.setdefault("max_seq_length", body.max_seq_length)
+    data.setdefault("training_precision", body.training_precision)
+    return data
+
+
+@router.post("/configs")
+def create_config(body: ConfigCreate, db: DB) -> dict:
+    if not isinstance(body.target, str):
+        create_target(body.target, db)
+    data = _config_body(body, db, [])
+    return records.public(records.create(db, CONFIG, body.namespace, body.name, data, "customization_config"))
+
+
+add_read_routes(router, "/configs", CONFIG)
+
+
+@router.post("/jobs")
+def create_job(
+    body: CustomizationJobCreate,
+    db: DB,
+    cfg: Config,
+    wandb_api_key: Annotated[str | None, Header()] = None,
+) -> dict:
+    if isinstance(body.config, str):
+        ns, name = split_ref(body.config, "config")
+        row = records.find(db, CONFIG, ns, name)
+        if row is None:
+            raise Unprocessable(["config"], f"no customization config '{body.config}'")
+        config, config_ref = row.body, f"{ns}/{name}"
+    else:
+        config = _config_body(body.config, db, ["config"])
+        config_ref = f"{body.config.namespace}/{body.config.name}"
+    ds_ns, ds_name = (
+        split_ref(body.dataset, "dataset")
+        if isinstance(body.dataset, str)
+        else (body.dataset.namespace, body.dataset.name)
+    )
+    dataset = records.find(db, "dataset", ds_ns, ds_name)
+    if dataset is None:
+        raise Unprocessable(["dataset"], f"no dataset '{ds_ns}/{ds_name}' in the entity store")
+    t_ns, t_name = split_ref(config["target"], "target")
+    target = records.get(db, TARGET, t_ns, t_name)
+    if not target.body.get("enabled", True):
+        raise Unprocessable(["config", "target"], f"target '{config['target']}' is disabled")
+    return jobs.customization.submit(db, cfg, body, config, config_ref, records.public(dataset), target.body)
+
+
+@router.get("/jobs")
+def list_jobs(params: Params, db: DB) -> dict:
+    return jobs.store.list_public(db, "customization", params)
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, db: DB) -> dict:
+    return jobs.store.public(jobs.store.get(db, "customization", job_id))
+
+
+@router.get("/jobs/{job_id}/status")
+def get_job_status(job_id: str, db: DB) -> dict:
+    return jobs.store.public(jobs.store.get(db, "customization", job_id))["status_details"]
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, db: DB) -> dict:
+    return jobs.store.public(jobs.store.request_cancel(db, "customization", job_id))
+
+
+@router.get("/jobs/{job_id}/container-logs")
+def job_logs(job_id: str, db: DB, cfg: Config) -> dict:
+    jobs.store.get(db, "customization", job_id)
+    log = cfg.data_dir / "customization" / job_id / "worker.log"
+    if not log.exists():
+        raise NotFound(f"job {job_id} has no worker log yet")
+    return {"data": log.read_text(errors="replace").splitlines()[-500:]}

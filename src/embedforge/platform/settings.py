@@ -1,0 +1,47 @@
+"""Where the platform keeps its state and how it is reached: flags first, then the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA_DIR_ENV = "EMBEDFORGE_DATA_DIR"
+DATABASE_URL_ENV = "EMBEDFORGE_DATABASE_URL"
+API_KEY_ENV = "EMBEDFORGE_API_KEY"
+MAX_BODY_ENV = "EMBEDFORGE_MAX_BODY_BYTES"
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    database_url: str
+    api_key: str | None = None
+    max_body_bytes: int = 512 * 1024 * 1024  # a whole upload commit arrives as one request
+    base_models: list[str] = field(default_factory=list)  # extra model folders registered as targets
+    public_url: str | None = None  # how workers and deployments reach this platform; set by the server
+    poll_seconds: float = 1.0  # how often the job runner looks for work and reads progress
+
+    @classmethod
+    def from_env(
+        cls,
+        data_dir: str | os.PathLike | None = None,
+        database_url: str | None = None,
+        api_key: str | None = None,
+        base_models: list[str] | None = None,
+    ) -> Settings:
+        folder = data_dir or os.environ.get(DATA_DIR_ENV)
+        if not folder:
+            from embedforge.platform.errors import BadRequest
+
+            raise BadRequest(f"the platform needs a data folder: --data-dir DIR or {DATA_DIR_ENV}")
+        folder = Path(folder).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        url = database_url or os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{folder / 'platform.db'}"
+        return cls(
+            data_dir=folder,
+            database_url=url,
+            api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
+            base_models=list(base_models or []),
+            max_body_bytes=int(os.environ.get(MAX_BODY_ENV) or cls.max_body_bytes),
+        )

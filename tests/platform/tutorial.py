@@ -1,0 +1,144 @@
+"""The tutorial's steps as functions the platform tests share: upload, register, configure, train, poll."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import requests
+from huggingface_hub import HfApi
+from nemo_microservices import NeMoMicroservices
+
+NS = "embed-sft-ns"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+ACTIVE = ("created", "pending", "running", "cancelling")
+
+
+def client_for(url: str) -> NeMoMicroservices:
+    return NeMoMicroservices(base_url=url, inference_base_url=url + "/nim")
+
+
+def upload_dataset(url: str, name: str, files: dict[str, Path], namespace: str = NS) -> None:
+    """Notebook 2, steps 1-4: both namespaces, a dataset repo, its files, the dataset entity."""
+    client = client_for(url)
+    if not client.namespaces.list(filter={"id": namespace}).data:
+        client.namespaces.create(id=namespace)
+        requests.post(f"{url}/v1/datastore/namespaces", data={"namespace": namespace}, timeout=30)
+    api = HfApi(endpoint=f"{url}/v1/hf", token=None)
+    api.create_repo(f"{namespace}/{name}", repo_type="dataset", exist_ok=True)
+    for path_in_repo, local in files.items():
+        api.upload_file(
+            path_or_fileobj=str(local),
+            path_in_repo=path_in_repo,
+            repo_id=f"{namespace}/{name}",
+            repo_type="dataset",
+        )
+    client.datasets.create(name=name, namespace=namespace, files_url=f"hf://datasets/{namespace}/{name}")
+
+
+def create_config(
+    url: str, name: str = "minilm-embed-sft@v1", max_seq_length: int = 32, target: str = MINILM
+) -> str:
+    client_for(url).customization.configs.create(
+        name=name,
+        namespace=NS,
+        target=target,
+        training_options=[
+            {"training_type": "sft", "finetuning_type": "all_weights", "num_gpus": 1, "micro_batch_size": 8},
+            {"training_type": "sft", "finetuning_type": "lora_merged", "num_gpus": 1, "micro_batch_size": 8},
+        ],
+        training_precision="fp32",
+        max_seq_length=max_seq_length,
+    )
+    return f"{NS}/{name}"
+
+
+def start_job(url: str, config: str, dataset: str, output: str, **hyperparameters):
+    hp = {"training_type": "sft", "finetuning_type": "all_weights", "epochs": 1, "batch_size": 16}
+    hp.update(learning_rate=1e-4, **hyperparameters)
+    return client_for(url).customization.jobs.create(
+        name=output,
+        config=config,
+        dataset={"namespace": NS, "name": dataset},
+        hyperparameters=hp,
+        output_model=f"{NS}/{output}",
+    )
+
+
+def wait_job(url: str, job_id: str, until=lambda job: job.status not in ACTIVE, timeout: float = 600):
+    client = client_for(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.customization.jobs.retrieve(job_id)
+        if until(job):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout} s: {job.status_details}")
+
+
+def worker_pid(job) -> int:
+    for log in job.status_details.status_logs:
+        if log.detail and str(log.detail).startswith("worker pid "):
+            pid = int(str(log.detail).split()[-1])
+    return pid
+
+
+def deploy(url: str, model: str, name: str, timeout: float = 900):
+    """Notebook 2, steps 9-10: a deployment config, a model deployment, polled until it is not pending."""
+    client = client_for(url)
+    client.deployment.configs.create(
+        name=f"{name}-config",
+        namespace=NS,
+        model=model,
+        nim_deployment={
+            "image_name": "nvcr.io/nim/nvidia/llama-3.2-nv-embedqa-1b-v2",
+            "image_tag": "1.6.0",
+            "gpu": 1,
+        },
+    )
+    client.deployment.model_deployments.create(name=name, namespace=NS, config=f"{NS}/{name}-config")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        deployment = client.deployment.model_deployments.retrieve(deployment_name=name, namespace=NS)
+        if deployment.status_details.status not in ("created", "pending"):
+            return deployment
+        time.sleep(1)
+    raise AssertionError(f"deployment {name} still pending after {timeout} s")
+
+
+def evaluate(url: str, model_id: str, files_url: str, timeout: float = 900):
+    """Notebook 3: an inline retriever config and target, the job polled to the end, then its results."""
+    client = client_for(url)
+    endpoint = {"url": f"{url}/nim/v1/embeddings", "model_id": model_id, "api_key": ""}
+    names = ("recall_5", "ndcg_cut_5", "recall_10", "ndcg_cut_10")
+    job = client.evaluation.jobs.create(
+        namespace=NS,
+        config={
+            "type": "retriever",
+            "namespace": NS,
+            "tasks": {
+                "my-beir-task": {
+                    "type": "beir",
+                    "dataset": {"files_url": files_url},
+                    "metrics": {name: {"type": name} for name in names},
+                }
+            },
+        },
+        target={
+            "type": "retriever",
+            "retriever": {
+                "pipeline": {
+                    "query_embedding_model": {"api_endpoint": endpoint},
+                    "index_embedding_model": {"api_endpoint": endpoint},
+                    "top_k": 10,
+                }
+            },
+        },
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.evaluation.jobs.retrieve(job.id)
+        if job.status not in ACTIVE:
+            break
+        time.sleep(1)
+    return job, (client.evaluation.jobs.results(job.id) if job.status == "completed" else None)
