@@ -103,7 +103,7 @@ def load_reference(path, model: str | None = None, dimensions: int | None = None
 # ------------------------------------------------------------------------------------------------ client
 
 
-class _Client:
+class EmbeddingsClient:
     """Sends batches to /v1/embeddings and records every contract violation it sees."""
 
     def __init__(self, url: str, model: str, api_key: str | None, timeout: float, encoding_format: str):
@@ -167,7 +167,10 @@ class _Client:
         return np.asarray(value, dtype=np.float32)
 
 
-def _embed_all(client: _Client, texts: list[str], input_type: str, dims, batch_size: int, concurrency: int):
+def embed_all(
+    client: EmbeddingsClient, texts: list[str], input_type: str, dims, batch_size: int, concurrency: int
+):
+    """Embed ``texts`` through the server in batches, ``concurrency`` requests at a time, in input order."""
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     if not batches:
         return np.zeros((0, 0), dtype=np.float32)
@@ -176,7 +179,7 @@ def _embed_all(client: _Client, texts: list[str], input_type: str, dims, batch_s
     return np.concatenate(parts)
 
 
-def _wait_ready(client: _Client, timeout: float) -> str:
+def _wait_ready(client: EmbeddingsClient, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     last = "no answer"
     while True:
@@ -192,7 +195,7 @@ def _wait_ready(client: _Client, timeout: float) -> str:
         time.sleep(0.5)
 
 
-def _served_model(client: _Client) -> str:
+def _served_model(client: EmbeddingsClient) -> str:
     r = client.http.get("/v1/models")
     if r.status_code != 200:
         raise VerifyError(f"GET /v1/models answered {r.status_code}: {r.text[:300]}")
@@ -202,7 +205,7 @@ def _served_model(client: _Client) -> str:
     return str(data[0]["id"])
 
 
-def _served_prompts(client: _Client) -> dict[str, str] | None:
+def _served_prompts(client: EmbeddingsClient) -> dict[str, str] | None:
     try:
         r = client.http.get("/v1/metadata")
         if r.status_code == 200:
@@ -246,7 +249,7 @@ def verify(
     ref = load_reference(reference, reference_model, dimensions)
     dataset = read_beir(beir, split=split)
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-    client = _Client(url, model or "", api_key, timeout, encoding_format)
+    client = EmbeddingsClient(url, model or "", api_key, timeout, encoding_format)
     checks: list[dict[str, Any]] = []
 
     def check(name: str, ok: bool | None, detail: str) -> None:
@@ -276,7 +279,7 @@ def verify(
             len(query_ids),
             client.http.base_url,
         )
-        passages = _embed_all(
+        passages = embed_all(
             client,
             [passage_text(dataset.corpus[d]) for d in dataset.corpus],
             "passage",
@@ -284,7 +287,7 @@ def verify(
             batch_size,
             concurrency,
         )
-        queries = _embed_all(
+        queries = embed_all(
             client, [dataset.queries[q] for q in query_ids], "query", dimensions, batch_size, concurrency
         )
         check("requests", True, f"{client.requests} requests answered 200")

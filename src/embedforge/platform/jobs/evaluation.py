@@ -134,22 +134,22 @@ def evaluate_task(name: str, task: dict, spec: dict) -> dict:
     from embedforge.atomic import write_json_atomic
     from embedforge.evaluate import compute_metrics, retrieve
     from embedforge.formats import passage_text, read_beir
-    from embedforge.verify import _Client, _embed_all
+    from embedforge.verify import EmbeddingsClient, embed_all
 
     dataset = read_beir(task["beir_dir"])
     wanted = {name: metric_key(kind) for name, kind in task["metrics"].items()}
     ks = sorted({k for _, k in wanted.values()})
     clients = [
-        _Client(_base(ep["url"]), ep["model_id"], ep.get("api_key") or None, 300.0, "float")
+        EmbeddingsClient(_base(ep["url"]), ep["model_id"], ep.get("api_key") or None, 300.0, "float")
         for ep in (spec["index_endpoint"], spec["query_endpoint"])
     ]
     try:
         doc_ids = [str(d) for d in dataset.corpus]
-        passages = _embed_all(
+        passages = embed_all(
             clients[0], [passage_text(dataset.corpus[d]) for d in dataset.corpus], "passage", None, 32, 4
         )
         query_ids = [str(q) for q, docs in dataset.qrels.items() if docs and q in dataset.queries]
-        queries = _embed_all(clients[1], [dataset.queries[q] for q in query_ids], "query", None, 32, 4)
+        queries = embed_all(clients[1], [dataset.queries[q] for q in query_ids], "query", None, 32, 4)
     finally:
         for client in clients:
             client.close()
