@@ -12,6 +12,7 @@ transformers' Trainer). What this module adds is what those lack for the NVIDIA 
 * validation by full-corpus retrieval nDCG@10 on held-out queries, keeping the best checkpoint and stopping
   early when it stops improving;
 * LoRA merged into the weights before saving, so the output is a plain full model.
+* optional teacher distillation (``distill_teacher``): a term beside the contrastive loss, see ``distill``.
 
 It deliberately does not mine negatives (see ``mining``) or compute test metrics (see ``evaluate``).
 """
