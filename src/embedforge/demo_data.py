@@ -43,57 +43,69 @@ def fetch_postgres_manual(cache_dir: Path | str = Path(".cache/demo")) -> Path:
         The folder holding the manual's ``*.html`` pages.
 
     Raises:
+        RuntimeError: see :func:`fetch_debian_package`.
+    """
+    return fetch_debian_package(PACKAGE, HTML_SUBDIR, "*.html", cache_dir)
+
+
+def fetch_debian_package(package: str, subdir: Path, pattern: str, cache_dir: Path | str) -> Path:
+    """``apt-get download`` + ``dpkg-deb -x`` ``package`` once into ``cache_dir``; return ``subdir`` inside it.
+
+    Idempotent (a ``subdir`` holding files matching ``pattern`` is reused) and atomic (unpacked into a
+    temporary folder that is renamed into place), so an interrupted run never leaves half a package.
+
+    Raises:
         RuntimeError: ``apt-get``/``dpkg-deb`` are missing (not a Debian-based system), the package is
             unknown because the package lists are empty (run ``sudo apt-get update``), or the download fails.
     """
     cache_dir = Path(cache_dir)
-    target = cache_dir / PACKAGE
-    html_dir = target / HTML_SUBDIR
-    if html_dir.is_dir() and any(html_dir.glob("*.html")):
-        return html_dir
+    target = cache_dir / package
+    wanted = target / subdir
+    if wanted.is_dir() and any(wanted.glob(pattern)):
+        return wanted
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise RuntimeError(
-                f"`{tool}` not found: the demo manual comes from the Debian package {PACKAGE}, which needs a "
-                "Debian or Ubuntu system. Point the demo at any folder of .html/.md/.txt files instead."
+                f"`{tool}` not found: {package} is a Debian package, which needs a Debian or Ubuntu system. "
+                "Point embedforge at any folder of .html/.md/.txt files instead."
             )
     cache_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".fetch-") as tmp:
         tmp_path = Path(tmp)
-        download = _apt_download(tmp_path)
-        debs = sorted(tmp_path.glob(f"{PACKAGE}_*.deb"))
+        download = _apt_download(tmp_path, package)
+        debs = sorted(tmp_path.glob(f"{package}_*.deb"))
         if download.returncode != 0 or not debs:
             message = (download.stderr or download.stdout).strip()
             if re.search(r"Unable to locate package|no installation candidate|Can't select", message):
                 hint = (
-                    f"apt does not know {PACKAGE}: the package lists are probably empty. "
+                    f"apt does not know {package}: the package lists are probably empty. "
                     "Run `sudo apt-get update` once, then try again."
                 )
             else:
-                hint = f"`apt-get download {PACKAGE}` failed."
+                hint = f"`apt-get download {package}` failed."
             raise RuntimeError(f"{hint}\n{message}")
         root = tmp_path / "root"
         extract = subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root)], capture_output=True, text=True)
-        if extract.returncode != 0 or not (root / HTML_SUBDIR).is_dir():
+        if extract.returncode != 0 or not (root / subdir).is_dir():
             raise RuntimeError(f"`dpkg-deb -x {debs[-1].name}` failed: {extract.stderr.strip()}")
         try:
             root.rename(target)
         except OSError:
-            if not html_dir.is_dir():  # not a concurrent run that won the race
+            if not wanted.is_dir():  # not a concurrent run that won the race
                 raise
-    logger.info("fetched %s into %s in %.1fs", PACKAGE, target, time.perf_counter() - start)
-    return html_dir
+    logger.info("fetched %s into %s in %.1fs", package, target, time.perf_counter() - start)
+    return wanted
 
 
-def _apt_download(folder: Path) -> subprocess.CompletedProcess:
+def _apt_download(folder: Path, package: str) -> subprocess.CompletedProcess:
     """``apt-get download``; on a fresh machine with empty package lists, refresh them once if we are root."""
-    download = subprocess.run(["apt-get", "download", PACKAGE], cwd=folder, capture_output=True, text=True)
+    download = subprocess.run(["apt-get", "download", package], cwd=folder, capture_output=True, text=True)
     unknown = re.search(r"Unable to locate package|no installation candidate", download.stderr or "")
     if download.returncode != 0 and unknown and hasattr(os, "geteuid") and os.geteuid() == 0:
-        logger.info("apt does not know %s yet: running apt-get update once", PACKAGE)
+        logger.info("apt does not know %s yet: running apt-get update once", package)
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
         download = subprocess.run(
-            ["apt-get", "download", PACKAGE], cwd=folder, capture_output=True, text=True
+            ["apt-get", "download", package], cwd=folder, capture_output=True, text=True
         )
     return download

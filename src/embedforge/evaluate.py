@@ -37,6 +37,7 @@ import pytrec_eval
 
 from embedforge.formats import passage_text  # the one join of title and text, re-exported for callers
 from embedforge.matryoshka import unit_truncate
+from embedforge.significance import verdict
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ _SCORE_BLOCK = 25_000_000  # at most this many float32 scores (100 MB) in memory
 _FAMILIES = {"ndcg_cut": "ndcg", "map_cut": "map", "recall": "recall", "P": "precision"}
 CHART_METRICS = ("ndcg@10", "recall@10", "map@10", "mrr@10")
 DIMENSION_METRICS = ("ndcg@10", "recall@10")
+SIGNIFICANCE_METRICS = ("ndcg@10", "recall@10")  # per-query scores kept for the paired tests
+PRIMARY_METRIC = "ndcg@10"  # the one the report's verdict line is about
 
 RESULTS_FILE, REPORT_FILE, CHART_FILE = "eval_results.json", "eval_report.md", "eval_chart.png"
 
@@ -213,7 +216,10 @@ def compute_metrics(
         >>> compute_metrics({"q": {"a": 1}}, {"q": {"b": 0.9, "a": 0.8}}, ks=(1,))["mrr@10"]
         0.5
     """
-    per_query = per_query_metrics(qrels, run, ks)
+    return _mean_metrics(per_query_metrics(qrels, run, ks), ks)
+
+
+def _mean_metrics(per_query: Mapping[str, Mapping[str, float]], ks: Sequence[int]) -> dict[str, float]:
     names = _metric_names(sorted({int(k) for k in ks}))
     return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in names}
 
@@ -251,8 +257,8 @@ def evaluate_encoder(
         top_k: retrieval depth (default ``max(ks)``, at least 10 for MRR@10).
 
     Returns:
-        ``{"model", "dimension", "prompts", "metrics", "per_dimension": {dim: metrics}, "num_queries",
-        "num_passages", "seconds"}``.
+        ``{"model", "dimension", "prompts", "metrics", "per_dimension": {dim: metrics}, "per_query":
+        {query_id: {"ndcg@10", "recall@10"}}, "num_queries", "num_passages", "seconds"}``.
     """
     full_dim = int(encoder.dimension)
     dims = sorted({int(d) for d in dimensions or ()})
@@ -277,22 +283,27 @@ def evaluate_encoder(
         [queries[q] for q in query_ids], batch_size=batch_size, progress=progress
     )
 
-    def score(dim: int) -> dict[str, float]:
+    def score(dim: int) -> dict[str, dict[str, float]]:
         q, p = (
             (query_vecs, passages)
             if dim == full_dim
             else (unit_truncate(query_vecs, dim), unit_truncate(passages, dim))
         )
-        return compute_metrics(qrels, retrieve(q, p, doc_ids, query_ids, top_k=depth), ks)
+        return per_query_metrics(qrels, retrieve(q, p, doc_ids, query_ids, top_k=depth), ks)
 
-    metrics = score(full_dim)
-    per_dimension = {d: metrics if d == full_dim else score(d) for d in dims}
+    per_query = score(full_dim)
+    metrics = _mean_metrics(per_query, ks)
+    per_dimension = {d: metrics if d == full_dim else _mean_metrics(score(d), ks) for d in dims}
     return {
         "model": encoder.name,
         "dimension": full_dim,
         "prompts": dict(getattr(encoder, "prompts", {}) or {}),
         "metrics": metrics,
         "per_dimension": per_dimension,
+        # what the paired significance tests against the baseline need
+        "per_query": {
+            q: {m: values[m] for m in SIGNIFICANCE_METRICS if m in values} for q, values in per_query.items()
+        },
         "num_queries": len(judged),
         "num_passages": len(doc_ids),
         "seconds": round(time.perf_counter() - start, 3),
@@ -430,6 +441,7 @@ def compare_models(
         "baseline": baseline,
         "models": models,
         "deltas": deltas,
+        "significance": _significance(models, baseline),
         "per_dimension_deltas": per_dimension_deltas,
         "config": {
             "dataset": source,
@@ -453,6 +465,24 @@ def compare_models(
     _write_atomic(out / CHART_FILE, render_chart(results))
     logger.info("wrote %s, %s and %s to %s", RESULTS_FILE, REPORT_FILE, CHART_FILE, out)
     return results
+
+
+def _significance(models: Mapping[str, Any], baseline: str) -> dict[str, dict[str, Any]]:
+    """Paired bootstrap CI and sign-flip p-value of each model's per-query gain over the baseline."""
+    from embedforge.significance import paired_comparison
+
+    def scores(name: str, metric: str) -> dict[str, float]:
+        return {q: v[metric] for q, v in models[name].get("per_query", {}).items() if metric in v}
+
+    return {
+        name: {
+            metric: paired_comparison(scores(baseline, metric), scores(name, metric))
+            for metric in SIGNIFICANCE_METRICS
+            if scores(baseline, metric) and scores(name, metric)
+        }
+        for name in models
+        if name != baseline
+    }
 
 
 def _general_check(encoder) -> dict[str, Any]:
@@ -542,6 +572,29 @@ def format_table(results: Mapping[str, Any]) -> str:
             n: {f"{m} @ {d}d": per_dim[n][d][m] for d in dims for m in DIMENSION_METRICS} for n in names
         }
         lines += ["", *_table(list(values[names[0]]), values, names, "metric @ dimension")]
+    significance = results.get("significance") or {}
+    rows = [
+        (n, m, significance[n][m])
+        for n in names[1:]
+        for m in SIGNIFICANCE_METRICS
+        if m in significance.get(n, {})
+    ]
+    if rows:
+        lines += [
+            "",
+            f"| paired test vs {_cell(names[0])} | metric | Δ | 95% CI (bootstrap) | p (sign flip) | better / worse / tied | significant |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        for n, m, r in rows:
+            lines.append(
+                f"| {_cell(n)} | {m} | {_fmt_abs(r['diff'])} | [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}] | "
+                f"{r['p']:.3g} | {r['better']} / {r['worse']} / {r['tied']} | {'yes' if r['significant'] else 'no'} |"
+            )
+        lines += [""] + [
+            "- " + verdict(n, names[0], significance[n][PRIMARY_METRIC]) + "."
+            for n in names[1:]
+            if PRIMARY_METRIC in significance.get(n, {})
+        ]
     general = {n: models[n].get("general_check") or {} for n in names}
     if all("pearson" in g for g in general.values()):
         values = {n: {f"lee {m}": general[n][m] for m in ("pearson", "spearman")} for n in names}

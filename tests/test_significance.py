@@ -1,0 +1,119 @@
+"""Paired bootstrap CI and sign-flip p-value, checked against independent computations."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from embedforge.evaluate import compare_models, format_table
+from embedforge.formats import BeirDataset
+from embedforge.significance import bootstrap_ci, paired_comparison, sign_flip_p, verdict
+
+# nDCG@10 of 8 hand-made queries for a baseline and a tuned model
+BASE = {"q1": 0.50, "q2": 0.63, "q3": 1.00, "q4": 0.00, "q5": 0.39, "q6": 0.43, "q7": 1.00, "q8": 0.30}
+TUNED = {"q1": 0.63, "q2": 1.00, "q3": 1.00, "q4": 0.50, "q5": 0.43, "q6": 0.39, "q7": 1.00, "q8": 0.63}
+
+
+def test_sign_flip_p_equals_exact_enumeration_on_8_queries():
+    d = np.array([TUNED[q] - BASE[q] for q in sorted(BASE)])
+    observed = abs(d.mean())
+    extreme = sum(
+        abs(sum(s * x for s, x in zip(signs, d, strict=True)) / len(d)) >= observed - 1e-12
+        for signs in itertools.product((1, -1), repeat=len(d))
+    )
+    # 2 zero differences: every flip of them ties, so the count is a multiple of 4
+    assert extreme == 24  # counted by hand: |sum| >= 1.33 over the 64 patterns of the 6 non-zero diffs, x4
+    assert sign_flip_p(d) == pytest.approx(extreme / 256, abs=1e-15)
+
+
+def test_sign_flip_p_matches_scipy_permutation_test_on_40_queries():
+    rng = np.random.default_rng(3)
+    d = rng.normal(0.03, 0.1, size=40)
+    reference = stats.permutation_test(
+        (d,), np.mean, permutation_type="samples", n_resamples=50_000, alternative="two-sided", random_state=1
+    ).pvalue
+    assert 0.005 < reference < 0.2  # a borderline case, where a wrong test would show
+    assert sign_flip_p(d, resamples=20_000) == pytest.approx(reference, abs=0.01)
+
+
+def test_bootstrap_ci_matches_scipy_percentile_bootstrap():
+    rng = np.random.default_rng(5)
+    d = rng.normal(0.02, 0.15, size=120)
+    reference = stats.bootstrap(
+        (d,), np.mean, n_resamples=20_000, method="percentile", confidence_level=0.95, random_state=2
+    ).confidence_interval
+    low, high = bootstrap_ci(d, resamples=20_000, seed=0)
+    assert low == pytest.approx(reference.low, abs=0.003)
+    assert high == pytest.approx(reference.high, abs=0.003)
+    assert low < d.mean() < high
+    assert bootstrap_ci(d, seed=0) == bootstrap_ci(d, seed=0)  # seeded: the same report every time
+
+
+def test_paired_comparison_counts_and_verdicts():
+    result = paired_comparison(BASE, TUNED)
+    assert result["n"] == 8
+    assert result["diff"] == pytest.approx(0.16625)
+    assert result["rel"] == pytest.approx(0.16625 / 0.53125)
+    assert (result["better"], result["worse"], result["tied"]) == (5, 1, 2)
+    assert result["p"] == pytest.approx(24 / 256)
+    assert result["ci95"][0] > 0  # the interval excludes 0 but p = 0.094: not called significant
+    assert not result["significant"]
+    assert "not significant" in verdict("tuned", "base", result)
+
+    strong = paired_comparison(
+        {f"q{i}": 0.2 for i in range(60)}, {f"q{i}": 0.2 + 0.01 * (i % 7) for i in range(60)}
+    )
+    assert strong["significant"] and strong["p"] < 0.001
+    assert "significant gain" in verdict("tuned", "base", strong)
+    with pytest.raises(ValueError, match="share no"):
+        paired_comparison({"a": 1.0}, {"b": 1.0})
+
+
+class _Lookup:
+    """An encoder that embeds texts by a fixed table: retrieval results are known in advance."""
+
+    def __init__(self, name, vectors):
+        self.name, self.vectors, self.dimension = name, vectors, 2
+
+    def encode_queries(self, texts, batch_size=64, progress=False):
+        return np.array([self.vectors[t] for t in texts], dtype=np.float32)
+
+    encode_passages = encode_queries
+
+
+def test_compare_models_reports_ci_and_p_in_json_and_table(tmp_path):
+    # 12 queries; the baseline ranks the right document first for 4, the tuned model for 12.
+    corpus, queries, qrels, base_vecs, tuned_vecs = {}, {}, {}, {}, {}
+    for i in range(12):
+        angle = i * np.pi / 24
+        right, wrong = f"doc {i}", f"decoy {i}"
+        corpus[f"d{i}"], corpus[f"x{i}"] = {"text": right}, {"text": wrong}
+        queries[f"q{i}"], qrels[f"q{i}"] = f"question {i}", {f"d{i}": 1}
+        here = np.array([np.cos(angle), np.sin(angle)])
+        near = np.array([np.cos(angle + 0.01), np.sin(angle + 0.01)])
+        tuned_vecs |= {f"question {i}": here, right: here, wrong: near}
+        base_vecs |= {f"question {i}": here, right: here if i < 4 else near, wrong: near if i < 4 else here}
+    dataset = BeirDataset(corpus, queries, qrels)
+    results = compare_models(
+        {"base": _Lookup("base", base_vecs), "tuned": _Lookup("tuned", tuned_vecs)},
+        dataset,
+        tmp_path,
+        progress=False,
+    )
+    expected = paired_comparison(
+        {q: v["ndcg@10"] for q, v in results["models"]["base"]["per_query"].items()},
+        {q: v["ndcg@10"] for q, v in results["models"]["tuned"]["per_query"].items()},
+    )
+    saved = json.loads((tmp_path / "eval_results.json").read_text())
+    assert saved["significance"]["tuned"]["ndcg@10"] == expected  # floats survive JSON exactly
+    assert saved["significance"]["tuned"]["ndcg@10"]["better"] == 8
+    assert saved["significance"]["tuned"]["ndcg@10"]["worse"] == 0
+    assert saved["significance"]["tuned"]["ndcg@10"]["p"] == pytest.approx(2 / 256)  # only all-+ and all--
+    table = format_table(saved)
+    assert "95% CI (bootstrap)" in table and "| tuned | ndcg@10 |" in table
+    assert "tuned vs base: nDCG@10" in table and "significant gain" in table
+    assert "significant gain" in (tmp_path / "eval_report.md").read_text()
