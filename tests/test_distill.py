@@ -75,6 +75,12 @@ def test_teacher_scores_are_cosines_computed_once_and_reused_from_the_run_folder
     _, info = distill.teacher_scores(config, changed, tmp_path)
     assert info["reused"] is False and len(list(cache.iterdir())) == 2
 
+    # the teacher reads only what the student reads: a shorter max_seq_length is another entry, other scores
+    short = FinetuneConfig(distill_teacher=str(tiny["teacher"]), max_seq_length=4)
+    cut, info = distill.teacher_scores(short, COLUMNS, tmp_path)
+    assert info["reused"] is False and len(list(cache.iterdir())) == 3
+    assert not np.allclose(cut, scores, atol=1e-4)
+
 
 def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
     x = rng.normal(size=(rows, dim))

@@ -1,8 +1,9 @@
 """Teacher distillation for the finetune stage: a stronger bi-encoder's scores guide the student.
 
 GPL (Wang et al. 2022) scores each (query, positive, negative) with a cross-encoder and trains with
-MarginMSE; here the teacher is any embedding model (``distill_teacher``, e.g. all-MiniLM's big sibling
-all-mpnet-base-v2), which sees only what the student sees. The teacher scores every training row once,
+MarginMSE; here the teacher is any embedding model (``distill_teacher``, e.g. all-mpnet-base-v2). It sees
+what the student sees: the same texts, cut at the student's ``max_seq_length`` (a teacher that read further
+would set targets the student cannot reach, and pay for tokens nobody trains on). It scores every row once,
 before training, and the scores are cached in the run folder under the teacher's name and a hash of the
 rows, so a rerun or ``--resume`` does not pay for them again.
 
@@ -66,10 +67,11 @@ def _teacher_fingerprint(teacher: str) -> dict:
     return {"teacher": teacher, "folder": str(folder), "weights": weights}
 
 
-def cache_path(out: Path, teacher: str, columns: dict[str, list[str]]) -> Path:
-    """``out/teacher_scores/<teacher>-<hash of teacher and rows>.npz``."""
+def cache_path(out: Path, teacher: str, columns: dict[str, list[str]], max_seq_length: int) -> Path:
+    """``out/teacher_scores/<teacher>-<hash of teacher, token limit and rows>.npz``."""
     digest = hashlib.sha256()
     digest.update(json.dumps(_teacher_fingerprint(teacher), sort_keys=True).encode())
+    digest.update(json.dumps(max_seq_length).encode())
     for name in ["anchor", *passage_columns(columns)]:
         digest.update(json.dumps([name, columns[name]]).encode())
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(teacher).name or teacher).strip("_") or "teacher"
@@ -99,7 +101,7 @@ def teacher_scores(
     config: FinetuneConfig, columns: dict[str, list[str]], out: Path
 ) -> tuple[np.ndarray, dict]:
     """The teacher's scores for every training row, from the run folder's cache or computed and cached."""
-    path = cache_path(out, config.distill_teacher, columns)
+    path = cache_path(out, config.distill_teacher, columns, config.max_seq_length)
     n_rows, n_passages = len(columns["anchor"]), len(passage_columns(columns))
     info = {"teacher": config.distill_teacher, "cache": str(path), "rows": n_rows}
     if path.is_file():
@@ -111,6 +113,8 @@ def teacher_scores(
     started = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher = BiEncoder.load(config.distill_teacher, device=device)
+    if teacher.max_seq_length and config.max_seq_length < teacher.max_seq_length:
+        teacher.model.max_seq_length = config.max_seq_length  # judge only the text the student sees
     logger.info(
         "teacher %s scores %d training rows x %d passages once (cached in %s)",
         config.distill_teacher,
