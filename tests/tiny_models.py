@@ -4,13 +4,13 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast, LlamaConfig, MistralConfig
 
 
-def tiny_bert(folder):
+def tiny_bert(folder, seed: int = 0):
     """A 2-layer, 32-dim BERT with a 33-token vocabulary, saved as a plain Hugging Face folder."""
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)] + ["the", "a"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab))
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=32,

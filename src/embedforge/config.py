@@ -150,6 +150,29 @@ class FinetuneConfig:
     gradient_checkpointing: bool = setting(False, "trade compute for memory (large models)")
     dataloader_workers: int = setting(0, "DataLoader worker processes")
     log_every: int = setting(10, "log the loss every N steps")
+    # teacher distillation (embedforge.distill)
+    distill_teacher: str | None = setting(
+        None,
+        "teacher that scores every training group once before training (a known name such as mpnet, or a "
+        "folder); its scores add a distillation term to the contrastive loss; None = off",
+    )
+    distill_loss: Literal["margin_mse", "kl"] = setting(
+        "margin_mse",
+        "margin_mse: MSE of the (positive - negative_i) score margins (Hofstaetter et al. 2020); kl: KL "
+        "divergence from the teacher's softmax over the group to the student's",
+    )
+    distill_weight: float = setting(1.0, "weight of the distillation term next to the contrastive loss")
+    distill_temperature: float = setting(
+        0.05,
+        "teacher and student cosines are divided by this before the distillation term (0.05: the scale "
+        "MiniLM and MPNet were trained at)",
+    )
+    distill_screen_negatives: float | None = setting(
+        None,
+        "drop a mined negative the teacher scores above this x its positive's score (a likely false "
+        "negative; e.g. 0.95); None = keep every negative",
+    )
+    distill_batch_size: int = setting(32, "teacher encoding batch size")
 
 
 @dataclass

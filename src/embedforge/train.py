@@ -12,6 +12,7 @@ transformers' Trainer). What this module adds is what those lack for the NVIDIA 
 * validation by full-corpus retrieval nDCG@10 on held-out queries, keeping the best checkpoint and stopping
   early when it stops improving;
 * LoRA merged into the weights before saving, so the output is a plain full model.
+* optional teacher distillation (``distill_teacher``): a term beside the contrastive loss, see ``distill``.
 
 It deliberately does not mine negatives (see ``mining``) or compute test metrics (see ``evaluate``).
 """
@@ -41,8 +42,10 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from embedforge import distill
 from embedforge.atomic import atomic_write, write_json_atomic
 from embedforge.config import ConfigError, FinetuneConfig, config_dict, config_hash
+from embedforge.distill import DistilledLoss, TeacherScores
 from embedforge.formats import TrainingExample, passage_id, read_training_data
 from embedforge.inbatch import ID_COLUMN, InBatchNegativesLoss, id_rows
 from embedforge.model import PASSAGE, QUERY, BiEncoder
@@ -175,7 +178,7 @@ def validation_evaluator(
     )
 
 
-def make_loss(model, config: FinetuneConfig, micro_batch: int):
+def make_loss(model, config: FinetuneConfig, micro_batch: int, teacher: TeacherScores | None = None):
     scale = 1.0 / config.temperature
     # in-batch negatives from every process (DDP); a single process has nothing to gather
     gather = config.gather_across_devices and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -191,6 +194,16 @@ def make_loss(model, config: FinetuneConfig, micro_batch: int):
                 "gather_across_devices needs in_batch_negatives or cached_loss; ignored", stacklevel=2
             )
         loss = GroupContrastiveLoss(model, scale=scale)
+    if teacher is not None:
+        loss = DistilledLoss(
+            model,
+            loss,
+            teacher,
+            loss=config.distill_loss,
+            weight=config.distill_weight,
+            temperature=config.distill_temperature,
+            components=not config.matryoshka_dims,
+        )
     if config.matryoshka_dims:
         dims = sorted(set(config.matryoshka_dims) | {model.get_embedding_dimension()}, reverse=True)
         loss = MatryoshkaLoss(model, loss, matryoshka_dims=dims)
@@ -331,14 +344,18 @@ def finetune(config: FinetuneConfig) -> dict:
     checkpoints = out / "checkpoints"
     log_path = out / "train_log.jsonl"
     main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun / accelerate launch set RANK
+    teacher, distillation = None, None
+    if config.distill_teacher:  # scored once, before training (cached in the run folder, kept by a restart)
+        rows.columns, teacher, distillation = distill.prepare(config, rows.columns, out)
     if not config.resume and main_process:
         shutil.rmtree(checkpoints, ignore_errors=True)
         log_path.unlink(missing_ok=True)
     if plan["total_steps"] < 50:
         warnings.warn(f"only {plan['total_steps']} training steps: results may be noisy", stacklevel=2)
     columns = dict(rows.columns)
-    if config.in_batch_negatives and not config.cached_loss:
-        columns[ID_COLUMN] = id_rows(rows.columns)  # passage/query keys for false-negative masking
+    if (config.in_batch_negatives and not config.cached_loss) or teacher is not None:
+        # passage/query keys: false-negative masking and teacher-score lookup
+        columns[ID_COLUMN] = id_rows(rows.columns)
     train_dataset = Dataset.from_dict(columns)
 
     evaluator = None
@@ -392,7 +409,7 @@ def finetune(config: FinetuneConfig) -> dict:
         model=model,
         args=args,
         train_dataset=train_dataset,
-        loss=make_loss(model, config, plan["cache_mini_batch_size"]),
+        loss=make_loss(model, config, plan["cache_mini_batch_size"], teacher),
         evaluator=evaluator,
         callbacks=callbacks,
     )
@@ -413,6 +430,7 @@ def finetune(config: FinetuneConfig) -> dict:
         "steps": trainer.state.global_step,
         "best_metric": trainer.state.best_metric,
         "best_checkpoint": trainer.state.best_model_checkpoint,
+        "distillation": distillation,
         "seconds": round(time.time() - started, 1),
     }
     if trainer.is_world_process_zero():
@@ -441,6 +459,14 @@ def _write_model_card(folder: Path, encoder: BiEncoder, summary: dict) -> None:
         "sentence-transformers prompts `query` / `document`)",
         f"- loss: {'in-batch + hard negatives' if cfg['in_batch_negatives'] or cfg['cached_loss'] else 'group'}"
         f" contrastive, temperature {cfg['temperature']}, {cfg['n_passages']} passages per query",
+        *(
+            [
+                f"- distilled from `{cfg['distill_teacher']}`: {cfg['distill_loss']}, weight "
+                f"{cfg['distill_weight']}, temperature {cfg['distill_temperature']}"
+            ]
+            if cfg.get("distill_teacher")
+            else []
+        ),
         f"- data: {summary['data']['rows']} training rows from {summary['data']['train_queries']} queries; "
         f"{summary['data']['val_queries']} validation queries",
         f"- steps: {summary['steps']}; best validation nDCG@10: {summary['best_metric']}",

@@ -1,0 +1,254 @@
+"""Teacher distillation for the finetune stage: a stronger bi-encoder's scores guide the student.
+
+GPL (Wang et al. 2022) scores each (query, positive, negative) with a cross-encoder and trains with
+MarginMSE; here the teacher is any embedding model (``distill_teacher``, e.g. all-mpnet-base-v2). It sees
+what the student sees: the same texts, cut at the student's ``max_seq_length`` (a teacher that read further
+would set targets the student cannot reach, and pay for tokens nobody trains on). It scores every row once,
+before training, and the scores are cached in the run folder under the teacher's name and a hash of the
+rows, so a rerun or ``--resume`` does not pay for them again.
+
+Scaling: teacher and student scores are both cosines of unit vectors (the student's last module is
+``Normalize``; the teacher's vectors are normalised when encoded), so they share one scale, [-1, 1]. Both are
+divided by ``distill_temperature`` (0.05, the scale MiniLM and MPNet were trained at) before the
+distillation term, which puts it in logit units like the contrastive loss: its gradients are of the same
+order, and ``distill_weight`` 1.0 is a fair balance. The term is sentence-transformers' own
+``MarginMSELoss`` or ``DistillKLDivLoss`` (at temperature 1 on the already-scaled scores, so no T^2 factor),
+evaluated on the embeddings the contrastive loss already computed: one forward pass serves both.
+
+Teacher scores reach the loss by lookup: each training row carries ``[query key, passage keys...]`` text
+hashes in the ``label`` column (``inbatch.id_rows``), and ``TeacherScores`` maps (query key, passage key) to
+the teacher's cosine.
+
+Optionally the teacher also screens false negatives (``distill_screen_negatives``): a mined negative it
+scores above margin x the row's positive score is replaced by the row's remaining negatives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from sentence_transformers.sentence_transformer.losses import DistillKLDivLoss, MarginMSELoss
+from sentence_transformers.util import pairwise_cos_sim
+from torch import nn
+
+from embedforge.atomic import atomic_write
+from embedforge.config import ConfigError, FinetuneConfig
+from embedforge.inbatch import text_key
+from embedforge.model import BiEncoder
+from embedforge.registry import resolve_model
+
+logger = logging.getLogger(__name__)
+
+CACHE_FOLDER = "teacher_scores"
+
+
+def passage_columns(columns: dict[str, list[str]]) -> list[str]:
+    """The passage columns of training rows, in group order: positive, negative_1, negative_2, ..."""
+    return [name for name in columns if name != "anchor"]
+
+
+def _teacher_fingerprint(teacher: str) -> dict:
+    """What identifies a teacher: its name, resolved folder and weight files (size, mtime)."""
+    folder = Path(resolve_model(teacher))
+    weights = sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.glob("*")
+        if p.suffix in (".safetensors", ".bin", ".pt")
+    )
+    return {"teacher": teacher, "folder": str(folder), "weights": weights}
+
+
+def cache_path(out: Path, teacher: str, columns: dict[str, list[str]], max_seq_length: int) -> Path:
+    """``out/teacher_scores/<teacher>-<hash of teacher, token limit and rows>.npz``."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(_teacher_fingerprint(teacher), sort_keys=True).encode())
+    digest.update(json.dumps(max_seq_length).encode())
+    for name in ["anchor", *passage_columns(columns)]:
+        digest.update(json.dumps([name, columns[name]]).encode())
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(teacher).name or teacher).strip("_") or "teacher"
+    return out / CACHE_FOLDER / f"{slug}-{digest.hexdigest()[:16]}.npz"
+
+
+def score_rows(
+    teacher: BiEncoder, columns: dict[str, list[str]], batch_size: int = 32, progress: bool = True
+) -> np.ndarray:
+    """(rows, passages) teacher cosines of each row's query with its positive and negatives.
+
+    Every distinct query and passage is encoded once (rows share negatives and unrolled queries).
+    """
+    names = passage_columns(columns)
+    queries = sorted(set(columns["anchor"]))
+    passages = sorted({text for name in names for text in columns[name]})
+    q_index = {text: i for i, text in enumerate(queries)}
+    p_index = {text: i for i, text in enumerate(passages)}
+    q_vecs = teacher.encode_queries(queries, batch_size=batch_size, progress=progress)
+    p_vecs = teacher.encode_passages(passages, batch_size=batch_size, progress=progress)
+    rows_q = q_vecs[[q_index[t] for t in columns["anchor"]]]  # (rows, dim)
+    rows_p = np.stack([p_vecs[[p_index[t] for t in columns[name]]] for name in names], axis=1)
+    return np.einsum("rd,rgd->rg", rows_q, rows_p).astype(np.float32)
+
+
+def teacher_scores(
+    config: FinetuneConfig, columns: dict[str, list[str]], out: Path
+) -> tuple[np.ndarray, dict]:
+    """The teacher's scores for every training row, from the run folder's cache or computed and cached."""
+    path = cache_path(out, config.distill_teacher, columns, config.max_seq_length)
+    n_rows, n_passages = len(columns["anchor"]), len(passage_columns(columns))
+    info = {"teacher": config.distill_teacher, "cache": str(path), "rows": n_rows}
+    if path.is_file():
+        with np.load(path) as data:
+            scores = data["scores"]
+        if scores.shape == (n_rows, n_passages):
+            logger.info("teacher scores for %d rows reused from %s", n_rows, path)
+            return scores, {**info, "reused": True, "seconds": 0.0}
+    started = time.time()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher = BiEncoder.load(config.distill_teacher, device=device)
+    if teacher.max_seq_length and config.max_seq_length < teacher.max_seq_length:
+        teacher.model.max_seq_length = config.max_seq_length  # judge only the text the student sees
+    logger.info(
+        "teacher %s scores %d training rows x %d passages once (cached in %s)",
+        config.distill_teacher,
+        n_rows,
+        n_passages,
+        path,
+    )
+    scores = score_rows(teacher, columns, config.distill_batch_size)
+    del teacher
+    with atomic_write(path) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, scores=scores)
+    seconds = round(time.time() - started, 1)
+    logger.info("teacher scores done in %.0f s", seconds)
+    return scores, {**info, "reused": False, "seconds": seconds}
+
+
+def screen_negatives(
+    columns: dict[str, list[str]], scores: np.ndarray, margin: float
+) -> tuple[dict[str, list[str]], np.ndarray, dict[str, int]]:
+    """Replace negatives the teacher scores above ``margin`` x the row's positive score (likely positives).
+
+    The kept negatives of a row are repeated cyclically to fill the group; a row whose negatives are all
+    screened keeps its lowest-scored one. Scores are permuted along, so they stay aligned with the rows.
+    """
+    names = passage_columns(columns)
+    out = {name: list(values) for name, values in columns.items()}
+    new_scores = scores.copy()
+    stats = {"negatives_screened": 0, "rows_screened": 0, "rows_all_screened": 0}
+    for r in range(scores.shape[0]):
+        negatives = scores[r, 1:]
+        keep = [j for j, s in enumerate(negatives) if s <= margin * scores[r, 0]]
+        if len(keep) == len(negatives):
+            continue
+        stats["negatives_screened"] += len(negatives) - len(keep)
+        stats["rows_screened"] += 1
+        if not keep:
+            stats["rows_all_screened"] += 1
+            keep = [int(np.argmin(negatives))]
+        for i, name in enumerate(names[1:]):
+            source = keep[i % len(keep)]
+            out[name][r] = columns[names[1 + source]][r]
+            new_scores[r, 1 + i] = scores[r, 1 + source]
+    return out, new_scores, stats
+
+
+class TeacherScores:
+    """(query key, passage key) -> teacher cosine, for turning a batch's id labels into score targets."""
+
+    def __init__(self, columns: dict[str, list[str]], scores: np.ndarray):
+        self.table: dict[tuple[int, int], float] = {}
+        for r, query in enumerate(columns["anchor"]):
+            q = text_key(query)
+            for g, name in enumerate(passage_columns(columns)):
+                self.table[(q, text_key(columns[name][r]))] = float(scores[r, g])
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """(batch, 1 + group) id labels -> (batch, group) teacher scores."""
+        rows = ids.tolist()
+        values = [[self.table[(row[0], key)] for key in row[1:]] for row in rows]
+        return torch.tensor(values, dtype=torch.float32, device=ids.device)
+
+
+def _scaled_cos(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    return pairwise_cos_sim(a, b) / temperature
+
+
+class DistilledLoss(nn.Module):
+    """Contrastive loss + ``weight`` x a distillation term, both from one forward pass.
+
+    ``contrastive`` is any loss with ``compute_loss_from_embeddings`` (the group or in-batch loss of
+    ``train.make_loss``); it gets the id labels as before. Returns the two terms as a dict, which
+    sentence-transformers' trainer sums and logs separately, or their sum when ``components`` is false
+    (``MatryoshkaLoss`` adds up plain tensors).
+    """
+
+    def __init__(
+        self,
+        model,
+        contrastive: nn.Module,
+        scores: TeacherScores,
+        loss: str = "margin_mse",
+        weight: float = 1.0,
+        temperature: float = 0.05,
+        components: bool = True,
+    ):
+        super().__init__()
+        if temperature <= 0:
+            raise ConfigError(f"distill_temperature must be > 0, got {temperature}")
+        self.model = model
+        self.contrastive = contrastive
+        self.scores = scores
+        self.weight = weight
+        self.temperature = temperature
+        self.components = components
+        similarity = partial(_scaled_cos, temperature=temperature)
+        if loss == "margin_mse":
+            self.distill = MarginMSELoss(model, similarity_fct=similarity)
+        elif loss == "kl":
+            self.distill = DistillKLDivLoss(model, similarity_fct=similarity, temperature=1.0)
+        else:
+            raise ConfigError(f"distill_loss must be margin_mse or kl, got {loss!r}")
+
+    def forward(self, sentence_features, labels: torch.Tensor):
+        embeddings = embed_columns(self.model, sentence_features)
+        return self.compute_loss_from_embeddings(embeddings, labels)
+
+    def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor], labels: torch.Tensor):
+        contrastive = self.contrastive.compute_loss_from_embeddings(embeddings, labels)
+        target = self.scores.lookup(labels) / self.temperature
+        distill = self.weight * self.distill.compute_loss_from_embeddings(embeddings, target)
+        if self.components:
+            return {"contrastive": contrastive, "distill": distill}
+        return contrastive + distill
+
+
+def prepare(config: FinetuneConfig, columns: dict[str, list[str]], out: Path):
+    """Score (and optionally screen) the training rows; returns (columns, TeacherScores, summary dict)."""
+    if config.cached_loss:
+        raise ConfigError(
+            "distill_teacher does not combine with cached_loss (GradCache): use in_batch_negatives instead"
+        )
+    if len(passage_columns(columns)) < 2:
+        raise ConfigError(
+            "distill_teacher needs n_passages >= 2: the teacher compares a positive with negatives"
+        )
+    scores, info = teacher_scores(config, columns, out)
+    if config.distill_screen_negatives is not None:
+        columns, scores, screened = screen_negatives(columns, scores, config.distill_screen_negatives)
+        info.update(screened)
+        logger.info(
+            "teacher screened %d negatives in %d rows",
+            screened["negatives_screened"],
+            screened["rows_screened"],
+        )
+    margins = scores[:, :1] - scores[:, 1:]
+    info["mean_teacher_margin"] = round(float(margins.mean()), 4)
+    return columns, TeacherScores(columns, scores), info
