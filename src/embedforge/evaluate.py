@@ -370,6 +370,7 @@ def compare_models(
     progress: bool = True,
     load_options: Mapping[str, Any] | None = None,
     general_check: bool = False,
+    reuse: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate models on one BEIR set, the first as baseline, and write the JSON, Markdown and chart reports.
 
@@ -388,6 +389,8 @@ def compare_models(
             ``query_prompt``, ``passage_prompt``, ``max_seq_length``); None values are dropped.
         general_check: also score each model on the general-domain Lee similarity set
             (``general_check``), to show a domain fine-tune kept its general quality.
+        reuse: ``{name: result}`` from an earlier ``eval_results.json`` on the same set (its ``"models"``):
+            those models are not encoded again (an MPNet pass over a large corpus costs an hour on 2 cores).
 
     Returns:
         ``{"baseline", "models": {name: evaluate_encoder result}, "deltas": {name: {metric: {"abs", "rel"}}},
@@ -407,7 +410,12 @@ def compare_models(
 
     models: dict[str, dict[str, Any]] = {}
     model_config = []
+    reuse = reuse or {}
     for i, (name, spec) in enumerate(named, 1):
+        if name in reuse:
+            models[name] = _reused(reuse[name], name, dataset, ks, dims)
+            model_config.append({"name": name, "source": f"{spec} (earlier result)", **_shape(models[name])})
+            continue
         logger.info("evaluating model %d/%d: %s", i, len(named), name)
         encoder = BiEncoder.load(spec, name=name, **options) if isinstance(spec, (str, os.PathLike)) else spec
         result = evaluate_dataset(
@@ -465,6 +473,29 @@ def compare_models(
     _write_atomic(out / CHART_FILE, render_chart(results))
     logger.info("wrote %s, %s and %s to %s", RESULTS_FILE, REPORT_FILE, CHART_FILE, out)
     return results
+
+
+def _shape(result: Mapping[str, Any]) -> dict[str, Any]:
+    return {"dimension": result["dimension"], "prompts": result["prompts"]}
+
+
+def _reused(result: Mapping[str, Any], name: str, dataset, ks, dims) -> dict[str, Any]:
+    """An earlier result, checked to be on the same queries, passages, cutoffs and dimensions."""
+    judged = {str(q) for q, docs in dataset.qrels.items() if docs}
+    same = (
+        set(result.get("per_query", {})) == judged
+        and result.get("num_passages") == len(dataset.corpus)
+        and all(m in result.get("metrics", {}) for m in _metric_names(ks))
+        and all(
+            str(d) in result.get("per_dimension", {}) or d in result.get("per_dimension", {}) for d in dims
+        )
+    )
+    if not same:
+        raise ValueError(
+            f"the earlier result of '{name}' is not on this BEIR set (queries, passages, ks or dims differ)"
+        )
+    logger.info("reusing the earlier result of %s", name)
+    return {**result, "model": name}
 
 
 def _significance(models: Mapping[str, Any], baseline: str) -> dict[str, dict[str, Any]]:
