@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from embedforge.evaluate import compare_models, format_table
-from embedforge.formats import BeirDataset
+from embedforge.formats import BeirDataset, DataFormatError
 from embedforge.significance import bootstrap_ci, paired_comparison, sign_flip_p, verdict
 
 # nDCG@10 of 8 hand-made queries for a baseline and a tuned model
@@ -139,7 +139,7 @@ def test_compare_models_reuses_an_earlier_result_and_refuses_one_from_another_se
     assert again["models"]["base"]["metrics"] == first["models"]["base"]["metrics"]
     assert again["significance"]["tuned"]["ndcg@10"]["tied"] == 1
     other = BeirDataset(dataset.corpus, {"q2": "q"}, {"q2": {"d": 1}})
-    with pytest.raises(ValueError, match="not on this BEIR set"):
+    with pytest.raises(DataFormatError, match="not on this BEIR set"):
         compare_models(
             {"base": _NeverEncode("base", vectors)}, other, tmp_path / "c", progress=False, reuse=earlier
         )

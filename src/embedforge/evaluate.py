@@ -35,9 +35,12 @@ from typing import Any
 import numpy as np
 import pytrec_eval
 
-from embedforge.formats import passage_text  # the one join of title and text, re-exported for callers
+from embedforge.formats import (
+    DataFormatError,
+    passage_text,  # the one join of title and text, re-exported for callers
+)
 from embedforge.matryoshka import unit_truncate
-from embedforge.significance import verdict
+from embedforge.significance import paired_comparison, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -413,8 +416,15 @@ def compare_models(
     reuse = reuse or {}
     for i, (name, spec) in enumerate(named, 1):
         if name in reuse:
-            models[name] = _reused(reuse[name], name, dataset, ks, dims)
-            model_config.append({"name": name, "source": f"{spec} (earlier result)", **_shape(models[name])})
+            result = models[name] = _reused(reuse[name], name, dataset, source, ks, dims)
+            model_config.append(
+                {
+                    "name": name,
+                    "source": f"{spec} (earlier result)",
+                    "dimension": result["dimension"],
+                    "prompts": result["prompts"],
+                }
+            )
             continue
         logger.info("evaluating model %d/%d: %s", i, len(named), name)
         encoder = BiEncoder.load(spec, name=name, **options) if isinstance(spec, (str, os.PathLike)) else spec
@@ -475,11 +485,7 @@ def compare_models(
     return results
 
 
-def _shape(result: Mapping[str, Any]) -> dict[str, Any]:
-    return {"dimension": result["dimension"], "prompts": result["prompts"]}
-
-
-def _reused(result: Mapping[str, Any], name: str, dataset, ks, dims) -> dict[str, Any]:
+def _reused(result: Mapping[str, Any], name: str, dataset, source: str, ks, dims) -> dict[str, Any]:
     """An earlier result, checked to be on the same queries, passages, cutoffs and dimensions."""
     judged = {str(q) for q, docs in dataset.qrels.items() if docs}
     same = (
@@ -491,8 +497,10 @@ def _reused(result: Mapping[str, Any], name: str, dataset, ks, dims) -> dict[str
         )
     )
     if not same:
-        raise ValueError(
-            f"the earlier result of '{name}' is not on this BEIR set (queries, passages, ks or dims differ)"
+        raise DataFormatError(
+            source,
+            "the earlier result is not on this BEIR set (queries, passages, ks or dims differ)",
+            field=name,
         )
     logger.info("reusing the earlier result of %s", name)
     return {**result, "model": name}
@@ -500,7 +508,6 @@ def _reused(result: Mapping[str, Any], name: str, dataset, ks, dims) -> dict[str
 
 def _significance(models: Mapping[str, Any], baseline: str) -> dict[str, dict[str, Any]]:
     """Paired bootstrap CI and sign-flip p-value of each model's per-query gain over the baseline."""
-    from embedforge.significance import paired_comparison
 
     def scores(name: str, metric: str) -> dict[str, float]:
         return {q: v[metric] for q, v in models[name].get("per_query", {}).items() if metric in v}
