@@ -58,6 +58,9 @@ def main() -> int:
         "--model", action="append", help="model name or folder, first = baseline (repeatable)"
     )
     parser.add_argument("--json", default=str(ROOT / "docs" / "bench" / "perlfaq.json"), help="'' to skip")
+    parser.add_argument(
+        "--reuse", help="eval_results.json of an earlier run on this set: its models are not encoded again"
+    )
     args = parser.parse_args()
 
     from embedforge.atomic import write_json_atomic
@@ -71,7 +74,10 @@ def main() -> int:
         f"({manifest['distractor_documents']} distractors); docs for the pipeline: {paths.docs}",
         flush=True,
     )
-    results = compare_models(args.model or ["minilm", "mpnet"], paths.beir, args.out, progress=False)
+    reuse = json.loads(Path(args.reuse).read_text())["models"] if args.reuse else None
+    results = compare_models(
+        args.model or ["minilm", "mpnet"], paths.beir, args.out, progress=False, reuse=reuse
+    )
     print(format_table(results))
     summary = summarize(results, manifest)
     if args.json:

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from embedforge.evaluate import compare_models, format_table
-from embedforge.formats import BeirDataset
+from embedforge.formats import BeirDataset, DataFormatError
 from embedforge.significance import bootstrap_ci, paired_comparison, sign_flip_p, verdict
 
 # nDCG@10 of 8 hand-made queries for a baseline and a tuned model
@@ -117,3 +117,29 @@ def test_compare_models_reports_ci_and_p_in_json_and_table(tmp_path):
     assert "95% CI (bootstrap)" in table and "| tuned | ndcg@10 |" in table
     assert "tuned vs base: nDCG@10" in table and "significant gain" in table
     assert "significant gain" in (tmp_path / "eval_report.md").read_text()
+
+
+def test_compare_models_reuses_an_earlier_result_and_refuses_one_from_another_set(tmp_path):
+    vectors = {"q": np.array([1.0, 0.0]), "right": np.array([1.0, 0.0]), "wrong": np.array([0.0, 1.0])}
+    dataset = BeirDataset({"d": {"text": "right"}, "x": {"text": "wrong"}}, {"q1": "q"}, {"q1": {"d": 1}})
+    first = compare_models({"base": _Lookup("base", vectors)}, dataset, tmp_path / "a", progress=False)
+    earlier = json.loads((tmp_path / "a" / "eval_results.json").read_text())["models"]
+
+    class _NeverEncode(_Lookup):
+        def encode_queries(self, texts, batch_size=64, progress=False):
+            raise AssertionError("a reused model must not be encoded again")
+
+    again = compare_models(
+        {"base": _NeverEncode("base", vectors), "tuned": _Lookup("tuned", vectors)},
+        dataset,
+        tmp_path / "b",
+        progress=False,
+        reuse=earlier,
+    )
+    assert again["models"]["base"]["metrics"] == first["models"]["base"]["metrics"]
+    assert again["significance"]["tuned"]["ndcg@10"]["tied"] == 1
+    other = BeirDataset(dataset.corpus, {"q2": "q"}, {"q2": {"d": 1}})
+    with pytest.raises(DataFormatError, match="not on this BEIR set"):
+        compare_models(
+            {"base": _NeverEncode("base", vectors)}, other, tmp_path / "c", progress=False, reuse=earlier
+        )

@@ -35,9 +35,12 @@ import pytrec_eval
 
 from embedforge import search
 from embedforge.atomic import atomic_write, write_json_atomic, write_text_atomic
-from embedforge.formats import passage_text  # the one join of title and text, re-exported for callers
+from embedforge.formats import (
+    DataFormatError,
+    passage_text,  # the one join of title and text, re-exported for callers
+)
 from embedforge.matryoshka import unit_truncate
-from embedforge.significance import verdict
+from embedforge.significance import paired_comparison, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -327,6 +330,7 @@ def compare_models(
     progress: bool = True,
     load_options: Mapping[str, Any] | None = None,
     general_check: bool = False,
+    reuse: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate models on one BEIR set, the first as baseline, and write the JSON, Markdown and chart reports.
 
@@ -345,6 +349,8 @@ def compare_models(
             ``query_prompt``, ``passage_prompt``, ``max_seq_length``); None values are dropped.
         general_check: also score each model on the general-domain Lee similarity set
             (``general_check``), to show a domain fine-tune kept its general quality.
+        reuse: ``{name: result}`` from an earlier ``eval_results.json`` on the same set (its ``"models"``):
+            those models are not encoded again (an MPNet pass over a large corpus costs an hour on 2 cores).
 
     Returns:
         ``{"baseline", "models": {name: evaluate_encoder result}, "deltas": {name: {metric: {"abs", "rel"}}},
@@ -364,7 +370,19 @@ def compare_models(
 
     models: dict[str, dict[str, Any]] = {}
     model_config = []
+    reuse = reuse or {}
     for i, (name, spec) in enumerate(named, 1):
+        if name in reuse:
+            result = models[name] = _reused(reuse[name], name, dataset, source, ks, dims)
+            model_config.append(
+                {
+                    "name": name,
+                    "source": f"{spec} (earlier result)",
+                    "dimension": result["dimension"],
+                    "prompts": result["prompts"],
+                }
+            )
+            continue
         logger.info("evaluating model %d/%d: %s", i, len(named), name)
         encoder = BiEncoder.load(spec, name=name, **options) if isinstance(spec, (str, os.PathLike)) else spec
         result = evaluate_dataset(
@@ -425,9 +443,29 @@ def compare_models(
     return results
 
 
+def _reused(result: Mapping[str, Any], name: str, dataset, source: str, ks, dims) -> dict[str, Any]:
+    """An earlier result, checked to be on the same queries, passages, cutoffs and dimensions."""
+    judged = {str(q) for q, docs in dataset.qrels.items() if docs}
+    same = (
+        set(result.get("per_query", {})) == judged
+        and result.get("num_passages") == len(dataset.corpus)
+        and all(m in result.get("metrics", {}) for m in _metric_names(ks))
+        and all(
+            str(d) in result.get("per_dimension", {}) or d in result.get("per_dimension", {}) for d in dims
+        )
+    )
+    if not same:
+        raise DataFormatError(
+            source,
+            "the earlier result is not on this BEIR set (queries, passages, ks or dims differ)",
+            field=name,
+        )
+    logger.info("reusing the earlier result of %s", name)
+    return {**result, "model": name}
+
+
 def _significance(models: Mapping[str, Any], baseline: str) -> dict[str, dict[str, Any]]:
     """Paired bootstrap CI and sign-flip p-value of each model's per-query gain over the baseline."""
-    from embedforge.significance import paired_comparison
 
     def scores(name: str, metric: str) -> dict[str, float]:
         return {q: v[metric] for q, v in models[name].get("per_query", {}).items() if metric in v}

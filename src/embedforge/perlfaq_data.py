@@ -187,6 +187,8 @@ def parse_pod(pod: str, split_items: bool = False) -> list[PodSection]:
 
 @dataclass(frozen=True)
 class PerlfaqPaths:
+    """Where :func:`build_perlfaq` put the pipeline's document folder, the BEIR folder and the manifest."""
+
     docs: Path
     beir: Path
     manifest: Path
