@@ -403,7 +403,7 @@ def test_an_unreachable_question_generator_inside_run_ends_in_one_line(first_run
     corpus, _, recipe, _ = first_run
     argv = ["run", "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--config", str(recipe)]
     line = _cli_error(capsys, [*argv, "sdg.base_url=http://127.0.0.1:9/v1", "sdg.max_retries=0"])
-    assert "Connection refused" in line and str(tmp_path / "run" / "sdg") in line
+    assert "connection error" in line.lower() and str(tmp_path / "run" / "sdg") in line
 
 
 def test_a_failed_verify_inside_run_ends_in_one_line_naming_the_report(run_copy, capsys):
