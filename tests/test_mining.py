@@ -412,6 +412,7 @@ def test_prep_splits_by_document_deterministically(prepped, tmp_path):
     assert split["questions"] == {
         "total": sum(map(len, QUESTIONS.values())),
         "train": sum(map(len, QUESTIONS.values())) - n_test,
+        "heading_pairs": 0,
         "test": n_test,
         "test_roundtrip_dropped": 0,
         "dropped_cross_split": 0,

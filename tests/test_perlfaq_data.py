@@ -8,6 +8,7 @@ import json
 import pytest
 
 from embedforge import perlfaq_data
+from embedforge.corpus import load_corpus
 from embedforge.formats import read_beir
 from embedforge.perlfaq_data import PodSection, build_perlfaq, collect, parse_pod, pod_inline
 
@@ -128,12 +129,18 @@ def test_build_perlfaq_writes_docs_beir_and_checksums(tmp_path, monkeypatch):
     pod_dir = _fake_pod_dir(tmp_path / "src")
     monkeypatch.setattr(perlfaq_data, "fetch_perl_pods", lambda cache_dir: pod_dir)
     paths = build_perlfaq(tmp_path / "out")
-    docs = sorted(str(p.relative_to(paths.docs)) for p in paths.docs.rglob("*.txt"))
-    assert docs == ["perlfaq4/001.txt", "perlfaq4/003.txt", "perlfunc/001.txt"]
-    text = "".join(p.read_text() for p in paths.docs.rglob("*.txt"))
+    files = sorted(str(p.relative_to(paths.docs)) for p in paths.docs.rglob("*") if p.is_file())
+    # answers are heading-free text files; a distractor page is one Markdown file with its section headings
+    assert files == ["perlfaq4/001.txt", "perlfaq4/003.txt", "perlfunc.md"]
+    text = "".join(p.read_text() for p in paths.docs.rglob("*") if p.is_file())
     assert "How do I" not in text  # no question reaches the documents the pipeline reads
+    corpus = load_corpus(paths.docs)
+    assert {(p.doc_id, p.title, p.section) for p in corpus.passages if p.doc_id == "perlfunc.md"} == {
+        ("perlfunc.md", "perlfunc", "sprintf FORMAT, LIST")
+    }
     beir = read_beir(paths.beir)
-    assert set(beir.corpus) == set(docs) and len(beir.queries) == 2
+    assert set(beir.corpus) == {"perlfaq4/001.txt", "perlfaq4/003.txt", "perlfunc/001.txt"}
+    assert len(beir.queries) == 2
     assert (paths.docs / "perlfaq4/001.txt").read_text().strip() == beir.corpus["perlfaq4/001.txt"]["text"]
     manifest = json.loads(paths.manifest.read_text())
     assert (manifest["queries"], manifest["documents"], manifest["distractor_documents"]) == (2, 3, 1)

@@ -218,6 +218,11 @@ class PrepConfig:
         "perc", "perc: skip > margin x lowest positive score; abs: skip > lowest positive - margin"
     )
     max_positives: int = setting(5, "positives kept per query for training (NVIDIA: 5)")
+    heading_pairs: bool = setting(
+        False,
+        "also train on section heading -> section body pairs of the train documents (no LLM; never in the "
+        "test set); embedforge.heading_pairs",
+    )
     test_roundtrip_top_k: int | None = setting(
         None,
         "the test set also takes the test documents' questions that sdg's round-trip filter dropped: None = "

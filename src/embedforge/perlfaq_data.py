@@ -7,10 +7,12 @@ sections of other core manual pages (perlfunc, perlop, perlsyn, perlre, perlvar,
 
 :func:`build_perlfaq` writes, under a cache folder and deterministically:
 
-- ``docs/``: one ``.txt`` file per document (section body only, no heading anywhere), the folder
-  ``embedforge run --corpus`` reads; the questions never reach the pipeline;
-- ``beir/``: the same documents as a BEIR folder (``_id`` = the file's path in ``docs/``, no title) with
-  the questions and their qrels, for ``embedforge eval --beir``;
+- ``docs/``: the folder ``embedforge run --corpus`` reads, laid out like a documentation site: each FAQ
+  answer is a ``.txt`` file of its own with no heading (its heading is the question, which must never reach
+  the pipeline), each distractor page is one Markdown file (``perlfunc.md``: ``# perlfunc``, then a
+  ``## heading`` and the body of every section it contributes);
+- ``beir/``: the same documents as a BEIR folder (``_id`` = ``page/NNN.txt``, the section's number in its
+  page; no title) with the questions and their qrels, for ``embedforge eval --beir``;
 - ``manifest.json``: counts, the ``perl-doc`` version and the SHA-256 of every written file.
 
 The POD is parsed here (:func:`parse_pod`), not by Perl: formatting codes (``C<>``, ``L<>``, ``E<>``,
@@ -230,6 +232,27 @@ def collect(pod_dir: Path) -> tuple[BeirDataset, dict[str, str]]:
     return BeirDataset(corpus, queries, qrels), headings
 
 
+def _write_docs(
+    folder: Path, dataset: BeirDataset, headings: dict[str, str], faq_docs: set[str]
+) -> list[Path]:
+    """FAQ answers as heading-free ``.txt`` files, each distractor page as one Markdown file of sections."""
+    pages: dict[str, list[str]] = {}
+    for doc_id, doc in dataset.corpus.items():
+        if doc_id in faq_docs:
+            (folder / doc_id).parent.mkdir(parents=True, exist_ok=True)
+            (folder / doc_id).write_text(doc["text"] + "\n", encoding="utf-8")
+        else:
+            page = doc_id.split("/")[0]
+            heading = f"## {headings[doc_id]}\n\n" if headings[doc_id] else ""
+            body = "\n\n".join(  # verbatim (indented) paragraphs are code: fenced, so '# comment' is no heading
+                f"```\n{para}\n```" if para[:1].isspace() else para for para in doc["text"].split("\n\n")
+            )
+            pages.setdefault(page, [f"# {page}"]).append(heading + body)
+    for page, blocks in pages.items():
+        (folder / f"{page}.md").write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
 def _debian_version(pod_dir: Path) -> str:
     """``5.36.0-7+deb12u3``: the package version, from the first line of its Debian changelog."""
     changelog = pod_dir.parents[2] / "doc" / PACKAGE / "changelog.Debian.gz"
@@ -256,13 +279,11 @@ def build_perlfaq(cache_dir: Path | str = Path(".cache/perlfaq")) -> PerlfaqPath
         return paths
     pod_dir = fetch_perl_pods(cache_dir)
     dataset, headings = collect(pod_dir)
+    faq_docs = {doc for rels in dataset.qrels.values() for doc in rels}
     with atomic_write(paths.docs) as tmp:
-        for doc_id, doc in dataset.corpus.items():
-            (tmp / doc_id).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / doc_id).write_text(doc["text"] + "\n", encoding="utf-8")
+        _write_docs(tmp, dataset, headings, faq_docs)
     write_beir(dataset, paths.beir)
     files = sorted(p for p in paths.beir.rglob("*") if p.is_file())
-    faq_docs = {doc for rels in dataset.qrels.values() for doc in rels}
     write_json_atomic(
         paths.manifest,
         {
@@ -272,7 +293,11 @@ def build_perlfaq(cache_dir: Path | str = Path(".cache/perlfaq")) -> PerlfaqPath
             "answer_documents": len(faq_docs),
             "distractor_documents": len(dataset.corpus) - len(faq_docs),
             "docs_sha256": hashlib.sha256(
-                "".join(f"{d}\t{_sha256(paths.docs / d)}\n" for d in sorted(dataset.corpus)).encode()
+                "".join(
+                    f"{p.relative_to(paths.docs)}\t{_sha256(p)}\n"
+                    for p in sorted(paths.docs.rglob("*"))
+                    if p.is_file()
+                ).encode()
             ).hexdigest(),
             "sha256": {str(p.relative_to(cache_dir)): _sha256(p) for p in files},
             "headings": headings,

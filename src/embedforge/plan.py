@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-# seconds per item on 2 CPU cores with MiniLM at up to 256 tokens (docs/benchmarks.md, 2026-11-23)
+# seconds per item on 2 CPU cores with MiniLM at up to 256 tokens (docs/benchmarks.md, 2026-11-23/27)
 SECONDS = {
-    "generate": 0.2,  # one question from the local SmolLM2-135M, batched x16 (2.5-3 passages/s at 2 questions)
+    "generate": 0.65,  # one question from the local SmolLM2-135M, batched (500 PostgreSQL pages: 1.29 s a passage)
     "embed": 0.02,  # one text embedded by MiniLM (the demo's sdg embedded its 4,521 passages in about 90 s)
     "train_text": 0.08,  # one text (query or passage) forward + backward at 256 tokens (128 x 4 texts: ~40 s)
     "load": 5.0,  # loading a model
@@ -59,6 +59,12 @@ def estimate_run(
     test_passages = round(passages * prep.test_fraction)
     test_queries = round(kept * prep.test_fraction)
     train_queries = kept - test_queries
+    if prep.heading_pairs:  # one pair per informative section heading of the train documents
+        from embedforge.heading_pairs import heading_pairs
+
+        train_queries += round(
+            len(heading_pairs(chunked.passages)) * docs / max(n_docs, 1) * (1 - prep.test_fraction)
+        )
     validating = bool(tune.val_data) or tune.validation_split > 0
     rows = max(1, round(train_queries * (1 - (0 if tune.val_data else tune.validation_split))))
     batches = plan_batches(tune, rows)
@@ -87,8 +93,9 @@ def estimate_run(
         "prep": StagePlan(
             "prep",
             f"{docs:,} documents split {1 - prep.test_fraction:.0%} / "
-            f"{prep.test_fraction:.0%}; {prep.num_negatives} hard negatives mined for ~{train_queries:,} questions",
-            timed(train_queries * embed + load),
+            f"{prep.test_fraction:.0%}; {prep.num_negatives} hard negatives mined for ~{train_queries:,} questions"
+            + (" (with the heading -> body pairs)" if prep.heading_pairs else ""),
+            timed((train_queries + passages) * embed + load),
         ),
         "finetune": StagePlan(
             "finetune",

@@ -62,6 +62,7 @@ from embedforge.formats import (
     write_corpus_id_json,
     write_inline_jsonl,
 )
+from embedforge.heading_pairs import heading_pairs
 from embedforge.layout import SDG_DROPPED_FILE as DROPPED_FILE
 from embedforge.mining import mine_hard_negatives
 from embedforge.records import DataFormatError
@@ -257,6 +258,7 @@ def render_report(report: dict) -> str:
         f"| documents with questions | {split['documents']['train']} | {split['documents']['test']} |",
         f"| questions | {split['questions']['train']} | {split['questions']['test']} "
         f"+ {split['questions'].get('test_roundtrip_dropped', 0)} the round trip dropped |",
+        f"| heading -> body pairs (training only) | {split['questions'].get('heading_pairs', 0)} | - |",
         f"| passages (mining corpus / BEIR corpus) | {split['passages']['train']} | {split['passages']['test']} |",
         f"| training records (unrolled) / qrels | {split['train_records']} | {split['test_qrels']} |",
         "",
@@ -342,6 +344,20 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     texts = {pid: passage_text({"title": p.title, "text": p.text}) for pid, p in passages.items()}
     train_corpus = {pid: texts[pid] for pid, p in passages.items() if p.doc_id not in test_set}
     test_passages = {pid: p for pid, p in passages.items() if p.doc_id in test_set}
+    train_docs_all = {p.doc_id for p in passages.values()} - test_set
+    headings = heading_pairs(passages.values(), train_docs_all) if config.heading_pairs else []
+    doc_of = {pid: p.doc_id for pid, p in passages.items()}
+    for h in headings:  # the heading-free copies join the training corpus (and may be others' negatives)
+        texts[h.body_id] = train_corpus[h.body_id] = passage_text({"title": h.title, "text": h.body})
+        doc_of[h.body_id] = h.doc_id
+    llm_train_pairs = train_pairs
+    train_pairs = train_pairs + [
+        Pair(h.question_id, h.heading, [h.body_id], h.doc_id, "heading") for h in headings
+    ]
+    # the heading-free copies are positives only (a copy next to its source would waste a negative), and a
+    # heading's source passage, which starts with the heading, is no negative of it
+    copies = frozenset(h.body_id for h in headings)
+    exclude = [copies] * len(llm_train_pairs) + [copies | {h.source_id} for h in headings]
 
     encoder = encoder or BiEncoder.load(
         config.model, query_prompt=config.query_prompt, passage_prompt=config.passage_prompt
@@ -355,14 +371,13 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
         num_negatives=config.num_negatives,
         margin=config.margin,
         margin_type=config.margin_type,
+        exclude_ids_per_query=exclude,
         candidate_pool=config.candidate_pool,
         batch_size=config.batch_size,
         progress=True,
     )
     checks = {
-        "negatives_from_test_documents": sum(
-            passages[n].doc_id in test_set for negs in negatives for n, _ in negs
-        ),
+        "negatives_from_test_documents": sum(doc_of[n] in test_set for negs in negatives for n, _ in negs),
         "negatives_that_are_positives": sum(
             n in set(pos) for negs, pos in zip(negatives, train_positives, strict=True) for n, _ in negs
         ),
@@ -384,6 +399,7 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
         + ("margin * min_positive_score" if config.margin_type == "perc" else "min_positive_score - margin"),
         "candidate_pool": config.candidate_pool,
         "max_positives": config.max_positives,
+        "heading_pairs": config.heading_pairs,
         "negative_corpus": "train documents only",
         "test_fraction": config.test_fraction,
         "seed": config.seed,
@@ -418,12 +434,17 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
             "test_documents": test_docs,
             "questions": {
                 "total": len(pairs),
-                "train": len(train_pairs),
+                "train": len(llm_train_pairs),
+                "heading_pairs": len(headings),
                 "test": len(test_pairs),
                 "test_roundtrip_dropped": len(test_extras),
                 "dropped_cross_split": dropped,
             },
-            "passages": {"total": len(passages), "train": len(train_corpus), "test": len(test_passages)},
+            "passages": {
+                "total": len(passages),
+                "train": len(train_corpus) - len(headings),
+                "test": len(test_passages),
+            },
             "train_records": len(examples),
             "test_qrels": sum(len(p.positive_ids) for p in test_questions),
             "doc_id_mismatches": mismatched,

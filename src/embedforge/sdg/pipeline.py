@@ -376,7 +376,13 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
     write_text_atomic(
         out / SDG_PASSAGES_FILE,
         jsonl(
-            {"passage_id": p.passage_id, "doc_id": p.doc_id, "text": p.text, "title": p.title}
+            {
+                "passage_id": p.passage_id,
+                "doc_id": p.doc_id,
+                "text": p.text,
+                "title": p.title,
+                "section": p.section,
+            }
             for p in corpus.passages
         ),
     )

@@ -1,0 +1,69 @@
+"""Training pairs from the documents' own structure: a section heading is a query for the section's body.
+
+Why: the title -> body pairs that E5 (Wang et al. 2022, arXiv:2212.03533) and GTE (Li et al. 2023,
+arXiv:2308.03281) pre-train on cost no generation time, and in documentation a heading ("Sorting a hash by
+value", "chomp VARIABLE") reads much like what people search for. They sit beside the LLM's questions in
+the training data only: never in the test set, which stays the generator's held-out questions.
+
+One pair per section with a heading: the query is the heading, the positive is the section's first passage
+with the heading line cut off (a positive that starts with its own query teaches string matching). The
+positive keeps the document title, as every passage does. Skipped: headings found in more than one document
+("Description", "Examples": no one's answer), headings equal to their document's title, and bodies shorter
+than ``MIN_BODY_WORDS`` words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from embedforge.corpus import Passage
+
+MIN_BODY_WORDS = 8
+BODY_SUFFIX = "#body"  # id of the heading-free copy of a passage: "<passage id>#body"
+
+
+@dataclass(frozen=True)
+class HeadingPair:
+    """A heading, the id and text of its body passage, and the id of the passage it was cut from."""
+
+    question_id: str
+    heading: str
+    body_id: str
+    body: str
+    source_id: str
+    doc_id: str
+    title: str
+
+
+def _key(heading: str) -> str:
+    return " ".join(heading.casefold().split())
+
+
+def heading_pairs(passages: Iterable[Passage], doc_ids: set[str] | None = None) -> list[HeadingPair]:
+    """Heading -> body pairs of ``passages`` (in document order), from the documents in ``doc_ids`` (None = all).
+
+    Headings are counted over every document, so a heading shared with an excluded document still counts
+    as generic.
+    """
+    passages = list(passages)
+    docs_per_heading: dict[str, set[str]] = {}
+    for p in passages:
+        if p.section:
+            docs_per_heading.setdefault(_key(p.section), set()).add(p.doc_id)
+    pairs, seen = [], set()
+    for p in passages:
+        section = (p.doc_id, p.section)
+        if not p.section or section in seen or (doc_ids is not None and p.doc_id not in doc_ids):
+            continue
+        seen.add(section)
+        if len(docs_per_heading[_key(p.section)]) > 1 or _key(p.section) == _key(p.title):
+            continue
+        body = p.text[len(p.section) :].lstrip(" :.-") if p.text.startswith(p.section) else p.text
+        if len(body.split()) < MIN_BODY_WORDS:
+            continue
+        pairs.append(
+            HeadingPair(f"h-{p.passage_id}", p.section, p.passage_id + BODY_SUFFIX, body, p.passage_id,
+                        p.doc_id, p.title)
+        )  # fmt: skip
+    return pairs

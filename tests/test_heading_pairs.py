@@ -1,0 +1,141 @@
+"""Heading -> body training pairs: which sections make pairs, and how prep trains on them without leaking."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from embedforge.config import PrepConfig
+from embedforge.corpus import Passage
+from embedforge.formats import passage_id
+from embedforge.heading_pairs import BODY_SUFFIX, heading_pairs
+from embedforge.prep import run_prep
+
+
+def _p(doc, title, section, text):
+    return Passage(passage_id(doc + text), doc, text, title, section)
+
+
+BODY = "the dough rests overnight in a cool room so the yeast can work slowly and the flavour deepens"
+
+
+def test_one_pair_per_informative_section_with_the_heading_cut_off():
+    passages = [
+        _p("a.md", "Bread", "Proofing the dough", "Proofing the dough " + BODY),
+        _p(
+            "a.md",
+            "Bread",
+            "Proofing the dough",
+            "A second passage of the same section, long enough to count.",
+        ),
+        _p("a.md", "Bread", "Overview", "Overview " + BODY + " bread"),
+        _p("b.md", "Cakes", "Overview", "Overview " + BODY + " cakes"),  # 'Overview' heads two documents
+        _p("b.md", "Cakes", "Cakes", "Cakes " + BODY + " again"),  # the heading is the document's title
+        _p("b.md", "Cakes", "Icing", "Icing too short here"),  # under 8 words once the heading is cut
+        _p("b.md", "Cakes", "", "Text before any heading has no pair " + BODY),
+        _p("c.md", "Pies", "Blind baking", "Blind baking: " + BODY),
+    ]
+    pairs = heading_pairs(passages)
+    assert [(h.heading, h.doc_id) for h in pairs] == [
+        ("Proofing the dough", "a.md"),
+        ("Blind baking", "c.md"),
+    ]
+    first = pairs[0]
+    assert first.body == BODY and first.source_id == passages[0].passage_id
+    assert first.body_id == passages[0].passage_id + BODY_SUFFIX and first.title == "Bread"
+    assert pairs[1].body == BODY  # the ':' after the heading goes too
+    # restricted to some documents; a heading shared with an excluded document is still generic
+    assert [h.doc_id for h in heading_pairs(passages, {"c.md", "b.md"})] == ["c.md"]
+    assert heading_pairs(passages, {"a.md"})[0].heading == "Proofing the dough"
+    assert "Overview" not in [h.heading for h in heading_pairs(passages, {"a.md"})]
+
+
+TOPICS = {
+    "volcano.md": ("Volcanoes", [
+        ("Lava flows", "Basaltic lava is runny and flows for kilometres before it cools and hardens into rock."),
+        ("Eruption warning signs", "Swelling ground, small earthquakes and sulphur gas warn that magma is rising."),
+        ("Ash clouds", "Fine volcanic ash grounds aircraft because it melts inside jet engines at high heat."),
+    ]),
+    "bees.md": ("Beekeeping", [
+        ("The queen bee", "A healthy queen lays up to two thousand eggs a day during the summer months."),
+        ("Smoking the hive", "Smoke masks alarm pheromones so the bees stay calm while the hive is opened."),
+        ("Varroa mites", "Oxalic acid treatments in winter keep the varroa mite population under control."),
+    ]),
+    "tea.md": ("Tea", [
+        ("Green tea processing", "Green tea leaves are steamed or pan fired soon after picking to stop oxidation."),
+        ("Oolong and black tea", "Oolong is partly oxidised while black tea is fully oxidised before drying."),
+        ("Shade grown tea", "Shading the bushes for weeks raises amino acids and makes the tea taste sweeter."),
+    ]),
+    "chess.md": ("Chess", [
+        ("The Sicilian Defence", "Black answers the king pawn opening with the c pawn to fight for the centre."),
+        ("Castling early", "Castling tucks the king into safety and connects the rooks on the back rank."),
+        ("Endgame technique", "In the endgame the king becomes an attacking piece and should walk to the centre."),
+    ]),
+    "rail.md": ("Railways", [
+        ("Overhead lines", "High speed trains draw power from overhead lines carrying twenty five kilovolts."),
+        ("Welded rail", "Continuous welded rail removes joints, making the ride quiet and smooth for riders."),
+        ("Signalling", "Signals divide the line into blocks so that only one train occupies a block at once."),
+    ]),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def prepped(tmp_path_factory):
+    """sdg-shaped files: passages with sections (heading first, as the corpus writes them), one question each."""
+    root = tmp_path_factory.mktemp("headings")
+    passages, pairs = [], []
+    for doc, (title, sections) in TOPICS.items():
+        for n, (heading, body) in enumerate(sections):
+            text = f"{heading} {body}"
+            pid = passage_id(text)
+            passages.append(
+                {"passage_id": pid, "doc_id": doc, "text": text, "title": title, "section": heading}
+            )
+            question = f"What should I know about {body.split()[0].lower()} {body.split()[1]}?"
+            pairs.append(
+                {"question_id": f"{doc}-q{n}", "question": question, "positive_ids": [pid], "doc_id": doc}
+            )
+    (root / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (root / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    config = PrepConfig(pairs=str(root / "pairs.jsonl"), out=str(root / "out"), heading_pairs=True,
+                        num_negatives=3, test_fraction=0.2)  # fmt: skip
+    return config, run_prep(config), {p["passage_id"]: p for p in passages}
+
+
+def test_prep_trains_on_heading_pairs_of_train_documents_only(prepped):
+    config, report, passages = prepped
+    out = Path(config.out)
+    test_docs = set(report["split"]["test_documents"])
+    train_docs = set(TOPICS) - test_docs
+    assert len(test_docs) == 1
+    assert report["split"]["questions"]["heading_pairs"] == 3 * len(train_docs)
+    assert report["split"]["questions"]["train"] == 3 * len(train_docs)  # the LLM's questions, counted apart
+    assert report["query_types"]["train"]["heading"] == 3 * len(train_docs)
+    data = json.loads((out / "train.json").read_text())["data"]
+    heading_records = [r for r in data if r["question_id"].startswith("h-")]
+    assert len(heading_records) == 3 * len(train_docs) and len(data) == 6 * len(train_docs)
+    inline = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    by_id = {r["question_id"]: row for r, row in zip(data, inline, strict=True)}
+    for record in heading_records:
+        source = record["question_id"][2:]
+        assert record["pos_doc"][0]["id"] == source + BODY_SUFFIX
+        assert passages[source]["doc_id"] in train_docs
+        assert record["question"] == passages[source]["section"]
+        positive = by_id[record["question_id"]]["pos_doc"]
+        assert passages[source]["section"] not in positive  # the body copy lost its heading
+        assert passages[source]["text"].endswith(positive.split(" ", 1)[1])  # title + body
+        assert source not in [n["id"] for n in record["neg_doc"]]
+    for record in data:  # the heading-free copies are never negatives
+        assert all(
+            n["id"] in passages and passages[n["id"]]["doc_id"] in train_docs for n in record["neg_doc"]
+        )
+    beir = out / "test_beir"
+    assert all(
+        BODY_SUFFIX not in json.loads(line)["_id"]
+        for line in (beir / "corpus.jsonl").read_text().splitlines()
+    )
+    assert all(
+        not json.loads(line)["_id"].startswith("h-")
+        for line in (beir / "queries.jsonl").read_text().splitlines()
+    )
+    assert report["checks"] == {"negatives_from_test_documents": 0, "negatives_that_are_positives": 0}
