@@ -34,12 +34,16 @@ def test_one_pair_per_informative_section_with_the_heading_cut_off():
         _p("b.md", "Cakes", "Icing", "Icing too short here"),  # under 8 words once the heading is cut
         _p("b.md", "Cakes", "", "Text before any heading has no pair " + BODY),
         _p("c.md", "Pies", "Blind baking", "Blind baking: " + BODY),
+        _p("d.md", "Tarts", "F.2.1. Overview", "F.2.1. Overview " + BODY),  # generic once unnumbered
+        _p("d.md", "Tarts", "12.3. Glazing a tart", "12.3. Glazing a tart " + BODY),
     ]
     pairs = heading_pairs(passages)
     assert [(h.heading, h.doc_id) for h in pairs] == [
         ("Proofing the dough", "a.md"),
         ("Blind baking", "c.md"),
+        ("Glazing a tart", "d.md"),  # numbering cut; 'Overview' under a number is still generic
     ]
+    assert pairs[2].body == BODY
     first = pairs[0]
     assert first.body == BODY and first.source_id == passages[0].passage_id
     assert first.body_id == passages[0].passage_id + BODY_SUFFIX and first.title == "Bread"

@@ -9,11 +9,12 @@ One pair per section with a heading: the query is the heading, the positive is t
 with the heading line cut off (a positive that starts with its own query teaches string matching). The
 positive keeps the document title, as every passage does. Skipped: headings found in more than one document
 ("Description", "Examples": no one's answer), headings equal to their document's title, and bodies shorter
-than ``MIN_BODY_WORDS`` words.
+than ``MIN_BODY_WORDS`` words. Section numbers ("36.4.2.") are cut from the query.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,8 +37,17 @@ class HeadingPair:
     title: str
 
 
+# "36.4.2. ", "F.10.1. ", "2) ": numbering says where a section is, not what it is about
+_NUMBERING = re.compile(r"^(?:[A-Z]\.)?\d+(?:\.\d+)*[.)]?\s+")
+
+
+def query_of(heading: str) -> str:
+    """The heading as a query: its section number cut off."""
+    return _NUMBERING.sub("", heading).strip()
+
+
 def _key(heading: str) -> str:
-    return " ".join(heading.casefold().split())
+    return " ".join(query_of(heading).casefold().split())
 
 
 def heading_pairs(passages: Iterable[Passage], doc_ids: set[str] | None = None) -> list[HeadingPair]:
@@ -63,7 +73,7 @@ def heading_pairs(passages: Iterable[Passage], doc_ids: set[str] | None = None) 
         if len(body.split()) < MIN_BODY_WORDS:
             continue
         pairs.append(
-            HeadingPair(f"h-{p.passage_id}", p.section, p.passage_id + BODY_SUFFIX, body, p.passage_id,
+            HeadingPair(f"h-{p.passage_id}", query_of(p.section), p.passage_id + BODY_SUFFIX, body, p.passage_id,
                         p.doc_id, p.title)
         )  # fmt: skip
     return pairs
