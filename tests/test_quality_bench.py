@@ -1,0 +1,88 @@
+"""benchmarks/quality.py: the spread and verdict over seeds, and the shared sdg stage the pipeline skips."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from embedforge.errors import EmbedforgeError
+from embedforge.pipeline import MARKER, Pipeline, run_pipeline
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+spec = importlib.util.spec_from_file_location("quality_bench", SCRIPT)
+quality = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(quality)
+
+
+def seed(gain, tuned, ci_low, pearson_base, pearson_tuned, synthetic=0.2):
+    return {
+        "real": {"gain": gain, "tuned": tuned, "ci95": [ci_low, ci_low + 0.05]},
+        "synthetic": {"gain": synthetic},
+        "general": {"base": pearson_base, "tuned": pearson_tuned, "drop": pearson_base - pearson_tuned},
+    }
+
+
+def test_spread_is_mean_sample_std_min_max():
+    row = quality.spread([0.1, 0.2, 0.6])
+    assert row["mean"] == pytest.approx(0.3)
+    assert row["std"] == pytest.approx(0.26457513, abs=1e-8)  # sample (n - 1) std
+    assert (row["min"], row["max"], row["n"]) == (0.1, 0.6, 3)
+    assert quality.spread([0.4])["std"] is None
+
+
+def test_claim_holds_only_when_every_criterion_does():
+    good = [seed(0.12, 0.82, 0.01, 0.656, 0.650), seed(0.10, 0.81, 0.02, 0.656, 0.647)]
+    verdict = quality.aggregate(good, mpnet_ndcg=0.815)
+    assert verdict["holds"] and all(verdict["checks"].values())
+    assert verdict["stats"]["real_gain"]["mean"] == pytest.approx(0.11)
+    assert verdict["stats"]["pearson_drop"]["max"] == pytest.approx(0.009)
+
+    # mean gain 9.5% < 10%, one CI touches 0, mean tuned below MPNet, one Pearson drop of 0.0103
+    bad = [seed(0.12, 0.80, 0.01, 0.656, 0.650), seed(0.07, 0.79, -0.001, 0.6564, 0.6461)]
+    checks = quality.aggregate(bad, mpnet_ndcg=0.815)["checks"]
+    assert not any(checks.values())
+    assert not quality.aggregate(bad, mpnet_ndcg=0.815)["holds"]
+
+
+def test_seeds_come_from_seeds_not_overrides():
+    assert quality.seed_overrides(1, 0, ["finetune.epochs=1"]) == [
+        "sdg.seed=0",
+        "prep.seed=1",
+        "finetune.seed=1",
+        "finetune.epochs=1",
+    ]
+    with pytest.raises(EmbedforgeError, match="prep.seed"):
+        quality.seed_overrides(1, 1, ["prep.seed=7"])
+
+
+def _sdg_key(corpus: Path, run: Path, overrides: list[str]) -> str:
+    pipe = Pipeline(str(corpus), str(run), "minilm_cpu", overrides)
+    cfg = pipe.config("sdg")
+    return pipe.key("sdg", cfg, pipe.inputs("sdg"))
+
+
+def test_shared_sdg_is_skipped_in_the_other_seeds_run(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "faq.md").write_text("# How do I sort a hash?\n\nUse sort on its keys, then read each value.\n")
+    first, other = tmp_path / "seed0", tmp_path / "seed1"
+    # the first seed's finished sdg stage, with the marker the pipeline writes
+    key = _sdg_key(corpus, first, quality.seed_overrides(0, 0, []))
+    (first / "sdg").mkdir(parents=True)
+    (first / "sdg" / "pairs.jsonl").write_text('{"question": "q", "pos_doc": ["p"]}\n')
+    (first / "sdg" / MARKER).write_text(json.dumps({"key": key, "status": "finished", "seconds": 600.0}))
+
+    # its own seed would generate again; the shared one has the same key in the other run folder
+    assert _sdg_key(corpus, other, quality.seed_overrides(1, 1, [])) != key
+    assert _sdg_key(corpus, other, quality.seed_overrides(1, 0, [])) == key
+
+    quality.share_sdg(first, other)
+    assert json.loads((other / "sdg" / MARKER).read_text())["key"] == key  # else run_pipeline would generate
+    summary = run_pipeline(str(corpus), str(other), "minilm_cpu", quality.seed_overrides(1, 0, []), ["sdg"])
+    assert summary["sdg"] == {"skipped": True}
+    assert (other / "sdg" / "pairs.jsonl").read_text() == (first / "sdg" / "pairs.jsonl").read_text()
+    assert (
+        Pipeline(str(corpus), str(other), "minilm_cpu", quality.seed_overrides(1, 0, [])).config("prep").seed
+        == 1
+    )
