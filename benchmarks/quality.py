@@ -7,7 +7,7 @@ memory). Then the base model, MPNet and each seed's tuned model are scored on th
 reused for every seed. Reports mean, sample std, min and max over seeds, and whether the claim holds:
 
 - mean real-question nDCG@10 gain over the base model >= +10%, and every seed's CI lower bound > 0;
-- mean tuned nDCG@10 >= MPNet's (all-mpnet-base-v2, 5x the parameters of MiniLM);
+- mean tuned nDCG@10 >= MPNet's (all-mpnet-base-v2, about 5x MiniLM's parameters);
 - general-domain check (Lee news similarity): tuned Pearson >= base - 0.01 in every seed.
 
     .venv/bin/python benchmarks/quality.py --seeds 0 1 2 [--recipe minilm_cpu] [--run-dir runs/quality]
@@ -73,9 +73,11 @@ def seed_overrides(seed: int, sdg_seed: int, user: list[str]) -> list[str]:
     return [f"sdg.seed={sdg_seed}", f"prep.seed={seed}", f"finetune.seed={seed}", *user]
 
 
-def run_seed(docs: Path, run: Path, recipe: str, overrides: list[str]) -> float | None:
-    """``embedforge run`` in a child process; its peak resident memory in MiB (None when nothing ran)."""
+def run_seed(docs: Path, run: Path, recipe: str, overrides: list[str]) -> None:
+    """``embedforge run`` in a child process; appends its peak resident memory (MiB) to the run's
+    ``peak_memory.json`` when it did work, so a resumed or re-summarized run keeps the number."""
     import embedforge
+    from embedforge.atomic import write_json_atomic
 
     before = {s: (run / s / ".stage.json").read_bytes() for s in STAGES if (run / s / ".stage.json").exists()}
     env = dict(os.environ)
@@ -90,19 +92,9 @@ def run_seed(docs: Path, run: Path, recipe: str, overrides: list[str]) -> float 
     child.returncode = code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise QualityBenchError(f"embedforge run for {run} failed (exit {code}); its output is above")
-    ran = [s for s in STAGES if before.get(s) != (run / s / ".stage.json").read_bytes()]
-    return round(usage.ru_maxrss / 1024, 1) if ran else None  # ru_maxrss is in KiB on Linux
-
-
-def record_peak(run: Path, peak_mib: float | None) -> None:
-    """Peak memory of every invocation that did work, so a resumed or re-summarized run keeps it."""
-    from embedforge.atomic import write_json_atomic
-
-    if peak_mib is None:
-        return
-    path = run / "peak_memory.json"
-    runs = _json(path)["runs"] if path.exists() else []
-    write_json_atomic(path, {"runs": [*runs, peak_mib]})
+    if any(before.get(s) != (run / s / ".stage.json").read_bytes() for s in STAGES):
+        path, peak = run / "peak_memory.json", round(usage.ru_maxrss / 1024, 1)  # ru_maxrss: KiB on Linux
+        write_json_atomic(path, {"runs": [*(_json(path)["runs"] if path.exists() else []), peak]})
 
 
 def share_sdg(first: Path, run: Path) -> None:
@@ -120,11 +112,8 @@ def evaluate_seed(run: Path, beir: Path, base_name: str, base_results: dict, nam
     from embedforge.evaluate import compare_models
 
     out, key = run / "perlfaq", _marker(run, "finetune")["key"]
-    if (
-        (out / RESULTS).exists()
-        and (out / "source.json").exists()
-        and _json(out / "source.json") == {"key": key}
-    ):
+    scored = (out / "source.json").exists() and _json(out / "source.json") == {"key": key}
+    if scored and (out / RESULTS).exists():
         return _json(out / RESULTS)
     models = {base_name: base_name, name: str(run / "finetune" / "model"), REFERENCE: REFERENCE}
     results = compare_models(models, beir, out, progress=False, reuse=base_results["models"])
@@ -162,12 +151,8 @@ def summarize_seed(seed: int, run: Path, base_results: dict, first_sdg_key: str 
         "stage_seeds": {s: markers[s]["config"].get("seed") for s in SEEDED},
         "sdg_shared": shared,
         "real": {
-            "base": sig["base"],
-            "tuned": sig["model"],
-            "gain": sig["rel"],
-            "diff": sig["diff"],
-            "ci95": sig["ci95"],
-            "p": sig["p"],
+            **{k: sig[k] for k in ("base", "diff", "ci95", "p")},
+            **{"tuned": sig["model"], "gain": sig["rel"]},
             "vs_mpnet": {k: vs_ref[k] for k in ("diff", "ci95", "p")},
         },
         "synthetic": {
@@ -214,78 +199,70 @@ def aggregate(seeds: list[dict], mpnet_ndcg: float) -> dict:
     return {"stats": stats, "mpnet_ndcg@10": mpnet_ndcg, "checks": checks, "holds": all(checks.values())}
 
 
-def _ci(ci: list[float] | None) -> str:
-    return "n/a" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+def _f(value, spec: str) -> str:
+    """``value`` formatted, "n/a" when absent; a pair is a CI."""
+    if value is None:
+        return "n/a"
+    return f"[{value[0]:{spec}}, {value[1]:{spec}}]" if isinstance(value, list) else format(value, spec)
 
 
-def _p(p: float | None) -> str:
-    return "n/a" if p is None else f"{p:.4f}"
-
-
-def _sd(row: dict, fmt: str) -> str:
-    return "n/a" if row["std"] is None else format(row["std"], fmt)
+STAT_ROWS = {
+    "real_gain": ("real-question nDCG@10 gain", "+.1%"),
+    "real_tuned_ndcg@10": ("tuned nDCG@10 on real questions", ".4f"),
+    "synthetic_gain": ("held-out (generated) nDCG@10 gain", "+.1%"),
+    "pearson_drop": ("Pearson drop (base - tuned)", "+.4f"),
+}
 
 
 def render(summary: dict) -> str:
-    agg, seeds = summary["aggregate"], summary["seeds"]
-    data = summary["perlfaq"]
-    shared = any(s["sdg_shared"] for s in seeds)
+    agg, seeds, data = summary["aggregate"], summary["seeds"], summary["perlfaq"]
+    overrides = f" with `{' '.join(summary['overrides'])}`" if summary["overrides"] else ""
     lines = [
         START,
-        f"`{summary['command']}`, {summary['date']}, {summary['machine']}. Recipe `{summary['recipe']}`"
-        + (f" with `{' '.join(summary['overrides'])}`" if summary["overrides"] else "")
-        + f", seeds {', '.join(map(str, summary['seeds_run']))}. Each seed runs sdg -> prep -> finetune -> eval "
-        f"on the Perl FAQ's documents ({data['documents']:,} pages incl. {data['distractor_documents']:,} "
-        f"distractors), then the base and tuned models answer the FAQ's {data['queries']} real questions "
-        "(paired 95% bootstrap CI and sign-flip p of tuned vs base).",
+        f"`{summary['command']}`, {summary['date']}, {summary['machine']}, {summary['cores']} CPU cores. "
+        f"Recipe `{summary['recipe']}`{overrides}, seeds {', '.join(map(str, summary['seeds_run']))}. Each seed "
+        f"runs sdg -> prep -> finetune -> eval on the Perl FAQ's documents ({data['documents']:,} pages incl. "
+        f"{data['distractor_documents']:,} distractors); then the base and tuned models answer the FAQ's "
+        f"{data['queries']} real questions (paired 95% bootstrap CI and sign-flip p of tuned vs base).",
         "",
         "The seeds vary the split, mining and training but share one set of generated questions "
-        "(`--shared-sdg`): the spread below does not include question generation."
-        if shared
+        "(`--shared-sdg`): the spread below leaves out question generation."
+        if any(s["sdg_shared"] for s in seeds)
         else "Each seed generates its own questions and varies the split, mining and training.",
         "",
         "| seed (sdg/prep/ft) | real nDCG@10 base -> tuned | gain | CI of diff | p | tuned - MPNet (CI, p) "
-        "| held-out gain (CI) | Pearson base -> tuned | time s (sdg/prep/ft/eval) | peak MiB |",
+        "| held-out gain (CI of diff) | Pearson base -> tuned | seconds sdg/prep/ft/eval | peak MiB |",
         "|---:|---|---:|---|---:|---|---|---|---|---:|",
     ]
     for s in seeds:
-        r, y, g, t = s["real"], s["synthetic"], s["general"], s["stage_seconds"]
-        vs = r["vs_mpnet"]
-        sdg_time = "shared" if s["sdg_shared"] else t["sdg"]
+        r, y, g, t, vs = s["real"], s["synthetic"], s["general"], s["stage_seconds"], s["real"]["vs_mpnet"]
         used = "/".join(str(v) for v in s["stage_seeds"].values())
+        sdg = "shared" if s["sdg_shared"] else t["sdg"]
         lines.append(
-            f"| {s['seed']} ({used}) | {r['base']:.4f} -> {r['tuned']:.4f} | **{r['gain']:+.1%}** | {_ci(r['ci95'])} "
-            f"| {_p(r['p'])} | {vs['diff']:+.4f} ({_ci(vs['ci95'])}, {_p(vs['p'])}) "
-            f"| {y['gain']:+.1%} ({_ci(y['ci95'])}) | {g['base']:.4f} -> {g['tuned']:.4f} "
-            f"| {sdg_time}/{t['prep']}/{t['finetune']}/{t['eval']} | {s['peak_memory_mib'] or 'n/a'} |"
+            f"| {s['seed']} ({used}) | {r['base']:.4f} -> {r['tuned']:.4f} | **{r['gain']:+.1%}** "
+            f"| {_f(r['ci95'], '+.4f')} | {_f(r['p'], '.4f')} | {vs['diff']:+.4f} ({_f(vs['ci95'], '+.4f')}, "
+            f"{_f(vs['p'], '.4f')}) | {y['gain']:+.1%} ({_f(y['ci95'], '+.4f')}) "
+            f"| {g['base']:.4f} -> {g['tuned']:.4f} | {sdg}/{t['prep']}/{t['finetune']}/{t['eval']} "
+            f"| {_f(s['peak_memory_mib'], '.0f')} |"
         )
-    names = {
-        "real_gain": ("real-question nDCG@10 gain", "+.1%"),
-        "real_tuned_ndcg@10": ("tuned nDCG@10 on real questions", ".4f"),
-        "synthetic_gain": ("held-out (generated) nDCG@10 gain", "+.1%"),
-        "pearson_drop": ("Pearson drop (base - tuned)", "+.4f"),
-    }
     lines += ["", "| over seeds | mean | sample std | min | max |", "|---|---:|---:|---:|---:|"]
-    for key, (label, fmt) in names.items():
+    for key, (label, spec) in STAT_ROWS.items():
         row = agg["stats"][key]
-        lines.append(
-            f"| {label} | {row['mean']:{fmt}} | {_sd(row, fmt.lstrip('+'))} | {row['min']:{fmt}} "
-            f"| {row['max']:{fmt}} |"
-        )
-    lines += [
-        "",
-        f"MPNet (untuned) scores nDCG@10 {agg['mpnet_ndcg@10']:.4f} on the same questions.",
-        "",
-        "| acceptance | status |",
-        "|---|---|",
-    ]
-    lines += [f"| {name} | {'met' if ok else '**not met**'} |" for name, ok in agg["checks"].items()]
+        cells = [_f(row[k], spec.lstrip("+") if k == "std" else spec) for k in ("mean", "std", "min", "max")]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    gain, tuned = agg["stats"]["real_gain"], agg["stats"]["real_tuned_ndcg@10"]
     failed = [name for name, ok in agg["checks"].items() if not ok]
+    lines += ["", "| acceptance | status |", "|---|---|"]
+    lines += [f"| {name} | {'met' if ok else '**not met**'} |" for name, ok in agg["checks"].items()]
     lines += [
         "",
-        "**The claim holds**: every criterion is met."
-        if agg["holds"]
-        else f"**The claim does not hold**: not met: {'; '.join(failed)}.",
+        f"Over {gain['n']} seed(s) tuning gains {gain['mean']:+.1%} nDCG@10 on the real questions (sample "
+        f"std {_f(gain['std'], '.1%')}); tuned {tuned['mean']:.4f} vs untuned MPNet {agg['mpnet_ndcg@10']:.4f}. "
+        + (
+            "**The claim holds**: every criterion is met."
+            if agg["holds"]
+            else f"**The claim does not hold**: not met: {'; '.join(failed)}."
+        ),
         "",
         "Raw: `docs/bench/quality.json`.",
         END,
@@ -354,7 +331,7 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
             if args.shared_sdg and s != seeds[0]:
                 share_sdg(runs[seeds[0]], runs[s])
             overrides = seed_overrides(s, seeds[0] if args.shared_sdg else s, args.overrides)
-            record_peak(runs[s], run_seed(paths.docs, runs[s], args.recipe, overrides))
+            run_seed(paths.docs, runs[s], args.recipe, overrides)
             if args.shared_sdg and _marker(runs[s], "sdg") != _marker(runs[seeds[0]], "sdg"):
                 raise QualityBenchError(
                     f"{runs[s] / 'sdg'}: sdg ran again instead of reusing seed {seeds[0]}'s"
@@ -365,7 +342,8 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     manifest = _json(paths.manifest)
     summary = {
         "date": dt.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
         "command": shlex.join(["python", "benchmarks/quality.py", *argv]),
         "recipe": args.recipe,
         "overrides": args.overrides,

@@ -86,3 +86,17 @@ def test_shared_sdg_is_skipped_in_the_other_seeds_run(tmp_path):
         Pipeline(str(corpus), str(other), "minilm_cpu", quality.seed_overrides(1, 0, [])).config("prep").seed
         == 1
     )
+
+
+def test_section_replaces_only_the_text_between_the_markers(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\nbefore\n{quality.START}\nold numbers\n{quality.END}\nafter\n")
+    quality.write_section(doc, f"{quality.START}\nnew numbers\n{quality.END}")
+    assert doc.read_text() == f"# Benchmarks\n\nbefore\n{quality.START}\nnew numbers\n{quality.END}\nafter\n"
+
+
+def test_a_failed_run_names_its_folder_and_records_no_memory(tmp_path):
+    run = tmp_path / "seed0"
+    with pytest.raises(EmbedforgeError, match=r"embedforge run for .*seed0 failed \(exit 2\)"):
+        quality.run_seed(tmp_path / "no-corpus", run, "minilm_cpu", quality.seed_overrides(0, 0, []))
+    assert not (run / "peak_memory.json").exists()
