@@ -313,12 +313,17 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     from embedforge.atomic import write_json_atomic
     from embedforge.config import load_config
     from embedforge.evaluate import compare_models
-    from embedforge.perlfaq_data import build_perlfaq
+    from embedforge.perlfaq_data import PerlfaqPaths, build_perlfaq
 
     run_dir, seeds = Path(args.run_dir), list(dict.fromkeys(args.seeds))
     runs = {s: run_dir / f"seed{s}" for s in seeds}
     base_name = load_config("finetune", args.recipe, args.overrides).base_model
-    paths = build_perlfaq(args.cache_dir)
+    cache = Path(args.cache_dir)  # a summary only reads the manifest: it never downloads
+    paths = (
+        PerlfaqPaths(cache / "docs", cache / "beir", cache / "manifest.json")
+        if args.summarize_only
+        else build_perlfaq(cache)
+    )
     base_file = Path(args.base_results) if args.base_results else run_dir / "perlfaq_base" / RESULTS
     if not base_file.exists() and not args.summarize_only:
         compare_models([base_name, REFERENCE], paths.beir, base_file.parent, progress=False)
