@@ -100,3 +100,55 @@ def test_a_failed_run_names_its_folder_and_records_no_memory(tmp_path):
     with pytest.raises(EmbedforgeError, match=r"embedforge run for .*seed0 failed \(exit 2\)"):
         quality.run_seed(tmp_path / "no-corpus", run, "minilm_cpu", quality.seed_overrides(0, 0, []))
     assert not (run / "peak_memory.json").exists()
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def _scored(scores: list[float]) -> dict:
+    return {"per_query": {f"q{i}": {"ndcg@10": v} for i, v in enumerate(scores)}}
+
+
+def test_a_seed_summary_reads_markers_both_evaluations_and_peak_memory(tmp_path):
+    run = tmp_path / "seed1"
+    for stage, seconds in (("sdg", 600.0), ("prep", 5.0), ("finetune", 900.0), ("eval", 40.0)):
+        config = {"seed": 0 if stage == "sdg" else 1} if stage != "eval" else {}
+        _write(
+            run / stage / MARKER, {"key": stage, "status": "finished", "seconds": seconds, "config": config}
+        )
+    general = {"minilm": 0.656, "tuned": 0.650}
+    _write(
+        run / "eval" / "eval_results.json",
+        {
+            "baseline": "minilm",
+            "models": {
+                n: {"num_queries": 76, "metrics": {"ndcg@10": v}, "general_check": {"pearson": general[n]}}
+                for n, v in (("minilm", 0.50), ("tuned", 0.55))
+            },
+            "deltas": {"tuned": {"ndcg@10": {"rel": 0.10}}},
+        },
+    )
+    base = {"minilm": _scored([0.5, 0.5, 1.0, 0.0]), "mpnet": _scored([1.0, 1.0, 1.0, 1.0])}
+    tuned = _scored([1.0, 0.5, 1.0, 0.5])
+    significance = {"base": 0.5, "model": 0.75, "diff": 0.25, "rel": 0.5, "ci95": [0.0, 0.5], "p": 0.25}
+    _write(
+        run / "perlfaq" / "eval_results.json",
+        {
+            "baseline": "minilm",
+            "models": {**base, "tuned seed 1": tuned},
+            "significance": {"tuned seed 1": {"ndcg@10": significance}},
+        },
+    )
+    _write(run / "peak_memory.json", {"runs": [1500.0, 2100.5]})
+
+    s = quality.summarize_seed(1, run, {"models": base}, first_sdg_key="sdg")
+    assert s["stage_seeds"] == {"sdg": 0, "prep": 1, "finetune": 1} and s["sdg_shared"]
+    assert (s["real"]["base"], s["real"]["tuned"], s["real"]["gain"]) == (0.5, 0.75, 0.5)
+    assert s["real"]["vs_mpnet"]["diff"] == pytest.approx(0.75 - 1.0)  # tuned vs MPNet, paired per query
+    assert s["synthetic"]["gain"] == 0.10 and s["synthetic"]["ci95"] is None
+    assert s["general"]["drop"] == pytest.approx(0.006)
+    assert s["stage_seconds"] == {"sdg": 600.0, "prep": 5.0, "finetune": 900.0, "eval": 40.0}
+    assert s["peak_memory_mib"] == 2100.5
+    assert not quality.summarize_seed(1, run, {"models": base}, first_sdg_key="other")["sdg_shared"]
