@@ -3,7 +3,7 @@
 :func:`fetch_postgres_manual` downloads the Debian package ``postgresql-doc-15`` with ``apt-get download``
 (no root needed), unpacks it with ``dpkg-deb -x`` into a cache folder and returns the folder of HTML
 pages. It runs once: later calls find the extracted pages and return at once. Extraction goes through
-``atomic_write``, so an interrupted run never leaves a half-extracted package behind. ``make demo`` and ``benchmarks/quality.py`` run ``embedforge run`` on that folder.
+``atomic_write``, so an interrupted run never leaves a half-extracted package behind. ``make demo`` runs ``embedforge run`` on that folder.
 
 Example::
 
