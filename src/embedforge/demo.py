@@ -144,8 +144,8 @@ def main(run_dir: str = "runs/demo", cache_dir: str = ".cache/perlfaq") -> int:
     print(
         f"\ngenerated questions on held-out pages: {prep['documents']['test']} pages "
         f"({questions['test'] + questions.get('test_roundtrip_dropped', 0)} questions over "
-        f"{prep['passages']['test']} passages); trained on {questions['train']} generated questions and "
-        f"{questions.get('heading_pairs', 0)} heading -> body pairs from {prep['documents']['train']} pages"
+        f"{prep['passages']['test']} passages); trained on {questions['train']} generated questions from "
+        f"{prep['documents']['train']} pages and {questions.get('heading_pairs', 0)} heading -> body pairs"
     )
     print(format_table(results))
     print(f"\nONNX export: {run / 'export'}")
