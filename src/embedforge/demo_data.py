@@ -1,9 +1,11 @@
-"""The demo corpus: the PostgreSQL 15 manual from Debian.
+"""Documentation corpora from Debian packages, fetched without root.
 
-:func:`fetch_postgres_manual` downloads the Debian package ``postgresql-doc-15`` with ``apt-get download``
-(no root needed), unpacks it with ``dpkg-deb -x`` into a cache folder and returns the folder of HTML
-pages. It runs once: later calls find the extracted pages and return at once. Extraction goes through
-``atomic_write``, so an interrupted run never leaves a half-extracted package behind. ``make demo`` runs ``embedforge run`` on that folder.
+:func:`fetch_debian_package` downloads a package with ``apt-get download``, unpacks it with ``dpkg-deb -x``
+into a cache folder and returns a folder inside it: ``embedforge.perlfaq_data`` uses it for ``perl-doc``
+(the corpus of ``make demo`` and of the real-question benchmark). :func:`fetch_postgres_manual` does it for
+the PostgreSQL 15 manual's HTML pages (``postgresql-doc-15``, the corpus of ``benchmarks/sdg_speed.py``).
+Each runs once: later calls find the extracted files and return at once. Extraction goes through
+``atomic_write``, so an interrupted run never leaves a half-extracted package behind.
 
 Example::
 
