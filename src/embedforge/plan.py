@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-# seconds per item on 2 CPU cores with MiniLM at up to 256 tokens (docs/benchmarks.md, 2026-11-23/27)
+# seconds per item on 2 CPU cores with MiniLM at up to 256 tokens (docs/benchmarks.md, 2026-11-27)
 SECONDS = {
-    "generate": 0.65,  # one question from the local SmolLM2-135M, batched (500 PostgreSQL pages: 1.29 s a passage)
+    "generate": 0.8,  # one question from the local SmolLM2-135M, batched (1.29-1.86 s a passage of 2 questions)
     "embed": 0.02,  # one text embedded by MiniLM (the demo's sdg embedded its 4,521 passages in about 90 s)
-    "train_text": 0.08,  # one text (query or passage) forward + backward at 256 tokens (128 x 4 texts: ~40 s)
+    "train_text": 0.135,  # one text (query or passage) forward + backward at 256 tokens (64 x 4 texts: ~37 s)
     "load": 5.0,  # loading a model
     "general_check": 10.0,  # eval's general-domain check, per model
     "export": 40.0,  # fp32 + int8 export with parity checks (the demo's export stage)
@@ -95,7 +95,7 @@ def estimate_run(
             f"{docs:,} documents split {1 - prep.test_fraction:.0%} / "
             f"{prep.test_fraction:.0%}; {prep.num_negatives} hard negatives mined for ~{train_queries:,} questions"
             + (" (with the heading -> body pairs)" if prep.heading_pairs else ""),
-            timed((train_queries + passages) * embed + load),
+            timed(train_queries * embed + load),  # the passages' vectors come from sdg's round trip
         ),
         "finetune": StagePlan(
             "finetune",
