@@ -11,11 +11,11 @@ import pytest
 import pytrec_eval
 
 from embedforge import evaluate as ev
+from embedforge.eval_report import format_table
 from embedforge.evaluate import (
     compare_models,
     compute_metrics,
     evaluate_encoder,
-    format_table,
     passage_text,
     per_query_metrics,
     retrieve,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from embedforge.evaluate import compare_models, format_table
+from embedforge.eval_report import format_table
+from embedforge.evaluate import compare_models
 from embedforge.formats import BeirDataset, DataFormatError
 from embedforge.significance import bootstrap_ci, paired_comparison, sign_flip_p, verdict
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import io
-import json
 import logging
 import os
 import time
@@ -40,7 +38,7 @@ from embedforge.formats import (
     passage_text,  # the one join of title and text, re-exported for callers
 )
 from embedforge.matryoshka import unit_truncate
-from embedforge.significance import paired_comparison, verdict
+from embedforge.significance import paired_comparison
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +107,7 @@ def _metric_name(measure: str) -> str:
     return f"{_FAMILIES[family]}@{k}"
 
 
-def _metric_names(ks: Iterable[int]) -> list[str]:
+def metric_names(ks: Iterable[int]) -> list[str]:
     """Report order: every family at every k, then MRR@10."""
     return [f"{prefix}@{k}" for prefix in _FAMILIES.values() for k in ks] + [f"mrr@{MRR_CUTOFF}"]
 
@@ -146,7 +144,7 @@ def per_query_metrics(
     top_mrr = {q: dict(_trec_order(docs)[:MRR_CUTOFF]) for q, docs in ranked.items()}
     reciprocal = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top_mrr)
 
-    names = _metric_names(ks)
+    names = metric_names(ks)
     result = {}
     for q in judged:
         values = dict.fromkeys(names, 0.0)
@@ -180,7 +178,7 @@ def compute_metrics(
 
 
 def _mean_metrics(per_query: Mapping[str, Mapping[str, float]], ks: Sequence[int]) -> dict[str, float]:
-    names = _metric_names(sorted({int(k) for k in ks}))
+    names = metric_names(sorted({int(k) for k in ks}))
     return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in names}
 
 
@@ -278,12 +276,13 @@ def evaluate_dataset(encoder, dataset, **kwargs) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- comparison
 
 
-def _delta(tuned: float, base: float) -> dict[str, float | None]:
+def delta(tuned: float, base: float) -> dict[str, float | None]:
+    """Absolute and relative change of a metric (relative None when the base is 0)."""
     return {"abs": tuned - base, "rel": (tuned - base) / base if base else None}
 
 
 def _deltas(tuned: Mapping[str, float], base: Mapping[str, float]) -> dict[str, dict[str, float | None]]:
-    return {name: _delta(tuned[name], base[name]) for name in base if name in tuned}
+    return {name: delta(tuned[name], base[name]) for name in base if name in tuned}
 
 
 def _load_dataset(beir_dir_or_dataset, split: str):
@@ -436,6 +435,8 @@ def compare_models(
 
     out = Path(out_dir)
     write_json_atomic(out / RESULTS_FILE, results)
+    from embedforge.eval_report import render_chart, render_report
+
     write_text_atomic(out / REPORT_FILE, render_report(results))
     with atomic_write(out / CHART_FILE) as tmp:
         tmp.write_bytes(render_chart(results))
@@ -449,7 +450,7 @@ def _reused(result: Mapping[str, Any], name: str, dataset, source: str, ks, dims
     same = (
         set(result.get("per_query", {})) == judged
         and result.get("num_passages") == len(dataset.corpus)
-        and all(m in result.get("metrics", {}) for m in _metric_names(ks))
+        and all(m in result.get("metrics", {}) for m in metric_names(ks))
         and all(
             str(d) in result.get("per_dimension", {}) or d in result.get("per_dimension", {}) for d in dims
         )
@@ -514,136 +515,6 @@ def run_eval(config, *, loaded: Mapping[str, Any] | None = None) -> dict[str, An
             "max_seq_length": config.max_seq_length,
         },
     )
+    from embedforge.eval_report import format_table
+
     return {**results, "table": format_table(results)}
-
-
-# -------------------------------------------------------------------------------------------- reports
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def _fmt_abs(value: float) -> str:
-    return f"{value:+.4f}"
-
-
-def _fmt_rel(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:+.1f}%"
-
-
-def _table(
-    rows: list[str], values: Mapping[str, Mapping[str, float]], names: list[str], label: str
-) -> list[str]:
-    """Rows x models with, for each non-baseline model, its absolute and relative delta vs the first."""
-    base, others = names[0], names[1:]
-    header = [label, *names] + [h for n in others for h in (f"Δ {n}", f"Δ% {n}")]
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
-    for row in rows:
-        cells = [row] + [f"{values[n][row]:.4f}" for n in names]
-        for n in others:
-            delta = _delta(values[n][row], values[base][row])
-            cells += [_fmt_abs(delta["abs"]), _fmt_rel(delta["rel"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def format_table(results: Mapping[str, Any]) -> str:
-    """The Markdown comparison table (metric rows x model columns, deltas vs the first model).
-
-    With Matryoshka dimensions, a second table gives nDCG@10 and Recall@10 per dimension. Works on the
-    dict ``compare_models`` returns and on ``eval_results.json`` read back.
-    """
-    models = results["models"]
-    names = list(models)
-    ks = results.get("config", {}).get("ks") or DEFAULT_KS
-    metrics = {n: models[n]["metrics"] for n in names}
-    rows = [m for m in _metric_names(ks) if all(m in metrics[n] for n in names)]
-    lines = _table(rows, metrics, names, "metric")
-
-    per_dim = {n: {int(d): v for d, v in models[n].get("per_dimension", {}).items()} for n in names}
-    dims = sorted(set.intersection(*(set(p) for p in per_dim.values())))
-    if dims:
-        values = {
-            n: {f"{m} @ {d}d": per_dim[n][d][m] for d in dims for m in DIMENSION_METRICS} for n in names
-        }
-        lines += ["", *_table(list(values[names[0]]), values, names, "metric @ dimension")]
-    significance = results.get("significance") or {}
-    rows = [
-        (n, m, significance[n][m])
-        for n in names[1:]
-        for m in SIGNIFICANCE_METRICS
-        if m in significance.get(n, {})
-    ]
-    if rows:
-        lines += [
-            "",
-            f"| paired test vs {_cell(names[0])} | metric | Δ | 95% CI (bootstrap) | p (sign flip) | better / worse / tied | significant |",
-            "|---|---|---:|---:|---:|---:|---|",
-        ]
-        for n, m, r in rows:
-            lines.append(
-                f"| {_cell(n)} | {m} | {_fmt_abs(r['diff'])} | [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}] | "
-                f"{r['p']:.3g} | {r['better']} / {r['worse']} / {r['tied']} | {'yes' if r['significant'] else 'no'} |"
-            )
-        lines += [""] + [
-            "- " + verdict(n, names[0], significance[n][PRIMARY_METRIC]) + "."
-            for n in names[1:]
-            if PRIMARY_METRIC in significance.get(n, {})
-        ]
-    general = {n: models[n].get("general_check") or {} for n in names}
-    if all("pearson" in g for g in general.values()):
-        values = {n: {f"lee {m}": general[n][m] for m in ("pearson", "spearman")} for n in names}
-        lines += ["", *_table(list(values[names[0]]), values, names, "general domain (Lee news similarity)")]
-    return "\n".join(lines)
-
-
-def render_report(results: Mapping[str, Any]) -> str:
-    """The full ``eval_report.md``: what was evaluated, the tables, the chart."""
-    config = results.get("config", {})
-    names = list(results["models"])
-    lines = [
-        "# Retrieval evaluation",
-        "",
-        f"- dataset: `{config.get('dataset', '?')}` (split `{config.get('split', '?')}`), "
-        f"{config.get('num_queries', '?')} judged queries, {config.get('num_passages', '?')} passages",
-        f"- baseline: **{_cell(results['baseline'])}**; Δ = model - baseline, Δ% = Δ / baseline",
-        f"- metrics: pytrec_eval (trec_eval semantics, as BEIR), mean over judged queries; "
-        f"retrieval: {config.get('retrieval', 'exact inner product')}",
-    ]
-    for model in config.get("models", []):
-        lines.append(
-            f"- `{_cell(model['name'])}`: {model['source']}, {model['dimension']} dims, prompts `{json.dumps(model['prompts'])}`"
-        )
-    lines += ["", format_table(results), "", f"![{', '.join(CHART_METRICS)} per model]({CHART_FILE})", ""]
-    seconds = ", ".join(f"{_cell(n)} {results['models'][n]['seconds']:.1f}s" for n in names)
-    lines += [f"Time per model (embedding + retrieval): {seconds}.", ""]
-    return "\n".join(lines)
-
-
-def render_chart(results: Mapping[str, Any]) -> bytes:
-    """PNG bytes of a grouped bar chart: nDCG@10, Recall@10, MAP@10, MRR@10 for each model."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    models = results["models"]
-    names = list(models)
-    metrics = [m for m in CHART_METRICS if all(m in models[n]["metrics"] for n in names)]
-    fig = Figure(figsize=(2 + len(metrics) * (0.6 + 0.45 * len(names)), 4.6), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    width = 0.8 / len(names)
-    x = np.arange(len(metrics))
-    for i, name in enumerate(names):
-        heights = [models[name]["metrics"][m] for m in metrics]
-        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, heights, width, label=name)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
-    ax.set_xticks(x, metrics)
-    ax.set_ylim(0, min(1.1, max([models[n]["metrics"][m] for n in names for m in metrics] + [0.1]) * 1.15))
-    ax.set_ylabel("score")
-    ax.set_title(f"Retrieval quality vs baseline '{results['baseline']}'")
-    fig.legend(loc="outside lower center", ncols=min(len(names), 4), fontsize=8, frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
