@@ -316,7 +316,7 @@ def test_openai_run_writes_the_schema_and_each_filter_removes_what_it_should(stu
     out = Path(config.out)
 
     passages = read_jsonl(out / "passages.jsonl")
-    assert passages and all(set(p) == {"passage_id", "doc_id", "text", "title"} for p in passages)
+    assert passages and all(set(p) == {"passage_id", "doc_id", "text", "title", "section"} for p in passages)
     ids = {p["passage_id"]: p for p in passages}
     pairs = read_jsonl(out / "pairs.jsonl")
     assert pairs and len(pairs) == report["kept"]

@@ -13,7 +13,10 @@ from openai import BadRequestError, OpenAI
 from platform_proc import PlatformProcess
 from tutorial import MINILM, NS, client_for, evaluate
 
+from tiny_models import tiny_bert
+
 pytestmark = pytest.mark.slow
+TINY = "local/tiny-bert"  # an operator's --base-model folder: exports and serves in seconds, unlike MiniLM
 
 
 def _wait_deployment(url: str, name: str, timeout: float = 900) -> dict:
@@ -27,8 +30,14 @@ def _wait_deployment(url: str, name: str, timeout: float = 900) -> dict:
 
 
 @pytest.fixture(scope="module")
-def plat(platform_factory, tmp_path_factory):
-    return platform_factory("sqlite", data_dir=tmp_path_factory.mktemp("deploy") / "data").start()
+def tiny_model(tmp_path_factory):
+    return tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="module")
+def plat(platform_factory, tmp_path_factory, tiny_model):
+    data_dir = tmp_path_factory.mktemp("deploy") / "data"
+    return platform_factory("sqlite", data_dir=data_dir, base_models=[tiny_model]).start()
 
 
 def test_a_model_that_cannot_be_exported_fails_its_deployment_with_the_reason(plat, tmp_path):
@@ -79,29 +88,29 @@ def test_an_evaluation_of_a_model_nobody_serves_fails_with_the_reason(plat):
     assert "404" in last["detail"] and "not-deployed" in last["detail"]  # the gateway's answer, passed on
 
 
-def test_a_ready_deployment_comes_back_after_a_restart_without_a_second_export(plat):
+def test_a_ready_deployment_comes_back_after_a_restart_without_a_second_export(plat, tiny_model):
     client = client_for(plat.url)
-    client.deployment.model_deployments.create(name="base", namespace=NS, config={"model": MINILM})
+    client.deployment.model_deployments.create(name="base", namespace=NS, config={"model": TINY})
     assert _wait_deployment(plat.url, "base")["status_details"]["status"] == "ready"
     before = OpenAI(base_url=plat.url + "/nim/v1", api_key="none").embeddings.create(
-        input=["vacuum"], model=MINILM
+        input=["vacuum"], model=TINY
     )
     plat.stop(signal.SIGTERM)
 
-    again = PlatformProcess(plat.data_dir).start()
+    again = PlatformProcess(plat.data_dir, base_models=[tiny_model]).start()
     try:
         deployment = _wait_deployment(again.url, "base")
         assert deployment["status_details"]["status"] == "ready"
         gateway = OpenAI(base_url=again.url + "/nim/v1", api_key="none")
-        after = gateway.embeddings.create(input=["vacuum"], model=MINILM)
+        after = gateway.embeddings.create(input=["vacuum"], model=TINY)
         assert after.data[0].embedding == pytest.approx(before.data[0].embedding, abs=1e-6)
         log = (again.data_dir / "deployment" / deployment["id"] / "worker.log").read_text()
         assert log.count("to ONNX") == 1  # the kept export was served again
         with pytest.raises(BadRequestError):  # the deployment's own 400 passes through the gateway
-            gateway.embeddings.create(input=[], model=MINILM)
+            gateway.embeddings.create(input=[], model=TINY)
         client_for(again.url).deployment.model_deployments.delete(deployment_name="base", namespace=NS)
         for _ in range(60):  # the runner stops the server at its next poll
-            gone = httpx.post(f"{again.url}/nim/v1/embeddings", json={"model": MINILM, "input": ["x"]})
+            gone = httpx.post(f"{again.url}/nim/v1/embeddings", json={"model": TINY, "input": ["x"]})
             if gone.status_code == 404:
                 break
             time.sleep(1)

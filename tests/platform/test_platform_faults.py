@@ -1,5 +1,6 @@
 """Customization faults on a real platform: a bad training row, malformed job bodies, cancel, a worker
-killed from outside, and the platform killed mid-job and started again.
+killed from outside, and the platform killed mid-job and started again (on PostgreSQL: the killed
+platform's connections die with it, the job's row still says "running").
 
 The jobs train a tiny random BERT (offered to the platform as an operator's ``--base-model`` folder), so
 they are long in steps but short in seconds.
@@ -144,7 +145,7 @@ def test_a_worker_killed_from_outside_fails_its_job_with_the_reason(plat):
 
 
 def test_restart_mid_job_resumes_from_the_last_checkpoint(platform_factory, tiny_model, domain, tmp_path):
-    first = platform_factory("sqlite", base_models=[tiny_model], data_dir=tmp_path / "data").start()
+    first = platform_factory("postgresql", base_models=[tiny_model], data_dir=tmp_path / "data").start()
     upload_dataset(
         first.url, "good", {"training/training.jsonl": domain["train"], "validation/v.jsonl": domain["val"]}
     )
@@ -159,7 +160,7 @@ def test_restart_mid_job_resumes_from_the_last_checkpoint(platform_factory, tiny
         int(p.parent.name.split("-")[1]) for p in workdir.glob("checkpoints/*/trainer_state.json")
     )  # no shutdown hook runs: the database still says "running"
 
-    second = PlatformProcess(first.data_dir, base_models=[tiny_model]).start()
+    second = PlatformProcess(first.data_dir, first.database_url, base_models=[tiny_model]).start()
     try:
         assert not _alive(pid)  # the worker died with its platform
         done = wait_job(second.url, job.id)
