@@ -155,10 +155,14 @@ def main(run_dir: str = "runs/demo", cache_dir: str = ".cache/perlfaq") -> int:
     for precision in verified:
         verify = json.loads(verify_report_path(run / "verify" / "verify_report.json", precision).read_text())
         print(f"\n{precision}: " + verify["table"])
-    # every graph listed was served and verified above; the fastest one is the recommendation
-    fastest = "int8" if "int8" in verified else "fp32"
+    # every graph listed was served and verified above; the fastest one that passed is the recommendation
+    passed = [
+        p for p in verified
+        if json.loads(verify_report_path(run / "verify" / "verify_report.json", p).read_text()).get("passed")
+    ]  # fmt: skip
+    fastest = "int8" if "int8" in passed else "fp32"
     print(
-        f"serve it: embedforge serve {run / 'export'} --port 8000 --precision {fastest}  (verified: {', '.join(verified)})"
+        f"serve it: embedforge serve {run / 'export'} --port 8000 --precision {fastest}  (passed verify: {', '.join(passed)})"
     )
     print(f"\nreport: {report} (run: {summary['report']})  chart: {run / REAL_DIR / 'eval_chart.png'}")
     print(f"on questions people wrote: {real_question_verdict(real)}.")
