@@ -151,15 +151,12 @@ def main(run_dir: str = "runs/demo", cache_dir: str = ".cache/perlfaq") -> int:
     print(format_table(results))
     print(f"\nONNX export: {run / 'export'}")
     print(format_summary(json.loads((run / "export" / EXPORT_FILE).read_text())))
-    verified = served_precisions(run / "export")
-    for precision in verified:
+    passed = []  # every graph listed was served and verified; the fastest one that passed is recommended
+    for precision in served_precisions(run / "export"):
         verify = json.loads(verify_report_path(run / "verify" / "verify_report.json", precision).read_text())
         print(f"\n{precision}: " + verify["table"])
-    # every graph listed was served and verified above; the fastest one that passed is the recommendation
-    passed = [
-        p for p in verified
-        if json.loads(verify_report_path(run / "verify" / "verify_report.json", p).read_text()).get("passed")
-    ]  # fmt: skip
+        if verify.get("passed"):
+            passed.append(precision)
     fastest = "int8" if "int8" in passed else "fp32"
     print(
         f"serve it: embedforge serve {run / 'export'} --port 8000 --precision {fastest}  (passed verify: {', '.join(passed)})"
