@@ -10,7 +10,7 @@ import torch
 from embedforge import distill
 from embedforge.config import ConfigError, FinetuneConfig
 from embedforge.distill import DistilledLoss, TeacherScores, screen_negatives
-from embedforge.inbatch import id_rows
+from embedforge.inbatch import id_rows, text_key
 from embedforge.model import BiEncoder
 from embedforge.train import GroupContrastiveLoss, finetune
 from tiny_models import tiny_bert
@@ -52,8 +52,9 @@ COLUMNS = {
 
 def test_teacher_scores_are_cosines_computed_once_and_reused_from_the_run_folder(tiny, tmp_path):
     config = FinetuneConfig(distill_teacher=str(tiny["teacher"]), distill_batch_size=4)
-    scores, info = distill.teacher_scores(config, COLUMNS, tmp_path)
+    scores, vectors, info = distill.teacher_scores(config, COLUMNS, tmp_path)
     assert info["reused"] is False and scores.shape == (2, 3)
+    assert vectors["query_vectors"].shape[0] == 2 and vectors["passage_vectors"].shape[0] == 5  # "g h" once
     teacher = BiEncoder.load(tiny["teacher"])
     q = teacher.encode_queries(COLUMNS["anchor"])
     for g, name in enumerate(["positive", "negative_1", "negative_2"]):
@@ -63,21 +64,26 @@ def test_teacher_scores_are_cosines_computed_once_and_reused_from_the_run_folder
     (cached,) = cache.iterdir()
     assert cached.name.startswith("teacher-") and cached.suffix == ".npz"
 
-    # the second call reads the file instead of running the teacher: prove it by planting known scores
-    planted = np.arange(6, dtype=np.float32).reshape(2, 3)
-    np.savez(cached, scores=planted)
-    again, info = distill.teacher_scores(config, COLUMNS, tmp_path)
+    # the second call reads the file instead of running the teacher: prove it by planting known vectors
+    planted = {**vectors, "passage_vectors": vectors["passage_vectors"] * 2}
+    np.savez(cached, **planted)
+    again, _, info = distill.teacher_scores(config, COLUMNS, tmp_path)
     assert info["reused"] is True
-    np.testing.assert_array_equal(again, planted)
+    np.testing.assert_allclose(again, scores * 2, atol=1e-5)
+
+    # a cache from before vectors were kept (scores only) is recomputed, not misread
+    np.savez(cached, scores=scores)
+    _, _, info = distill.teacher_scores(config, COLUMNS, tmp_path)
+    assert info["reused"] is False
 
     # other rows are other data: a new cache entry, not a stale hit
     changed = {**COLUMNS, "negative_2": ["k l", "m n"]}
-    _, info = distill.teacher_scores(config, changed, tmp_path)
+    _, _, info = distill.teacher_scores(config, changed, tmp_path)
     assert info["reused"] is False and len(list(cache.iterdir())) == 2
 
     # the teacher reads only what the student reads: a shorter max_seq_length is another entry, other scores
     short = FinetuneConfig(distill_teacher=str(tiny["teacher"]), max_seq_length=4)
-    cut, info = distill.teacher_scores(short, COLUMNS, tmp_path)
+    cut, _, info = distill.teacher_scores(short, COLUMNS, tmp_path)
     assert info["reused"] is False and len(list(cache.iterdir())) == 3
     assert not np.allclose(cut, scores, atol=1e-4)
 
@@ -87,15 +93,33 @@ def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", ["margin_mse", "kl"])
+def _teacher_vectors(rng: np.random.Generator, columns: dict[str, list[str]], dim: int = 6) -> dict:
+    """Random unit teacher vectors for every distinct query and passage of ``columns``."""
+    queries = sorted(set(columns["anchor"]))
+    passages = sorted({t for name, texts in columns.items() if name != "anchor" for t in texts})
+    return {
+        "query_keys": np.array([text_key(t) for t in queries], dtype=np.int64),
+        "query_vectors": _unit(rng, len(queries), dim).astype(np.float32),
+        "passage_keys": np.array([text_key(t) for t in passages], dtype=np.int64),
+        "passage_vectors": _unit(rng, len(passages), dim).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("kind", ["margin_mse", "kl", "inbatch_kl"])
 def test_distilled_loss_equals_a_hand_computation_on_a_fixed_batch(tiny, kind):
-    teacher = np.array([[0.8, 0.3, 0.5], [0.6, 0.65, 0.1]], dtype=np.float32)
+    vectors = _teacher_vectors(np.random.default_rng(1), COLUMNS)
+    q_of = dict(zip(vectors["query_keys"].tolist(), vectors["query_vectors"]))
+    p_of = dict(zip(vectors["passage_keys"].tolist(), vectors["passage_vectors"]))
+    names = ["positive", "negative_1", "negative_2"]
+    t_q = np.stack([q_of[text_key(t)] for t in COLUMNS["anchor"]])
+    t_p = [np.stack([p_of[text_key(t)] for t in COLUMNS[name]]) for name in names]
+    teacher = np.stack([(t_q * p).sum(axis=1) for p in t_p], axis=1)  # (2, 3), the row's own group
     student = BiEncoder.load(tiny["student"]).model
     temperature, weight, scale = 0.05, 0.7, 50.0
     loss = DistilledLoss(
         student,
         GroupContrastiveLoss(student, scale=scale),
-        TeacherScores(COLUMNS, teacher),
+        TeacherScores(vectors),
         loss=kind,
         weight=weight,
         temperature=temperature,
@@ -113,6 +137,12 @@ def test_distilled_loss_equals_a_hand_computation_on_a_fixed_batch(tiny, kind):
     s, t = cos / temperature, teacher / temperature
     if kind == "margin_mse":
         term = np.mean(((s[:, :1] - s[:, 1:]) - (t[:, :1] - t[:, 1:])) ** 2)
+    elif kind == "inbatch_kl":  # every query against all 6 passages of the batch, positives first
+        s = q @ np.concatenate(docs).T / temperature
+        t = t_q @ np.concatenate(t_p).T / temperature
+        p_t = np.exp(t) / np.exp(t).sum(axis=1, keepdims=True)
+        log_p_s = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+        term = np.sum(p_t * (np.log(p_t) - log_p_s)) / 2
     else:
         p_t = np.exp(t) / np.exp(t).sum(axis=1, keepdims=True)
         log_p_s = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
@@ -150,8 +180,8 @@ def test_distillation_refuses_gradcache_and_groups_without_negatives(tiny, tmp_p
 
 @pytest.mark.parametrize(
     "kind, in_batch, screen",
-    [("margin_mse", True, None), ("kl", False, 0.95)],
-    ids=["mse-inbatch", "kl-group"],
+    [("margin_mse", True, None), ("kl", False, 0.95), ("inbatch_kl", True, None)],
+    ids=["mse-inbatch", "kl-group", "inbatch-kl"],
 )
 def test_finetune_with_a_teacher_trains_records_and_reuses_the_scores(tiny, tmp_path, kind, in_batch, screen):
     config = FinetuneConfig(

@@ -156,10 +156,11 @@ class FinetuneConfig:
         "teacher that scores every training group once before training (a known name such as mpnet, or a "
         "folder); its scores add a distillation term to the contrastive loss; None = off",
     )
-    distill_loss: Literal["margin_mse", "kl"] = setting(
+    distill_loss: Literal["margin_mse", "kl", "inbatch_kl"] = setting(
         "margin_mse",
         "margin_mse: MSE of the (positive - negative_i) score margins (Hofstaetter et al. 2020); kl: KL "
-        "divergence from the teacher's softmax over the group to the student's",
+        "divergence from the teacher's softmax over the group to the student's; inbatch_kl: the same over "
+        "every passage in the batch",
     )
     distill_weight: float = setting(1.0, "weight of the distillation term next to the contrastive loss")
     distill_temperature: float = setting(

@@ -16,8 +16,11 @@ order, and ``distill_weight`` 1.0 is a fair balance. The term is sentence-transf
 evaluated on the embeddings the contrastive loss already computed: one forward pass serves both.
 
 Teacher scores reach the loss by lookup: each training row carries ``[query key, passage keys...]`` text
-hashes in the ``label`` column (``inbatch.id_rows``), and ``TeacherScores`` maps (query key, passage key) to
-the teacher's cosine.
+hashes in the ``label`` column (``inbatch.id_rows``), and ``TeacherScores`` maps a text key to the teacher's
+unit vector. ``margin_mse`` and ``kl`` compare the student with the teacher on each row's own group;
+``inbatch_kl`` compares their softmax over every passage in the batch (each query against all rows'
+positives and negatives, the candidates the in-batch contrastive loss scores), which gives the student the
+teacher's judgement on batch x group pairs per query instead of group, at no extra teacher cost.
 
 Optionally the teacher also screens false negatives (``distill_screen_negatives``): a mined negative it
 scores above margin x the row's positive score is replaced by the row's remaining negatives.
@@ -49,6 +52,7 @@ from embedforge.registry import resolve_model
 logger = logging.getLogger(__name__)
 
 CACHE_FOLDER = "teacher_scores"
+VECTOR_FIELDS = ("query_keys", "query_vectors", "passage_keys", "passage_vectors")
 
 
 def passage_columns(columns: dict[str, list[str]]) -> list[str]:
@@ -78,57 +82,71 @@ def cache_path(out: Path, teacher: str, columns: dict[str, list[str]], max_seq_l
     return out / CACHE_FOLDER / f"{slug}-{digest.hexdigest()[:16]}.npz"
 
 
-def score_rows(
+def encode_texts(
     teacher: BiEncoder, columns: dict[str, list[str]], batch_size: int = 32, progress: bool = True
-) -> np.ndarray:
-    """(rows, passages) teacher cosines of each row's query with its positive and negatives.
+) -> dict[str, np.ndarray]:
+    """The teacher's unit vectors of every distinct query and passage, each encoded once, with their keys.
 
-    Every distinct query and passage is encoded once (rows share negatives and unrolled queries).
+    Queries and passages are kept apart: a text used both ways gets its query and its passage vector.
     """
-    names = passage_columns(columns)
     queries = sorted(set(columns["anchor"]))
-    passages = sorted({text for name in names for text in columns[name]})
-    q_index = {text: i for i, text in enumerate(queries)}
-    p_index = {text: i for i, text in enumerate(passages)}
+    passages = sorted({text for name in passage_columns(columns) for text in columns[name]})
     q_vecs = teacher.encode_queries(queries, batch_size=batch_size, progress=progress)
     p_vecs = teacher.encode_passages(passages, batch_size=batch_size, progress=progress)
-    rows_q = q_vecs[[q_index[t] for t in columns["anchor"]]]  # (rows, dim)
-    rows_p = np.stack([p_vecs[[p_index[t] for t in columns[name]]] for name in names], axis=1)
+    return {
+        "query_keys": np.array([text_key(t) for t in queries], dtype=np.int64),
+        "query_vectors": np.asarray(q_vecs, dtype=np.float32),
+        "passage_keys": np.array([text_key(t) for t in passages], dtype=np.int64),
+        "passage_vectors": np.asarray(p_vecs, dtype=np.float32),
+    }
+
+
+def score_rows(columns: dict[str, list[str]], vectors: dict[str, np.ndarray]) -> np.ndarray:
+    """(rows, passages) teacher cosines of each row's query with its positive and negatives."""
+    q_index = {int(k): i for i, k in enumerate(vectors["query_keys"])}
+    p_index = {int(k): i for i, k in enumerate(vectors["passage_keys"])}
+    rows_q = vectors["query_vectors"][[q_index[text_key(t)] for t in columns["anchor"]]]
+    rows_p = np.stack(
+        [
+            vectors["passage_vectors"][[p_index[text_key(t)] for t in columns[name]]]
+            for name in passage_columns(columns)
+        ],
+        axis=1,
+    )
     return np.einsum("rd,rgd->rg", rows_q, rows_p).astype(np.float32)
 
 
 def teacher_scores(
     config: FinetuneConfig, columns: dict[str, list[str]], out: Path
-) -> tuple[np.ndarray, dict]:
-    """The teacher's scores for every training row, from the run folder's cache or computed and cached."""
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    """The teacher's row scores and text vectors, from the run folder's cache or computed and cached."""
     path = cache_path(out, config.distill_teacher, columns, config.max_seq_length)
-    n_rows, n_passages = len(columns["anchor"]), len(passage_columns(columns))
+    n_rows = len(columns["anchor"])
     info = {"teacher": config.distill_teacher, "cache": str(path), "rows": n_rows}
     if path.is_file():
         with np.load(path) as data:
-            scores = data["scores"]
-        if scores.shape == (n_rows, n_passages):
-            logger.info("teacher scores for %d rows reused from %s", n_rows, path)
-            return scores, {**info, "reused": True, "seconds": 0.0}
+            vectors = {name: data[name] for name in data.files}
+        if set(VECTOR_FIELDS) <= set(vectors):
+            logger.info("teacher vectors for %d rows reused from %s", n_rows, path)
+            return score_rows(columns, vectors), vectors, {**info, "reused": True, "seconds": 0.0}
     started = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher = BiEncoder.load(config.distill_teacher, device=device)
     if teacher.max_seq_length and config.max_seq_length < teacher.max_seq_length:
         teacher.model.max_seq_length = config.max_seq_length  # judge only the text the student sees
     logger.info(
-        "teacher %s scores %d training rows x %d passages once (cached in %s)",
+        "teacher %s encodes the queries and passages of %d training rows once (cached in %s)",
         config.distill_teacher,
         n_rows,
-        n_passages,
         path,
     )
-    scores = score_rows(teacher, columns, config.distill_batch_size)
+    vectors = encode_texts(teacher, columns, config.distill_batch_size)
     del teacher
     with atomic_write(path) as tmp, tmp.open("wb") as fh:
-        np.savez(fh, scores=scores)
+        np.savez(fh, **vectors)
     seconds = round(time.time() - started, 1)
-    logger.info("teacher scores done in %.0f s", seconds)
-    return scores, {**info, "reused": False, "seconds": seconds}
+    logger.info("teacher vectors done in %.0f s", seconds)
+    return score_rows(columns, vectors), vectors, {**info, "reused": False, "seconds": seconds}
 
 
 def screen_negatives(
@@ -161,20 +179,34 @@ def screen_negatives(
 
 
 class TeacherScores:
-    """(query key, passage key) -> teacher cosine, for turning a batch's id labels into score targets."""
+    """Text key -> the teacher's unit vector, for turning a batch's id labels into score targets."""
 
-    def __init__(self, columns: dict[str, list[str]], scores: np.ndarray):
-        self.table: dict[tuple[int, int], float] = {}
-        for r, query in enumerate(columns["anchor"]):
-            q = text_key(query)
-            for g, name in enumerate(passage_columns(columns)):
-                self.table[(q, text_key(columns[name][r]))] = float(scores[r, g])
+    def __init__(self, vectors: dict[str, np.ndarray]):
+        self.queries = torch.from_numpy(vectors["query_vectors"])
+        self.passages = torch.from_numpy(vectors["passage_vectors"])
+        self.query_row = {int(k): i for i, k in enumerate(vectors["query_keys"])}
+        self.passage_row = {int(k): i for i, k in enumerate(vectors["passage_keys"])}
+
+    def _vectors(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, dim) query vectors and (batch, group, dim) passage vectors of id labels."""
+        rows = ids.tolist()
+        q = self.queries[torch.tensor([self.query_row[row[0]] for row in rows])]
+        p = self.passages[torch.tensor([[self.passage_row[key] for key in row[1:]] for row in rows])]
+        return q.to(ids.device), p.to(ids.device)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        """(batch, 1 + group) id labels -> (batch, group) teacher scores."""
-        rows = ids.tolist()
-        values = [[self.table[(row[0], key)] for key in row[1:]] for row in rows]
-        return torch.tensor(values, dtype=torch.float32, device=ids.device)
+        """(batch, 1 + group) id labels -> (batch, group) teacher cosines of each row's own group."""
+        q, p = self._vectors(ids)
+        return torch.einsum("bd,bgd->bg", q, p)
+
+    def matrix(self, ids: torch.Tensor) -> torch.Tensor:
+        """(batch, batch x group) teacher cosines of each query with every passage of the batch.
+
+        Columns are ordered as the in-batch loss orders them: every row's positive, then every row's
+        first negative, and so on.
+        """
+        q, p = self._vectors(ids)
+        return q @ p.transpose(0, 1).reshape(-1, p.size(-1)).T
 
 
 def _scaled_cos(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -214,8 +246,10 @@ class DistilledLoss(nn.Module):
             self.distill = MarginMSELoss(model, similarity_fct=similarity)
         elif loss == "kl":
             self.distill = DistillKLDivLoss(model, similarity_fct=similarity, temperature=1.0)
+        elif loss == "inbatch_kl":
+            self.distill = None
         else:
-            raise ConfigError(f"distill_loss must be margin_mse or kl, got {loss!r}")
+            raise ConfigError(f"distill_loss must be margin_mse, kl or inbatch_kl, got {loss!r}")
 
     def forward(self, sentence_features, labels: torch.Tensor):
         embeddings = embed_columns(self.model, sentence_features)
@@ -223,11 +257,28 @@ class DistilledLoss(nn.Module):
 
     def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor], labels: torch.Tensor):
         contrastive = self.contrastive.compute_loss_from_embeddings(embeddings, labels)
-        target = self.scores.lookup(labels) / self.temperature
-        distill = self.weight * self.distill.compute_loss_from_embeddings(embeddings, target)
+        if self.distill is None:
+            distill = self.weight * self._inbatch_kl(embeddings, labels)
+        else:
+            target = self.scores.lookup(labels) / self.temperature
+            distill = self.weight * self.distill.compute_loss_from_embeddings(embeddings, target)
         if self.components:
             return {"contrastive": contrastive, "distill": distill}
         return contrastive + distill
+
+
+    def _inbatch_kl(self, embeddings: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """KL(teacher || student) of each query's softmax over all passages of the batch, mean over queries."""
+        queries = nn.functional.normalize(embeddings[0], dim=-1)
+        passages = nn.functional.normalize(torch.cat(embeddings[1:]), dim=-1)
+        student = (queries @ passages.T) / self.temperature
+        teacher = self.scores.matrix(labels) / self.temperature
+        return nn.functional.kl_div(
+            nn.functional.log_softmax(student, dim=-1),
+            nn.functional.log_softmax(teacher, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
 
 
 def prepare(config: FinetuneConfig, columns: dict[str, list[str]], out: Path):
@@ -240,7 +291,7 @@ def prepare(config: FinetuneConfig, columns: dict[str, list[str]], out: Path):
         raise ConfigError(
             "distill_teacher needs n_passages >= 2: the teacher compares a positive with negatives"
         )
-    scores, info = teacher_scores(config, columns, out)
+    scores, vectors, info = teacher_scores(config, columns, out)
     if config.distill_screen_negatives is not None:
         columns, scores, screened = screen_negatives(columns, scores, config.distill_screen_negatives)
         info.update(screened)
@@ -251,4 +302,4 @@ def prepare(config: FinetuneConfig, columns: dict[str, list[str]], out: Path):
         )
     margins = scores[:, :1] - scores[:, 1:]
     info["mean_teacher_margin"] = round(float(margins.mean()), 4)
-    return columns, TeacherScores(columns, scores), info
+    return columns, TeacherScores(vectors), info
