@@ -108,8 +108,8 @@ def _teacher_vectors(rng: np.random.Generator, columns: dict[str, list[str]], di
 @pytest.mark.parametrize("kind", ["margin_mse", "kl", "inbatch_kl"])
 def test_distilled_loss_equals_a_hand_computation_on_a_fixed_batch(tiny, kind):
     vectors = _teacher_vectors(np.random.default_rng(1), COLUMNS)
-    q_of = dict(zip(vectors["query_keys"].tolist(), vectors["query_vectors"]))
-    p_of = dict(zip(vectors["passage_keys"].tolist(), vectors["passage_vectors"]))
+    q_of = dict(zip(vectors["query_keys"].tolist(), vectors["query_vectors"], strict=True))
+    p_of = dict(zip(vectors["passage_keys"].tolist(), vectors["passage_vectors"], strict=True))
     names = ["positive", "negative_1", "negative_2"]
     t_q = np.stack([q_of[text_key(t)] for t in COLUMNS["anchor"]])
     t_p = [np.stack([p_of[text_key(t)] for t in COLUMNS[name]]) for name in names]

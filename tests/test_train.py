@@ -20,6 +20,7 @@ from embedforge.train import (
     resolve_bf16,
     set_attention_dropout,
 )
+from tiny_models import tiny_bert
 
 PROBE = ["replace the intake filter on the Ridge pump", "The coolant loop was drained at the north site."]
 
@@ -227,8 +228,9 @@ def _previous_run(folder):
         {"n_passages": 0},
         {"global_batch_size": 30, "micro_batch_size": 8},
         {"val_data": "missing-val.jsonl"},
+        {"base_mix": 1.0},
     ],
-    ids=["missing-data", "n_passages", "batch-plan", "missing-val"],
+    ids=["missing-data", "n_passages", "batch-plan", "missing-val", "base-mix"],
 )
 def test_a_bad_config_or_bad_data_fails_before_the_previous_run_is_touched(domain, tmp_path, bad):
     before = _previous_run(tmp_path)
@@ -286,3 +288,31 @@ def test_a_failed_swap_keeps_the_previous_model(minilm, tmp_path, monkeypatch):
     train._save_model(minilm, target, summary)
     assert not (target / "old.txt").exists() and (target / "embedforge.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_base_mix_moves_every_trained_weight_that_share_back_to_the_base(domain, tmp_path):
+    student = tiny_bert(tmp_path / "tiny", seed=0)
+    common = dict(
+        base_model=str(student),
+        train_data=str(domain["train"]),
+        max_seq_length=32,
+        global_batch_size=8,
+        n_passages=2,
+        max_steps=2,
+        learning_rate=1e-2,  # large steps, so that tuned and base weights differ clearly
+        validation_split=0.0,
+    )
+    finetune(FinetuneConfig(output_dir=str(tmp_path / "plain"), **common))
+    finetune(FinetuneConfig(output_dir=str(tmp_path / "mixed"), base_mix=0.25, **common))
+    load = lambda folder: SentenceTransformer(str(folder), device="cpu")[0].auto_model.state_dict()  # noqa: E731
+    base, tuned, mixed = load(student), load(tmp_path / "plain" / "model"), load(tmp_path / "mixed" / "model")
+    moved = 0
+    for name, value in mixed.items():
+        if not value.is_floating_point():
+            continue
+        expected = 0.75 * tuned[name] + 0.25 * base[name]
+        np.testing.assert_allclose(value.numpy(), expected.numpy(), atol=1e-6, err_msg=name)
+        moved += int(not np.allclose(tuned[name].numpy(), base[name].numpy(), atol=1e-4))
+    assert moved > 10  # training moved most tensors, so the check above is not base == tuned == mixed
+    saved = json.loads((tmp_path / "mixed" / "model" / "embedforge.json").read_text())
+    assert saved["training"]["config"]["base_mix"] == 0.25

@@ -174,6 +174,12 @@ class FinetuneConfig:
         "negative; e.g. 0.95); None = keep every negative",
     )
     distill_batch_size: int = setting(32, "teacher encoding batch size")
+    base_mix: float = setting(
+        0.0,
+        "after training, mix this share of the base model's weights back in: final = (1 - base_mix) x tuned + "
+        "base_mix x base (WiSE-FT, Wortsman et al. 2022); keeps general-domain quality a narrow fine-tune "
+        "erodes; 0 = the tuned weights as trained",
+    )
 
 
 @dataclass

@@ -266,7 +266,6 @@ class DistilledLoss(nn.Module):
             return {"contrastive": contrastive, "distill": distill}
         return contrastive + distill
 
-
     def _inbatch_kl(self, embeddings: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """KL(teacher || student) of each query's softmax over all passages of the batch, mean over queries."""
         queries = nn.functional.normalize(embeddings[0], dim=-1)

@@ -278,6 +278,25 @@ def _merge_lora(encoder: BiEncoder) -> None:
     backbone.model = backbone.model.merge_and_unload()
 
 
+def mix_with_base(encoder: BiEncoder, config: FinetuneConfig) -> int:
+    """Move the trained weights ``base_mix`` of the way back to the base model's (WiSE-FT); returns how
+    many tensors were mixed. The base is loaded again after training, so training holds one copy only."""
+    base = BiEncoder.load(config.base_model, bidirectional=config.bidirectional, device="cpu")
+    base_state = base.model.state_dict()
+    mixed = 0
+    with torch.no_grad():
+        for name, tensor in encoder.model.state_dict().items():
+            source = base_state.get(name)
+            if source is None or source.shape != tensor.shape or not tensor.is_floating_point():
+                continue
+            tensor.mul_(1.0 - config.base_mix).add_(source.to(tensor), alpha=config.base_mix)
+            mixed += 1
+    if not mixed:
+        raise ConfigError(f"finetune.base_mix: no weights of {config.base_model} match the tuned model")
+    logger.info("mixed %d weight tensors with %.2f of the base model (WiSE-FT)", mixed, config.base_mix)
+    return mixed
+
+
 def resolve_bf16(requested: bool | None) -> bool:
     """``None`` -> bf16 where it is native (``precision.bf16_is_native``)."""
     return bf16_is_native() if requested is None else requested
@@ -312,6 +331,8 @@ def finetune(config: FinetuneConfig) -> dict:
     # everything that can fail on bad input runs before the previous run's checkpoints and log are removed
     if config.n_passages < 1:
         raise ConfigError(f"finetune.n_passages must be at least 1, got {config.n_passages}")
+    if not 0.0 <= config.base_mix < 1.0:
+        raise ConfigError(f"finetune.base_mix must be in [0, 1), got {config.base_mix}")
     if config.n_passages == 1 and not (config.in_batch_negatives or config.cached_loss):
         raise ConfigError(
             "finetune.n_passages=1 has no negatives: enable in_batch_negatives or give negatives"
@@ -420,6 +441,8 @@ def finetune(config: FinetuneConfig) -> dict:
 
     if config.finetuning_type == "lora_merged":
         _merge_lora(encoder)
+    if config.base_mix:
+        mix_with_base(encoder, config)
     summary = {
         "config": config_dict(config),
         "config_hash": config_hash(config),
@@ -465,6 +488,11 @@ def _write_model_card(folder: Path, encoder: BiEncoder, summary: dict) -> None:
                 f"{cfg['distill_weight']}, temperature {cfg['distill_temperature']}"
             ]
             if cfg.get("distill_teacher")
+            else []
+        ),
+        *(
+            [f"- weights mixed back with {cfg['base_mix']} of the base model's (WiSE-FT)"]
+            if cfg.get("base_mix")
             else []
         ),
         f"- data: {summary['data']['rows']} training rows from {summary['data']['train_queries']} queries; "
