@@ -88,6 +88,25 @@ class Guard:
             await refusal(scope, receive, send)
 
 
+class NimPort:
+    """The NIM port: a request that arrived on ``settings.nim_port`` is routed as ``/nim`` + its path, so
+    ``http://HOST:NIM_PORT/v1`` is the same gateway as ``<platform>/nim/v1`` and nothing else of the
+    platform is reachable there; the health paths answer as they do on the platform port."""
+
+    def __init__(self, app, port: int):
+        self.app, self.port = app, port
+
+    async def __call__(self, scope, receive, send):
+        server = scope.get("server")
+        if scope["type"] == "http" and server and server[1] == self.port and scope["path"] not in OPEN_PATHS:
+            scope = {
+                **scope,
+                "path": "/nim" + scope["path"],
+                "raw_path": b"/nim" + scope.get("raw_path", b""),
+            }
+        return await self.app(scope, receive, send)
+
+
 def field_errors(errors: list[dict]) -> list[dict]:
     """pydantic's 422 errors with the field path only: a field that takes "ns/name" or an inline object
     is a union, and pydantic names the union member in ``loc`` and reports the branch the input did not
@@ -143,6 +162,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sessions = sessions
 
     app.add_middleware(Guard, settings=settings)
+    if settings.nim_port:
+        app.add_middleware(NimPort, port=settings.nim_port)  # outermost: Guard sees the routed path
 
     @app.exception_handler(PlatformError)
     async def platform_error(_request: Request, err: PlatformError):
