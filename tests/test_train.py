@@ -213,6 +213,53 @@ def test_resume_continues_from_the_last_checkpoint(domain, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-5)  # same weights as never having stopped
 
 
+def test_validation_rows_get_the_training_loss_as_val_loss(domain, tmp_path):
+    """The logged val_loss is the group loss of the validation rows under the model of that step: checked
+    against a hand computation with the model the run kept (its best checkpoint)."""
+    import torch
+
+    from embedforge.formats import read_training_data
+
+    out = tmp_path / "run"
+    summary = finetune(
+        FinetuneConfig(
+            base_model="minilm",
+            train_data=str(domain["train"]),
+            val_data=str(domain["val"]),
+            output_dir=str(out),
+            max_seq_length=32,
+            max_steps=2,
+            eval_steps=1,  # a validation point at each step
+            global_batch_size=8,
+            n_passages=3,
+            in_batch_negatives=False,  # the group loss: a mean over rows, whatever the eval batches
+            learning_rate=1e-4,
+            bf16=False,
+            log_every=1,
+        )
+    )
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
+    assert sorted(val) == [1, 2] and all(np.isfinite(v) and v > 0 for v in val.values())
+    assert not any("eval_loss" in r for r in log)
+
+    examples = read_training_data(domain["val"])
+    rows = build_training_rows(examples, n_passages=3, seed=42)
+    model = BiEncoder.load(out / "model")
+    queries = torch.tensor(model.encode_queries(rows.columns["anchor"]))
+    group = torch.stack(
+        [
+            torch.tensor(model.encode_passages(rows.columns[c]))
+            for c in ("positive", "negative_1", "negative_2")
+        ],
+        dim=1,
+    )
+    scores = torch.einsum("bd,bgd->bg", queries, group) / 0.02
+    expected = torch.nn.functional.cross_entropy(scores, torch.zeros(len(queries), dtype=torch.long)).item()
+    best_step = int(summary["best_checkpoint"].rsplit("-", 1)[1])
+    assert val[best_step] == pytest.approx(expected, rel=1e-3)
+
+
 def _previous_run(folder):
     """An output folder as a finished earlier run leaves it: checkpoints, a training log and a model."""
     (folder / "checkpoints" / "checkpoint-4").mkdir(parents=True)

@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     pserve.add_argument("--data-dir", help="where files and the SQLite database live (EMBEDFORGE_DATA_DIR)")
     pserve.add_argument("--host", default="127.0.0.1")
     pserve.add_argument("--port", type=int, default=8080)
+    pserve.add_argument(
+        "--nim-port", type=int, help="also answer /v1/embeddings and /v1/models here (EMBEDFORGE_NIM_PORT)"
+    )
     pserve.add_argument("--database-url", help="e.g. postgresql://user@host/db (EMBEDFORGE_DATABASE_URL)")
     pserve.add_argument(
         "--base-model", action="append", metavar="DIR", help="also offer this model folder as a target"
@@ -338,7 +341,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "platform":
         from embedforge.platform.server import serve as serve_platform
 
-        serve_platform(args.data_dir, args.host, args.port, args.database_url, args.base_model)
+        serve_platform(args.data_dir, args.host, args.port, args.database_url, args.base_model, args.nim_port)
         return 0
     if args.command == "demo":
         from embedforge.demo import main as demo_main

@@ -10,7 +10,7 @@ transformers' Trainer). What this module adds is what those lack for the NVIDIA 
   lists repeated cyclically (one warning), missing negatives filled with random passages (one warning);
 * NVIDIA's small-data rule (Nemotron `embed` recipe) (batch shrinks under 2000 examples, validate every total//3 steps);
 * validation by full-corpus retrieval nDCG@10 on held-out queries, keeping the best checkpoint and stopping
-  early when it stops improving;
+  early when it stops improving; the training loss on the held-out rows is logged beside it as ``val_loss``;
 * LoRA merged into the weights before saving, so the output is a plain full model.
 * optional teacher distillation (``distill_teacher``): a term beside the contrastive loss, see ``distill``.
 
@@ -178,6 +178,22 @@ def validation_evaluator(
     )
 
 
+def validation_rows(val: list[TrainingExample], config: FinetuneConfig, with_ids: bool) -> Dataset | None:
+    """The held-out queries as training rows: the trainer's ``eval_dataset``, whose loss under the training
+    loss (eval mode, no gradient) it reports as ``eval_loss``. None when the rows cannot be built (a
+    query without negatives and no other passage to stand in): the nDCG@10 validation still runs."""
+    try:
+        with warnings.catch_warnings():  # the training rows already warned about short negative lists
+            warnings.simplefilter("ignore")
+            columns = dict(build_training_rows(val, config.n_passages, config.seed).columns)
+    except ValueError as err:
+        logger.warning("no validation loss: %s", err)
+        return None
+    if with_ids:
+        columns[ID_COLUMN] = id_rows(columns)
+    return Dataset.from_dict(columns)
+
+
 def make_loss(model, config: FinetuneConfig, micro_batch: int, teacher: TeacherScores | None = None):
     scale = 1.0 / config.temperature
     # in-batch negatives from every process (DDP); a single process has nothing to gather
@@ -244,15 +260,19 @@ def plan_batches(config: FinetuneConfig, n_rows: int) -> dict[str, int]:
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Appends every trainer log record (loss, lr, validation metrics) to train_log.jsonl."""
+    """Appends every trainer log record (loss, lr, validation metrics) to train_log.jsonl; the trainer's
+    ``eval_loss`` is written as ``val_loss``."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            if "eval_loss" in record:  # the training loss on the validation rows
+                record["val_loss"] = record.pop("eval_loss")
             with self.path.open("a") as fh:
-                fh.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+                fh.write(json.dumps(record) + "\n")
 
 
 def _last_checkpoint(folder: Path) -> str | None:
@@ -379,11 +399,13 @@ def finetune(config: FinetuneConfig) -> dict:
         columns[ID_COLUMN] = id_rows(rows.columns)
     train_dataset = Dataset.from_dict(columns)
 
-    evaluator = None
+    evaluator, eval_dataset = None, None
     if val_examples:
         evaluator = validation_evaluator(
             val_examples, train_examples, config.max_val_corpus, config.seed, plan["micro_batch_size"]
         )
+        if teacher is None:  # the teacher scored the training rows only: no distillation term to compute
+            eval_dataset = validation_rows(val_examples, config, ID_COLUMN in columns)
     metric = f"eval_val_cosine_{VAL_METRIC}"
     prompts = {"anchor": encoder.prompts["query"]}
     prompts.update({col: encoder.prompts["passage"] for col in rows.columns if col != "anchor"})
@@ -430,6 +452,7 @@ def finetune(config: FinetuneConfig) -> dict:
         model=model,
         args=args,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         loss=make_loss(model, config, plan["cache_mini_batch_size"], teacher),
         evaluator=evaluator,
         callbacks=callbacks,

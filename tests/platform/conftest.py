@@ -28,14 +28,16 @@ def postgres():
 def platform_factory(tmp_path_factory, request):
     started: list[PlatformProcess] = []
 
-    def make(database="sqlite", api_key=None, data_dir=None, base_models=()) -> PlatformProcess:
+    def make(
+        database="sqlite", api_key=None, data_dir=None, base_models=(), nim_port=False
+    ) -> PlatformProcess:
         folder = data_dir or tmp_path_factory.mktemp("platform")
         url = None
         if database == "postgresql":
             url = request.getfixturevalue("postgres").create_database(
                 f"platform_{next(_databases)}_{os.getpid()}"
             )
-        proc = PlatformProcess(folder, url, api_key, base_models)
+        proc = PlatformProcess(folder, url, api_key, base_models, nim_port)
         started.append(proc)
         return proc
 

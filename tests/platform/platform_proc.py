@@ -15,12 +15,19 @@ from pg_server import free_port
 
 class PlatformProcess:
     def __init__(
-        self, data_dir: Path, database_url: str | None = None, api_key: str | None = None, base_models=()
+        self,
+        data_dir: Path,
+        database_url: str | None = None,
+        api_key: str | None = None,
+        base_models=(),
+        nim_port: bool = False,
     ):
         self.data_dir, self.database_url, self.api_key = data_dir, database_url, api_key
         self.base_models = list(base_models)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.nim_port = free_port() if nim_port else None
+        self.nim_url = f"http://127.0.0.1:{self.nim_port}/v1" if nim_port else None
         self.log = data_dir.parent / f"{data_dir.name}-platform.log"
         self.process: subprocess.Popen | None = None
 
@@ -29,6 +36,8 @@ class PlatformProcess:
         cmd += ["--port", str(self.port)]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
+        if self.nim_port:
+            cmd += ["--nim-port", str(self.nim_port)]
         for folder in self.base_models:
             cmd += ["--base-model", str(folder)]
         env = {**os.environ, "EMBEDFORGE_API_KEY": self.api_key or ""}

@@ -9,7 +9,8 @@ import time
 
 import httpx
 import pytest
-from openai import BadRequestError, OpenAI
+from nemo_microservices import NeMoMicroservices
+from openai import AuthenticationError, BadRequestError, NotFoundError, OpenAI
 from platform_proc import PlatformProcess
 from tutorial import MINILM, NS, client_for, evaluate
 
@@ -19,10 +20,10 @@ pytestmark = pytest.mark.slow
 TINY = "local/tiny-bert"  # an operator's --base-model folder: exports and serves in seconds, unlike MiniLM
 
 
-def _wait_deployment(url: str, name: str, timeout: float = 900) -> dict:
+def _wait_deployment(url: str, name: str, timeout: float = 900, headers=None) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        d = httpx.get(f"{url}/v1/deployment/model-deployments/{NS}/{name}").json()
+        d = httpx.get(f"{url}/v1/deployment/model-deployments/{NS}/{name}", headers=headers).json()
         if d["status_details"]["status"] not in ("created", "pending"):
             return d
         time.sleep(1)
@@ -117,3 +118,39 @@ def test_a_ready_deployment_comes_back_after_a_restart_without_a_second_export(p
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
     finally:
         again.stop()
+
+
+def test_the_nim_port_is_the_same_gateway_at_v1(platform_factory, tmp_path_factory, tiny_model):
+    """``--nim-port``: a tutorial's separate NIM_URL reaches the same deployments, under the same key."""
+    key = "nim-key"
+    plat = platform_factory(
+        "sqlite",
+        api_key=key,
+        data_dir=tmp_path_factory.mktemp("nim") / "data",
+        base_models=[tiny_model],
+        nim_port=True,
+    ).start()
+    auth = {"Authorization": f"Bearer {key}"}
+    client = NeMoMicroservices(base_url=plat.url, default_headers=auth)
+    client.deployment.model_deployments.create(name="nim", namespace=NS, config={"model": TINY})
+    assert _wait_deployment(plat.url, "nim", headers=auth)["status_details"]["status"] == "ready"
+
+    gateway = OpenAI(base_url=plat.url + "/nim/v1", api_key=key)
+    nim = OpenAI(base_url=plat.nim_url, api_key=key)
+    assert [m.id for m in nim.models.list().data] == [m.id for m in gateway.models.list().data] == [TINY]
+    texts = ["vacuum pump", "the filter"]
+    direct = gateway.embeddings.create(input=texts, model=TINY)
+    served = nim.embeddings.create(input=texts, model=TINY)
+    assert served.model == TINY and len(served.data) == 2
+    for a, b in zip(served.data, direct.data, strict=True):
+        assert a.embedding == pytest.approx(b.embedding, abs=1e-6)
+
+    with pytest.raises(NotFoundError) as err:
+        nim.embeddings.create(input=["x"], model=f"{NS}/nope")
+    assert err.value.status_code == 404 and err.value.body["code"] == "model_not_found"
+    assert TINY in err.value.body["message"]  # the ready models are named
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=plat.nim_url, api_key="wrong").models.list()
+    root = plat.nim_url.removesuffix("/v1")
+    assert httpx.get(root + "/v1/health/ready").status_code == 200  # open, as on the platform port
+    assert httpx.get(root + "/v1/namespaces", headers=auth).status_code == 404  # only the NIM surface

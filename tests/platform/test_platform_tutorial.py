@@ -76,6 +76,13 @@ def test_job_completes_with_progress_and_losses(platform, finished_job):
     losses = status.metrics.metrics.train_loss
     assert [p.step for p in losses] == [1, 2]
     assert all(p.value > 0 for p in losses) and status.train_loss == losses[-1].value
+    # the validation/ rows: the training loss at each validation point (one per step here)
+    val_losses = status.metrics.metrics.val_loss
+    assert [p.step for p in val_losses] == [1, 2]
+    assert all(0 < p.value < 10 for p in val_losses) and status.val_loss == val_losses[-1].value
+    log = platform.data_dir / "customization" / job.id / "train_log.jsonl"
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [p.value for p in val_losses] == [r["val_loss"] for r in logged if "val_loss" in r]
     messages = [log.message for log in status.status_logs]
     assert (
         messages[0] == "created"

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from embedforge.platform import store
-from embedforge.platform.errors import PlatformError, Unprocessable
+from embedforge.platform.errors import PayloadTooLarge, PlatformError, Unprocessable
 from embedforge.platform.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -28,8 +28,11 @@ OPEN_PATHS = ("/health", "/v1/health/live", "/v1/health/ready")
 class Guard:
     """Body size limit and the optional API key, as plain ASGI (a per-request cost the NIM gateway pays).
 
-    An LFS object upload is exempt from both: it is streamed to disk, hash-checked and carries its own
-    signature (LFS clients send no credentials to the upload URL).
+    The limit holds for a declared ``Content-Length`` (refused before any byte is read) and for a body
+    without one (chunked): the bytes are counted as the app reads them, and once past the limit the read
+    fails and whatever the app would have answered is replaced by the 413. An LFS object upload is exempt
+    from both: it is streamed to disk, hash-checked and carries its own signature (LFS clients send no
+    credentials to the upload URL).
     """
 
     def __init__(self, app, settings: Settings):
@@ -40,17 +43,67 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        lfs_put = path.startswith("/v1/hf/lfs-objects/")
+        if path.startswith("/v1/hf/lfs-objects/"):
+            return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         length = headers.get(b"content-length", b"")
         limit = self.settings.max_body_bytes
-        if not lfs_put and length.isdigit() and int(length) > limit:
+        if length.isdigit() and int(length) > limit:
             detail = f"request body of {int(length)} bytes exceeds the limit of {limit}"
             return await JSONResponse({"detail": detail}, 413)(scope, receive, send)
-        if self.expected and path not in OPEN_PATHS and not lfs_put:
+        if self.expected and path not in OPEN_PATHS:
             if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
                 detail = "missing or wrong API key (Authorization: Bearer)"
                 return await JSONResponse({"detail": detail}, 401)(scope, receive, send)
+        return await self.limited(scope, receive, send, limit)
+
+    async def limited(self, scope, receive, send, limit: int):
+        """Run the app with its body reads counted; past ``limit`` the answer is the 413."""
+        received, refusal, answered = 0, None, False
+
+        async def counted_receive():
+            nonlocal received, refusal
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                detail = f"request body of at least {received} bytes exceeds the limit of {limit}"
+                refusal = JSONResponse({"detail": detail}, 413)
+                raise PayloadTooLarge(detail)
+            return message
+
+        async def guarded_send(message):
+            nonlocal answered
+            if refusal is None:
+                return await send(message)
+            if not answered:  # the app's own answer to the cut-off body (FastAPI's is a 400) is replaced
+                answered = True
+                await refusal(scope, receive, send)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if refusal is None:
+                raise
+        if refusal is not None and not answered:
+            await refusal(scope, receive, send)
+
+
+class NimPort:
+    """The NIM port: a request that arrived on ``settings.nim_port`` is routed as ``/nim`` + its path, so
+    ``http://HOST:NIM_PORT/v1`` is the same gateway as ``<platform>/nim/v1`` and nothing else of the
+    platform is reachable there; the health paths answer as they do on the platform port."""
+
+    def __init__(self, app, port: int):
+        self.app, self.port = app, port
+
+    async def __call__(self, scope, receive, send):
+        server = scope.get("server")
+        if scope["type"] == "http" and server and server[1] == self.port and scope["path"] not in OPEN_PATHS:
+            scope = {
+                **scope,
+                "path": "/nim" + scope["path"],
+                "raw_path": b"/nim" + scope.get("raw_path", b""),
+            }
         return await self.app(scope, receive, send)
 
 
@@ -109,6 +162,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sessions = sessions
 
     app.add_middleware(Guard, settings=settings)
+    if settings.nim_port:
+        app.add_middleware(NimPort, port=settings.nim_port)  # outermost: Guard sees the routed path
 
     @app.exception_handler(PlatformError)
     async def platform_error(_request: Request, err: PlatformError):

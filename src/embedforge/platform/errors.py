@@ -21,6 +21,10 @@ class Conflict(PlatformError):
     status_code = 409
 
 
+class PayloadTooLarge(PlatformError):
+    status_code = 413
+
+
 class Unprocessable(PlatformError):
     """A well-formed body the platform cannot act on; ``loc`` is the field path, as pydantic's 422 gives it."""
 

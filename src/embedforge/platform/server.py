@@ -1,4 +1,8 @@
-"""``embedforge platform serve``: the platform app under uvicorn, with a log line per job event."""
+"""``embedforge platform serve``: the platform app under uvicorn, with a log line per job event.
+
+With a NIM port, one uvicorn server listens on both sockets: one process, one job runner, one routing
+table; the app tells the NIM port's requests apart by the port they arrived on (``app.NimPort``).
+"""
 
 from __future__ import annotations
 
@@ -13,17 +17,28 @@ def serve(
     port: int = 8080,
     database_url: str | None = None,
     base_models: list[str] | None = None,
+    nim_port: int | None = None,
 ) -> None:
     import uvicorn
 
     from embedforge.platform.app import create_app
 
-    settings = Settings.from_env(data_dir, database_url, base_models=base_models)
+    settings = Settings.from_env(data_dir, database_url, base_models=base_models, nim_port=nim_port)
     settings.public_url = f"http://{host}:{port}"
     logging.getLogger("embedforge").setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the runner's health probes are not news
+    config = uvicorn.Config(
+        create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5
+    )
+    sockets = [config.bind_socket()]
+    nim = "at /nim"
+    if settings.nim_port:
+        sockets.append(
+            uvicorn.Config(config.app, host=host, port=settings.nim_port, log_config=None).bind_socket()
+        )
+        nim = f"at /nim and at http://{host}:{settings.nim_port}/v1"
     print(
-        f"embedforge platform on http://{host}:{port} (NIM surface at /nim), data in {settings.data_dir}",
+        f"embedforge platform on http://{host}:{port} (NIM surface {nim}), data in {settings.data_dir}",
         flush=True,
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=sockets)

@@ -10,6 +10,7 @@ DATA_DIR_ENV = "EMBEDFORGE_DATA_DIR"
 DATABASE_URL_ENV = "EMBEDFORGE_DATABASE_URL"
 API_KEY_ENV = "EMBEDFORGE_API_KEY"
 MAX_BODY_ENV = "EMBEDFORGE_MAX_BODY_BYTES"
+NIM_PORT_ENV = "EMBEDFORGE_NIM_PORT"
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 512 * 1024 * 1024  # a whole upload commit arrives as one request
     base_models: list[str] = field(default_factory=list)  # extra model folders registered as targets
+    nim_port: int | None = None  # a second port answering the NIM surface at /v1, as NVIDIA's NIM_URL
     public_url: str | None = None  # how workers and deployments reach this platform; set by the server
     poll_seconds: float = 1.0  # how often the job runner looks for work and reads progress
 
@@ -29,6 +31,7 @@ class Settings:
         database_url: str | None = None,
         api_key: str | None = None,
         base_models: list[str] | None = None,
+        nim_port: int | None = None,
     ) -> Settings:
         folder = data_dir or os.environ.get(DATA_DIR_ENV)
         if not folder:
@@ -44,4 +47,16 @@ class Settings:
             api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
             base_models=list(base_models or []),
             max_body_bytes=int(os.environ.get(MAX_BODY_ENV) or cls.max_body_bytes),
+            nim_port=nim_port or _int_env(NIM_PORT_ENV),
         )
+
+
+def _int_env(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    if not value.isdigit():
+        from embedforge.platform.errors import BadRequest
+
+        raise BadRequest(f"{name} must be a port number, got '{value}'")
+    return int(value)

@@ -176,31 +176,36 @@ def worker_spec(settings: Settings, row, workdir: Path) -> dict:
 
 
 def progress(row, workdir: Path) -> dict:
-    """Status fields from the worker's train_log.jsonl (the trainer's log records)."""
+    """Status fields from the worker's train_log.jsonl (the trainer's log records): ``train_loss`` per
+    logged step and ``val_loss`` per validation point. A dataset without ``validation/`` files has no
+    validation points, and its ``val_loss`` stays null."""
     log = workdir / "train_log.jsonl"
     if not log.exists():
         return {}
     epochs = float(row.body["hyperparameters"].get("epochs", 1))
-    points, last = [], {}
+    losses: dict[str, list[dict]] = {"loss": [], "val_loss": []}
+    last = {}
     for line in log.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:  # the worker is mid-write on the last line
             continue
         last = record
-        if "loss" in record:
-            points.append({"step": record["step"], "value": record["loss"], "timestamp": record.get("time")})
+        for key, points in losses.items():
+            if key in record:
+                points.append({"step": record["step"], "value": record[key], "timestamp": record.get("time")})
     if not last:
         return {}
     epoch, step = float(last.get("epoch") or 0), int(last.get("step") or 0)
-    values = [p for p in points]
+    values, val = losses["loss"], losses["val_loss"]
     return {
         "percentage_done": round(min(100.0, 100.0 * epoch / epochs), 2),
         "epochs_completed": int(epoch + 1e-6),
         "steps_completed": step,
         "steps_per_epoch": round(step / epoch) if epoch > 0 else None,
         "train_loss": values[-1]["value"] if values else last.get("train_loss"),
-        "metrics": {"keys": ["train_loss", "val_loss"], "metrics": {"train_loss": values, "val_loss": []}},
+        "val_loss": val[-1]["value"] if val else None,
+        "metrics": {"keys": ["train_loss", "val_loss"], "metrics": {"train_loss": values, "val_loss": val}},
         "elapsed_time": round(time.time() - row.created_at.timestamp(), 1),
     }
 
