@@ -52,7 +52,7 @@ def test_demo_recipe_loads_with_heading_pairs_and_real_question_budget():
     }
     assert set(configs) <= set(STAGE_CONFIGS)
     assert configs["prep"].heading_pairs is True
-    assert 150 <= configs["sdg"].max_passages <= 200  # ~1.3 s a passage: about 3.5 of the 15 minutes
+    assert 40 <= configs["sdg"].max_passages <= 100  # ~2 s a passage: 1.5-3.5 of the 15 minutes
     assert configs["sdg"].max_documents == 0  # the whole Perl documentation folder is the corpus
     assert configs["finetune"].base_model == "minilm"
     assert configs["finetune"].validation_split == 0.0

@@ -354,6 +354,28 @@ def test_the_plan_counts_the_corpus_and_the_training_steps(first_run):
     assert all(p.seconds is None for p in estimate_run(str(corpus), pipe.config, STAGES, cuda=True)[1])
 
 
+def test_the_plan_adds_the_teachers_one_off_encoding_to_finetune(first_run):
+    import dataclasses
+
+    from embedforge.pipeline import Pipeline
+    from embedforge.plan import estimate_run
+
+    corpus, run, recipe, _ = first_run
+    pipe = Pipeline(str(corpus), str(run), str(recipe))
+
+    def finetune_plan(teacher):
+        def config_of(stage):
+            cfg = pipe.config(stage)
+            return dataclasses.replace(cfg, distill_teacher=teacher) if stage == "finetune" else cfg
+
+        return estimate_run(str(corpus), config_of, ["finetune"], cuda=False)[1][0]
+
+    plain, taught, unmeasured = finetune_plan(None), finetune_plan("mpnet"), finetune_plan("/my/teacher")
+    assert "teacher" not in plain.what and "the mpnet teacher encodes ~" in taught.what
+    assert taught.seconds > plain.seconds
+    assert unmeasured.seconds is None  # another teacher's speed was never measured
+
+
 def test_the_plan_warns_when_other_work_fills_the_cores():
     from embedforge.plan import busy_note
 

@@ -21,7 +21,11 @@ SECONDS = {
     "load": 5.0,  # loading a model
     "general_check": 10.0,  # eval's general-domain check, per model
     "export": 40.0,  # fp32 + int8 export with parity checks (the demo's export stage)
+    # one passage encoded once by the MPNet teacher at 256 tokens (1,536 passages + 600 queries in 11 min,
+    # with a second job on the cores: an upper bound)
+    "teacher_text": 0.4,
 }
+MEASURED_TEACHER = "mpnet"
 # share of generated questions that survive cleaning, dedup and the round-trip filter (0.31 and 0.41 in the
 # quality and demo runs)
 KEPT_SHARE = 0.35
@@ -81,6 +85,8 @@ def estimate_run(
     train_seconds *= min(tune.max_seq_length, 256) / 256
     # validation retrieves over the training rows' passages, three times per run
     validation = 3 * min(tune.max_val_corpus, rows * tune.n_passages) * embed if validating else 0
+    teacher_texts = round(rows * tune.n_passages * 0.8) if tune.distill_teacher else 0  # rows share negatives
+    teacher_seconds = teacher_texts * SECONDS["teacher_text"] + load if teacher_texts else 0
     served = test_passages + test_queries
     precisions = 2 if config_of("export").quantize else 1
     plans = {
@@ -100,8 +106,16 @@ def estimate_run(
         "finetune": StagePlan(
             "finetune",
             f"~{rows:,} training rows -> {batches['total_steps']} steps of {batches['global_batch_size']} x "
-            f"(1 + {tune.n_passages}) texts at {tune.max_seq_length} tokens ({tune.base_model})",
-            timed(train_seconds + validation + load),
+            f"(1 + {tune.n_passages}) texts at {tune.max_seq_length} tokens ({tune.base_model})"
+            + (
+                f"; the {tune.distill_teacher} teacher encodes ~{teacher_texts:,} passages once"
+                if teacher_texts
+                else ""
+            ),
+            timed(
+                train_seconds + validation + load + teacher_seconds,
+                not teacher_texts or tune.distill_teacher == MEASURED_TEACHER,
+            ),
         ),
         "eval": StagePlan(
             "eval",
