@@ -45,7 +45,7 @@ from torch import nn
 
 from embedforge.atomic import atomic_write
 from embedforge.config import ConfigError, FinetuneConfig
-from embedforge.inbatch import text_key
+from embedforge.inbatch import id_rows, text_key
 from embedforge.model import BiEncoder
 from embedforge.registry import resolve_model
 
@@ -103,17 +103,7 @@ def encode_texts(
 
 def score_rows(columns: dict[str, list[str]], vectors: dict[str, np.ndarray]) -> np.ndarray:
     """(rows, passages) teacher cosines of each row's query with its positive and negatives."""
-    q_index = {int(k): i for i, k in enumerate(vectors["query_keys"])}
-    p_index = {int(k): i for i, k in enumerate(vectors["passage_keys"])}
-    rows_q = vectors["query_vectors"][[q_index[text_key(t)] for t in columns["anchor"]]]
-    rows_p = np.stack(
-        [
-            vectors["passage_vectors"][[p_index[text_key(t)] for t in columns[name]]]
-            for name in passage_columns(columns)
-        ],
-        axis=1,
-    )
-    return np.einsum("rd,rgd->rg", rows_q, rows_p).astype(np.float32)
+    return TeacherScores(vectors).lookup(torch.tensor(id_rows(columns))).numpy()
 
 
 def teacher_scores(
