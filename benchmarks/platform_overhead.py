@@ -11,13 +11,19 @@ so the per-request cost of the gateway is also measured alone: ``--single`` one-
 concurrency 1, direct and through the gateway interleaved one by one. Entity store: ``--entities`` datasets registered, then 50 client threads alternate
 ``GET /v1/datasets?filter[namespace]=...`` (a page of 100) and ``GET /v1/datasets/{ns}/{name}``.
 
-    .venv/bin/python benchmarks/platform_overhead.py [--seconds 10] [--rounds 2] [--out docs/bench/platform.json]
+With ``--split-cores`` the model server (the deployment's process tree) runs on CPU 0 and the platform and
+this load driver on the other CPUs. On a 2-core machine the gateway otherwise takes its CPU from the model
+server, and at concurrency 32 every millisecond it takes is queueing time for all 32 requests; split, both
+paths get the same model-server capacity and the p99 difference is the gateway's own.
+
+    .venv/bin/python benchmarks/platform_overhead.py [--seconds 10] [--rounds 2] [--split-cores] [--out docs/bench/platform.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform as host
 import socket
 import statistics
@@ -70,6 +76,47 @@ def deploy(url: str, precision: str) -> str:
         if d["status_details"]["status"] == "failed":
             raise SystemExit(f"deployment failed: {d['status_details']['description']}")
         time.sleep(2)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    parent_of = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent_of[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parent_of.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` to ``cpus`` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def split_cores(platform_pid: int) -> dict:
+    """Model server tree on CPU 0; the platform and this process on the rest."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--split-cores needs at least 2 CPUs")
+    model, rest = {cpus[0]}, set(cpus[1:])
+    servers = descendants(platform_pid)
+    for pid in servers:
+        pin(pid, model)
+    for pid in (platform_pid, os.getpid()):
+        pin(pid, rest)
+    return {
+        "model_server_cpus": sorted(model),
+        "model_server_pids": servers,
+        "gateway_and_driver_cpus": sorted(rest),
+    }
 
 
 def single_requests(direct: str, gateway: str, texts: list[str], n: int) -> dict:
@@ -153,13 +200,16 @@ def main() -> int:
     parser.add_argument("--entities", type=int, default=200)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--database-url")
+    parser.add_argument(
+        "--split-cores", action="store_true", help="model server on CPU 0, platform and driver on the rest"
+    )
     parser.add_argument("--out", default="docs/bench/platform.json")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="platform_bench_"))
     url, process = start_platform(work / "data", args.database_url)
     results: dict = {
-        "machine": {"cpus": len(__import__("os").sched_getaffinity(0)), "python": host.python_version()},
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": host.python_version()},
         "args": vars(args),
         "load_before": load(),
     }
@@ -167,6 +217,9 @@ def main() -> int:
         started = time.perf_counter()
         direct_url = deploy(url, args.precision)
         results["deploy_seconds"] = round(time.perf_counter() - started, 1)
+        if args.split_cores:
+            results["split_cores"] = split_cores(process.pid)
+            print("split", json.dumps(results["split_cores"]), flush=True)
         texts, source = build_texts(512, seed=0)
         batches = [texts[i : i + args.batch] for i in range(0, len(texts), args.batch)]
         results["texts"] = source

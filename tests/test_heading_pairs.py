@@ -52,6 +52,27 @@ def test_one_pair_per_informative_section_with_the_heading_cut_off():
     assert [h.doc_id for h in heading_pairs(passages, {"c.md", "b.md"})] == ["c.md"]
     assert heading_pairs(passages, {"a.md"})[0].heading == "Proofing the dough"
     assert "Overview" not in [h.heading for h in heading_pairs(passages, {"a.md"})]
+    assert all(h.more_ids == () for h in pairs)  # one passage per section unless asked
+
+
+def test_more_passages_of_a_section_are_positives_of_its_heading():
+    body = [f"part {n} of the section, {BODY}" for n in range(4)]
+    passages = [
+        _p("a.md", "Bread", "Proofing the dough", "Proofing the dough " + body[0]),
+        _p("a.md", "Bread", "Proofing the dough", body[1]),
+        _p("a.md", "Bread", "Shaping", "Shaping " + BODY),
+        _p(
+            "a.md", "Bread", "Proofing the dough", body[2]
+        ),  # same heading later in the document: same section
+        _p("a.md", "Bread", "Proofing the dough", body[3]),
+    ]
+    ids = [p.passage_id for p in passages]
+    by_heading = {h.heading: h for h in heading_pairs(passages, passages_per_section=3)}
+    assert by_heading["Proofing the dough"].more_ids == (ids[1], ids[3])  # first 3 of the section, in order
+    assert by_heading["Shaping"].more_ids == ()
+    assert heading_pairs(passages, passages_per_section=10)[0].more_ids == (ids[1], ids[3], ids[4])
+    with pytest.raises(ValueError, match="passages_per_section"):
+        heading_pairs(passages, passages_per_section=0)
 
 
 TOPICS = {
@@ -143,3 +164,42 @@ def test_prep_trains_on_heading_pairs_of_train_documents_only(prepped):
         for line in (beir / "queries.jsonl").read_text().splitlines()
     )
     assert report["checks"] == {"negatives_from_test_documents": 0, "negatives_that_are_positives": 0}
+
+
+def test_prep_unrolls_a_multi_passage_section_into_one_record_per_positive(tmp_path):
+    passages, pairs = [], []
+    for doc, (title, sections) in TOPICS.items():
+        for n, (heading, body) in enumerate(sections):
+            for text in (
+                f"{heading} {body}",
+                f"More on {heading.lower()}: {body.lower()} and so on, in detail.",
+            ):
+                passages.append({"passage_id": passage_id(text), "doc_id": doc, "text": text, "title": title,
+                                 "section": heading})  # fmt: skip
+            pairs.append({"question_id": f"{doc}-q{n}", "question": f"Tell me about {heading.lower()}?",
+                          "positive_ids": [passages[-2]["passage_id"]], "doc_id": doc})  # fmt: skip
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (tmp_path / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    config = PrepConfig(pairs=str(tmp_path / "pairs.jsonl"), out=str(tmp_path / "out"), heading_pairs=True,
+                        heading_passages=2, num_negatives=2, test_fraction=0.2)  # fmt: skip
+    report = run_prep(config)
+    assert report["config"]["heading_passages"] == 2
+    train_docs = set(TOPICS) - set(report["split"]["test_documents"])
+    by_id = {p["passage_id"]: p for p in passages}
+    data = json.loads((tmp_path / "out" / "train.json").read_text())["data"]
+    records: dict[str, list[dict]] = {}
+    for r in data:
+        if r["question_id"].startswith("h-"):
+            records.setdefault(r["question"], []).append(r)
+    assert len(records) == 3 * len(train_docs)
+    for heading, rows in records.items():
+        first, second = (row["pos_doc"][0]["id"] for row in rows)
+        assert first.endswith(BODY_SUFFIX) and by_id[second]["text"].startswith("More on")
+        assert by_id[second]["section"] == heading and by_id[second]["doc_id"] in train_docs
+        for row in rows:  # neither positive is a negative of its heading
+            assert {first, second, first[: -len(BODY_SUFFIX)]}.isdisjoint(n["id"] for n in row["neg_doc"])
+    with pytest.raises(ValueError, match="heading_passages must be >= 1"):
+        run_prep(
+            PrepConfig(pairs=config.pairs, out=str(tmp_path / "bad"), heading_pairs=True, heading_passages=0)
+        )
+    assert not (tmp_path / "bad").exists()

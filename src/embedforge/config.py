@@ -230,6 +230,11 @@ class PrepConfig:
         "also train on section heading -> section body pairs of the train documents (no LLM; never in the "
         "test set); embedforge.heading_pairs",
     )
+    heading_passages: int = setting(
+        1,
+        "heading pairs: how many passages of a section, from its first, are positives of its heading (more "
+        "than 1 = a multi-positive query, up to max_positives)",
+    )
     test_roundtrip_top_k: int | None = setting(
         None,
         "the test set also takes the test documents' questions that sdg's round-trip filter dropped: None = "

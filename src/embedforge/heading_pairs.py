@@ -7,7 +7,9 @@ the training data only: never in the test set, which stays the generator's held-
 
 One pair per section with a heading: the query is the heading, the positive is the section's first passage
 with the heading line cut off (a positive that starts with its own query teaches string matching). The
-positive keeps the document title, as every passage does. Skipped: headings found in more than one document
+positive keeps the document title, as every passage does. With ``passages_per_section`` > 1 the section's
+next passages (which never carry the heading) are further positives of the same query: a long section
+answers its heading in every part, and the pairs cost nothing to make. Skipped: headings found in more than one document
 ("Description", "Examples": no one's answer), headings equal to their document's title, and bodies shorter
 than ``MIN_BODY_WORDS`` words. Section numbers ("36.4.2.") are cut from the query.
 """
@@ -35,6 +37,9 @@ class HeadingPair:
     source_id: str
     doc_id: str
     title: str
+    more_ids: tuple[
+        str, ...
+    ] = ()  # the section's next passages, positives too (``passages_per_section`` > 1)
 
 
 # "36.4.2. ", "F.10.1. ", "2) ": numbering says where a section is, not what it is about
@@ -50,17 +55,23 @@ def _key(heading: str) -> str:
     return " ".join(query_of(heading).casefold().split())
 
 
-def heading_pairs(passages: Iterable[Passage], doc_ids: set[str] | None = None) -> list[HeadingPair]:
+def heading_pairs(
+    passages: Iterable[Passage], doc_ids: set[str] | None = None, passages_per_section: int = 1
+) -> list[HeadingPair]:
     """Heading -> body pairs of ``passages`` (in document order), from the documents in ``doc_ids`` (None = all).
 
     Headings are counted over every document, so a heading shared with an excluded document still counts
-    as generic.
+    as generic. ``passages_per_section``: how many of a section's passages, from its first, are positives.
     """
+    if passages_per_section < 1:
+        raise ValueError(f"passages_per_section must be >= 1, got {passages_per_section}")
     passages = list(passages)
     docs_per_heading: dict[str, set[str]] = {}
+    section_passages: dict[tuple[str, str], list[str]] = {}
     for p in passages:
         if p.section:
             docs_per_heading.setdefault(_key(p.section), set()).add(p.doc_id)
+            section_passages.setdefault((p.doc_id, p.section), []).append(p.passage_id)
     pairs, seen = [], set()
     for p in passages:
         section = (p.doc_id, p.section)
@@ -72,8 +83,9 @@ def heading_pairs(passages: Iterable[Passage], doc_ids: set[str] | None = None) 
         body = p.text[len(p.section) :].lstrip(" :.-") if p.text.startswith(p.section) else p.text
         if len(body.split()) < MIN_BODY_WORDS:
             continue
+        more = tuple(section_passages[section][1:passages_per_section])
         pairs.append(
             HeadingPair(f"h-{p.passage_id}", query_of(p.section), p.passage_id + BODY_SUFFIX, body, p.passage_id,
-                        p.doc_id, p.title)
+                        p.doc_id, p.title, more)
         )  # fmt: skip
     return pairs

@@ -317,6 +317,8 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
         raise ValueError("prep needs the pairs JSONL written by sdg (pairs=PATH)")
     if config.max_positives < 1:
         raise ValueError(f"max_positives must be >= 1, got {config.max_positives}")
+    if config.heading_passages < 1:
+        raise ValueError(f"heading_passages must be >= 1, got {config.heading_passages}")
     pairs_path = Path(config.pairs)
     passages_path = Path(config.passages) if config.passages else pairs_path.with_name("passages.jsonl")
     out = Path(config.out)
@@ -345,14 +347,18 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     train_corpus = {pid: texts[pid] for pid, p in passages.items() if p.doc_id not in test_set}
     test_passages = {pid: p for pid, p in passages.items() if p.doc_id in test_set}
     train_docs_all = {p.doc_id for p in passages.values()} - test_set
-    headings = heading_pairs(passages.values(), train_docs_all) if config.heading_pairs else []
+    headings = (
+        heading_pairs(passages.values(), train_docs_all, config.heading_passages)
+        if config.heading_pairs
+        else []
+    )
     doc_of = {pid: p.doc_id for pid, p in passages.items()}
     for h in headings:  # the heading-free copies join the training corpus (and may be others' negatives)
         texts[h.body_id] = train_corpus[h.body_id] = passage_text({"title": h.title, "text": h.body})
         doc_of[h.body_id] = h.doc_id
     llm_train_pairs = train_pairs
     train_pairs = train_pairs + [
-        Pair(h.question_id, h.heading, [h.body_id], h.doc_id, "heading") for h in headings
+        Pair(h.question_id, h.heading, [h.body_id, *h.more_ids], h.doc_id, "heading") for h in headings
     ]
     # the heading-free copies are positives only (a copy next to its source would waste a negative), and a
     # heading's source passage, which starts with the heading, is no negative of it
@@ -400,6 +406,7 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
         "candidate_pool": config.candidate_pool,
         "max_positives": config.max_positives,
         "heading_pairs": config.heading_pairs,
+        "heading_passages": config.heading_passages,
         "negative_corpus": "train documents only",
         "test_fraction": config.test_fraction,
         "seed": config.seed,
