@@ -83,6 +83,11 @@ def test_job_completes_with_progress_and_losses(platform, finished_job):
     log = platform.data_dir / "customization" / job.id / "train_log.jsonl"
     logged = [json.loads(line) for line in log.read_text().splitlines()]
     assert [p.value for p in val_losses] == [r["val_loss"] for r in logged if "val_loss" in r]
+    # best_epoch: epochs completed at the checkpoint finetune kept (the best validation nDCG@10)
+    summary = json.loads((log.parent / "train_summary.json").read_text())
+    kept_step = int(summary["best_checkpoint"].rsplit("-", 1)[-1])
+    assert kept_step in (1, 2)
+    assert status.best_epoch == (0 if kept_step == 1 else 1)  # step 1 of 2 is half an epoch
     messages = [log.message for log in status.status_logs]
     assert (
         messages[0] == "created"

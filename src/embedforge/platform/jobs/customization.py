@@ -210,12 +210,30 @@ def progress(row, workdir: Path) -> dict:
     }
 
 
+def best_epoch(workdir: Path) -> int | None:
+    """Epochs completed at the checkpoint finetune kept (NeMo's ``best_epoch``): the best validation
+    checkpoint, or the last step when there was no validation. None when the run left no summary."""
+    summary_path, log = workdir / "train_summary.json", workdir / "train_log.jsonl"
+    if not summary_path.exists():
+        return None
+    summary = json.loads(summary_path.read_text())
+    checkpoint = summary.get("best_checkpoint")
+    step = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else summary.get("steps")
+    epochs = [
+        float(r["epoch"])
+        for r in map(json.loads, log.read_text().splitlines() if log.exists() else [])
+        if r.get("step") == step and r.get("epoch") is not None
+    ]
+    return int(max(epochs) + 1e-6) if epochs else None
+
+
 def finish(db: Session, row, workdir: Path) -> dict:
     """Register the fine-tuned model as ``ns/name@cust-<id>``; returns extra status fields."""
     from embedforge.platform.targets import model_spec
 
+    extra = {"best_epoch": best_epoch(workdir)}
     if not row.body.get("output_model"):
-        return {}
+        return extra
     namespace, _, name = row.body["output_model"].partition("/")
     folder = workdir / "model"
     body = {
@@ -234,4 +252,4 @@ def finish(db: Session, row, workdir: Path) -> dict:
     existing = records.find(db, "model", namespace, name)
     if existing is None:
         records.create(db, "model", namespace, name, body, "model")
-    return {}
+    return extra
