@@ -42,7 +42,7 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from embedforge import distill
+from embedforge import distill, train_memory
 from embedforge.atomic import atomic_write, write_json_atomic
 from embedforge.config import ConfigError, FinetuneConfig, config_dict, config_hash
 from embedforge.distill import DistilledLoss, TeacherScores
@@ -379,6 +379,19 @@ def finetune(config: FinetuneConfig) -> dict:
     bf16 = resolve_bf16(config.bf16)
     if config.finetuning_type == "lora_merged":
         _add_lora(encoder, config)
+    shape = model[0].auto_model.config
+    hidden, layers = getattr(shape, "hidden_size", None), getattr(shape, "num_hidden_layers", None)
+    if not torch.cuda.is_available() and hidden and layers:  # on a CPU the OOM killer ends it without a word
+        train_memory.check_fits(
+            model_name=str(config.base_model),
+            hidden=hidden,
+            layers=layers,
+            parameters=sum(p.numel() for p in model.parameters()),
+            forward_batch=plan["cache_mini_batch_size"],
+            n_passages=config.n_passages,
+            max_seq_length=config.max_seq_length or model.max_seq_length,
+            available=train_memory.available_bytes(),
+        )
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
