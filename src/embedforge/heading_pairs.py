@@ -8,10 +8,10 @@ the training data only: never in the test set, which stays the generator's held-
 One pair per section with a heading: the query is the heading, the positive is the section's first passage
 with the heading line cut off (a positive that starts with its own query teaches string matching). The
 positive keeps the document title, as every passage does. With ``passages_per_section`` > 1 the section's
-next passages (which never carry the heading) are further positives of the same query: a long section
-answers its heading in every part, and the pairs cost nothing to make. Skipped: headings found in more than one document
-("Description", "Examples": no one's answer), headings equal to their document's title, and bodies shorter
-than ``MIN_BODY_WORDS`` words. Section numbers ("36.4.2.") are cut from the query.
+next passages (which never carry the heading) are further positives of the same query; on the Perl FAQ's
+real questions 3 scored lower than 1 (docs/benchmarks.md), so 1 is the default. Skipped: headings found in
+more than one document ("Description", "Examples": no one's answer), headings equal to their document's
+title, and bodies shorter than ``MIN_BODY_WORDS`` words. Section numbers ("36.4.2.") are cut from the query.
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ class HeadingPair:
     source_id: str
     doc_id: str
     title: str
-    more_ids: tuple[
-        str, ...
-    ] = ()  # the section's next passages, positives too (``passages_per_section`` > 1)
+    # the section's next passages, positives too (``passages_per_section`` > 1)
+    more_ids: tuple[str, ...] = ()
 
 
 # "36.4.2. ", "F.10.1. ", "2) ": numbering says where a section is, not what it is about
