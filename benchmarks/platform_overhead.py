@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_speed import build_texts, drive, http_caller, load  # noqa: E402
@@ -78,23 +79,6 @@ def deploy(url: str, precision: str) -> str:
         time.sleep(2)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, their children, ...), from /proc."""
-    parent_of = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent_of[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = [], [pid]
-    while frontier:
-        children = [p for p, parent in parent_of.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
-
-
 def pin(pid: int, cpus: set[int]) -> None:
     """Pin every thread of ``pid`` to ``cpus`` (threads it starts later inherit it)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -107,7 +91,7 @@ def split_cores(platform_pid: int) -> dict:
     if len(cpus) < 2:
         raise SystemExit("--split-cores needs at least 2 CPUs")
     model, rest = {cpus[0]}, set(cpus[1:])
-    servers = descendants(platform_pid)
+    servers = [child.pid for child in psutil.Process(platform_pid).children(recursive=True)]
     for pid in servers:
         pin(pid, model)
     for pid in (platform_pid, os.getpid()):

@@ -389,7 +389,7 @@ def finetune(config: FinetuneConfig) -> dict:
             parameters=sum(p.numel() for p in model.parameters()),
             forward_batch=plan["cache_mini_batch_size"],
             n_passages=config.n_passages,
-            max_seq_length=config.max_seq_length or model.max_seq_length,
+            max_seq_length=model.max_seq_length,  # the loaded model's, set from the config
             available=train_memory.available_bytes(),
         )
 

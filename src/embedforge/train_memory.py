@@ -14,7 +14,8 @@ check refuses only what will not fit in the memory available now, and says which
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
+
+import psutil
 
 from embedforge.config import ConfigError
 
@@ -24,15 +25,9 @@ RUNTIME_BYTES = 1 << 30  # interpreter, libraries, tokenizers, data
 QUERY_TOKENS = 32  # queries pad to the longest in the batch: short questions
 
 
-def available_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux); None where it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+def available_bytes() -> int:
+    """Memory the system can give a new allocation now without swapping (psutil's ``available``)."""
+    return psutil.virtual_memory().available
 
 
 def step_bytes(

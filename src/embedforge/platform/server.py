@@ -42,8 +42,7 @@ def serve(
         f"embedforge platform on http://{host}:{port} (NIM surface {nim}), data in {settings.data_dir}",
         flush=True,
     )
-    for (
-        sock
-    ) in sockets:  # accepted connections inherit it; without it, Nagle + delayed ACK add ~40 ms a request
+    # accepted connections inherit TCP_NODELAY; without it, Nagle + delayed ACK add ~40 ms a request
+    for sock in sockets:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     uvicorn.Server(config).run(sockets=sockets)
