@@ -382,6 +382,10 @@ class SdgConfig:
     max_passages: int = setting(
         0, "generate for at most this many passages, a seeded sample (0 = all); raising it later reuses work"
     )
+    spread: bool = setting(
+        False,
+        "with max_passages: every document gets a passage before any gets a second (else uniform over passages)",
+    )
     max_documents: int = setting(
         0, "use a seeded sample of this many documents as the corpus (0 = all): a quick run on a large folder"
     )

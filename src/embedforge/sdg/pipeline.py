@@ -150,19 +150,37 @@ def sample_documents(corpus: CorpusResult, max_documents: int, seed: int) -> Cor
     )
 
 
+def _shuffled(ids: list[str], seed: int) -> list[str]:
+    shuffled = ids[:]
+    random.Random(seed).shuffle(shuffled)
+    return shuffled
+
+
+def _spread_over_documents(by_doc: dict[str, list[str]], seed: int) -> list[str]:
+    """Round robin over documents in a seeded order, each document's passages seeded too.
+
+    Every document gets a passage before any gets a second: a uniform sample over passages spends
+    the budget on the longest pages (one 200-section reference page outweighs 200 one-answer pages).
+    """
+    rng = random.Random(seed)
+    docs = sorted(by_doc)
+    rng.shuffle(docs)
+    queues = [_shuffled(by_doc[d], rng.randrange(2**32)) for d in docs]
+    return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+
+
 def plan_units(passages: list[Passage], config: SdgConfig) -> list[P.UnitPlan]:
     """Plans for the selected passages, in corpus order.
 
-    ``max_passages`` takes the first N of a seeded shuffle, so a larger N later is a superset.
+    ``max_passages`` takes the first N of a seeded order, so a larger N later is a superset.
     """
     by_doc: dict[str, list[str]] = {}
     for p in passages:
         by_doc.setdefault(p.doc_id, []).append(p.passage_id)
     selected = [p.passage_id for p in passages]
     if config.max_passages and config.max_passages < len(selected):
-        shuffled = selected[:]
-        random.Random(config.seed).shuffle(shuffled)
-        chosen = set(shuffled[: config.max_passages])
+        order = _spread_over_documents(by_doc, config.seed) if config.spread else _shuffled(selected, config.seed)
+        chosen = set(order[: config.max_passages])
         selected = [pid for pid in selected if pid in chosen]
     doc_of = {p.passage_id: p.doc_id for p in passages}
     plans = []
