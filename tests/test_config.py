@@ -122,7 +122,7 @@ def test_the_default_recipe_fits_the_hardware():
     assert default_recipe(cuda=False) == RECIPES_DIR / "minilm_cpu.yaml"
     assert default_recipe(cuda=True) == RECIPES_DIR / "llama_nemotron_embed_1b_v2.yaml"
     cpu = load_config("finetune", default_recipe(cuda=False))
-    assert (cpu.base_model, cpu.max_seq_length) == ("minilm", 256)  # not NVIDIA's 512-token GPU settings
+    assert cpu.base_model == "minilm" and cpu.max_seq_length < 512  # not NVIDIA's 512-token GPU settings
     assert load_config("sdg", default_recipe(cuda=False)).max_passages > 0  # a bounded question budget
 
 
