@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from embedforge.config import PrepConfig
@@ -73,6 +74,27 @@ def test_more_passages_of_a_section_are_positives_of_its_heading():
     assert heading_pairs(passages, passages_per_section=10)[0].more_ids == (ids[1], ids[3], ids[4])
     with pytest.raises(ValueError, match="passages_per_section"):
         heading_pairs(passages, passages_per_section=0)
+
+
+def test_a_whole_section_can_be_the_positive_of_its_heading():
+    body = [f"part {n} of the section, {BODY}" for n in range(3)]
+    passages = [
+        _p("a.md", "Bread", "Proofing the dough", "Proofing the dough " + body[0]),
+        _p("a.md", "Bread", "Proofing the dough", body[1]),
+        _p("a.md", "Bread", "Shaping", "Shaping " + BODY),
+        _p("a.md", "Bread", "Proofing the dough", body[2]),
+    ]
+    ids = [p.passage_id for p in passages]
+    by_heading = {h.heading: h for h in heading_pairs(passages, passages_per_section=3, whole_section=True)}
+    proofing = by_heading["Proofing the dough"]
+    assert proofing.body == " ".join(body)  # heading cut from the first passage, the rest in order
+    assert proofing.joined_ids == (ids[1], ids[3]) and proofing.more_ids == ()  # one positive, not three
+    assert proofing.body_id == ids[0] + BODY_SUFFIX and proofing.source_id == ids[0]
+    assert by_heading["Shaping"].body == BODY and by_heading["Shaping"].joined_ids == ()
+    # a section too short in its first passage alone counts its whole text
+    short = [_p("b.md", "Cakes", "Icing", "Icing too short here"), _p("b.md", "Cakes", "Icing", BODY)]
+    assert heading_pairs(short) == []
+    assert heading_pairs(short, whole_section=True)[0].body == "too short here " + BODY
 
 
 TOPICS = {
@@ -166,7 +188,8 @@ def test_prep_trains_on_heading_pairs_of_train_documents_only(prepped):
     assert report["checks"] == {"negatives_from_test_documents": 0, "negatives_that_are_positives": 0}
 
 
-def test_prep_unrolls_a_multi_passage_section_into_one_record_per_positive(tmp_path):
+def _two_passage_sections(folder: Path) -> list[dict]:
+    """sdg-shaped files in ``folder``: every TOPICS section in two passages, a question on the first."""
     passages, pairs = [], []
     for doc, (title, sections) in TOPICS.items():
         for n, (heading, body) in enumerate(sections):
@@ -178,8 +201,13 @@ def test_prep_unrolls_a_multi_passage_section_into_one_record_per_positive(tmp_p
                                  "section": heading})  # fmt: skip
             pairs.append({"question_id": f"{doc}-q{n}", "question": f"Tell me about {heading.lower()}?",
                           "positive_ids": [passages[-2]["passage_id"]], "doc_id": doc})  # fmt: skip
-    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    (tmp_path / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (folder / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    return passages
+
+
+def test_prep_unrolls_a_multi_passage_section_into_one_record_per_positive(tmp_path):
+    passages = _two_passage_sections(tmp_path)
     config = PrepConfig(pairs=str(tmp_path / "pairs.jsonl"), out=str(tmp_path / "out"), heading_pairs=True,
                         heading_passages=2, num_negatives=2, test_fraction=0.2)  # fmt: skip
     report = run_prep(config)
@@ -203,3 +231,25 @@ def test_prep_unrolls_a_multi_passage_section_into_one_record_per_positive(tmp_p
             PrepConfig(pairs=config.pairs, out=str(tmp_path / "bad"), heading_pairs=True, heading_passages=0)
         )
     assert not (tmp_path / "bad").exists()
+
+
+def test_prep_trains_a_heading_on_its_whole_section_and_never_on_its_parts_as_negatives(tmp_path):
+    passages = _two_passage_sections(tmp_path)
+    config = PrepConfig(pairs=str(tmp_path / "pairs.jsonl"), out=str(tmp_path / "out"), heading_pairs=True,
+                        heading_section=True, num_negatives=3, test_fraction=0.2)  # fmt: skip
+    report = run_prep(config)
+    assert report["config"]["heading_section"] is True
+    data = json.loads((tmp_path / "out" / "train.json").read_text())["data"]
+    corpus = dict(pd.read_parquet(tmp_path / "out" / "corpus" / "train.parquet")[["id", "text"]].values)
+    rows = [r for r in data if r["question_id"].startswith("h-")]
+    train_docs = set(TOPICS) - set(report["split"]["test_documents"])
+    assert len(rows) == 3 * len(train_docs)  # one record per heading: the section is one positive
+    by_text = {p["text"]: p for p in passages}
+    for row in rows:
+        (positive,) = [d["id"] for d in row["pos_doc"]]
+        first = next(p for p in passages if p["passage_id"] == positive[: -len(BODY_SUFFIX)])
+        second = by_text[next(t for t in by_text if t.startswith(f"More on {row['question'].lower()}:"))]
+        assert corpus[positive].endswith(second["text"])  # both passages, in order, in the one positive
+        negatives = {n["id"] for n in row["neg_doc"]}
+        assert len(negatives) == 3
+        assert negatives.isdisjoint({positive, first["passage_id"], second["passage_id"]})

@@ -235,6 +235,11 @@ class PrepConfig:
         "heading pairs: how many passages of a section, from its first, are positives of its heading (more "
         "than 1 = a multi-positive query, up to max_positives; 3 scored 0.022 nDCG@10 lower on the Perl FAQ)",
     )
+    heading_section: bool = setting(
+        False,
+        "heading pairs: the positive is the whole section (its passages joined, cut at training's "
+        "max_seq_length) instead of its first passage; heading_passages is then ignored",
+    )
     test_roundtrip_top_k: int | None = setting(
         None,
         "the test set also takes the test documents' questions that sdg's round-trip filter dropped: None = "

@@ -9,7 +9,9 @@ One pair per section with a heading: the query is the heading, the positive is t
 with the heading line cut off (a positive that starts with its own query teaches string matching). The
 positive keeps the document title, as every passage does. With ``passages_per_section`` > 1 the section's
 next passages (which never carry the heading) are further positives of the same query; on the Perl FAQ's
-real questions 3 scored lower than 1 (docs/benchmarks.md), so 1 is the default. Skipped: headings found in
+real questions 3 scored lower than 1 (docs/benchmarks.md), so 1 is the default. With ``whole_section``
+the positive is the whole section, its passages joined (0.012 lower there: a heading names what its section
+opens with), and the joined passages are no negatives of the heading. Skipped: headings found in
 more than one document ("Description", "Examples": no one's answer), headings equal to their document's
 title, and bodies shorter than ``MIN_BODY_WORDS`` words. Section numbers ("36.4.2.") are cut from the query.
 """
@@ -39,6 +41,8 @@ class HeadingPair:
     title: str
     # the section's next passages, positives too (``passages_per_section`` > 1)
     more_ids: tuple[str, ...] = ()
+    # the section's next passages joined into ``body`` (``whole_section``): no negatives of this heading
+    joined_ids: tuple[str, ...] = ()
 
 
 # "36.4.2. ", "F.10.1. ", "2) ": numbering says where a section is, not what it is about
@@ -55,7 +59,10 @@ def _key(heading: str) -> str:
 
 
 def heading_pairs(
-    passages: Iterable[Passage], doc_ids: set[str] | None = None, passages_per_section: int = 1
+    passages: Iterable[Passage],
+    doc_ids: set[str] | None = None,
+    passages_per_section: int = 1,
+    whole_section: bool = False,
 ) -> list[HeadingPair]:
     """Heading -> body pairs of ``passages`` (in document order), from the documents in ``doc_ids`` (None = all).
 
@@ -66,11 +73,11 @@ def heading_pairs(
         raise ValueError(f"passages_per_section must be >= 1, got {passages_per_section}")
     passages = list(passages)
     docs_per_heading: dict[str, set[str]] = {}
-    section_passages: dict[tuple[str, str], list[str]] = {}
+    section_passages: dict[tuple[str, str], list[Passage]] = {}
     for p in passages:
         if p.section:
             docs_per_heading.setdefault(_key(p.section), set()).add(p.doc_id)
-            section_passages.setdefault((p.doc_id, p.section), []).append(p.passage_id)
+            section_passages.setdefault((p.doc_id, p.section), []).append(p)
     pairs, seen = [], set()
     for p in passages:
         section = (p.doc_id, p.section)
@@ -80,11 +87,17 @@ def heading_pairs(
         if len(docs_per_heading[_key(p.section)]) > 1 or _key(p.section) == _key(p.title):
             continue
         body = p.text[len(p.section) :].lstrip(" :.-") if p.text.startswith(p.section) else p.text
+        joined = tuple(section_passages[section][1:]) if whole_section else ()
+        body = " ".join([body, *(q.text for q in joined)])
         if len(body.split()) < MIN_BODY_WORDS:
             continue
-        more = tuple(section_passages[section][1:passages_per_section])
+        more = (
+            ()
+            if whole_section
+            else tuple(q.passage_id for q in section_passages[section][1:passages_per_section])
+        )
         pairs.append(
             HeadingPair(f"h-{p.passage_id}", query_of(p.section), p.passage_id + BODY_SUFFIX, body, p.passage_id,
-                        p.doc_id, p.title, more)
+                        p.doc_id, p.title, more, tuple(q.passage_id for q in joined))
         )  # fmt: skip
     return pairs

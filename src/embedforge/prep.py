@@ -348,7 +348,7 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     test_passages = {pid: p for pid, p in passages.items() if p.doc_id in test_set}
     train_docs_all = {p.doc_id for p in passages.values()} - test_set
     headings = (
-        heading_pairs(passages.values(), train_docs_all, config.heading_passages)
+        heading_pairs(passages.values(), train_docs_all, config.heading_passages, config.heading_section)
         if config.heading_pairs
         else []
     )
@@ -361,9 +361,10 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
         Pair(h.question_id, h.heading, [h.body_id, *h.more_ids], h.doc_id, "heading") for h in headings
     ]
     # the heading-free copies are positives only (a copy next to its source would waste a negative), and a
-    # heading's source passage, which starts with the heading, is no negative of it
+    # heading's source passage, which starts with the heading, is no negative of it, nor are the passages
+    # joined into a whole-section positive
     copies = frozenset(h.body_id for h in headings)
-    exclude = [copies] * len(llm_train_pairs) + [copies | {h.source_id} for h in headings]
+    exclude = [copies] * len(llm_train_pairs) + [copies | {h.source_id, *h.joined_ids} for h in headings]
 
     encoder = encoder or BiEncoder.load(
         config.model, query_prompt=config.query_prompt, passage_prompt=config.passage_prompt
@@ -407,6 +408,7 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
         "max_positives": config.max_positives,
         "heading_pairs": config.heading_pairs,
         "heading_passages": config.heading_passages,
+        "heading_section": config.heading_section,
         "negative_corpus": "train documents only",
         "test_fraction": config.test_fraction,
         "seed": config.seed,
