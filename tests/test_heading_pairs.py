@@ -56,17 +56,18 @@ def test_one_pair_per_informative_section_with_the_heading_cut_off():
     assert all(h.more_ids == () for h in pairs)  # one passage per section unless asked
 
 
+def _proofing_section(parts: int) -> tuple[list[str], list[Passage]]:
+    """A section in ``parts`` passages (bodies, then passages), another section after its second passage."""
+    body = [f"part {n} of the section, {BODY}" for n in range(parts)]
+    passages = [_p("a.md", "Bread", "Proofing the dough", "Proofing the dough " + body[0])]
+    passages += [_p("a.md", "Bread", "Proofing the dough", text) for text in body[1:]]
+    # the parts after another section still belong to this one (same heading, same document)
+    passages.insert(2, _p("a.md", "Bread", "Shaping", "Shaping " + BODY))
+    return body, passages
+
+
 def test_more_passages_of_a_section_are_positives_of_its_heading():
-    body = [f"part {n} of the section, {BODY}" for n in range(4)]
-    passages = [
-        _p("a.md", "Bread", "Proofing the dough", "Proofing the dough " + body[0]),
-        _p("a.md", "Bread", "Proofing the dough", body[1]),
-        _p("a.md", "Bread", "Shaping", "Shaping " + BODY),
-        _p(
-            "a.md", "Bread", "Proofing the dough", body[2]
-        ),  # same heading later in the document: same section
-        _p("a.md", "Bread", "Proofing the dough", body[3]),
-    ]
+    _, passages = _proofing_section(4)
     ids = [p.passage_id for p in passages]
     by_heading = {h.heading: h for h in heading_pairs(passages, passages_per_section=3)}
     assert by_heading["Proofing the dough"].more_ids == (ids[1], ids[3])  # first 3 of the section, in order
@@ -77,13 +78,7 @@ def test_more_passages_of_a_section_are_positives_of_its_heading():
 
 
 def test_a_whole_section_can_be_the_positive_of_its_heading():
-    body = [f"part {n} of the section, {BODY}" for n in range(3)]
-    passages = [
-        _p("a.md", "Bread", "Proofing the dough", "Proofing the dough " + body[0]),
-        _p("a.md", "Bread", "Proofing the dough", body[1]),
-        _p("a.md", "Bread", "Shaping", "Shaping " + BODY),
-        _p("a.md", "Bread", "Proofing the dough", body[2]),
-    ]
+    body, passages = _proofing_section(3)
     ids = [p.passage_id for p in passages]
     by_heading = {h.heading: h for h in heading_pairs(passages, passages_per_section=3, whole_section=True)}
     proofing = by_heading["Proofing the dough"]
@@ -244,11 +239,10 @@ def test_prep_trains_a_heading_on_its_whole_section_and_never_on_its_parts_as_ne
     rows = [r for r in data if r["question_id"].startswith("h-")]
     train_docs = set(TOPICS) - set(report["split"]["test_documents"])
     assert len(rows) == 3 * len(train_docs)  # one record per heading: the section is one positive
-    by_text = {p["text"]: p for p in passages}
     for row in rows:
         (positive,) = [d["id"] for d in row["pos_doc"]]
         first = next(p for p in passages if p["passage_id"] == positive[: -len(BODY_SUFFIX)])
-        second = by_text[next(t for t in by_text if t.startswith(f"More on {row['question'].lower()}:"))]
+        second = next(p for p in passages if p["text"].startswith(f"More on {row['question'].lower()}:"))
         assert corpus[positive].endswith(second["text"])  # both passages, in order, in the one positive
         negatives = {n["id"] for n in row["neg_doc"]}
         assert len(negatives) == 3

@@ -87,15 +87,12 @@ def heading_pairs(
         if len(docs_per_heading[_key(p.section)]) > 1 or _key(p.section) == _key(p.title):
             continue
         body = p.text[len(p.section) :].lstrip(" :.-") if p.text.startswith(p.section) else p.text
-        joined = tuple(section_passages[section][1:]) if whole_section else ()
+        rest = section_passages[section][1:]
+        joined = tuple(rest) if whole_section else ()
         body = " ".join([body, *(q.text for q in joined)])
         if len(body.split()) < MIN_BODY_WORDS:
             continue
-        more = (
-            ()
-            if whole_section
-            else tuple(q.passage_id for q in section_passages[section][1:passages_per_section])
-        )
+        more = () if whole_section else tuple(q.passage_id for q in rest[: passages_per_section - 1])
         pairs.append(
             HeadingPair(f"h-{p.passage_id}", query_of(p.section), p.passage_id + BODY_SUFFIX, body, p.passage_id,
                         p.doc_id, p.title, more, tuple(q.passage_id for q in joined))
