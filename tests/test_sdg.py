@@ -286,11 +286,20 @@ def test_spread_gives_every_document_a_passage_before_any_gets_a_second():
     passages += [Passage(f"page{d}-0", f"page{d}", f"text {d}", f"Page {d}") for d in range(40)]
     uniform = plan_units(passages, SdgConfig(corpus="x", max_passages=30, seed=3))
     assert sum(p.passage_id.startswith("big") for p in uniform) > 15  # the long page takes the budget
-    spread = [p.passage_id for p in plan_units(passages, SdgConfig(corpus="x", max_passages=30, spread=True, seed=3))]
+    spread = [
+        p.passage_id
+        for p in plan_units(passages, SdgConfig(corpus="x", max_passages=30, spread=True, seed=3))
+    ]
     assert len(spread) == 30 and len({pid.split("-")[0] for pid in spread}) == 30  # 30 documents, once each
-    more = [p.passage_id for p in plan_units(passages, SdgConfig(corpus="x", max_passages=60, spread=True, seed=3))]
+    more = [
+        p.passage_id
+        for p in plan_units(passages, SdgConfig(corpus="x", max_passages=60, spread=True, seed=3))
+    ]
     assert set(spread) <= set(more) and sum(p.startswith("page") for p in more) == 40  # round one done first
-    assert more == [p.passage_id for p in plan_units(passages, SdgConfig(corpus="x", max_passages=60, spread=True, seed=3))]
+    assert more == [
+        p.passage_id
+        for p in plan_units(passages, SdgConfig(corpus="x", max_passages=60, spread=True, seed=3))
+    ]
 
 
 # ------------------------------------------------------------------------------------------- filters

@@ -16,6 +16,7 @@ from embedforge.train import (
     GroupContrastiveLoss,
     build_training_rows,
     finetune,
+    freeze_bottom,
     plan_batches,
     resolve_bf16,
     set_attention_dropout,
@@ -276,8 +277,9 @@ def _previous_run(folder):
         {"global_batch_size": 30, "micro_batch_size": 8},
         {"val_data": "missing-val.jsonl"},
         {"base_mix": 1.0},
+        {"freeze_layers": 7},  # MiniLM has 6
     ],
-    ids=["missing-data", "n_passages", "batch-plan", "missing-val", "base-mix"],
+    ids=["missing-data", "n_passages", "batch-plan", "missing-val", "base-mix", "freeze-layers"],
 )
 def test_a_bad_config_or_bad_data_fails_before_the_previous_run_is_touched(domain, tmp_path, bad):
     before = _previous_run(tmp_path)
@@ -337,20 +339,26 @@ def test_a_failed_swap_keeps_the_previous_model(minilm, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
-def test_base_mix_moves_every_trained_weight_that_share_back_to_the_base(domain, tmp_path):
-    student = tiny_bert(tmp_path / "tiny", seed=0)
-    common = dict(
+def _two_big_steps(student, domain, out, **extra) -> FinetuneConfig:
+    """Two steps of a tiny model at a large learning rate: every trained tensor moves clearly."""
+    return FinetuneConfig(
         base_model=str(student),
         train_data=str(domain["train"]),
+        output_dir=str(out),
         max_seq_length=32,
         global_batch_size=8,
         n_passages=2,
         max_steps=2,
-        learning_rate=1e-2,  # large steps, so that tuned and base weights differ clearly
+        learning_rate=1e-2,
         validation_split=0.0,
+        **extra,
     )
-    finetune(FinetuneConfig(output_dir=str(tmp_path / "plain"), **common))
-    finetune(FinetuneConfig(output_dir=str(tmp_path / "mixed"), base_mix=0.25, **common))
+
+
+def test_base_mix_moves_every_trained_weight_that_share_back_to_the_base(domain, tmp_path):
+    student = tiny_bert(tmp_path / "tiny", seed=0)
+    finetune(_two_big_steps(student, domain, tmp_path / "plain"))
+    finetune(_two_big_steps(student, domain, tmp_path / "mixed", base_mix=0.25))
     load = lambda folder: SentenceTransformer(str(folder), device="cpu")[0].auto_model.state_dict()  # noqa: E731
     base, tuned, mixed = load(student), load(tmp_path / "plain" / "model"), load(tmp_path / "mixed" / "model")
     moved = 0
@@ -363,3 +371,41 @@ def test_base_mix_moves_every_trained_weight_that_share_back_to_the_base(domain,
     assert moved > 10  # training moved most tensors, so the check above is not base == tuned == mixed
     saved = json.loads((tmp_path / "mixed" / "model" / "embedforge.json").read_text())
     assert saved["training"]["config"]["base_mix"] == 0.25
+
+
+def test_freeze_layers_keeps_the_embeddings_and_the_bottom_layers_at_the_base_weights(domain, tmp_path):
+    student = tiny_bert(tmp_path / "tiny", seed=0)  # 2 layers
+    finetune(_two_big_steps(student, domain, tmp_path / "out", freeze_layers=1))
+    load = lambda folder: SentenceTransformer(str(folder), device="cpu")[0].auto_model.state_dict()  # noqa: E731
+    base, tuned = load(student), load(tmp_path / "out" / "model")
+    kept = {
+        n for n, v in tuned.items() if v.is_floating_point() and np.array_equal(v.numpy(), base[n].numpy())
+    }
+    bottom = {
+        n for n in base if n.startswith(("embeddings.", "encoder.layer.0.")) and base[n].is_floating_point()
+    }
+    top = {n for n in base if n.startswith("encoder.layer.1.")}
+    assert bottom and bottom <= kept
+    assert len(top - kept) > len(top) // 2, sorted(top & kept)  # the layer above trained
+    folder = tmp_path / "out" / "model"
+    assert json.loads((folder / "embedforge.json").read_text())["training"]["config"]["freeze_layers"] == 1
+    assert "first 1 layers kept" in (folder / "README.md").read_text()
+
+
+def test_freeze_bottom_covers_decoders_and_names_the_layer_count():
+    from transformers import LlamaModel
+
+    from embedforge.config import ConfigError
+    from tiny_models import tiny_decoder_config
+
+    llama = LlamaModel(tiny_decoder_config(num_hidden_layers=3))
+    frozen = freeze_bottom(llama, 2)
+    trainable = {
+        n.split(".")[0] + "." + n.split(".")[1] for n, p in llama.named_parameters() if p.requires_grad
+    }
+    assert trainable == {"layers.2", "norm.weight"}
+    bottom = ("embed_tokens.", "layers.0.", "layers.1.")
+    expected = sum(p.numel() for n, p in llama.named_parameters() if n.startswith(bottom))
+    assert frozen == expected
+    with pytest.raises(ConfigError, match="has 3 layers"):
+        freeze_bottom(llama, 4)

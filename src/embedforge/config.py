@@ -174,6 +174,12 @@ class FinetuneConfig:
         "negative; e.g. 0.95); None = keep every negative",
     )
     distill_batch_size: int = setting(32, "teacher encoding batch size")
+    freeze_layers: int = setting(
+        0,
+        "keep the token embeddings and the first N transformer layers at the base model's weights; the "
+        "rest trains. Fewer weights to update: faster steps, less memory, less general-domain forgetting "
+        "(the lower layers hold general language; Howard & Ruder 2018, Lee et al. 2019); 0 = train all",
+    )
     base_mix: float = setting(
         0.0,
         "after training, mix this share of the base model's weights back in: final = (1 - base_mix) x tuned + "

@@ -342,6 +342,24 @@ def set_attention_dropout(backbone, p: float) -> int:
     return changed
 
 
+def freeze_bottom(backbone, n_layers: int) -> int:
+    """Stop gradients to the embeddings and the first ``n_layers`` transformer layers; returns how many
+    parameters were frozen. Covers the BERT family (``embeddings``, ``encoder.layer``) and decoders
+    (``embed_tokens``, ``layers``); a PEFT-wrapped backbone is unwrapped first, so the adapters inside
+    the frozen layers freeze with them."""
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    embeddings = base.embeddings if hasattr(base, "embeddings") else base.get_input_embeddings()
+    encoder = getattr(base, "encoder", None)
+    layers = encoder.layer if hasattr(encoder, "layer") else getattr(base, "layers", None)
+    if layers is None or not 0 <= n_layers <= len(layers):
+        available = "no layer stack found" if layers is None else f"the model has {len(layers)} layers"
+        raise ConfigError(f"finetune.freeze_layers={n_layers}: {available}")
+    frozen = [*embeddings.parameters(), *(p for layer in layers[:n_layers] for p in layer.parameters())]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    return sum(p.numel() for p in frozen)
+
+
 def finetune(config: FinetuneConfig) -> dict:
     """Train, keep the best validation checkpoint, merge LoRA, and save to ``output_dir/model``.
 
@@ -379,6 +397,11 @@ def finetune(config: FinetuneConfig) -> dict:
     bf16 = resolve_bf16(config.bf16)
     if config.finetuning_type == "lora_merged":
         _add_lora(encoder, config)
+    if config.freeze_layers:
+        frozen = freeze_bottom(model[0].auto_model, config.freeze_layers)
+        if config.gradient_checkpointing:  # a checkpointed layer whose input needs no grad would get none
+            model[0].auto_model.enable_input_require_grads()
+        logger.info("froze the embeddings and %d layers: %d parameters", config.freeze_layers, frozen)
     shape = model[0].auto_model.config
     hidden, layers = getattr(shape, "hidden_size", None), getattr(shape, "num_hidden_layers", None)
     if not torch.cuda.is_available() and hidden and layers:  # on a CPU the OOM killer ends it without a word
@@ -524,6 +547,11 @@ def _write_model_card(folder: Path, encoder: BiEncoder, summary: dict) -> None:
                 f"{cfg['distill_weight']}, temperature {cfg['distill_temperature']}"
             ]
             if cfg.get("distill_teacher")
+            else []
+        ),
+        *(
+            [f"- embeddings and the first {cfg['freeze_layers']} layers kept at the base model's weights"]
+            if cfg.get("freeze_layers")
             else []
         ),
         *(

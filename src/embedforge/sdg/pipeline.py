@@ -179,7 +179,9 @@ def plan_units(passages: list[Passage], config: SdgConfig) -> list[P.UnitPlan]:
         by_doc.setdefault(p.doc_id, []).append(p.passage_id)
     selected = [p.passage_id for p in passages]
     if config.max_passages and config.max_passages < len(selected):
-        order = _spread_over_documents(by_doc, config.seed) if config.spread else _shuffled(selected, config.seed)
+        order = (
+            _spread_over_documents(by_doc, config.seed) if config.spread else _shuffled(selected, config.seed)
+        )
         chosen = set(order[: config.max_passages])
         selected = [pid for pid in selected if pid in chosen]
     doc_of = {p.passage_id: p.doc_id for p in passages}
