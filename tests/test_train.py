@@ -355,12 +355,20 @@ def _two_big_steps(student, domain, out, **extra) -> FinetuneConfig:
     )
 
 
+def _weights(folder) -> dict:
+    """The backbone's state dict as plain sentence-transformers loads the folder."""
+    return SentenceTransformer(str(folder), device="cpu")[0].auto_model.state_dict()
+
+
 def test_base_mix_moves_every_trained_weight_that_share_back_to_the_base(domain, tmp_path):
     student = tiny_bert(tmp_path / "tiny", seed=0)
     finetune(_two_big_steps(student, domain, tmp_path / "plain"))
     finetune(_two_big_steps(student, domain, tmp_path / "mixed", base_mix=0.25))
-    load = lambda folder: SentenceTransformer(str(folder), device="cpu")[0].auto_model.state_dict()  # noqa: E731
-    base, tuned, mixed = load(student), load(tmp_path / "plain" / "model"), load(tmp_path / "mixed" / "model")
+    base, tuned, mixed = (
+        _weights(student),
+        _weights(tmp_path / "plain" / "model"),
+        _weights(tmp_path / "mixed" / "model"),
+    )
     moved = 0
     for name, value in mixed.items():
         if not value.is_floating_point():
@@ -376,8 +384,7 @@ def test_base_mix_moves_every_trained_weight_that_share_back_to_the_base(domain,
 def test_freeze_layers_keeps_the_embeddings_and_the_bottom_layers_at_the_base_weights(domain, tmp_path):
     student = tiny_bert(tmp_path / "tiny", seed=0)  # 2 layers
     finetune(_two_big_steps(student, domain, tmp_path / "out", freeze_layers=1))
-    load = lambda folder: SentenceTransformer(str(folder), device="cpu")[0].auto_model.state_dict()  # noqa: E731
-    base, tuned = load(student), load(tmp_path / "out" / "model")
+    base, tuned = _weights(student), _weights(tmp_path / "out" / "model")
     kept = {
         n for n, v in tuned.items() if v.is_floating_point() and np.array_equal(v.numpy(), base[n].numpy())
     }
@@ -400,9 +407,7 @@ def test_freeze_bottom_covers_decoders_and_names_the_layer_count():
 
     llama = LlamaModel(tiny_decoder_config(num_hidden_layers=3))
     frozen = freeze_bottom(llama, 2)
-    trainable = {
-        n.split(".")[0] + "." + n.split(".")[1] for n, p in llama.named_parameters() if p.requires_grad
-    }
+    trainable = {".".join(n.split(".")[:2]) for n, p in llama.named_parameters() if p.requires_grad}
     assert trainable == {"layers.2", "norm.weight"}
     bottom = ("embed_tokens.", "layers.0.", "layers.1.")
     expected = sum(p.numel() for n, p in llama.named_parameters() if n.startswith(bottom))
