@@ -247,3 +247,46 @@ def test_prep_trains_a_heading_on_its_whole_section_and_never_on_its_parts_as_ne
         negatives = {n["id"] for n in row["neg_doc"]}
         assert len(negatives) == 3
         assert negatives.isdisjoint({positive, first["passage_id"], second["passage_id"]})
+
+
+def test_without_questions_prep_trains_and_tests_on_headings_cut_from_their_sections(tmp_path):
+    passages = _two_passage_sections(tmp_path)
+    (tmp_path / "pairs.jsonl").write_text("")  # what sdg writes with questions_per_passage 0
+    config = PrepConfig(pairs=str(tmp_path / "pairs.jsonl"), out=str(tmp_path / "out"), heading_pairs=True,
+                        num_negatives=2, test_fraction=0.4)  # fmt: skip
+    report = run_prep(config)
+    test_docs = set(report["split"]["test_documents"])
+    assert len(test_docs) == 2 and report["split"]["documents"]["train"] == len(TOPICS) - 2
+    questions = report["split"]["questions"]
+    assert (questions["train"], questions["heading_pairs"], questions["test"]) == (0, 9, 6)
+    assert report["query_types"]["test"] == {"heading": 6}
+    beir = tmp_path / "out" / "test_beir"
+    queries = {
+        q["_id"]: q["text"] for q in map(json.loads, (beir / "queries.jsonl").read_text().splitlines())
+    }
+    corpus = {d["_id"]: d["text"] for d in map(json.loads, (beir / "corpus.jsonl").read_text().splitlines())}
+    by_id = {p["passage_id"]: p for p in passages}
+    # the test corpus: every passage of the test documents, none of them still opening with its heading
+    assert set(corpus) == {p["passage_id"] for p in passages if p["doc_id"] in test_docs}
+    firsts = passages[::2]  # each section's first passage, the one that opens with its heading
+    assert sorted(queries.values()) == sorted(p["section"] for p in firsts if p["doc_id"] in test_docs)
+    for pid, text in corpus.items():
+        assert not text.startswith(by_id[pid]["section"])
+    qrels = [line.split("\t") for line in (beir / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    relevant: dict[str, set[str]] = {}
+    for qid, pid, _ in qrels:
+        relevant.setdefault(queries[qid], set()).add(pid)
+    for heading, pids in relevant.items():  # a heading's whole section is relevant: both of its passages
+        assert {by_id[p]["section"] for p in pids} == {heading} and len(pids) == 2
+    data = json.loads((tmp_path / "out" / "train.json").read_text())["data"]
+    assert data and all(r["question_id"].startswith("h-") for r in data)
+    assert all(by_id[r["question_id"][2:]]["doc_id"] not in test_docs for r in data)
+    assert report["checks"] == {"negatives_from_test_documents": 0, "negatives_that_are_positives": 0}
+
+
+def test_without_questions_or_heading_pairs_prep_says_what_to_set_and_writes_nothing(tmp_path):
+    _two_passage_sections(tmp_path)
+    (tmp_path / "pairs.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"holds no questions .* prep.heading_pairs=true"):
+        run_prep(PrepConfig(pairs=str(tmp_path / "pairs.jsonl"), out=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()

@@ -376,6 +376,33 @@ def test_the_plan_adds_the_teachers_one_off_encoding_to_finetune(first_run):
     assert unmeasured.seconds is None  # another teacher's speed was never measured
 
 
+def test_a_run_without_questions_trains_and_tests_on_the_section_headings(first_run, tmp_path, capsys):
+    corpus, _, recipe, _ = first_run
+    run = tmp_path / "run"
+    overrides = [
+        "sdg.questions_per_passage=0",
+        "prep.heading_pairs=true",
+        "sdg.base_url=http://127.0.0.1:9/v1",
+    ]
+    summary = run_pipeline(str(corpus), str(run), str(recipe), overrides)  # the generator is never called
+    assert all("seconds" in summary[s] for s in MAIN_STAGES)
+    plan = capsys.readouterr().out
+    assert "no questions (questions_per_passage 0)" in plan and "the test documents' headings are" in plan
+    assert (run / "sdg" / "pairs.jsonl").read_text() == ""
+    prep = json.loads((run / "prep" / "prep_report.json").read_text())
+    assert prep["split"]["questions"]["train"] == 0 and prep["split"]["questions"]["heading_pairs"] > 0
+    passages = {p["passage_id"]: p for p in read_jsonl(run / "sdg" / "passages.jsonl")}
+    beir = run / "prep" / "test_beir"
+    queries = [row["text"] for row in read_jsonl(beir / "queries.jsonl")]
+    test_docs = set(prep["split"]["test_documents"])
+    assert queries and len(queries) == prep["split"]["questions"]["test"]
+    assert set(queries) <= {p["section"] for p in passages.values() if p["doc_id"] in test_docs}
+    results = json.loads((run / "eval" / "eval_results.json").read_text())
+    assert len(results["models"]) == 2
+    for result in results["models"].values():
+        assert result["num_queries"] == len(queries) and 0 <= result["metrics"]["ndcg@10"] <= 1
+
+
 def test_the_plan_warns_when_other_work_fills_the_cores():
     from embedforge.plan import busy_note
 

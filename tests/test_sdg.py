@@ -634,3 +634,24 @@ def test_generation_threads_drop_to_one_only_on_a_busy_machine(monkeypatch):
     assert generators.generation_threads(default=cores) == 1
     monkeypatch.setattr(generators.os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
     assert generators.generation_threads(default=cores) == cores
+
+
+def test_zero_questions_per_passage_writes_the_passages_and_loads_no_generator(tmp_path):
+    class NoGenerator:
+        name = "must-not-run"
+
+        def generate(self, requests):
+            raise AssertionError("sdg asked for questions with questions_per_passage 0")
+
+    config = SdgConfig(corpus=str(write_corpus(tmp_path / "docs")), out=str(tmp_path / "out"),
+                       questions_per_passage=0)  # fmt: skip
+    report = run_sdg(config, generator=NoGenerator(), progress=False)
+    passages = read_jsonl(tmp_path / "out" / "passages.jsonl")
+    assert len(passages) == report["passages"] > len(DOCS)
+    assert {p["doc_id"] for p in passages} == set(DOCS)
+    assert (tmp_path / "out" / "pairs.jsonl").read_text() == ""
+    assert report["generator"] == "none (questions_per_passage 0)"
+    assert (report["passages_selected"], report["generated"], report["kept"]) == (0, 0, 0)
+    assert report["this_run"]["requests"] == 0
+    with pytest.raises(ConfigError, match="questions_per_passage must be >= 0"):
+        run_sdg(dataclass_replace(config, questions_per_passage=-1), generator=NoGenerator())

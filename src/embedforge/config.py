@@ -233,8 +233,9 @@ class PrepConfig:
     max_positives: int = setting(5, "positives kept per query for training (NVIDIA: 5)")
     heading_pairs: bool = setting(
         False,
-        "also train on section heading -> section body pairs of the train documents (no LLM; never in the "
-        "test set); embedforge.heading_pairs",
+        "also train on section heading -> section body pairs of the train documents (no LLM). Never in the "
+        "test set, except when sdg wrote no questions: then the test documents' headings are the test "
+        "questions; embedforge.heading_pairs",
     )
     heading_passages: int = setting(
         1,
@@ -385,7 +386,9 @@ class SdgConfig:
         4, "openai backend: retries on timeouts, connection errors, 429 and 5xx (exponential backoff)"
     )
     questions_per_passage: int = setting(
-        2, "questions asked per passage (recipe: 10 per document of ~5 five-sentence chunks)"
+        2,
+        "questions asked per passage (recipe: 10 per document of ~5 five-sentence chunks); 0 = none: sdg only "
+        "chunks the corpus and prep trains and tests on section headings (prep.heading_pairs)",
     )
     multi_hop_share: float = setting(
         0.3, "share of questions that combine 2-3 neighbouring passages of one document (recipe: 3 of 10)"

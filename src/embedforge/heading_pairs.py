@@ -3,7 +3,9 @@
 Why: the title -> body pairs that E5 (Wang et al. 2022, arXiv:2212.03533) and GTE (Li et al. 2023,
 arXiv:2308.03281) pre-train on cost no generation time, and in documentation a heading ("Sorting a hash by
 value", "chomp VARIABLE") reads much like what people search for. They sit beside the LLM's questions in
-the training data only: never in the test set, which stays the generator's held-out questions.
+the training data only: never in the test set, which stays the generator's held-out questions. Without
+LLM questions (sdg's ``questions_per_passage`` 0) prep trains on them alone and tests on the test
+documents' headings, each against its whole section with the heading line cut off.
 
 One pair per section with a heading: the query is the heading, the positive is the section's first passage
 with the heading line cut off (a positive that starts with its own query teaches string matching). The

@@ -63,12 +63,13 @@ def estimate_run(
     test_passages = round(passages * prep.test_fraction)
     test_queries = round(kept * prep.test_fraction)
     train_queries = kept - test_queries
-    if prep.heading_pairs:  # one pair per informative section heading of the train documents
+    asks = sdg.questions_per_passage > 0  # 0: no LLM; prep trains and tests on the section headings
+    if prep.heading_pairs:  # one pair per informative section heading
         from embedforge.heading_pairs import heading_pairs
 
-        train_queries += round(
-            len(heading_pairs(chunked.passages)) * docs / max(n_docs, 1) * (1 - prep.test_fraction)
-        )
+        sections = len(heading_pairs(chunked.passages)) * docs / max(n_docs, 1)
+        train_queries += round(sections * (1 - prep.test_fraction))
+        test_queries += 0 if asks else round(sections * prep.test_fraction)
     validating = bool(tune.val_data) or tune.validation_split > 0
     rows = max(1, round(train_queries * (1 - (0 if tune.val_data else tune.validation_split))))
     batches = plan_batches(tune, rows)
@@ -88,20 +89,29 @@ def estimate_run(
     teacher_texts = round(rows * tune.n_passages * 0.8) if tune.distill_teacher else 0  # rows share negatives
     teacher_seconds = teacher_texts * SECONDS["teacher_text"] + load if teacher_texts else 0
     served = test_passages + test_queries
-    precisions = 2 if config_of("export").quantize else 1
-    plans = {
-        "sdg": StagePlan(
-            "sdg",
+    if asks:
+        sdg_plan = (
             f"{generated:,} questions for {selected:,} passages with {generator}; about {kept:,} kept; "
             f"{passages:,} passages embedded for the round trip",
             timed(generated * SECONDS["generate"] + passages * embed + 2 * load, local),
-        ),
+        )
+        headings_note = " (with the heading -> body pairs)"
+    else:
+        sdg_plan = (
+            f"no questions (questions_per_passage 0): {passages:,} passages written for prep",
+            timed(1.0),
+        )
+        headings_note = "; heading -> body pairs only, the test documents' headings are the test questions"
+    precisions = 2 if config_of("export").quantize else 1
+    plans = {
+        "sdg": StagePlan("sdg", *sdg_plan),
         "prep": StagePlan(
             "prep",
             f"{docs:,} documents split {1 - prep.test_fraction:.0%} / "
             f"{prep.test_fraction:.0%}; {prep.num_negatives} hard negatives mined for ~{train_queries:,} questions"
-            + (" (with the heading -> body pairs)" if prep.heading_pairs else ""),
-            timed(train_queries * embed + load),  # the passages' vectors come from sdg's round trip
+            + (headings_note if prep.heading_pairs else ""),
+            # the passages' vectors come from sdg's round trip, when it asked questions
+            timed((train_queries + (0 if asks else passages - test_passages)) * embed + load),
         ),
         "finetune": StagePlan(
             "finetune",

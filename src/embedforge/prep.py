@@ -7,7 +7,9 @@ What it does (the prep stage of NVIDIA's Nemotron `embed` recipe):
    ``test_fraction`` of them (at least one, at most all but one) become test documents. A question belongs
    to the document(s) of its positive passages (not to its ``doc_id`` field, which is only cross-checked);
    a question whose positives span a train and a test document is dropped and counted. Documents without
-   questions stay on the train side, where they only serve as negatives;
+   questions stay on the train side, where they only serve as negatives. When sdg wrote no questions
+   (``questions_per_passage`` 0), the documents with usable section headings are split instead, and the
+   test documents' headings become the test questions (``heading_pairs`` must be on);
 3. keeps at most ``max_positives`` positives per training query (first ones, duplicates removed);
 4. mines hard negatives for train queries from **train documents' passages only** (``mining``), so no
    negative ever comes from a test document (the upstream leak) and none is a positive of its query;
@@ -47,7 +49,7 @@ import logging
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from embedforge.atomic import atomic_write
@@ -197,6 +199,17 @@ def _question_docs(pairs, passages, pairs_path) -> tuple[dict[str, set[str]], in
 # ------------------------------------------------------------------------------------------------ output
 
 
+def _heading_test_questions(passages, test_docs: set[str], test_passages: dict[str, Passage]) -> list[Pair]:
+    """The test documents' section headings as test questions (when sdg wrote none): a heading's relevant
+    passages are its whole section, and its first passage loses the heading line in the test corpus
+    (``test_passages`` is edited in place), so no question is found by its own words."""
+    questions = []
+    for h in heading_pairs(passages.values(), test_docs, passages_per_section=len(passages)):
+        test_passages[h.source_id] = replace(test_passages[h.source_id], text=h.body)
+        questions.append(Pair(h.question_id, h.heading, [h.source_id, *h.more_ids], h.doc_id, "heading"))
+    return questions
+
+
 def _unroll(pairs, max_positives, negatives, positive_scores, texts):
     """k positives -> k examples sharing the negatives, plus the scores that go into train.json."""
     examples, scores = [], []
@@ -322,36 +335,53 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     pairs_path = Path(config.pairs)
     passages_path = Path(config.passages) if config.passages else pairs_path.with_name("passages.jsonl")
     out = Path(config.out)
-    pairs, passages = read_pairs(pairs_path), read_passages(passages_path)
+    # sdg with questions_per_passage 0 writes an empty pairs file: prep then works from the section headings
+    empty = pairs_path.is_file() and pairs_path.stat().st_size == 0
+    pairs, passages = [] if empty else read_pairs(pairs_path), read_passages(passages_path)
     question_docs, mismatched = _question_docs(pairs, passages, pairs_path)
     extras = read_test_extras(pairs_path, config.test_roundtrip_top_k)
     extra_docs, _ = _question_docs(extras, passages, pairs_path.with_name(DROPPED_FILE))
 
-    # every document with a question (kept, or dropped by the round trip only) takes part in the split
-    train_docs, test_docs = split_documents(
-        {d for docs in [*question_docs.values(), *extra_docs.values()] for d in docs},
-        config.test_fraction,
-        config.seed,
+    headings_only = not pairs and not extras
+    if headings_only and not config.heading_pairs:
+        raise ValueError(
+            f"{pairs_path} holds no questions (sdg ran with questions_per_passage 0?): set "
+            "prep.heading_pairs=true to train and test on the documents' section headings"
+        )
+    # every document with a question (kept, or dropped by the round trip only) takes part in the split;
+    # without questions, every document with a usable section heading
+    split_docs = (
+        {h.doc_id for h in heading_pairs(passages.values())}
+        if headings_only
+        else {d for docs in [*question_docs.values(), *extra_docs.values()] for d in docs}
     )
+    if len(split_docs) < 2:
+        what = "documents with usable section headings" if headings_only else "documents with questions"
+        raise ValueError(
+            f"prep needs at least 2 {what} to split into train and test, found {len(split_docs)}"
+        )
+    train_docs, test_docs = split_documents(split_docs, config.test_fraction, config.seed)
     test_set = set(test_docs)
     train_pairs = [p for p in pairs if not question_docs[p.question_id] & test_set]
     test_pairs = [p for p in pairs if question_docs[p.question_id] <= test_set]
     test_extras = [p for p in extras if extra_docs[p.question_id] <= test_set]
-    test_questions = test_pairs + test_extras
     dropped = len(pairs) - len(train_pairs) - len(test_pairs)
     if dropped:
         logger.warning("%d questions have positives in both train and test documents: dropped", dropped)
-    if not train_pairs or not test_pairs:
-        raise ValueError("the document split left no train or no test questions; add documents")
+    test_passages = {pid: p for pid, p in passages.items() if p.doc_id in test_set}
+    if headings_only:
+        test_pairs = _heading_test_questions(passages, test_set, test_passages)
+    test_questions = test_pairs + test_extras
     texts = {pid: passage_text({"title": p.title, "text": p.text}) for pid, p in passages.items()}
     train_corpus = {pid: texts[pid] for pid, p in passages.items() if p.doc_id not in test_set}
-    test_passages = {pid: p for pid, p in passages.items() if p.doc_id in test_set}
     train_docs_all = {p.doc_id for p in passages.values()} - test_set
     headings = (
         heading_pairs(passages.values(), train_docs_all, config.heading_passages, config.heading_section)
         if config.heading_pairs
         else []
     )
+    if not (train_pairs or headings) or not test_pairs:
+        raise ValueError("the document split left no train or no test questions; add documents")
     doc_of = {pid: p.doc_id for pid, p in passages.items()}
     for h in headings:  # the heading-free copies join the training corpus (and may be others' negatives)
         texts[h.body_id] = train_corpus[h.body_id] = passage_text({"title": h.title, "text": h.body})

@@ -79,8 +79,8 @@ def resolve(config: SdgConfig) -> Resolved:
         raise ConfigError(f"backend must be local or openai, got {config.backend!r}")
     if not local and not config.model:
         raise ConfigError("the openai backend needs model=<served model name>")
-    if config.questions_per_passage < 1:
-        raise ConfigError("questions_per_passage must be >= 1")
+    if config.questions_per_passage < 0:
+        raise ConfigError("questions_per_passage must be >= 0 (0: no questions, the passages only)")
     if not 0.0 <= config.multi_hop_share <= 1.0:
         raise ConfigError("multi_hop_share must be between 0 and 1")
     return Resolved(
@@ -406,7 +406,8 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
             for p in corpus.passages
         ),
     )
-    plans = plan_units(corpus.passages, config)
+    # 0 questions: the passages only, for prep's section-heading pairs; no generator is loaded
+    plans = plan_units(corpus.passages, config) if config.questions_per_passage else []
     checkpoint = Checkpoint(out, generation_signature(config, resolved), resume=config.resume)
     pending = [plan for plan in plans if plan.passage_id not in checkpoint.records]
     resumed = len(plans) - len(pending)
@@ -420,7 +421,11 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
     try:
         if pending:
             generator = generator or make_generator(config, resolved)
-        name = getattr(generator, "name", None) or f"{config.backend}:{resolved.model}"
+        name = (
+            (getattr(generator, "name", None) or f"{config.backend}:{resolved.model}")
+            if plans
+            else "none (questions_per_passage 0)"
+        )
         if pending:
             generation_seconds = _generate(
                 pending, passages, config, resolved, generator, name, checkpoint, run_stats, progress
@@ -436,7 +441,7 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
         plans,
         checkpoint,
         encoder,
-        name or f"{config.backend}:{resolved.model}",
+        name,
         progress,
     )
     report["this_run"] = {
