@@ -290,3 +290,18 @@ def test_without_questions_or_heading_pairs_prep_says_what_to_set_and_writes_not
     with pytest.raises(ValueError, match=r"holds no questions .* prep.heading_pairs=true"):
         run_prep(PrepConfig(pairs=str(tmp_path / "pairs.jsonl"), out=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
+
+
+def test_without_questions_a_corpus_without_headings_is_a_clear_error(tmp_path):
+    passages = _two_passage_sections(tmp_path)
+    for p in passages:
+        p["section"] = ""  # plain text: no headings
+    (tmp_path / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    (tmp_path / "pairs.jsonl").write_text("")
+    config = PrepConfig(pairs=str(tmp_path / "pairs.jsonl"), out=str(tmp_path / "out"), heading_pairs=True)
+    with pytest.raises(
+        ValueError,
+        match=r"2 documents with usable section headings .* found 0 in .*passages.jsonl: let sdg write",
+    ):
+        run_prep(config)
+    assert not (tmp_path / "out").exists()

@@ -356,9 +356,17 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
         else {d for docs in [*question_docs.values(), *extra_docs.values()] for d in docs}
     )
     if len(split_docs) < 2:
-        what = "documents with usable section headings" if headings_only else "documents with questions"
+        what, hint = (
+            (
+                "documents with usable section headings",
+                ": let sdg write questions (questions_per_passage > 0)",
+            )
+            if headings_only
+            else ("documents with questions", "")
+        )
         raise ValueError(
-            f"prep needs at least 2 {what} to split into train and test, found {len(split_docs)}"
+            f"prep needs at least 2 {what} to split into train and test, found {len(split_docs)} in "
+            f"{passages_path}{hint}"
         )
     train_docs, test_docs = split_documents(split_docs, config.test_fraction, config.seed)
     test_set = set(test_docs)
