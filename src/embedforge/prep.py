@@ -199,15 +199,15 @@ def _question_docs(pairs, passages, pairs_path) -> tuple[dict[str, set[str]], in
 # ------------------------------------------------------------------------------------------------ output
 
 
-def _heading_test_questions(passages, test_docs: set[str], test_passages: dict[str, Passage]) -> list[Pair]:
-    """The test documents' section headings as test questions (when sdg wrote none): a heading's relevant
-    passages are its whole section, and its first passage loses the heading line in the test corpus
-    (``test_passages`` is edited in place), so no question is found by its own words."""
-    questions = []
+def _heading_test_questions(passages, test_docs: set[str]) -> tuple[list[Pair], dict[str, str]]:
+    """The test documents' section headings as test questions (when sdg wrote none), and the text each
+    heading's first passage takes in the test corpus: the heading line cut off, so no question is found by
+    its own words. A heading's relevant passages are its whole section."""
+    questions, bodies = [], {}
     for h in heading_pairs(passages.values(), test_docs, passages_per_section=len(passages)):
-        test_passages[h.source_id] = replace(test_passages[h.source_id], text=h.body)
+        bodies[h.source_id] = h.body
         questions.append(Pair(h.question_id, h.heading, [h.source_id, *h.more_ids], h.doc_id, "heading"))
-    return questions
+    return questions, bodies
 
 
 def _unroll(pairs, max_positives, negatives, positive_scores, texts):
@@ -376,9 +376,12 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     dropped = len(pairs) - len(train_pairs) - len(test_pairs)
     if dropped:
         logger.warning("%d questions have positives in both train and test documents: dropped", dropped)
-    test_passages = {pid: p for pid, p in passages.items() if p.doc_id in test_set}
+    bodies: dict[str, str] = {}
     if headings_only:
-        test_pairs = _heading_test_questions(passages, test_set, test_passages)
+        test_pairs, bodies = _heading_test_questions(passages, test_set)
+    test_passages = {
+        pid: replace(p, text=bodies.get(pid, p.text)) for pid, p in passages.items() if p.doc_id in test_set
+    }
     test_questions = test_pairs + test_extras
     texts = {pid: passage_text({"title": p.title, "text": p.text}) for pid, p in passages.items()}
     train_corpus = {pid: texts[pid] for pid, p in passages.items() if p.doc_id not in test_set}
