@@ -11,7 +11,11 @@ reused for every seed. Reports mean, sample std, min and max over seeds, and whe
 - general-domain check (Lee news similarity): tuned Pearson >= base - 0.01 in every seed.
 
     .venv/bin/python benchmarks/quality.py --seeds 0 1 2 [--recipe minilm_cpu] [--run-dir runs/quality]
-        [--shared-sdg] [--summarize-only] [--base-results FILE] [--no-docs] [stage.key=value ...]
+        [--shared-sdg] [--user-questions SHARE] [--summarize-only] [--base-results FILE] [--no-docs] [stage.key=value ...]
+
+``--user-questions SHARE`` gives a seeded SHARE of the real questions to the pipeline as the user's own
+(``prep.user_questions``: prep trains on those of its train documents and tests on the rest of them) and
+scores base, tuned and MPNet on the other questions only, a different set for every seed.
 
 ``--shared-sdg`` generates the questions once, at the first seed, and copies its ``sdg/`` folder into the
 other runs (the stage cache then skips sdg there); the seeds then vary split, mining and training only.
@@ -43,6 +47,7 @@ START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 TARGET_GAIN = 0.10
 GENERAL_TOLERANCE = 0.01
 RESULTS = "eval_results.json"
+USER_QUESTIONS, HELD_OUT = "user_questions.jsonl", "held_out_queries.json"
 
 from embedforge.errors import EmbedforgeError  # noqa: E402
 
@@ -106,6 +111,31 @@ def share_sdg(first: Path, run: Path) -> None:
     shutil.copytree(first / "sdg", run / "sdg")
 
 
+def give_questions(beir: Path, run: Path, seed: int, share: float) -> str:
+    """A seeded ``share`` of the real questions as the user's (RUN/user_questions.jsonl, which prep reads);
+    the others, listed in RUN/held_out_queries.json, are the only ones the summary scores. Returns the
+    override that hands the file to prep."""
+    import random
+
+    from embedforge.atomic import write_json_atomic, write_text_atomic
+    from embedforge.formats import read_beir
+
+    if not 0 < share < 1:
+        raise QualityBenchError(f"--user-questions must be between 0 and 1, got {share}")
+    data = read_beir(beir)
+    ids = sorted(data.queries)
+    random.Random(seed).shuffle(ids)
+    given, held = sorted(ids[: round(len(ids) * share)]), sorted(ids[round(len(ids) * share) :])
+    lines = [
+        json.dumps({"id": q, "question": data.queries[q], "document": sorted(data.qrels[q])}) + "\n"
+        for q in given
+    ]
+    run.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run / USER_QUESTIONS, "".join(lines))  # the same bytes on a re-run: prep stays cached
+    write_json_atomic(run / HELD_OUT, held)
+    return f"prep.user_questions={run / USER_QUESTIONS}"
+
+
 def evaluate_seed(run: Path, beir: Path, base_name: str, base_results: dict, name: str) -> dict:
     """The tuned model on the real questions (base and MPNet reused); skipped if this checkpoint was scored."""
     from embedforge.atomic import write_json_atomic
@@ -129,14 +159,14 @@ def summarize_seed(seed: int, run: Path, base_results: dict, first_sdg_key: str 
     real = _json(run / "perlfaq" / RESULTS)
     base_name = real["baseline"]
     tuned_name = next(n for n in real["models"] if n not in (base_name, REFERENCE))
-    sig = real["significance"][tuned_name]["ndcg@10"]
+    held = set(_json(run / HELD_OUT)) if (run / HELD_OUT).exists() else None  # --user-questions
 
     def per_query(result: dict) -> dict:
-        return {q: v["ndcg@10"] for q, v in result["per_query"].items()}
+        return {q: v["ndcg@10"] for q, v in result["per_query"].items() if held is None or q in held}
 
-    vs_ref = paired_comparison(
-        per_query(base_results["models"][REFERENCE]), per_query(real["models"][tuned_name])
-    )
+    tuned = per_query(real["models"][tuned_name])
+    sig = paired_comparison(per_query(real["models"][base_name]), tuned)
+    vs_ref = paired_comparison(per_query(base_results["models"][REFERENCE]), tuned)
     synth = _json(run / "eval" / RESULTS)
     s_base = synth["models"][synth["baseline"]]
     s_tuned_name = next(n for n in synth["models"] if n != synth["baseline"])
@@ -152,7 +182,7 @@ def summarize_seed(seed: int, run: Path, base_results: dict, first_sdg_key: str 
         "sdg_shared": shared,
         "real": {
             **{k: sig[k] for k in ("base", "diff", "ci95", "p")},
-            **{"tuned": sig["model"], "gain": sig["rel"]},
+            **{"tuned": sig["model"], "gain": sig["rel"], "queries": sig["n"], "mpnet": vs_ref["base"]},
             "vs_mpnet": {k: vs_ref[k] for k in ("diff", "ci95", "p")},
         },
         "synthetic": {
@@ -180,8 +210,10 @@ def spread(values: list[float]) -> dict:
     }
 
 
-def aggregate(seeds: list[dict], mpnet_ndcg: float) -> dict:
-    """Spread over seeds and the acceptance verdict: each criterion, and whether all hold."""
+def aggregate(seeds: list[dict]) -> dict:
+    """Spread over seeds and the acceptance verdict: each criterion, and whether all hold. MPNet's nDCG@10
+    is its mean over the seeds' scored questions (all of them, unless --user-questions held some out)."""
+    mpnet_ndcg = statistics.fmean(s["real"]["mpnet"] for s in seeds)
     stats = {
         "real_gain": spread([s["real"]["gain"] for s in seeds]),
         "real_tuned_ndcg@10": spread([s["real"]["tuned"] for s in seeds]),
@@ -223,7 +255,14 @@ def render(summary: dict) -> str:
         f"Recipe `{summary['recipe']}`{overrides}, seeds {', '.join(map(str, summary['seeds_run']))}. Each seed "
         f"runs sdg -> prep -> finetune -> eval on the Perl FAQ's documents ({data['documents']:,} pages incl. "
         f"{data['distractor_documents']:,} distractors); then the base and tuned models answer the FAQ's "
-        f"{data['queries']} real questions (paired 95% bootstrap CI and sign-flip p of tuned vs base).",
+        + (
+            f"{data['queries']} real questions (paired 95% bootstrap CI and sign-flip p of tuned vs base)."
+            if not summary.get("user_questions")
+            else f"real questions: a seeded {summary['user_questions']:.0%} of the {data['queries']} go to prep "
+            f"as the user's own (`prep.user_questions`), and the scores below are on the other "
+            f"{seeds[0]['real']['queries']}, a different set for every seed, MPNet's too (paired 95% "
+            "bootstrap CI and sign-flip p of tuned vs base)."
+        ),
         "",
         "The seeds vary the split, mining and training but share one set of generated questions "
         "(`--shared-sdg`): the spread below leaves out question generation."
@@ -257,7 +296,8 @@ def render(summary: dict) -> str:
     lines += [
         "",
         f"Over {gain['n']} seed(s) tuning gains {gain['mean']:+.1%} nDCG@10 on the real questions (sample "
-        f"std {_f(gain['std'], '.1%')}); tuned {tuned['mean']:.4f} vs untuned MPNet {agg['mpnet_ndcg@10']:.4f}. "
+        f"std {_f(gain['std'], '.1%')}); tuned {tuned['mean']:.4f} vs untuned MPNet {agg['mpnet_ndcg@10']:.4f}"
+        + (" on the same questions. " if summary.get("user_questions") else ". ")
         + (
             "**The claim holds**: every criterion is met."
             if agg["holds"]
@@ -298,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--summarize-only", action="store_true", help="no runs: read finished runs and results"
     )
+    parser.add_argument(
+        "--user-questions",
+        type=float,
+        metavar="SHARE",
+        help="give this share of the real questions to prep as the user's own; score the rest",
+    )
     parser.add_argument("--base-results", help=f"{RESULTS} with the base model and MPNet on perlfaq (reused)")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/ (print the section only)")
     parser.add_argument("overrides", nargs="*", help="extra stage.key=value overrides")
@@ -336,6 +382,8 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
             if args.shared_sdg and s != seeds[0]:
                 share_sdg(runs[seeds[0]], runs[s])
             overrides = seed_overrides(s, seeds[0] if args.shared_sdg else s, args.overrides)
+            if args.user_questions:
+                overrides.append(give_questions(paths.beir, runs[s], s, args.user_questions))
             run_seed(paths.docs, runs[s], args.recipe, overrides)
             if args.shared_sdg and _marker(runs[s], "sdg") != _marker(runs[seeds[0]], "sdg"):
                 raise QualityBenchError(
@@ -356,7 +404,8 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
         "shared_sdg": args.shared_sdg,
         "perlfaq": {k: manifest[k] for k in ("queries", "documents", "distractor_documents")},
         "seeds": per_seed,
-        "aggregate": aggregate(per_seed, base_results["models"][REFERENCE]["metrics"]["ndcg@10"]),
+        "user_questions": args.user_questions,
+        "aggregate": aggregate(per_seed),
     }
     section = render(summary)
     print(section)

@@ -403,6 +403,45 @@ def test_a_run_without_questions_trains_and_tests_on_the_section_headings(first_
         assert result["num_queries"] == len(queries) and 0 <= result["metrics"]["ndcg@10"] <= 1
 
 
+USER_QUESTIONS = {  # a person's wording, one per document
+    "tides.md": "what time is high water in kestrel harbour",
+    "sourdough.txt": "my starter has grey liquid on it, is it dead?",
+    "zephyr.md": "why does my job run before someone else's",
+    "violin.txt": "how often do violin strings need changing",
+    "glacier.md": "how do they measure how much a glacier melts",
+    "chess.md": "what happens when my time runs out in blitz",
+}
+
+
+def test_a_run_with_the_users_questions_tests_on_them_and_reruns_when_they_change(run_copy, capsys):
+    corpus, run, recipe = run_copy
+    questions = run.parent / "questions.jsonl"
+    questions.write_text(
+        "".join(json.dumps({"question": q, "document": d}) + "\n" for d, q in USER_QUESTIONS.items())
+    )
+    overrides = [f"prep.user_questions={questions}"]
+    summary = run_pipeline(str(corpus), str(run), str(recipe), overrides, list(MAIN_STAGES))
+    assert summary["sdg"] == {"skipped": True} and all("seconds" in summary[s] for s in MAIN_STAGES[1:])
+    assert "your 6 questions split with the documents" in capsys.readouterr().out
+    prep = json.loads((run / "prep" / "prep_report.json").read_text())
+    user = prep["split"]["questions"]["user"]
+    test_docs = set(prep["split"]["test_documents"])
+    assert user == {"total": 6, "train": 6 - len(test_docs), "test": len(test_docs)}
+    queries = [row["text"] for row in read_jsonl(run / "prep" / "test_beir" / "queries.jsonl")]
+    assert sorted(queries) == sorted(q for d, q in USER_QUESTIONS.items() if d in test_docs)
+    train = [row["query"] for row in read_jsonl(run / "prep" / "train.jsonl")]
+    assert {q for d, q in USER_QUESTIONS.items() if d not in test_docs} <= set(train)
+    results = json.loads((run / "eval" / "eval_results.json").read_text())
+    assert all(r["num_queries"] == len(test_docs) for r in results["models"].values())
+    assert f"## Base vs tuned on your {len(test_docs)} questions" in (run / "report.md").read_text()
+
+    # the same file again: nothing to do; an edited one: prep and what reads it run again
+    again = run_pipeline(str(corpus), str(run), str(recipe), overrides, ["sdg", "prep"])
+    assert again["prep"] == {"skipped": True}
+    questions.write_text(questions.read_text().replace("blitz", "a blitz game"))
+    assert "seconds" in run_pipeline(str(corpus), str(run), str(recipe), overrides, ["sdg", "prep"])["prep"]
+
+
 def test_the_plan_warns_when_other_work_fills_the_cores():
     from embedforge.plan import busy_note
 

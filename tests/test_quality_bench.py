@@ -15,9 +15,9 @@ quality = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(quality)
 
 
-def seed(gain, tuned, ci_low, pearson_base, pearson_tuned, synthetic=0.2):
+def seed(gain, tuned, ci_low, pearson_base, pearson_tuned, synthetic=0.2, mpnet=0.815):
     return {
-        "real": {"gain": gain, "tuned": tuned, "ci95": [ci_low, ci_low + 0.05]},
+        "real": {"gain": gain, "tuned": tuned, "ci95": [ci_low, ci_low + 0.05], "mpnet": mpnet},
         "synthetic": {"gain": synthetic},
         "general": {"base": pearson_base, "tuned": pearson_tuned, "drop": pearson_base - pearson_tuned},
     }
@@ -33,16 +33,23 @@ def test_spread_is_mean_sample_std_min_max():
 
 def test_claim_holds_only_when_every_criterion_does():
     good = [seed(0.12, 0.82, 0.01, 0.656, 0.650), seed(0.10, 0.81, 0.02, 0.656, 0.647)]
-    verdict = quality.aggregate(good, mpnet_ndcg=0.815)
+    verdict = quality.aggregate(good)
     assert verdict["holds"] and all(verdict["checks"].values())
     assert verdict["stats"]["real_gain"]["mean"] == pytest.approx(0.11)
     assert verdict["stats"]["pearson_drop"]["max"] == pytest.approx(0.009)
 
     # mean gain 9.5% < 10%, one CI touches 0, mean tuned below MPNet, one Pearson drop of 0.0103
     bad = [seed(0.12, 0.80, 0.01, 0.656, 0.650), seed(0.07, 0.79, -0.001, 0.6564, 0.6461)]
-    checks = quality.aggregate(bad, mpnet_ndcg=0.815)["checks"]
+    checks = quality.aggregate(bad)["checks"]
     assert not any(checks.values())
-    assert not quality.aggregate(bad, mpnet_ndcg=0.815)["holds"]
+    assert not quality.aggregate(bad)["holds"]
+    # scored on other questions per seed (--user-questions), MPNet's mean is over the seeds' own sets
+    other_sets = [
+        seed(0.12, 0.82, 0.01, 0.656, 0.650, mpnet=0.80),
+        seed(0.10, 0.81, 0.02, 0.656, 0.647, mpnet=0.84),
+    ]
+    assert quality.aggregate(other_sets)["mpnet_ndcg@10"] == pytest.approx(0.82)
+    assert quality.aggregate(other_sets)["checks"]["mean tuned nDCG@10 >= MPNet's"] is False
 
 
 def test_seeds_come_from_seeds_not_overrides():
@@ -152,3 +159,37 @@ def test_a_seed_summary_reads_markers_both_evaluations_and_peak_memory(tmp_path)
     assert s["stage_seconds"] == {"sdg": 600.0, "prep": 5.0, "finetune": 900.0, "eval": 40.0}
     assert s["peak_memory_mib"] == 2100.5
     assert not quality.summarize_seed(1, run, {"models": base}, first_sdg_key="other")["sdg_shared"]
+
+    # with --user-questions only the held-out questions count, for base, tuned and MPNet alike
+    _write(run / quality.HELD_OUT, ["q0", "q3"])
+    s = quality.summarize_seed(1, run, {"models": base}, first_sdg_key="sdg")
+    assert (s["real"]["queries"], s["real"]["base"], s["real"]["tuned"], s["real"]["mpnet"]) == (
+        2,
+        0.25,
+        0.75,
+        1.0,
+    )
+    assert s["real"]["gain"] == pytest.approx(2.0) and s["real"]["vs_mpnet"]["diff"] == pytest.approx(-0.25)
+
+
+def test_user_questions_are_a_seeded_share_of_the_real_ones_and_the_rest_are_held_out(tmp_path):
+    from embedforge.formats import BeirDataset, write_beir
+
+    queries = {f"q{i}": f"How do I do thing {i}?" for i in range(10)}
+    qrels = {q: {f"perlfaq4/{i:03d}.txt": 1} for i, q in enumerate(queries)}
+    write_beir(BeirDataset({d: {"title": "", "text": "x"} for r in qrels.values() for d in r}, queries, qrels),
+               tmp_path / "beir")  # fmt: skip
+    override = quality.give_questions(tmp_path / "beir", tmp_path / "seed3", 3, 0.5)
+    given_file = tmp_path / "seed3" / quality.USER_QUESTIONS
+    assert override == f"prep.user_questions={given_file}"
+    given = [json.loads(line) for line in given_file.read_text().splitlines()]
+    held = json.loads((tmp_path / "seed3" / quality.HELD_OUT).read_text())
+    assert len(given) == len(held) == 5 and not {g["id"] for g in given} & set(held)
+    assert all(g["question"] == queries[g["id"]] and g["document"] == sorted(qrels[g["id"]]) for g in given)
+    before = given_file.read_bytes()  # the same bytes again (prep's cache key), another set for another seed
+    quality.give_questions(tmp_path / "beir", tmp_path / "seed3", 3, 0.5)
+    assert given_file.read_bytes() == before
+    quality.give_questions(tmp_path / "beir", tmp_path / "seed4", 4, 0.5)
+    assert json.loads((tmp_path / "seed4" / quality.HELD_OUT).read_text()) != held
+    with pytest.raises(EmbedforgeError, match="between 0 and 1"):
+        quality.give_questions(tmp_path / "beir", tmp_path / "seed5", 5, 1.0)

@@ -247,6 +247,13 @@ class PrepConfig:
         "heading pairs: the positive is the whole section (its passages joined, cut at training's "
         "max_seq_length) instead of its first passage; heading_passages is then ignored",
     )
+    user_questions: str = setting(
+        "",
+        'JSONL of your own questions (search logs, tickets): {"question": ..., "document": path in the corpus '
+        'folder, or a list of them}, optional "id". Split with the documents: those on test documents are '
+        "the test set (instead of the generated questions), the rest train with their document's closest "
+        "passage; embedforge.prep",
+    )
     test_roundtrip_top_k: int | None = setting(
         None,
         "the test set also takes the test documents' questions that sdg's round-trip filter dropped: None = "

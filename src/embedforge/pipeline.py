@@ -165,6 +165,9 @@ class Pipeline:
                     f"run it first, e.g. --stages {name},{stage}"
                 )
             found[name] = marker["key"]
+        questions = self.config(stage).user_questions if stage == "prep" else ""
+        if questions and Path(questions).is_file():  # an edited file makes prep and what follows run again
+            found["user_questions"] = hashlib.sha256(Path(questions).read_bytes()).hexdigest()
         return found
 
     def key(self, stage: str, config, inputs: dict[str, str]) -> str:
@@ -356,7 +359,12 @@ def write_run_report(run: Path, summary: dict) -> Path:
             lines.append(f"| {stage} | {marker.get('status')} | {marker.get('seconds', '')} |")
     eval_md = run / "eval" / "eval_report.md"
     if eval_md.exists():
-        lines += ["", "## Base vs tuned on held-out documents", "", eval_md.read_text()]
+        prep = run / "prep" / "prep_report.json"
+        user = prep.exists() and json.loads(prep.read_text())["split"]["questions"].get("user", {}).get(
+            "test"
+        )
+        on = f"your {user} questions" if user else "held-out documents"
+        lines += ["", f"## Base vs tuned on {on}", "", eval_md.read_text()]
         lines += ["", "![chart](eval/eval_chart.png)"]
     for name, title in (
         ("prep/prep_report.md", "Training data"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # seconds per item on 2 CPU cores with MiniLM at up to 256 tokens (docs/benchmarks.md, 2026-11-27)
@@ -70,6 +71,11 @@ def estimate_run(
         sections = len(heading_pairs(chunked.passages)) * docs / max(n_docs, 1)
         train_queries += round(sections * (1 - prep.test_fraction))
         test_queries += 0 if asks else round(sections * prep.test_fraction)
+    user = prep.user_questions and Path(prep.user_questions)
+    users = sum(1 for line in user.open(encoding="utf-8") if line.strip()) if user and user.is_file() else 0
+    if users:  # split with the documents; those on test documents are the whole test set
+        train_queries += round(users * (1 - prep.test_fraction))
+        test_queries = round(users * prep.test_fraction)
     validating = bool(tune.val_data) or tune.validation_split > 0
     rows = max(1, round(train_queries * (1 - (0 if tune.val_data else tune.validation_split))))
     batches = plan_batches(tune, rows)
@@ -109,7 +115,12 @@ def estimate_run(
             "prep",
             f"{docs:,} documents split {1 - prep.test_fraction:.0%} / "
             f"{prep.test_fraction:.0%}; {prep.num_negatives} hard negatives mined for ~{train_queries:,} questions"
-            + (headings_note if prep.heading_pairs else ""),
+            + (headings_note if prep.heading_pairs else "")
+            + (
+                f"; your {users:,} questions split with the documents, the test share the test set"
+                if users
+                else ""
+            ),
             # the passages' vectors come from sdg's round trip, when it asked questions
             timed((train_queries + (0 if asks else passages - test_passages)) * embed + load),
         ),
@@ -129,7 +140,8 @@ def estimate_run(
         ),
         "eval": StagePlan(
             "eval",
-            f"base vs tuned on ~{test_queries:,} questions over ~{test_passages:,} held-out passages",
+            f"base vs tuned on ~{test_queries:,} {'of your ' if users else ''}questions over "
+            f"~{test_passages:,} held-out passages",
             timed(2 * (served * embed + SECONDS["general_check"]) + load),
         ),
         "export": StagePlan("export", "ONNX with pooling and norm in the graph", timed(SECONDS["export"])),
