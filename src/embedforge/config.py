@@ -180,6 +180,19 @@ class FinetuneConfig:
         "rest trains. Fewer weights to update: faster steps, less memory, less general-domain forgetting "
         "(the lower layers hold general language; Howard & Ruder 2018, Lee et al. 2019); 0 = train all",
     )
+    anchor_weight: float = setting(
+        0.0,
+        "weight of a term that keeps general English text where the base model embedded it: anchor_weight x "
+        "mean(1 - cos(tuned, base)) over anchor_batch anchor texts a step (Learning without Forgetting, Li & "
+        "Hoiem 2016); 0 = off; embedforge.anchor",
+    )
+    anchor_texts: str = setting(
+        "wikipedia",
+        "the anchor texts: 'wikipedia' (prose paragraphs of the 206 articles in gensim's test data) or a "
+        "file with one text per line",
+    )
+    anchor_count: int = setting(1024, "anchor texts kept (spread over the source), embedded once by the base")
+    anchor_batch: int = setting(16, "anchor texts drawn each step")
     base_mix: float = setting(
         0.0,
         "after training, mix this share of the base model's weights back in: final = (1 - base_mix) x tuned + "

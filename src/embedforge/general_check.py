@@ -21,12 +21,17 @@ LEE_DOCS = "test/test_data/lee.cor"
 LEE_RATINGS = "test/test_data/similarities0-1.txt"
 
 
+def gensim_root() -> Path:
+    """The installed gensim package's folder, found without running gensim's code."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the general-domain data needs: pip install --no-deps {LEE_PACKAGE}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def lee_files() -> tuple[Path, Path]:
     """The documents file and the ratings matrix inside the installed gensim package."""
-    spec = importlib.util.find_spec("gensim")  # finds the folder without running gensim's code
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the general-domain check needs: pip install --no-deps {LEE_PACKAGE}")
-    root = Path(next(iter(spec.submodule_search_locations)))
+    root = gensim_root()
     docs, ratings = root / LEE_DOCS, root / LEE_RATINGS
     for path in (docs, ratings):
         if not path.is_file():

@@ -43,6 +43,7 @@ from sentence_transformers.sentence_transformer.losses import (
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from embedforge import distill, train_memory
+from embedforge.anchor import anchored_loss
 from embedforge.atomic import atomic_write, write_json_atomic
 from embedforge.config import ConfigError, FinetuneConfig, config_dict, config_hash
 from embedforge.distill import DistilledLoss, TeacherScores
@@ -369,6 +370,11 @@ def finetune(config: FinetuneConfig) -> dict:
     # everything that can fail on bad input runs before the previous run's checkpoints and log are removed
     if config.n_passages < 1:
         raise ConfigError(f"finetune.n_passages must be at least 1, got {config.n_passages}")
+    if config.anchor_weight < 0 or config.anchor_batch < 1 or config.anchor_count < 1:
+        raise ConfigError(
+            "finetune.anchor_weight must be >= 0 and anchor_batch, anchor_count >= 1, got "
+            f"{config.anchor_weight}, {config.anchor_batch}, {config.anchor_count}"
+        )
     if not 0.0 <= config.base_mix < 1.0:
         raise ConfigError(f"finetune.base_mix must be in [0, 1), got {config.base_mix}")
     if config.n_passages == 1 and not (config.in_batch_negatives or config.cached_loss):
@@ -484,12 +490,15 @@ def finetune(config: FinetuneConfig) -> dict:
     callbacks = [JsonlLogCallback(log_path)]
     if evaluator and config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    loss = make_loss(model, config, plan["cache_mini_batch_size"], teacher)
+    if config.anchor_weight:
+        loss = anchored_loss(model, loss, config)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        loss=make_loss(model, config, plan["cache_mini_batch_size"], teacher),
+        loss=loss,
         evaluator=evaluator,
         callbacks=callbacks,
     )
@@ -552,6 +561,11 @@ def _write_model_card(folder: Path, encoder: BiEncoder, summary: dict) -> None:
         *(
             [f"- embeddings and the first {cfg['freeze_layers']} layers kept at the base model's weights"]
             if cfg.get("freeze_layers")
+            else []
+        ),
+        *(
+            [f"- anchored to the base model on `{cfg['anchor_texts']}` text, weight {cfg['anchor_weight']}"]
+            if cfg.get("anchor_weight")
             else []
         ),
         *(
