@@ -354,7 +354,7 @@ def test_the_plan_counts_the_corpus_and_the_training_steps(first_run):
     assert all(p.seconds is None for p in estimate_run(str(corpus), pipe.config, STAGES, cuda=True)[1])
 
 
-def test_the_plan_adds_the_teachers_one_off_encoding_to_finetune(first_run):
+def test_the_plan_adds_a_teachers_or_the_anchors_cost_to_finetune(first_run):
     import dataclasses
 
     from embedforge.pipeline import Pipeline
@@ -363,17 +363,21 @@ def test_the_plan_adds_the_teachers_one_off_encoding_to_finetune(first_run):
     corpus, run, recipe, _ = first_run
     pipe = Pipeline(str(corpus), str(run), str(recipe))
 
-    def finetune_plan(teacher):
+    def finetune_plan(**change):
         def config_of(stage):
             cfg = pipe.config(stage)
-            return dataclasses.replace(cfg, distill_teacher=teacher) if stage == "finetune" else cfg
+            return dataclasses.replace(cfg, **change) if stage == "finetune" else cfg
 
         return estimate_run(str(corpus), config_of, ["finetune"], cuda=False)[1][0]
 
-    plain, taught, unmeasured = finetune_plan(None), finetune_plan("mpnet"), finetune_plan("/my/teacher")
+    plain, taught = finetune_plan(distill_teacher=None), finetune_plan(distill_teacher="mpnet")
     assert "teacher" not in plain.what and "the mpnet teacher encodes ~" in taught.what
     assert taught.seconds > plain.seconds
-    assert unmeasured.seconds is None  # another teacher's speed was never measured
+    assert finetune_plan(distill_teacher="/my/teacher").seconds is None  # another teacher was never measured
+    anchored = finetune_plan(anchor_weight=20.0, anchor_count=1000, anchor_batch=16)
+    assert "+ 16 anchor texts" in anchored.what and "anchor" not in plain.what
+    # the anchors embedded once (0.02 s each) and 16 more texts in each of the 2 steps (0.135 s each)
+    assert anchored.seconds - plain.seconds == pytest.approx(1000 * 0.02 + 2 * 16 * 0.135)
 
 
 def test_a_run_without_questions_trains_and_tests_on_the_section_headings(first_run, tmp_path, capsys):

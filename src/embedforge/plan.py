@@ -27,6 +27,7 @@ SECONDS = {
     "teacher_text": 0.4,
 }
 MEASURED_TEACHER = "mpnet"
+ANCHOR_PARAGRAPHS = 3686  # the built-in Wikipedia anchor paragraphs (median 83 words, under 256 tokens)
 # share of generated questions that survive cleaning, dedup and the round-trip filter (0.31 and 0.41 in the
 # quality and demo runs)
 KEPT_SHARE = 0.35
@@ -90,6 +91,9 @@ def estimate_run(
     texts_per_step = batches["global_batch_size"] * (1 + tune.n_passages)
     train_seconds = batches["total_steps"] * texts_per_step * SECONDS["train_text"]
     train_seconds *= tune.max_seq_length / 256  # 384 tokens measured 0.20 s a text: linear in the length
+    if tune.anchor_weight:  # the anchors embedded once, then anchor_batch more (shorter) texts a step
+        anchors = min(tune.anchor_count, ANCHOR_PARAGRAPHS)
+        train_seconds += anchors * embed + batches["total_steps"] * tune.anchor_batch * SECONDS["train_text"]
     # validation retrieves over the training rows' passages, three times per run
     validation = 3 * min(tune.max_val_corpus, rows * tune.n_passages) * embed if validating else 0
     teacher_texts = round(rows * tune.n_passages * 0.8) if tune.distill_teacher else 0  # rows share negatives
@@ -128,6 +132,7 @@ def estimate_run(
             "finetune",
             f"~{rows:,} training rows -> {batches['total_steps']} steps of {batches['global_batch_size']} x "
             f"(1 + {tune.n_passages}) texts at {tune.max_seq_length} tokens ({tune.base_model})"
+            + (f" + {tune.anchor_batch} anchor texts" if tune.anchor_weight else "")
             + (
                 f"; the {tune.distill_teacher} teacher encodes ~{teacher_texts:,} passages once"
                 if teacher_texts
