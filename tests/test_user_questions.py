@@ -102,6 +102,9 @@ def test_user_questions_on_test_documents_are_the_whole_test_set(tmp_path):
         if doc in test_docs:
             assert relevant[q] == {p["passage_id"] for p in passages if p["doc_id"] == doc}
     assert all(doc_of[pid] in test_docs for pids in relevant.values() for pid in pids)
+    # searched in the whole corpus, as users search: the training documents' passages are distractors
+    corpus = {d["_id"] for d in _read_jsonl(beir / "corpus.jsonl")}
+    assert corpus == set(doc_of)
     assert "Your questions are the test set" in (tmp_path / "out" / "prep_report.md").read_text()
 
 

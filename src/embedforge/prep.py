@@ -39,8 +39,10 @@ Your own questions (search logs, support tickets, an FAQ) are what the model is 
 298 real questions, generated questions and section headings lift MiniLM about +10% nDCG@10 and stop
 there, and half of the real questions in training added about +0.011 (docs/benchmarks.md). Those on test
 documents become the whole test set, every passage of their document relevant (a user names a page, not a
-passage), and the generated questions of the test documents go unused: a test on what people ask is the
-one that says what a search's users will see. Those on train documents train with the one passage of their
+passage), searched in the whole corpus as the users search it (the training documents' passages are
+distractors there, never answers; a test corpus of the test documents alone is a handful of pages for an
+FAQ), and the generated questions of the test documents go unused: a test on what people ask is the one
+that says what a search's users will see. Those on train documents train with the one passage of their
 document the mining model scores highest (every passage as a positive makes a row per passage, and a
 page's later passages answer less directly: three passages per heading scored 0.022 lower than one); the
 document's other passages are no negatives of them.
@@ -462,8 +464,12 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     if user:  # the user's own questions are the test: the generated ones of the test documents go unused
         generated_unused = len(test_pairs) + len(test_extras)
         test_pairs, test_extras = test_user, []
+    # your questions are searched in the whole corpus, as your users search it (the training documents'
+    # passages are distractors, never answers); the others in the test documents' passages
     test_passages = {
-        pid: replace(p, text=bodies.get(pid, p.text)) for pid, p in passages.items() if p.doc_id in test_set
+        pid: replace(p, text=bodies.get(pid, p.text))
+        for pid, p in passages.items()
+        if p.doc_id in test_set or user
     }
     test_questions = test_pairs + test_extras
     texts = {pid: passage_text({"title": p.title, "text": p.text}) for pid, p in passages.items()}
