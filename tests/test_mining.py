@@ -413,7 +413,9 @@ def test_prep_splits_by_document_deterministically(prepped, tmp_path):
         "total": sum(map(len, QUESTIONS.values())),
         "train": sum(map(len, QUESTIONS.values())) - n_test,
         "heading_pairs": 0,
+        "user": {"total": 0, "train": 0, "test": 0},
         "test": n_test,
+        "generated_test_unused": 0,
         "test_roundtrip_dropped": 0,
         "dropped_cross_split": 0,
     }
