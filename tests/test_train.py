@@ -278,8 +278,17 @@ def _previous_run(folder):
         {"val_data": "missing-val.jsonl"},
         {"base_mix": 1.0},
         {"freeze_layers": 7},  # MiniLM has 6
+        {"anchor_weight": 20.0, "anchor_texts": "no-such-anchors.txt"},
     ],
-    ids=["missing-data", "n_passages", "batch-plan", "missing-val", "base-mix", "freeze-layers"],
+    ids=[
+        "missing-data",
+        "n_passages",
+        "batch-plan",
+        "missing-val",
+        "base-mix",
+        "freeze-layers",
+        "anchor-texts",
+    ],
 )
 def test_a_bad_config_or_bad_data_fails_before_the_previous_run_is_touched(domain, tmp_path, bad):
     before = _previous_run(tmp_path)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sentence_transformers.util import batch_to_device
 from torch import nn
 from torch.nn import functional as F
 
@@ -102,8 +103,7 @@ class AnchoredLoss(nn.Module):
         pick = torch.randperm(len(self.texts), generator=self.generator)[: self.batch]
         features = self.model.tokenize([self.texts[i] for i in pick.tolist()])
         device = self.base_vectors.device
-        features = {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
-        vectors = self.model(features)["sentence_embedding"]
+        vectors = self.model(batch_to_device(features, device))["sentence_embedding"]
         cos = F.cosine_similarity(vectors, self.base_vectors[pick.to(device)], dim=-1)
         return (1 - cos).mean()
 
@@ -113,9 +113,8 @@ class AnchoredLoss(nn.Module):
         return self.inner(sentence_features, labels) + self.weight * drift
 
 
-def anchored_loss(model, inner: nn.Module, config) -> AnchoredLoss:
-    """``inner`` with the anchor term of ``config`` (a FinetuneConfig); embeds the anchors with ``model``
-    as it is now, so call it before training starts (a resumed run loads its checkpoint later)."""
-    texts = load_texts(config.anchor_texts, config.anchor_count)
+def anchored_loss(model, inner: nn.Module, texts: list[str], config) -> AnchoredLoss:
+    """``inner`` with the anchor term of ``config`` (a FinetuneConfig) over ``texts``; embeds them with
+    ``model`` as it is now, so call it before training starts."""
     vectors = model.encode(texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=True)
     return AnchoredLoss(model, inner, texts, vectors, config.anchor_weight, config.anchor_batch, config.seed)

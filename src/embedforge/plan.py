@@ -77,6 +77,7 @@ def estimate_run(
     if users:  # split with the documents; those on test documents are the whole test set
         train_queries += round(users * (1 - prep.test_fraction))
         test_queries = round(users * prep.test_fraction)
+    scored_passages = passages if users else test_passages  # your questions search the whole corpus
     validating = bool(tune.val_data) or tune.validation_split > 0
     rows = max(1, round(train_queries * (1 - (0 if tune.val_data else tune.validation_split))))
     batches = plan_batches(tune, rows)
@@ -98,7 +99,7 @@ def estimate_run(
     validation = 3 * min(tune.max_val_corpus, rows * tune.n_passages) * embed if validating else 0
     teacher_texts = round(rows * tune.n_passages * 0.8) if tune.distill_teacher else 0  # rows share negatives
     teacher_seconds = teacher_texts * SECONDS["teacher_text"] + load if teacher_texts else 0
-    served = test_passages + test_queries
+    served = scored_passages + test_queries
     if asks:
         sdg_plan = (
             f"{generated:,} questions for {selected:,} passages with {generator}; about {kept:,} kept; "
@@ -146,7 +147,7 @@ def estimate_run(
         "eval": StagePlan(
             "eval",
             f"base vs tuned on ~{test_queries:,} {'of your ' if users else ''}questions over "
-            f"~{test_passages:,} held-out passages",
+            f"~{scored_passages:,} {'' if users else 'held-out '}passages",
             timed(2 * (served * embed + SECONDS["general_check"]) + load),
         ),
         "export": StagePlan("export", "ONNX with pooling and norm in the graph", timed(SECONDS["export"])),

@@ -43,7 +43,7 @@ from sentence_transformers.sentence_transformer.losses import (
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from embedforge import distill, train_memory
-from embedforge.anchor import anchored_loss
+from embedforge.anchor import anchored_loss, load_texts
 from embedforge.atomic import atomic_write, write_json_atomic
 from embedforge.config import ConfigError, FinetuneConfig, config_dict, config_hash
 from embedforge.distill import DistilledLoss, TeacherScores
@@ -195,7 +195,13 @@ def validation_rows(val: list[TrainingExample], config: FinetuneConfig, with_ids
     return Dataset.from_dict(columns)
 
 
-def make_loss(model, config: FinetuneConfig, micro_batch: int, teacher: TeacherScores | None = None):
+def make_loss(
+    model,
+    config: FinetuneConfig,
+    micro_batch: int,
+    teacher: TeacherScores | None = None,
+    anchors: list[str] | None = None,
+):
     scale = 1.0 / config.temperature
     # in-batch negatives from every process (DDP); a single process has nothing to gather
     gather = config.gather_across_devices and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -224,6 +230,8 @@ def make_loss(model, config: FinetuneConfig, micro_batch: int, teacher: TeacherS
     if config.matryoshka_dims:
         dims = sorted(set(config.matryoshka_dims) | {model.get_embedding_dimension()}, reverse=True)
         loss = MatryoshkaLoss(model, loss, matryoshka_dims=dims)
+    if anchors:  # embedded now, by the model as loaded: a resumed run loads its checkpoint later
+        loss = anchored_loss(model, loss, anchors, config)
     return loss
 
 
@@ -388,6 +396,7 @@ def finetune(config: FinetuneConfig) -> dict:
         train_examples, val_examples = split_validation(examples, config.validation_split, config.seed)
     rows = build_training_rows(train_examples, config.n_passages, config.seed)
     plan = plan_batches(config, rows.stats["rows"])
+    anchors = load_texts(config.anchor_texts, config.anchor_count) if config.anchor_weight else None
 
     encoder = BiEncoder.load(
         config.base_model,
@@ -490,15 +499,12 @@ def finetune(config: FinetuneConfig) -> dict:
     callbacks = [JsonlLogCallback(log_path)]
     if evaluator and config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    loss = make_loss(model, config, plan["cache_mini_batch_size"], teacher)
-    if config.anchor_weight:
-        loss = anchored_loss(model, loss, config)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        loss=loss,
+        loss=make_loss(model, config, plan["cache_mini_batch_size"], teacher, anchors),
         evaluator=evaluator,
         callbacks=callbacks,
     )
