@@ -16,8 +16,8 @@ from embedforge.sdg import generators as G
 from embedforge.sdg.checkpoint import CHECKPOINT_FILE
 from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores
 from embedforge.sdg.filters import dedup_mask, rank_histogram
-from embedforge.sdg.pipeline import plan_units
-from embedforge.sdg.prompts import plain_messages, plan_unit
+from embedforge.sdg.pipeline import generation_signature, plan_units, resolve
+from embedforge.sdg.prompts import OPENINGS, plain_messages, plan_unit
 from embedforge.search import positive_ranks
 from sdg_stub import StubServer
 
@@ -278,6 +278,36 @@ def test_plans_are_seeded_per_passage_mix_query_types_and_keep_groups_inside_a_d
     # a one-passage document cannot have a multi-hop question
     lone = plan_unit("solo", [], questions=3, multi_hop_share=1.0, seed=1)
     assert not lone.multi and len(lone.single) == 3
+
+
+def test_user_style_asks_plain_user_questions_and_keeps_the_multi_hop_share():
+    passages = [
+        Passage(f"p{d}-{i}", f"doc{d}", f"text {d} {i}", f"Doc {d}") for d in range(40) for i in range(5)
+    ]
+    config = SdgConfig(
+        corpus="x", questions_per_passage=2, multi_hop_share=0.3, question_style="user", seed=7
+    )
+    plans = plan_units(passages, config)
+    single = [s for p in plans for s in p.single]
+    multi = [s for p in plans for s in p.multi]
+    assert single and all(s.query_type == "user" and s.opening in OPENINGS["user"] for s in single)
+    assert len({s.opening for s in single}) == len(OPENINGS["user"])  # every opening is used
+    assert 0.22 < len(multi) / (len(single) + len(multi)) < 0.38
+    # the same passages and seed in the documentation style: same multi-hop draws, other single types
+    documentation = plan_units(
+        passages, SdgConfig(corpus="x", questions_per_passage=2, multi_hop_share=0.3, seed=7)
+    )
+    assert [len(p.multi) for p in documentation] == [len(p.multi) for p in plans]
+    assert not any(s.query_type == "user" for p in documentation for s in p.single)
+    # the local model is asked for short plain questions, each started with its user opening
+    two = next(p for p in plans if len(p.single) == 2)
+    messages, prefix, follow_ups = plain_messages(list(two.single), ["Sorting a list."], "Sort", 500)
+    assert "short questions a user would ask" in messages[1]["content"]
+    assert prefix == f"1. {two.single[0].opening}" and follow_ups == (f"\n2. {two.single[1].opening}",)
+    # a checkpoint written in one style is not resumed in the other
+    assert generation_signature(config, resolve(config)) != generation_signature(
+        SdgConfig(corpus="x", questions_per_passage=2, multi_hop_share=0.3, seed=7), resolve(config)
+    )
 
 
 def test_spread_gives_every_document_a_passage_before_any_gets_a_second():

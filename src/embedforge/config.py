@@ -413,6 +413,11 @@ class SdgConfig:
     multi_hop_share: float = setting(
         0.3, "share of questions that combine 2-3 neighbouring passages of one document (recipe: 3 of 10)"
     )
+    question_style: Literal["documentation", "user"] = setting(
+        "documentation",
+        "single-passage questions: documentation (factual, structural and contextual, the NVIDIA SDG mix) or "
+        "user (short questions as people type them: how do I, why does, can I)",
+    )
     max_passages: int = setting(
         0, "generate for at most this many passages, a seeded sample (0 = all); raising it later reuses work"
     )

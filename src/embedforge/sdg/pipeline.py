@@ -99,6 +99,7 @@ def generation_signature(config: SdgConfig, resolved: Resolved) -> dict[str, Any
         "model": resolved.model,
         "questions_per_passage": config.questions_per_passage,
         "multi_hop_share": config.multi_hop_share,
+        "question_style": config.question_style,
         "seed": config.seed,
         "temperature": resolved.temperature,
         "max_new_tokens": resolved.max_new_tokens,
@@ -194,7 +195,14 @@ def plan_units(passages: list[Passage], config: SdgConfig) -> list[P.UnitPlan]:
             siblings[j] for d in range(1, len(siblings)) for j in (i + d, i - d) if 0 <= j < len(siblings)
         ]
         plans.append(
-            P.plan_unit(pid, neighbours, config.questions_per_passage, config.multi_hop_share, config.seed)
+            P.plan_unit(
+                pid,
+                neighbours,
+                config.questions_per_passage,
+                config.multi_hop_share,
+                config.seed,
+                config.question_style,
+            )
         )
     return plans
 

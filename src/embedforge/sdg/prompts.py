@@ -22,6 +22,10 @@ Query types (the recipe's mix per 10 questions: 3 multi-hop, 2 structural, 2 con
 * ``contextual``: asked from inside a concrete situation (what the user is trying to do or what went
   wrong) that the passage resolves.
 * ``factual``: a direct question about one fact (the "free" share).
+
+``question_style: user`` replaces the three single-passage types with one, ``user``: the plain questions
+people type into a search box or an FAQ ("How do I", "Why does", "What is the difference between", "Can
+I"), the forms the documentation style above leaves out on purpose.
 """
 
 from __future__ import annotations
@@ -32,11 +36,22 @@ from dataclasses import dataclass, field
 
 PROMPT_VERSION = 1  # bump when prompts change: a checkpoint made with other prompts is not resumed
 
-QUERY_TYPES = ("multi_hop", "structural", "contextual", "factual")
-# Shares of the single-passage questions (recipe: 2 structural, 2 contextual, 3 free of the 7 non-multi-hop).
-SINGLE_TYPE_WEIGHTS = {"structural": 2, "contextual": 2, "factual": 3}
+QUERY_TYPES = ("multi_hop", "structural", "contextual", "factual", "user")
+QUESTION_STYLES = ("documentation", "user")
+# Shares of the single-passage questions per style (documentation, the recipe: 2 structural, 2 contextual,
+# 3 free of the 7 non-multi-hop).
+SINGLE_TYPE_WEIGHTS = {
+    "documentation": {"structural": 2, "contextual": 2, "factual": 3},
+    "user": {"user": 1},
+}
 # Complexity (2 = one direct fact ... 5 = several facts weighed together) each type is asked for.
-COMPLEXITY_RANGE = {"factual": (2, 3), "structural": (2, 4), "contextual": (3, 4), "multi_hop": (4, 5)}
+COMPLEXITY_RANGE = {
+    "factual": (2, 3),
+    "structural": (2, 4),
+    "contextual": (3, 4),
+    "multi_hop": (4, 5),
+    "user": (2, 3),
+}
 
 
 # Question openings per type: the start of the local model's reply (and suggestions in json mode). Chosen by
@@ -85,6 +100,19 @@ OPENINGS = {
         "What happens when",
         "Is it possible to",
     ),
+    # how people phrase a question to a search box or an FAQ: a goal, a surprise, a comparison
+    "user": (
+        "How do I",
+        "How can I",
+        "Why does",
+        "Why is",
+        "Why doesn't",
+        "What is the difference between",
+        "Can I",
+        "Is there a way to",
+        "What's the best way to",
+        "How do I get",
+    ),
 }
 
 # Short instructions: a 135M model echoes long or abstract ones ("a question about a cause or a condition")
@@ -112,6 +140,10 @@ _PLAIN_INSTRUCTIONS = {
         f"Write one question a user would ask when they need this information for their work. Mention the "
         f"feature by name. {_ONLY}",
     ),
+    "user": (
+        f"Write one short question a user would ask that this documentation answers, in plain words. {_ONLY}",
+        f"Write the question a person would type into a search box to find this text. Keep it short. {_ONLY}",
+    ),
     "multi_hop": (
         f"Write one question that needs information from both parts to answer. Mention the feature by name. "
         f"{_ONLY}",
@@ -127,6 +159,10 @@ _PLAIN_LIST_INSTRUCTIONS = {
         f"feature or command by name in each. {_NUMBERED}",
         "Write {n} different questions a user would search for that this text answers, one per line. Use "
         f"the names it uses. {_NUMBERED}",
+    ),
+    "user": (
+        "Write {n} different short questions a user would ask that this documentation answers, one per "
+        f"line, in plain words. {_NUMBERED}",
     ),
     "multi_hop": (
         "Write {n} different questions that each need information from more than one part to answer, one "
@@ -159,6 +195,7 @@ _TYPE_DESCRIPTIONS = {
     "structural": "structural (options, steps, parameters or parts, their order or differences)",
     "contextual": "contextual (asked from a concrete situation: what the user is doing or what went wrong)",
     "multi_hop": "multi_hop (needs facts from at least two different segments; uses lists them all)",
+    "user": "user (short and plain, as a person types it into a search box: how do I, why does, can I)",
 }
 
 _JSON_SHAPE = (
@@ -222,6 +259,7 @@ def plan_unit(
     questions: int,
     multi_hop_share: float,
     seed: int,
+    style: str = "documentation",
 ) -> UnitPlan:
     """Decide the questions for one passage, deterministically from ``seed`` and the passage id.
 
@@ -232,12 +270,13 @@ def plan_unit(
         questions: questions to ask for this passage.
         multi_hop_share: expected share of questions that are multi-hop (recipe: 0.3).
         seed: run seed.
+        style: the single-passage question types: ``documentation`` or ``user`` (see the module docstring).
     """
     rng = random.Random(f"{seed}:{passage_id}")
     expected = max(0.0, min(1.0, multi_hop_share)) * questions
     n_multi = int(expected) + (rng.random() < expected - int(expected))
     n_multi = min(n_multi, questions) if neighbours else 0
-    bag = [t for t, w in SINGLE_TYPE_WEIGHTS.items() for _ in range(w)]
+    bag = [t for t, w in SINGLE_TYPE_WEIGHTS[style].items() for _ in range(w)]
     rng.shuffle(bag)
     used: set[str] = set()
     single = []
@@ -289,7 +328,7 @@ def plain_messages(
         instruction = instructions[(first.variant // 7) % len(instructions)]
         prefix, follow_ups = first.opening, ()
     else:
-        lists = _PLAIN_LIST_INSTRUCTIONS["multi_hop" if first.query_type == "multi_hop" else "single"]
+        lists = _PLAIN_LIST_INSTRUCTIONS.get(first.query_type, _PLAIN_LIST_INSTRUCTIONS["single"])
         instruction = lists[(first.variant // 7) % len(lists)].format(n=len(specs))
         prefix = f"1. {first.opening}"
         follow_ups = tuple(f"\n{i}. {spec.opening}" for i, spec in enumerate(specs[1:], 2))
