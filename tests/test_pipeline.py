@@ -358,7 +358,7 @@ def test_the_plan_adds_a_teachers_or_the_anchors_cost_to_finetune(first_run):
     import dataclasses
 
     from embedforge.pipeline import Pipeline
-    from embedforge.plan import estimate_run
+    from embedforge.plan import SECONDS, estimate_run
 
     corpus, run, recipe, _ = first_run
     pipe = Pipeline(str(corpus), str(run), str(recipe))
@@ -376,8 +376,9 @@ def test_the_plan_adds_a_teachers_or_the_anchors_cost_to_finetune(first_run):
     assert finetune_plan(distill_teacher="/my/teacher").seconds is None  # another teacher was never measured
     anchored = finetune_plan(anchor_weight=20.0, anchor_count=1000, anchor_batch=16)
     assert "+ 16 anchor texts" in anchored.what and "anchor" not in plain.what
-    # the anchors embedded once (0.02 s each) and 16 more texts in each of the 2 steps (0.135 s each)
-    assert anchored.seconds - plain.seconds == pytest.approx(1000 * 0.02 + 2 * 16 * 0.135)
+    # the anchors embedded once and 16 more (short) texts in each of the 2 steps
+    expected = 1000 * SECONDS["embed"] + 2 * 16 * SECONDS["train_text"]
+    assert anchored.seconds - plain.seconds == pytest.approx(expected)
 
 
 def test_a_run_without_questions_trains_and_tests_on_the_section_headings(first_run, tmp_path, capsys):

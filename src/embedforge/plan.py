@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# seconds per item on 2 CPU cores with MiniLM at up to 256 tokens (docs/benchmarks.md, 2026-11-27)
+# seconds per item on 2 CPU cores with MiniLM (bf16 on this AMX CPU) at up to 256 tokens, refitted to the
+# runs of 2026-11-29 (docs/benchmarks.md: the 500-page run, the demo and five perlfaq quality runs)
 SECONDS = {
-    "generate": 0.8,  # one question from the local SmolLM2-135M, batched (1.29-1.86 s a passage of 2 questions)
-    "embed": 0.02,  # one text embedded by MiniLM (the demo's sdg embedded its 4,521 passages in about 90 s)
-    "train_text": 0.135,  # one text (query or passage) forward + backward at 256 tokens (64 x 4 texts: ~37 s)
+    "generate": 0.3,  # one question from the local SmolLM2-135M, batched (0.24-0.25 s measured)
+    "embed": 0.02,  # one text embedded by MiniLM (4,249 passages in about 95 s)
+    "train_text": 0.065,  # one text forward + backward at 256 tokens (0.055; at 384 tokens 0.094-0.109)
     "load": 5.0,  # loading a model
     "general_check": 10.0,  # eval's general-domain check, per model
     "export": 40.0,  # fp32 + int8 export with parity checks (the demo's export stage)
@@ -91,7 +92,7 @@ def estimate_run(
     generator = f"the local {sdg.model or 'smollm2-135m'}" if sdg.backend == "local" else sdg.model
     texts_per_step = batches["global_batch_size"] * (1 + tune.n_passages)
     train_seconds = batches["total_steps"] * texts_per_step * SECONDS["train_text"]
-    train_seconds *= tune.max_seq_length / 256  # 384 tokens measured 0.20 s a text: linear in the length
+    train_seconds *= tune.max_seq_length / 256  # about linear in the length
     if tune.anchor_weight:  # the anchors embedded once, then anchor_batch more (shorter) texts a step
         anchors = min(tune.anchor_count, ANCHOR_PARAGRAPHS)
         train_seconds += anchors * embed + batches["total_steps"] * tune.anchor_batch * SECONDS["train_text"]
