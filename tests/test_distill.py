@@ -179,11 +179,20 @@ def test_distillation_refuses_gradcache_and_groups_without_negatives(tiny, tmp_p
 
 
 @pytest.mark.parametrize(
-    "kind, in_batch, screen",
-    [("margin_mse", True, None), ("kl", False, 0.95), ("inbatch_kl", True, None)],
-    ids=["mse-inbatch", "kl-group", "inbatch-kl"],
+    "kind, in_batch, screen, anchored",
+    [
+        ("margin_mse", True, None, False),
+        ("kl", False, 0.95, False),
+        ("inbatch_kl", True, None, False),
+        ("margin_mse", True, 0.95, True),
+    ],
+    ids=["mse-inbatch", "kl-group", "inbatch-kl", "mse-anchored"],
 )
-def test_finetune_with_a_teacher_trains_records_and_reuses_the_scores(tiny, tmp_path, kind, in_batch, screen):
+def test_finetune_with_a_teacher_trains_records_and_reuses_the_scores(
+    tiny, tmp_path, kind, in_batch, screen, anchored
+):
+    anchors = tmp_path / "anchors.txt"
+    anchors.write_text("\n".join(_words(random.Random(i), 12) for i in range(8)) + "\n")
     config = FinetuneConfig(
         base_model=str(tiny["student"]),
         train_data=str(tiny["train"]),
@@ -200,6 +209,9 @@ def test_finetune_with_a_teacher_trains_records_and_reuses_the_scores(tiny, tmp_
         distill_loss=kind,
         distill_weight=2.0,
         distill_screen_negatives=screen,
+        anchor_weight=5.0 if anchored else 0.0,  # the CPU recipes' anchor next to a teacher's term
+        anchor_texts=str(anchors),
+        anchor_batch=4,
     )
     summary = finetune(config)
     assert summary["steps"] == 3 and summary["distillation"]["reused"] is False
@@ -217,6 +229,9 @@ def test_finetune_with_a_teacher_trains_records_and_reuses_the_scores(tiny, tmp_
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     terms = [r for r in log if "distill" in r]
     assert len(terms) == 3 and all(r["distill"] > 0 and r["contrastive"] > 0 for r in terms)
+    # the anchor term is one more logged part, > 0 once the weights have moved from the base
+    assert all(("anchor" in r) == anchored for r in terms)
+    assert not anchored or terms[-1]["anchor"] > 0
 
     probe = ["a b c", "the d e f"]
     before = BiEncoder.load(tiny["student"]).encode_queries(probe)

@@ -107,10 +107,13 @@ class AnchoredLoss(nn.Module):
         cos = F.cosine_similarity(vectors, self.base_vectors[pick.to(device)], dim=-1)
         return (1 - cos).mean()
 
-    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         drift = self.drift()
         self.last_drift = float(drift.detach())
-        return self.inner(sentence_features, labels) + self.weight * drift
+        inner, term = self.inner(sentence_features, labels), self.weight * drift
+        if isinstance(inner, dict):  # a loss that reports its parts (distillation): one part more, logged too
+            return {**inner, "anchor": term}
+        return inner + term
 
 
 def anchored_loss(model, inner: nn.Module, texts: list[str], config) -> AnchoredLoss:
