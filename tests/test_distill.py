@@ -167,8 +167,12 @@ def test_screening_replaces_negatives_the_teacher_ranks_near_the_positive():
     assert [out[f"negative_{i}"][2] for i in (1, 2, 3)] == ["n7"] * 3  # all screened: the lowest kept
     np.testing.assert_allclose(new[0], [0.8, 0.2, 0.3, 0.2])
     np.testing.assert_allclose(new[2], [0.4, 0.5, 0.5, 0.5])
-    assert stats == {"negatives_screened": 4, "rows_screened": 2, "rows_all_screened": 1}
+    assert stats == {"negatives_screened": 3, "rows_screened": 2, "rows_all_screened": 1}
     assert columns["negative_1"][0] == "n1"  # the input is not modified
+    # one negative a row: a likely positive has nothing to be replaced with, and no negative counts as dropped
+    one = {name: columns[name] for name in ("anchor", "positive", "negative_1")}
+    out, new, stats = screen_negatives(one, scores[:, :2], margin=0.95)
+    assert out == one and stats == {"negatives_screened": 0, "rows_screened": 0, "rows_all_screened": 2}
 
 
 def test_distillation_refuses_gradcache_and_groups_without_negatives(tiny, tmp_path):

@@ -171,7 +171,7 @@ class FinetuneConfig:
     distill_screen_negatives: float | None = setting(
         None,
         "drop a mined negative the teacher scores above this x its positive's score (a likely false "
-        "negative; e.g. 0.95); None = keep every negative",
+        "negative; e.g. 0.95) for the row's other negatives; needs n_passages >= 3 to have any; None = keep all",
     )
     distill_batch_size: int = setting(32, "teacher encoding batch size")
     freeze_layers: int = setting(

@@ -23,7 +23,9 @@ positives and negatives, the candidates the in-batch contrastive loss scores), w
 teacher's judgement on batch x group pairs per query instead of group, at no extra teacher cost.
 
 Optionally the teacher also screens false negatives (``distill_screen_negatives``): a mined negative it
-scores above margin x the row's positive score is replaced by the row's remaining negatives.
+scores above margin x the row's positive score is replaced by the row's remaining negatives. With one
+negative a row (``n_passages=2``, the CPU recipes) there is nothing to replace it with: the row keeps it,
+and a warning says how many rows that was.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def screen_negatives(
     """Replace negatives the teacher scores above ``margin`` x the row's positive score (likely positives).
 
     The kept negatives of a row are repeated cyclically to fill the group; a row whose negatives are all
-    screened keeps its lowest-scored one. Scores are permuted along, so they stay aligned with the rows.
+    screened keeps its lowest-scored one (so a row with one negative never changes). Scores are permuted
+    along, so they stay aligned with the rows. The counts are of negatives actually dropped.
     """
     names = passage_columns(columns)
     out = {name: list(values) for name, values in columns.items()}
@@ -154,13 +157,13 @@ def screen_negatives(
     for r in range(scores.shape[0]):
         negatives = scores[r, 1:]
         keep = [j for j, s in enumerate(negatives) if s <= margin * scores[r, 0]]
+        if not keep:
+            stats["rows_all_screened"] += 1
+            keep = [int(np.argmin(negatives))]
         if len(keep) == len(negatives):
             continue
         stats["negatives_screened"] += len(negatives) - len(keep)
         stats["rows_screened"] += 1
-        if not keep:
-            stats["rows_all_screened"] += 1
-            keep = [int(np.argmin(negatives))]
         for i, name in enumerate(names[1:]):
             source = keep[i % len(keep)]
             out[name][r] = columns[names[1 + source]][r]
@@ -289,6 +292,17 @@ def prepare(config: FinetuneConfig, columns: dict[str, list[str]], out: Path):
             screened["negatives_screened"],
             screened["rows_screened"],
         )
+        if screened["rows_all_screened"]:
+            one = len(passage_columns(columns)) == 2
+            logger.warning(
+                "%d rows have no negative the teacher scores under %s x their positive; each keeps its "
+                "lowest-scored one%s",
+                screened["rows_all_screened"],
+                config.distill_screen_negatives,
+                " (one negative a row, n_passages=2: nothing to choose from; raise n_passages)"
+                if one
+                else "",
+            )
     margins = scores[:, :1] - scores[:, 1:]
     info["mean_teacher_margin"] = round(float(margins.mean()), 4)
     return columns, TeacherScores(vectors), info
