@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 PROMPT_VERSION = 1  # bump when prompts change: a checkpoint made with other prompts is not resumed
 
 QUERY_TYPES = ("multi_hop", "structural", "contextual", "factual", "user")
-QUESTION_STYLES = ("documentation", "user")
 # Shares of the single-passage questions per style (documentation, the recipe: 2 structural, 2 contextual,
 # 3 free of the 7 non-multi-hop).
 SINGLE_TYPE_WEIGHTS = {
