@@ -1,6 +1,7 @@
 """sdg: output cleaning, planning, filters, the OpenAI-compatible loop against a stub server (retries,
 timeouts, 500s, garbage, resume after a crash), the CLI, and the real local generator (SmolLM2 via gguf)."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -294,9 +295,8 @@ def test_user_style_asks_plain_user_questions_and_keeps_the_multi_hop_share():
     assert len({s.opening for s in single}) == len(OPENINGS["user"])  # every opening is used
     assert 0.22 < len(multi) / (len(single) + len(multi)) < 0.38
     # the same passages and seed in the documentation style: same multi-hop draws, other single types
-    documentation = plan_units(
-        passages, SdgConfig(corpus="x", questions_per_passage=2, multi_hop_share=0.3, seed=7)
-    )
+    other = dataclasses.replace(config, question_style="documentation")
+    documentation = plan_units(passages, other)
     assert [len(p.multi) for p in documentation] == [len(p.multi) for p in plans]
     assert not any(s.query_type == "user" for p in documentation for s in p.single)
     # the local model is asked for short plain questions, each started with its user opening
@@ -305,9 +305,7 @@ def test_user_style_asks_plain_user_questions_and_keeps_the_multi_hop_share():
     assert "short questions a user would ask" in messages[1]["content"]
     assert prefix == f"1. {two.single[0].opening}" and follow_ups == (f"\n2. {two.single[1].opening}",)
     # a checkpoint written in one style is not resumed in the other
-    assert generation_signature(config, resolve(config)) != generation_signature(
-        SdgConfig(corpus="x", questions_per_passage=2, multi_hop_share=0.3, seed=7), resolve(config)
-    )
+    assert generation_signature(config, resolve(config)) != generation_signature(other, resolve(other))
 
 
 def test_spread_gives_every_document_a_passage_before_any_gets_a_second():
