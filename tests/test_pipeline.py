@@ -381,6 +381,34 @@ def test_the_plan_adds_a_teachers_or_the_anchors_cost_to_finetune(first_run):
     assert anchored.seconds - plain.seconds == pytest.approx(expected)
 
 
+def test_the_plan_prices_the_round_trip_at_the_embed_models_rate(first_run):
+    import dataclasses
+
+    from embedforge.pipeline import Pipeline
+    from embedforge.plan import SECONDS, estimate_run
+
+    corpus, run, recipe, _ = first_run
+    pipe = Pipeline(str(corpus), str(run), str(recipe))
+    passages = len(read_jsonl(run / "sdg" / "passages.jsonl"))
+
+    def plans(embed_model):
+        def config_of(stage):
+            cfg = pipe.config(stage)
+            if stage == "sdg":  # the local generator, whose rate is measured
+                return dataclasses.replace(cfg, backend="local", model="", embed_model=embed_model)
+            return cfg
+
+        return {p.stage: p for p in estimate_run(str(corpus), config_of, ["sdg", "prep"], cuda=False)[1]}
+
+    minilm, mpnet = plans("minilm"), plans("mpnet")
+    assert "round trip by mpnet" in mpnet["sdg"].what and "by " not in minilm["sdg"].what.split("round trip")[1]
+    extra = passages * (SECONDS["teacher_text"] - SECONDS["embed"])
+    assert mpnet["sdg"].seconds - minilm["sdg"].seconds == pytest.approx(extra)
+    # prep cannot reuse another model's vectors: it embeds its training passages itself
+    assert mpnet["prep"].seconds > minilm["prep"].seconds
+    assert plans("/my/encoder")["sdg"].seconds is None  # an encoder never measured
+
+
 def test_a_run_without_questions_trains_and_tests_on_the_section_headings(first_run, tmp_path, capsys):
     corpus, _, recipe, _ = first_run
     run = tmp_path / "run"

@@ -23,8 +23,8 @@ SECONDS = {
     "load": 5.0,  # loading a model
     "general_check": 10.0,  # eval's general-domain check, per model
     "export": 40.0,  # fp32 + int8 export with parity checks (the demo's export stage)
-    # one passage encoded once by the MPNet teacher at 256 tokens (1,536 passages + 600 queries in 11 min,
-    # with a second job on the cores: an upper bound)
+    # one passage encoded once by MPNet at 256 tokens, as the teacher or as sdg's embed_model (1,536 passages
+    # + 600 queries in 11 min, with a second job on the cores: an upper bound)
     "teacher_text": 0.4,
 }
 MEASURED_TEACHER = "mpnet"
@@ -101,11 +101,17 @@ def estimate_run(
     teacher_texts = round(rows * tune.n_passages * 0.8) if tune.distill_teacher else 0  # rows share negatives
     teacher_seconds = teacher_texts * SECONDS["teacher_text"] + load if teacher_texts else 0
     served = scored_passages + test_queries
+    # the round trip embeds the corpus with sdg.embed_model: MiniLM, or MPNet at the teacher's rate
+    round_trip = {MEASURED_MODEL: embed, MEASURED_TEACHER: SECONDS["teacher_text"]}.get(sdg.embed_model)
     if asks:
         sdg_plan = (
             f"{generated:,} questions for {selected:,} passages with {generator}; about {kept:,} kept; "
-            f"{passages:,} passages embedded for the round trip",
-            timed(generated * SECONDS["generate"] + passages * embed + 2 * load, local),
+            f"{passages:,} passages embedded for the round trip"
+            + ("" if sdg.embed_model == MEASURED_MODEL else f" by {sdg.embed_model}"),
+            timed(
+                generated * SECONDS["generate"] + passages * (round_trip or 0) + 2 * load,
+                local and round_trip is not None,
+            ),
         )
         headings_note = " (with the heading -> body pairs)"
     else:
@@ -114,6 +120,7 @@ def estimate_run(
             timed(1.0),
         )
         headings_note = "; heading -> body pairs only, the test documents' headings are the test questions"
+    reused = asks and sdg.embed_model == prep.model
     precisions = 2 if config_of("export").quantize else 1
     plans = {
         "sdg": StagePlan("sdg", *sdg_plan),
@@ -127,8 +134,8 @@ def estimate_run(
                 if users
                 else ""
             ),
-            # the passages' vectors come from sdg's round trip, when it asked questions
-            timed((train_queries + (0 if asks else passages - test_passages)) * embed + load),
+            # the passages' vectors come from sdg's round trip, when it asked questions with prep's model
+            timed((train_queries + (0 if reused else passages - test_passages)) * embed + load),
         ),
         "finetune": StagePlan(
             "finetune",
