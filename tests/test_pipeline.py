@@ -401,7 +401,9 @@ def test_the_plan_prices_the_round_trip_at_the_embed_models_rate(first_run):
         return {p.stage: p for p in estimate_run(str(corpus), config_of, ["sdg", "prep"], cuda=False)[1]}
 
     minilm, mpnet = plans("minilm"), plans("mpnet")
-    assert "round trip by mpnet" in mpnet["sdg"].what and "by " not in minilm["sdg"].what.split("round trip")[1]
+    assert (
+        "round trip by mpnet" in mpnet["sdg"].what and "by " not in minilm["sdg"].what.split("round trip")[1]
+    )
     extra = passages * (SECONDS["teacher_text"] - SECONDS["embed"])
     assert mpnet["sdg"].seconds - minilm["sdg"].seconds == pytest.approx(extra)
     # prep cannot reuse another model's vectors: it embeds its training passages itself
