@@ -121,7 +121,7 @@ def main() -> None:
     started = time.time()
     for step in range(steps):
         picked = batch_of(step, order, neighbours)
-        features = student.tokenize([texts[i] for i in picked])
+        features = student.preprocess([texts[i] for i in picked])
         vectors = F.normalize(student(features)["sentence_embedding"], dim=-1)
         loss = geometry_kl(vectors, teacher[picked])
         loss.backward()

@@ -101,7 +101,7 @@ class AnchoredLoss(nn.Module):
     def drift(self) -> torch.Tensor:
         """Mean 1 - cos(student, base) over a random batch of anchor texts (with gradients)."""
         pick = torch.randperm(len(self.texts), generator=self.generator)[: self.batch]
-        features = self.model.tokenize([self.texts[i] for i in pick.tolist()])
+        features = self.model.preprocess([self.texts[i] for i in pick.tolist()])
         device = self.base_vectors.device
         vectors = self.model(batch_to_device(features, device))["sentence_embedding"]
         cos = F.cosine_similarity(vectors, self.base_vectors[pick.to(device)], dim=-1)
