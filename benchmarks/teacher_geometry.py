@@ -20,7 +20,6 @@ AdamW, 10% linear warmup then linear decay, gradient norm clipped at 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import time
@@ -30,6 +29,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from embedforge.atomic import write_json_atomic
+from embedforge.records import iter_jsonl
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -37,14 +39,10 @@ TEMPERATURE, SEEDS_PER_BATCH, GROUP = 0.05, 8, 8
 MAX_SEQ_LENGTH = 384
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def domain_texts(run: Path) -> list[str]:
     """The run's corpus passages, then its training passages not among them, then its training queries."""
-    passages = [p["text"] for p in read_jsonl(run / "sdg" / "passages.jsonl")]
-    rows = read_jsonl(run / "prep" / "train.jsonl")
+    passages = [p["text"] for _, p in iter_jsonl(run / "sdg" / "passages.jsonl")]
+    rows = [row for _, row in iter_jsonl(run / "prep" / "train.jsonl")]
     queries = sorted({r["query"] for r in rows})
     training = sorted({d for r in rows for d in [r["pos_doc"], *r["neg_doc"]]} - set(passages))
     return passages + training + queries
@@ -133,10 +131,7 @@ def main() -> None:
             print(f"step {step + 1}/{steps} loss {loss.item():.4f} {time.time() - started:.0f} s", flush=True)
     student.eval()
     student.save(str(args.out / "model"))
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (args.out / "model" / "teacher_geometry.json").write_text(
-        json.dumps({**config, "steps": steps}, indent=2)
-    )
+    write_json_atomic(args.out / "model" / "teacher_geometry.json", {**vars(args), "steps": steps})
     print(f"saved {args.out / 'model'}", flush=True)
 
 
