@@ -10,6 +10,8 @@ reused for every seed. Reports mean, sample std, min and max over seeds, and whe
 - mean tuned nDCG@10 >= MPNet's (all-mpnet-base-v2, about 5x MiniLM's parameters);
 - general-domain check (Lee news similarity): tuned Pearson >= base - 0.01 in every seed.
 
+    .venv/bin/python benchmarks/quality.py --suite [SET ...] --seeds 0 1 2 ...   (every set of the dev
+        suite: benchmarks/quality_suite.py)
     .venv/bin/python benchmarks/quality.py --seeds 0 1 2 [--recipe minilm_cpu] [--run-dir runs/quality]
         [--shared-sdg] [--user-questions SHARE] [--summarize-only] [--base-results FILE] [--no-docs] [stage.key=value ...]
 
@@ -346,9 +348,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--base-results", help=f"{RESULTS} with the base model and MPNet on perlfaq (reused)")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/ (print the section only)")
+    parser.add_argument(
+        "--suite",
+        nargs="*",
+        metavar="SET",
+        help="run the dev suite (benchmarks/devsets.py) instead of perlfaq alone: the named sets, or all",
+    )
     parser.add_argument("overrides", nargs="*", help="extra stage.key=value overrides")
     args = parser.parse_args(argv)
     try:
+        if args.suite is not None:
+            sys.path.insert(0, str(ROOT / "benchmarks"))
+            from quality_suite import run_suite
+
+            return run_suite(sys.modules[__name__], args, argv if argv is not None else sys.argv[1:])
         return _bench(args, argv if argv is not None else sys.argv[1:])
     except EmbedforgeError as err:
         print(f"error: {err}", file=sys.stderr)

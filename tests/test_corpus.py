@@ -17,6 +17,7 @@ from embedforge.corpus import (
     read_documents,
     split_sentences,
 )
+from embedforge.markup import man_to_text, plain_to_text
 
 # ------------------------------------------------------------------------------------------------ sentences
 
@@ -278,3 +279,87 @@ def test_load_corpus_dedups_across_documents_keeping_the_first(tmp_path):
     assert [p.doc_id for p in result.passages] == ["a.txt", "c.txt"]
     assert len({p.passage_id for p in result.passages}) == len(result.passages)
     assert result.skipped == []
+
+
+ASCIIDOC = """git-frob(1)
+===========
+
+NAME
+----
+git-frob - Frobnicate the index
+
+[[description]]
+DESCRIPTION
+-----------
+This command frobnicates the index so that the working tree and the next commit
+agree; see linkgit:git-add[1] for what the index holds.
+
+--dry-run::
+\tShow what would be frobnicated without doing it, for a look before a real run.
+
+== Examples
+
+Frobnicate everything in the current tree and show each path as it goes by.
+"""
+
+PLAIN = """Configuring the build server
+
+The build server reads its settings from one file in the home folder, written in
+the same format as the project's own configuration.
+
+export VISUAL=nano
+
+Cleaning old artifacts
+The cleaner runs nightly and removes every artifact older than thirty days unless pinned.
+
+If you wanted text and not lines, you would use
+
+    my $text = do { local $/; <$fh> };
+"""
+
+MAN = r""".\" a comment
+.TH FROB 1 "2024" "frob 1.0"
+.SH NAME
+frob \- frobnicate files
+.SH DESCRIPTION
+.B frob
+reads each
+.I file
+and frobnicates it, see
+.BR git (1).
+.SS Exit status
+Zero when every file was frobnicated, \fBnon-zero\fR otherwise.
+"""
+
+
+def test_asciidoc_titles_become_headings_and_markup_lines_go():
+    text, headings = plain_to_text(ASCIIDOC)
+    assert headings == ("git-frob(1)", "NAME", "DESCRIPTION", "Examples")
+    assert "git-add(1)" in text and "linkgit" not in text and "[[description]]" not in text
+    assert "--dry-run\n" in text + "\n" and "-----" not in text
+
+
+def test_a_plain_title_line_over_prose_is_a_heading_but_code_and_lead_ins_are_not():
+    text, headings = plain_to_text(PLAIN)
+    # a title needs a blank line under it, a capital, no code punctuation and prose after it
+    assert headings == ("Configuring the build server",)
+    assert "Cleaning old artifacts" in text and "export VISUAL=nano" in text
+
+
+def test_man_page_sections_are_headings_and_fonts_keep_their_words():
+    text, headings = man_to_text(MAN)
+    assert headings == ("FROB", "NAME", "DESCRIPTION", "Exit status")
+    assert "git(1)." in text and "non-zero otherwise" in text and "\\f" not in text and "comment" not in text
+
+
+def test_read_documents_finds_the_headings_of_text_asciidoc_and_man_files(tmp_path):
+    (tmp_path / "frob.adoc").write_text(ASCIIDOC)
+    (tmp_path / "build.txt").write_text(PLAIN)
+    (tmp_path / "frob.1").write_text(MAN)
+    docs = {d.doc_id: d for d in read_documents(tmp_path)[0]}
+    assert set(docs) == {"frob.adoc", "build.txt", "frob.1"}
+    assert docs["build.txt"].title == "Configuring the build server"
+    assert docs["frob.adoc"].title == "git-frob(1)" and "DESCRIPTION" in docs["frob.adoc"].headings
+    assert docs["frob.1"].headings[-1] == "Exit status"
+    sections = {p.section for p in chunk_document(docs["frob.1"], include_headings=False)}
+    assert {"DESCRIPTION", "Exit status"} <= sections  # NAME's one line is too short for a passage

@@ -1,6 +1,7 @@
 """mining + prep: the margin rule on hand-made scores, real MiniLM mining, and prep end to end into finetune."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -531,11 +532,12 @@ def test_prep_outputs_validate_and_agree(prepped):
     beir = formats.validate(out / "test_beir")
     test_docs = report["split"]["test_documents"]
     assert beir["format"] == "beir"
-    assert beir["corpus"] == 4 * len(test_docs)  # ALL passages of the test documents
+    assert beir["corpus"] == 4 * len(DOCS)  # the whole corpus: the test questions search what a user searches
     assert beir["queries"] == report["split"]["questions"]["test"]
     dataset = formats.read_beir(out / "test_beir")
     doc_of = _doc_of_passages()
-    assert {doc_of[pid] for pid in dataset.corpus} == set(test_docs)
+    assert {doc_of[pid] for pid in dataset.corpus} == set(DOCS)
+    assert {doc_of[pid] for rels in dataset.qrels.values() for pid in rels} <= set(test_docs)
     for d in test_docs:
         for n, (question, positives) in enumerate(QUESTIONS[d]):
             qid = f"{d}-q{n}"
@@ -543,6 +545,17 @@ def test_prep_outputs_validate_and_agree(prepped):
             texts = DOCS[d][1]
             assert dataset.qrels[qid] == {formats.passage_id(texts[k]): 1 for k in positives}
     assert sum(map(len, dataset.qrels.values())) == report["split"]["test_qrels"]
+
+
+def test_prep_can_test_in_the_test_documents_alone(prepped, tmp_path):
+    config, report = prepped
+    narrow = run_prep(replace(config, out=str(tmp_path / "out"), test_corpus="test_documents"))
+    assert narrow["split"]["test_documents"] == report["split"]["test_documents"]
+    dataset = formats.read_beir(tmp_path / "out" / "test_beir")
+    doc_of = _doc_of_passages()
+    assert {doc_of[pid] for pid in dataset.corpus} == set(report["split"]["test_documents"])
+    assert narrow["split"]["passages"]["test"] == 4 * len(report["split"]["test_documents"])
+    assert report["split"]["passages"]["test"] == 4 * len(DOCS)
 
 
 def test_prep_report_has_the_stats(prepped):

@@ -16,7 +16,7 @@ import pytest
 
 from embedforge.errors import EmbedforgeError
 from embedforge.general_check import load_lee
-from embedforge.pipeline import MARKER, run_pipeline
+from embedforge.pipeline import MARKER, run_pipeline, write_run_report
 from sdg_stub import StubServer
 
 MAIN_STAGES = ("sdg", "prep", "finetune", "eval")
@@ -177,7 +177,12 @@ def test_run_writes_every_stage_a_marker_and_the_report(first_run):
     report = Path(summary["report"])
     assert report == run / "report.md"
     text = report.read_text()
-    assert "Base vs tuned on held-out documents" in text
+    assert (
+        "Base vs tuned on questions the LLM wrote for held-out documents (not written by people), searched in "
+        "the whole corpus" in text
+    )
+    advice = json.loads((run / "recommendation.json").read_text())
+    assert advice["model"] in (advice["base"], advice["tuned"]) and "## Recommendation" in text
     tuned = str(run / "finetune" / "model")
     assert f"| metric | minilm | {tuned} |" in text  # base vs tuned columns
     assert "| ndcg@10 |" in text and "| recall@10 |" in text
@@ -201,16 +206,16 @@ def test_base_model_embeds_each_passage_once_per_run(first_run):
     }
 
 
-def test_test_set_holds_only_test_documents(first_run):
+def test_test_questions_search_the_whole_corpus_and_only_test_documents_answer_them(first_run):
     _, run, _, _ = first_run
     passages = {p["passage_id"]: p for p in read_jsonl(run / "sdg" / "passages.jsonl")}
     pairs = read_jsonl(run / "sdg" / "pairs.jsonl")
     beir = run / "prep" / "test_beir"
-    test_ids = {row["_id"] for row in read_jsonl(beir / "corpus.jsonl")}
-    test_docs = {passages[pid]["doc_id"] for pid in test_ids}
+    # the test corpus is every passage of the corpus, as a user searches it
+    assert {row["_id"] for row in read_jsonl(beir / "corpus.jsonl")} == set(passages)
+    test_docs = set(json.loads((run / "prep" / "prep_report.json").read_text())["split"]["test_documents"])
     assert test_docs and len(test_docs) < len({p["doc_id"] for p in passages.values()})
-    # every passage of a test document is in the test corpus, and nothing else is
-    assert test_ids == {pid for pid, p in passages.items() if p["doc_id"] in test_docs}
+    test_ids = {pid for pid, p in passages.items() if p["doc_id"] in test_docs}
     test_queries = {row["_id"] for row in read_jsonl(beir / "queries.jsonl")}
     assert test_queries
     by_id = {p["question_id"]: p for p in pairs}
@@ -468,7 +473,10 @@ def test_a_run_with_the_users_questions_tests_on_them_and_reruns_when_they_chang
     assert {q for d, q in USER_QUESTIONS.items() if d not in test_docs} <= set(train)
     results = json.loads((run / "eval" / "eval_results.json").read_text())
     assert all(r["num_queries"] == len(test_docs) for r in results["models"].values())
-    assert f"## Base vs tuned on your {len(test_docs)} questions" in (run / "report.md").read_text()
+    assert (
+        f"## Base vs tuned on your {len(test_docs)} questions on held-out documents"
+        in (run / "report.md").read_text()
+    )
 
     # the same file again: nothing to do; an edited one: prep and what reads it run again
     again = run_pipeline(str(corpus), str(run), str(recipe), overrides, ["sdg", "prep"])
@@ -556,3 +564,36 @@ def test_leaking_negatives_end_prep_with_one_line_and_write_nothing(first_run, t
     line = _cli_error(capsys, ["prep", "--pairs", str(pairs), "--out", str(out), "test_fraction=0.34"])
     assert "negatives_from_test_documents" in line and str(pairs) in line
     assert not out.exists()
+
+
+def test_the_report_keeps_the_base_model_when_too_few_questions_tell_a_gain(tmp_path):
+    # 8 held-out questions, the tuned model ahead on 5: p 0.09 and a wide interval, so no claim of a gain
+    from embedforge.significance import paired_comparison
+
+    base = {f"q{i}": s for i, s in enumerate([0.5, 0.2, 0.8, 0.4, 0.6, 0.3, 0.9, 0.55])}
+    tuned = {f"q{i}": s for i, s in enumerate([0.7, 0.5, 0.8, 0.6, 0.55, 0.5, 0.9, 0.8])}
+    test = paired_comparison(base, tuned)
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "prep").mkdir()
+    models = {"minilm": 0.6564, "tuned": 0.6601}
+    (run / "eval" / "eval_results.json").write_text(
+        json.dumps(
+            {
+                "baseline": "minilm",
+                "models": {n: {"general_check": {"pearson": p}} for n, p in models.items()},
+                "significance": {"tuned": {"ndcg@10": test}},
+            }
+        )
+    )
+    split = {
+        "questions": {"train": 40, "heading_pairs": 0, "user": {"test": 0}},
+        "passages": {"total": 300, "test": 300},
+    }
+    (run / "prep" / "prep_report.json").write_text(json.dumps({"split": split}))
+    report = write_run_report(run, {}).read_text()
+    advice = json.loads((run / "recommendation.json").read_text())
+    assert advice["model"] == "minilm" and not advice["use_tuned"]
+    assert "**Keep the base model (`minilm`)**" in report
+    assert "too few questions to tell (the 95% CI spans" in report
+    assert "little training signal: 40 generated questions and 0 heading -> body pairs" in report

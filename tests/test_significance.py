@@ -63,7 +63,16 @@ def test_paired_comparison_counts_and_verdicts():
     assert result["p"] == pytest.approx(24 / 256)
     assert result["ci95"][0] > 0  # the interval excludes 0 but p = 0.094: not called significant
     assert not result["significant"]
-    assert "not significant" in verdict("tuned", "base", result)
+    assert verdict("tuned", "base", result).endswith(
+        "too few questions to tell (the 95% CI spans ±0.130; not significant)"
+    )
+    # many queries, a tiny difference either way: a narrow interval around 0 is "within noise"
+    flat = paired_comparison(
+        {f"q{i}": 0.5 for i in range(400)}, {f"q{i}": 0.5 + (0.01 if i % 2 else -0.01) for i in range(400)}
+    )
+    assert not flat["significant"] and verdict("tuned", "base", flat).endswith(
+        "within noise (not significant)"
+    )
 
     strong = paired_comparison(
         {f"q{i}": 0.2 for i in range(60)}, {f"q{i}": 0.2 + 0.01 * (i % 7) for i in range(60)}

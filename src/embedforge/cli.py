@@ -321,6 +321,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         eval_md = Path(args.out) / "eval" / "eval_report.md"
         if eval_md.exists():
             print(eval_md.read_text())
+        advice = summary.get("recommendation")
+        if advice:
+            print(f"recommended model: {advice['model']}" + "".join(f"\n  - {r}" for r in advice["reasons"]))
         print(f"run report: {summary['report']}")
         return 0
     if args.command == "sdg":

@@ -273,6 +273,12 @@ class PrepConfig:
         "all of them, k = those whose positive the base model ranked within k, 0 = none. A test set of only "
         "the questions the base model already ranks in its top 10 is chosen by the base model and favours it",
     )
+    test_corpus: Literal["all", "test_documents"] = setting(
+        "all",
+        "what the held-out questions search: all = every passage of the corpus, as your users search it "
+        "(the training documents' passages are distractors, never answers); test_documents = only the "
+        "test documents' passages (a handful of pages: easy, and it overstates a gain)",
+    )
     candidate_pool: int = setting(
         100, "passages retrieved per query before the margin rule (widened if short)"
     )

@@ -1,8 +1,10 @@
 """Read a folder of documents and cut them into passages with stable ids.
 
 What it does:
-- walks a folder recursively and reads ``.txt``, ``.md``, ``.rst``, ``.html`` and ``.htm`` files into
-  :class:`Document` records (``doc_id`` = path relative to the folder, POSIX style);
+- walks a folder recursively and reads ``.txt``, ``.md``, ``.rst``, ``.adoc``, ``.html``/``.htm`` and man
+  page (``.1``-``.9``, ``.man``) files into :class:`Document` records (``doc_id`` = path relative to the
+  folder, POSIX style), each with its section headings: HTML ``h1``-``h6``, Markdown, reST and AsciiDoc
+  titles, man pages' ``.SH``/``.SS``, and in plain text a short title line standing alone over a paragraph;
 - turns HTML into text with the standard library's ``html.parser``: scripts, styles, navigation bars,
   headers/footers and tables of contents are dropped, headings become lines of their own, ``<title>`` is
   the document title; Markdown and reStructuredText lose their heading markup and little else;
@@ -37,12 +39,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedforge.markup import html_to_text, markdown_to_text, rst_to_text
+from embedforge.markup import html_to_text, man_to_text, markdown_to_text, plain_to_text, rst_to_text
 
 logger = logging.getLogger(__name__)
 
 #: File suffixes :func:`read_documents` picks up (compared case-insensitively).
-SUPPORTED_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm")
+SUPPORTED_SUFFIXES = (
+    ".txt",
+    ".md",
+    ".rst",
+    ".html",
+    ".htm",
+    ".adoc",
+    ".asciidoc",
+    ".man",
+    *(f".{n}" for n in range(1, 10)),
+)
+#: Suffixes read as man pages (groff source: ``ls.1``, ``gitfaq.7``).
+MAN_SUFFIXES = (".man", *(f".{n}" for n in range(1, 10)))
 
 TokenCounter = Callable[[str], int]
 
@@ -371,6 +385,10 @@ def _read_one(path: Path, doc_id: str) -> Document:
         text, headings = markdown_to_text(text)
     elif suffix == ".rst":
         text, headings = rst_to_text(text)
+    elif suffix in MAN_SUFFIXES:
+        text, headings = man_to_text(text)
+    else:  # .txt, .adoc, .asciidoc: AsciiDoc titles and plain title lines
+        text, headings = plain_to_text(text)
     text = re.sub(r"\n\s*\n\s*", "\n\n", text).strip()
     if not text:
         raise ValueError("no text (empty file or only markup)")

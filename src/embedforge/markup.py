@@ -231,3 +231,147 @@ def rst_to_text(text: str) -> tuple[str, tuple[str, ...]]:
         line = re.sub(r"`([^`<]*?)(?:\s*<[^>]*>)?`_{0,2}", r"\1", line)
         out.append(line.replace("``", "").rstrip())
     return "\n".join(out), tuple(headings)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plain text and AsciiDoc
+
+# ``== Title`` (AsciiDoc) and a title underlined with ``===``, ``---``, ``~~~``, ``^^^`` or ``+++``
+_ADOC_PREFIX = re.compile(r"^(={1,5})\s+(\S.*?)\s*=*\s*$")
+_UNDERLINE = re.compile(r"^\s{0,3}([=\-~^+])\1{2,}\s*$")
+# AsciiDoc lines that are markup, not content: anchors, block attributes, document attributes,
+# preprocessor directives, block delimiters and list continuations
+_ADOC_MARKUP = re.compile(
+    r"^(?:\[\[[^\]]*\]\]|\[[\w\"., =#%-]*\]|:[\w-]+!?:.*|(?:include|ifdef|ifndef|ifeval|endif)::.*|"
+    r"(?:-{4,}|\.{4,}|\*{4,}|_{4,}|/{4,}|\+{4,})|\+)\s*$"
+)
+_TITLE_MAX_WORDS = 12
+MIN_TITLE_BODY_WORDS = 8
+
+
+def _is_title_line(block: list[str], following: list[str]) -> bool:
+    """A block that reads as a title: one short unindented line that starts with a capital or a digit and
+    has no sentence or code punctuation at its end, over an unindented paragraph of prose."""
+    if len(block) != 1 or block[0][:1].isspace() or not following or following[0][:1].isspace():
+        return False
+    line = block[0].strip()
+    words = line.split()
+    return (
+        0 < len(words) <= _TITLE_MAX_WORDS
+        and (line[0].isupper() or line[0].isdigit())
+        and line[-1] not in ".,;:{(=\\"
+        and not re.search(r"[=$;{}<>|`]|\(\)|://", line)  # code or a URL, not a title
+        and len(" ".join(following).split()) >= MIN_TITLE_BODY_WORDS
+    )
+
+
+def _blocks(lines: list[str]) -> list[list[str]]:
+    """Blank-line separated blocks of lines."""
+    blocks, current = [], []
+    for line in lines:
+        if line.strip():
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _underlined_titles(lines: list[str]) -> tuple[list[str], list[str]]:
+    """Lift AsciiDoc/setext titles (``== Title``, a line over ``----``) out as lines of their own."""
+    out, headings = [], []
+    skip = False
+    for i, line in enumerate(lines):
+        if skip:
+            skip = False
+            continue
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        prefixed = _ADOC_PREFIX.match(line)
+        if line.strip() and _UNDERLINE.match(nxt) and abs(len(nxt.rstrip()) - len(line.rstrip())) <= 2:
+            title, skip = line.strip(), True
+        elif prefixed:
+            title = prefixed.group(2)
+        else:
+            out.append(line)
+            continue
+        headings.append(title)
+        out += ["", title, ""]
+    return out, headings
+
+
+def plain_to_text(text: str) -> tuple[str, tuple[str, ...]]:
+    """Plain text or AsciiDoc -> (text, headings).
+
+    Headings: AsciiDoc titles (``== Title``, or a line underlined with ``===``/``---``/``~~~``/``^^^``), and
+    a short line standing alone over a paragraph (a file's title line, "Configuring the server"). AsciiDoc
+    markup lines (anchors, attributes, ``include::``, block delimiters) are dropped, ``linkgit:git-add[1]``
+    reads ``git-add(1)`` and a labelled list's ``term::`` loses its colons.
+    """
+    lines, headings = _underlined_titles(text.splitlines())
+    lines = [
+        line
+        for line in lines
+        if not _ADOC_MARKUP.match(line) and not re.match(r"^/{2}(?!/)", line)  # AsciiDoc comments
+    ]
+    lines = [re.sub(r"\blink(?:git)?:([\w./:-]+)\[(\w*)\]", r"\1(\2)", line) for line in lines]
+    lines = [re.sub(r"^(\S.*?):{2,4}\s*$", r"\1", line) for line in lines]
+    blocks = _blocks(lines)
+    titled = set(headings)
+    for block, following in zip(blocks, [*blocks[1:], []], strict=False):
+        line = " ".join(block).strip()
+        if line not in titled and _is_title_line(block, following):
+            headings.append(line)
+            titled.add(line)
+    ordered = [line for line in (" ".join(b).strip() for b in blocks) if line in titled]
+    return "\n\n".join("\n".join(b) for b in blocks), tuple(dict.fromkeys(ordered))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# man pages (groff man macros)
+
+_MAN_FONT = re.compile(r"\\f(?:[BIRP1-4]|\(\w\w|\[\w*\])")
+_MAN_ESCAPES = {r"\-": "-", r"\(em": "—", r"\(en": "–", r"\(aq": "'", r"\(dq": '"', r"\e": "\\", r"\&": ""}
+
+
+def _man_inline(line: str) -> str:
+    line = _MAN_FONT.sub("", line)
+    for escape, char in _MAN_ESCAPES.items():
+        line = line.replace(escape, char)
+    return re.sub(r"\\\(\w\w|\\[*]\(?\w+", "", line)
+
+
+_ALTERNATING = ("BI", "BR", "IB", "IR", "RB", "RI")  # fonts alternate, arguments joined without spaces
+
+
+def _man_words(args: str, alternating: bool) -> str:
+    """A request's arguments as text: quotes removed; joined without spaces for the alternating-font ones."""
+    words = [w.strip('"') for w in re.findall(r'"[^"]*"|\S+', _man_inline(args))]
+    return ("" if alternating else " ").join(words).strip()
+
+
+def man_to_text(text: str) -> tuple[str, tuple[str, ...]]:
+    """A man page's groff source -> (text, headings): ``.SH``/``.SS`` are headings, ``.TH`` the title,
+    font macros (``.B``, ``.IR``...) keep their words, other requests are dropped."""
+    out, headings = [], []
+    for raw in text.splitlines():
+        if raw.startswith(('.\\"', "'\\\"")):
+            continue  # comment
+        m = re.match(r"^[.\']\s*(\w+)\s*(.*)$", raw)
+        if not m:
+            out.append(_man_inline(raw))
+            continue
+        request, args = m.group(1), _man_words(m.group(2), alternating=m.group(1) in _ALTERNATING)
+        if request in ("SH", "SS", "TH"):
+            title = args.split()[0] if request == "TH" and args else args
+            if title:
+                headings.append(title)
+                out += ["", title, ""]
+        elif request in ("B", "I", "SM", "SB", *_ALTERNATING):
+            out.append(args)
+        elif request in ("PP", "LP", "P", "TP", "IP", "sp", "br") and args:
+            out += ["", args] if request == "IP" else [""]
+        elif request in ("PP", "LP", "P", "TP", "sp", "br"):
+            out.append("")
+    return "\n".join(out), tuple(headings)

@@ -28,6 +28,7 @@ from embedforge.atomic import write_json_atomic, write_text_atomic
 from embedforge.config import config_dict, default_recipe, load_config
 from embedforge.errors import EmbedforgeError
 from embedforge.plan import busy_note, estimate_run, format_plan
+from embedforge.significance import verdict
 
 logger = logging.getLogger(__name__)
 
@@ -350,20 +351,86 @@ def run_pipeline(
     return summary
 
 
+def _test_questions(run: Path) -> tuple[str, dict]:
+    """What the held-out questions are, in words, and prep's split counts (empty without prep)."""
+    prep = run / "prep" / "prep_report.json"
+    split = json.loads(prep.read_text())["split"] if prep.exists() else {}
+    questions = split.get("questions", {})
+    user = questions.get("user", {}).get("test")
+    whole = split.get("passages", {}).get("test") == split.get("passages", {}).get("total")
+    where = "searched in the whole corpus" if whole else "searched in the test documents' passages only"
+    if user:
+        return f"your {user} questions on held-out documents, {where}", split
+    return f"questions the LLM wrote for held-out documents (not written by people), {where}", split
+
+
+def recommend(run: Path) -> dict | None:
+    """Which model to use, and why: the tuned one only when the held-out check shows a significant gain and
+    the general-domain check holds; otherwise the base model, saying what was missing. None without eval."""
+    results_path = run / "eval" / "eval_results.json"
+    if not results_path.exists():
+        return None
+    results = json.loads(results_path.read_text())
+    base = results["baseline"]
+    tuned = next((n for n in results["models"] if n != base), None)
+    test = (results.get("significance") or {}).get(tuned, {}).get("ndcg@10")
+    if tuned is None or test is None:
+        return None
+    _, split = _test_questions(run)
+    questions = split.get("questions", {})
+    signal = (
+        questions.get("train", 0)
+        + questions.get("heading_pairs", 0)
+        + questions.get("user", {}).get("train", 0)
+    )
+    general = {n: results["models"][n].get("general_check", {}).get("pearson") for n in (base, tuned)}
+    kept_general = None in general.values() or general[tuned] >= general[base] - GENERAL_TOLERANCE
+    reasons = []
+    if not (test["significant"] and test["diff"] > 0):
+        reasons.append(f"the held-out check shows no significant gain ({verdict(tuned, base, test)})")
+    if not kept_general:
+        reasons.append(
+            f"the general-domain check dropped (Pearson {general[base]:.4f} -> {general[tuned]:.4f})"
+        )
+    if signal < SMALL_TRAINING:
+        reasons.append(
+            f"little training signal: {questions.get('train', 0)} generated questions and "
+            f"{questions.get('heading_pairs', 0)} heading -> body pairs (documents without section headings "
+            "give none; more documents, sdg.max_passages or your own questions give more)"
+        )
+    use = base if reasons else tuned
+    return {"model": use, "tuned": tuned, "base": base, "use_tuned": not reasons, "reasons": reasons}
+
+
+SMALL_TRAINING = 100  # training rows under which a tune is called a small-data tune in the report
+GENERAL_TOLERANCE = 0.01  # Lee Pearson the tuned model may lose before the report says it forgot
+
+
+def _recommendation_lines(advice: dict) -> list[str]:
+    if advice["use_tuned"]:
+        return ["## Recommendation", "", f"Use the tuned model (`{advice['tuned']}`): a significant gain on the "
+                "held-out questions and the general-domain check holds."]  # fmt: skip
+    lines = ["## Recommendation", "", f"**Keep the base model (`{advice['base']}`)**: the tuned model is not "
+             "shown to be better here. Why:"]  # fmt: skip
+    return lines + [f"- {r}." for r in advice["reasons"]]
+
+
 def write_run_report(run: Path, summary: dict) -> Path:
-    """RUN_DIR/report.md: stage timings, the base-vs-tuned table and the chart from eval."""
-    lines = ["# embedforge run report", "", "| stage | status | seconds |", "|---|---|---|"]
+    """RUN_DIR/report.md: the recommendation, stage timings, the base-vs-tuned table and the chart from eval;
+    RUN_DIR/recommendation.json: the same advice for scripts."""
+    advice = recommend(run)
+    lines = ["# embedforge run report", ""]
+    if advice:
+        lines += [*_recommendation_lines(advice), ""]
+        write_text_atomic(run / "recommendation.json", json.dumps(advice, indent=2) + "\n")
+    lines += ["| stage | status | seconds |", "|---|---|---|"]
     for stage in STAGES:
         marker = _read_marker(run / stage)
         if marker:
             lines.append(f"| {stage} | {marker.get('status')} | {marker.get('seconds', '')} |")
     eval_md = run / "eval" / "eval_report.md"
     if eval_md.exists():
-        prep = run / "prep" / "prep_report.json"
-        user = prep.exists() and json.loads(prep.read_text())["split"]["questions"].get("user", {}).get(
-            "test"
-        )
-        on = f"your {user} questions" if user else "held-out documents"
+        on, _ = _test_questions(run)
         lines += ["", f"## Base vs tuned on {on}", "", eval_md.read_text()]
         lines += ["", "![chart](eval/eval_chart.png)"]
     for name, title in (
@@ -374,4 +441,6 @@ def write_run_report(run: Path, summary: dict) -> Path:
             lines += ["", f"## {title}", "", f"See [{name}]({name})."]
     path = run / "report.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
+    if advice:
+        summary["recommendation"] = advice
     return path

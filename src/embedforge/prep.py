@@ -17,8 +17,9 @@ What it does (the prep stage of NVIDIA's Nemotron `embed` recipe):
 5. unrolls a query with k positives into k records that share the negatives (ids ``<question_id>#<i>``
    when k > 1) and writes ``train.json`` (corpus-ID JSON with mining scores and a ``"mining"`` block, its
    corpus in ``corpus/``) and the same records as inline ``train.jsonl``;
-6. writes ``test_beir/``: every passage of the test documents, the test questions, qrels from all their
-   ``positive_ids``;
+6. writes ``test_beir/``: the test questions, qrels from all their ``positive_ids``, and the passages they
+   search: every passage of the corpus (``test_corpus: all``, the default: the search a user runs, with
+   the training documents' passages as distractors, never answers) or only the test documents' ones;
 7. writes ``prep_report.json`` and ``prep_report.md``: split counts, score distributions of positives and
    negatives, candidates skipped by the margin, rows short of negatives, the config and its hash.
 
@@ -464,12 +465,13 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     if user:  # the user's own questions are the test: the generated ones of the test documents go unused
         generated_unused = len(test_pairs) + len(test_extras)
         test_pairs, test_extras = test_user, []
-    # your questions are searched in the whole corpus, as your users search it (the training documents'
-    # passages are distractors, never answers); the others in the test documents' passages
+    # the test questions search the whole corpus, as the users search it (the training documents' passages
+    # are distractors, never answers); your own questions always do
+    whole = config.test_corpus == "all" or bool(user)
     test_passages = {
         pid: replace(p, text=bodies.get(pid, p.text))
         for pid, p in passages.items()
-        if p.doc_id in test_set or user
+        if p.doc_id in test_set or whole
     }
     test_questions = test_pairs + test_extras
     texts = {pid: passage_text({"title": p.title, "text": p.text}) for pid, p in passages.items()}

@@ -10,6 +10,9 @@ base_i`` (the paired design of Sakai 2014 and of MTEB/BEIR comparisons):
   with the (b + 1) / (m + 1) estimate that never reports p = 0 (Phipson & Smyth 2010).
 
 A gain is called significant when p < 0.05 and the interval excludes 0 (they agree except at the edge).
+A difference that is not significant is "within noise" when the interval is narrow (it rules out a change
+of ``TELL_WIDTH`` either way) and "too few questions to tell" when it is wider: a few dozen queries cannot
+tell a real +0.04 from nothing, and the verdict says so instead of reading as "no change".
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ RESAMPLES = 10_000
 SEED = 0
 ALPHA = 0.05
 EXACT_MAX_QUERIES = 16  # 65,536 sign patterns: cheap to enumerate
+TELL_WIDTH = 0.03  # half-width of the 95% CI above which "not significant" is "too few questions to tell"
 
 
 def bootstrap_ci(
@@ -103,8 +107,10 @@ def verdict(name: str, baseline: str, result: Mapping[str, Any], metric: str = "
     rel = "" if result["rel"] is None else f" ({result['rel'] * 100:+.1f}%)"
     if result["significant"]:
         word = "significant gain" if result["diff"] > 0 else "significant loss"
+    elif (high - low) / 2 > TELL_WIDTH:
+        word = f"too few questions to tell (the 95% CI spans ±{(high - low) / 2:.3f}; not significant)"
     else:
-        word = "not significant"
+        word = "within noise (not significant)"
     return (
         f"{name} vs {baseline}: {metric} {result['diff']:+.4f}{rel}, 95% CI [{low:+.4f}, {high:+.4f}], "
         f"p {result['p']:.3g}, {result['better']} queries better / {result['worse']} worse of "
