@@ -100,3 +100,23 @@ def test_eval_command_writes_the_report(tmp_path):
     assert "ndcg@10" in proc.stdout
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert results["models"] and (tmp_path / "out" / "eval_chart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_command_has_a_handler_in_the_dispatch_table():
+    from embedforge.cli import COMMANDS
+
+    assert set(COMMANDS) == set(_subcommands())
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["serve", "one", "two", "port=1"], "serve takes one MODEL_DIR, got ['one', 'two']"),
+        (["export", "a", "b", "c", "opset=17"], "export takes MODEL and OUT_DIR, got ['a', 'b', 'c']"),
+    ],
+)
+def test_extra_positional_words_are_an_error_naming_them(argv, message, capsys):
+    from embedforge.cli import main
+
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # embedforge never downloads models at run time
@@ -192,165 +193,207 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "models":
-        from embedforge.registry import describe_known_models
+def _models(args: argparse.Namespace) -> int:
+    from embedforge.registry import describe_known_models
 
-        for row in describe_known_models():
-            print(f"{row['name']:<20} {row['kind']:<10} {row['path']}\n{'':<31} {row['description']}")
-        return 0
-    if args.command == "data":
-        from embedforge import formats
+    for row in describe_known_models():
+        print(f"{row['name']:<20} {row['kind']:<10} {row['path']}\n{'':<31} {row['description']}")
+    return 0
 
-        if args.data_command == "validate":
-            summary = formats.validate(args.path)
-            print(json.dumps({"path": args.path, "valid": True, **summary}, indent=2))
-        else:
-            summary = formats.convert(args.src, args.dst, args.to)
-            print(json.dumps({"src": args.src, "dst": args.dst, **summary}, indent=2))
-        return 0
-    if args.command == "config":
-        from embedforge.config import config_dict
 
-        if args.config or args.overrides:
-            print(json.dumps(config_dict(load_config(args.stage, args.config, args.overrides)), indent=2))
-        else:
-            print(_keys_epilog(args.stage))
-        return 0
-    if args.command == "finetune":
-        from embedforge.train import finetune
+def _data(args: argparse.Namespace) -> int:
+    from embedforge import formats
 
-        given = _given(args, ["train_data", "val_data", "base_model", "output_dir", "resume"])
-        config = load_config("finetune", args.config, args.overrides, **given)
-        if not config.train_data:
-            raise ConfigError("finetune needs training data: --train PATH or train_data=PATH")
-        summary = finetune(config)
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns; one prints
-            print(
-                json.dumps(
-                    {k: summary[k] for k in ("steps", "train_loss", "best_metric", "seconds")}, indent=2
-                )
-            )
-            print(f"model saved to {config.output_dir}/model")
-        return 0
-    if args.command == "eval":
-        from embedforge.evaluate import run_eval
+    if args.data_command == "validate":
+        summary = formats.validate(args.path)
+        print(json.dumps({"path": args.path, "valid": True, **summary}, indent=2))
+    else:
+        summary = formats.convert(args.src, args.dst, args.to)
+        print(json.dumps({"src": args.src, "dst": args.dst, **summary}, indent=2))
+    return 0
 
-        given = _given(args, ["beir", "models", "out"])
-        if args.dims:
-            given["dims"] = [int(d) for d in args.dims.split(",") if d.strip()]
-        config = load_config("eval", args.config, args.overrides, **given)
-        if not config.beir:
-            raise ConfigError("eval needs a BEIR folder: --beir DIR")
-        results = run_eval(config)
-        print(results["table"])
-        print(f"report written to {config.out}")
-        return 0
-    if args.command == "prep":
-        from embedforge.prep import run_prep
 
-        config = load_config(
-            "prep", args.config, args.overrides, **_given(args, ["pairs", "passages", "out", "model"])
+def _config(args: argparse.Namespace) -> int:
+    from embedforge.config import config_dict
+
+    if args.config or args.overrides:
+        print(json.dumps(config_dict(load_config(args.stage, args.config, args.overrides)), indent=2))
+    else:
+        print(_keys_epilog(args.stage))
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from embedforge.train import finetune
+
+    given = _given(args, ["train_data", "val_data", "base_model", "output_dir", "resume"])
+    config = load_config("finetune", args.config, args.overrides, **given)
+    if not config.train_data:
+        raise ConfigError("finetune needs training data: --train PATH or train_data=PATH")
+    summary = finetune(config)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns; one prints
+        print(
+            json.dumps({k: summary[k] for k in ("steps", "train_loss", "best_metric", "seconds")}, indent=2)
         )
-        if not config.pairs:
-            raise ConfigError("prep needs the pairs written by sdg: --pairs PATH or pairs=PATH")
-        report = run_prep(config)
-        split, mining = report["split"], report["mining"]
-        summary = {
-            "questions": split["questions"],
-            "train_records": split["train_records"],
-            "skipped_by_margin": mining["skipped_by_margin"],
-            "rows_short_of_negatives": mining["rows_short"],
-            "outputs": report["outputs"],
-        }
-        print(json.dumps(summary, indent=2))
-        return 0
-    if args.command == "export":
-        from embedforge.export import ExportError, format_summary, run_export
+        print(f"model saved to {config.output_dir}/model")
+    return 0
 
-        # argparse gives leading positionals to `overrides` first: split them back by the "=" in key=value
-        words = [*args.overrides, *(w for w in (args.model, args.out) if w is not None)]
-        positional = [w for w in words if "=" not in w]
-        if len(positional) > 2:
-            raise ConfigError(f"export takes MODEL and OUT_DIR, got {positional}")
-        given = {**dict(zip(["model", "out"], positional, strict=False))}
-        given.update(_given(args, ["quantize", "fp16", "beir"]))
-        config = load_config("export", args.config, [w for w in words if "=" in w], **given)
-        try:
-            report = run_export(config)
-        except ExportError as err:
-            if not err.report:  # nothing was measured (e.g. OUT is not an export folder): one line, exit 2
-                raise
-            print(format_summary(err.report))
-            print(f"export failed, nothing written to {config.out}: {err}", file=sys.stderr)
-            return 1
-        print(format_summary(report))
-        print(f"export written to {config.out}")
-        return 0
-    if args.command == "serve":
-        from embedforge.config import config_dict
-        from embedforge.serve.server import serve
 
-        # argparse gives leading positionals to `overrides` first: split them back by the "=" in key=value
-        words = [*args.overrides, *([args.model] if args.model is not None else [])]
-        positional = [w for w in words if "=" not in w]
-        if len(positional) > 1:
-            raise ConfigError(f"serve takes one MODEL_DIR, got {positional}")
-        given = {
-            **({"model": positional[0]} if positional else {}),
-            **_given(args, ["host", "port", "precision"]),
-        }
-        config = load_config("serve", args.config, [w for w in words if "=" in w], **given)
-        serve(**config_dict(config))
-        return 0
-    if args.command == "verify":
-        from embedforge.verify import run_verify
+def _eval(args: argparse.Namespace) -> int:
+    from embedforge.evaluate import run_eval
 
-        given = _given(args, ["url", "beir", "reference", "reference_model", "model", "dimensions", "out"])
-        config = load_config("verify", args.config, args.overrides, **given)
-        report = run_verify(config)
-        print(report["table"])
-        if config.out:
-            print(f"report written to {config.out}")
-        return 0 if report["passed"] else 1
-    if args.command == "run":
-        from embedforge.pipeline import run_pipeline
+    given = _given(args, ["beir", "models", "out"])
+    if args.dims:
+        given["dims"] = [int(d) for d in args.dims.split(",") if d.strip()]
+    config = load_config("eval", args.config, args.overrides, **given)
+    if not config.beir:
+        raise ConfigError("eval needs a BEIR folder: --beir DIR")
+    results = run_eval(config)
+    print(results["table"])
+    print(f"report written to {config.out}")
+    return 0
 
-        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-        summary = run_pipeline(args.corpus, args.out, args.config, args.overrides, stages)
-        eval_md = Path(args.out) / "eval" / "eval_report.md"
-        if eval_md.exists():
-            print(eval_md.read_text())
-        advice = summary.get("recommendation")
-        if advice:
-            print(f"recommended model: {advice['model']}" + "".join(f"\n  - {r}" for r in advice["reasons"]))
-        print(f"run report: {summary['report']}")
-        return 0
-    if args.command == "sdg":
-        from embedforge.sdg import GeneratorError, SdgError, run_sdg
 
-        config = load_config("sdg", args.config, args.overrides, **_given(args, ["corpus", "out", "backend"]))
-        if not config.corpus:
-            raise ConfigError("sdg needs a corpus folder: --corpus DIR or corpus=DIR")
-        try:
-            report = run_sdg(config)
-        except (SdgError, GeneratorError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        keys = ("generator", "passages_selected", "passages_done", "generated", "removed", "kept")
-        print(json.dumps({**{k: report[k] for k in keys}, "this_run": report["this_run"]}, indent=2))
-        print(f"pairs written to {config.out}/pairs.jsonl; report in {config.out}/sdg_report.json")
-        return 0
-    if args.command == "platform":
-        from embedforge.platform.server import serve as serve_platform
+def _prep(args: argparse.Namespace) -> int:
+    from embedforge.prep import run_prep
 
-        serve_platform(args.data_dir, args.host, args.port, args.database_url, args.base_model, args.nim_port)
-        return 0
-    if args.command == "demo":
-        from embedforge.demo import main as demo_main
+    config = load_config(
+        "prep", args.config, args.overrides, **_given(args, ["pairs", "passages", "out", "model"])
+    )
+    if not config.pairs:
+        raise ConfigError("prep needs the pairs written by sdg: --pairs PATH or pairs=PATH")
+    report = run_prep(config)
+    split, mining = report["split"], report["mining"]
+    summary = {
+        "questions": split["questions"],
+        "train_records": split["train_records"],
+        "skipped_by_margin": mining["skipped_by_margin"],
+        "rows_short_of_negatives": mining["rows_short"],
+        "outputs": report["outputs"],
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
 
-        return demo_main()
-    raise AssertionError(args.command)
+
+def _split_positionals(args: argparse.Namespace, names: list[str], takes: str) -> tuple[dict, list[str]]:
+    """argparse gives leading positionals to ``overrides`` first: split the words back by the "=" in key=value.
+
+    Returns the positionals by name and the ``key=value`` overrides.
+    """
+    words = [*args.overrides, *(getattr(args, n) for n in names if getattr(args, n) is not None)]
+    positional = [w for w in words if "=" not in w]
+    if len(positional) > len(names):
+        raise ConfigError(f"{takes}, got {positional}")
+    return dict(zip(names, positional, strict=False)), [w for w in words if "=" in w]
+
+
+def _export(args: argparse.Namespace) -> int:
+    from embedforge.export import ExportError, format_summary, run_export
+
+    given, overrides = _split_positionals(args, ["model", "out"], "export takes MODEL and OUT_DIR")
+    given.update(_given(args, ["quantize", "fp16", "beir"]))
+    config = load_config("export", args.config, overrides, **given)
+    try:
+        report = run_export(config)
+    except ExportError as err:
+        if not err.report:  # nothing was measured (e.g. OUT is not an export folder): one line, exit 2
+            raise
+        print(format_summary(err.report))
+        print(f"export failed, nothing written to {config.out}: {err}", file=sys.stderr)
+        return 1
+    print(format_summary(report))
+    print(f"export written to {config.out}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from embedforge.config import config_dict
+    from embedforge.serve.server import serve
+
+    given, overrides = _split_positionals(args, ["model"], "serve takes one MODEL_DIR")
+    given.update(_given(args, ["host", "port", "precision"]))
+    config = load_config("serve", args.config, overrides, **given)
+    serve(**config_dict(config))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from embedforge.verify import run_verify
+
+    given = _given(args, ["url", "beir", "reference", "reference_model", "model", "dimensions", "out"])
+    config = load_config("verify", args.config, args.overrides, **given)
+    report = run_verify(config)
+    print(report["table"])
+    if config.out:
+        print(f"report written to {config.out}")
+    return 0 if report["passed"] else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from embedforge.pipeline import run_pipeline
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    summary = run_pipeline(args.corpus, args.out, args.config, args.overrides, stages)
+    eval_md = Path(args.out) / "eval" / "eval_report.md"
+    if eval_md.exists():
+        print(eval_md.read_text())
+    advice = summary.get("recommendation")
+    if advice:
+        print(f"recommended model: {advice['model']}" + "".join(f"\n  - {r}" for r in advice["reasons"]))
+    print(f"run report: {summary['report']}")
+    return 0
+
+
+def _sdg(args: argparse.Namespace) -> int:
+    from embedforge.sdg import GeneratorError, SdgError, run_sdg
+
+    config = load_config("sdg", args.config, args.overrides, **_given(args, ["corpus", "out", "backend"]))
+    if not config.corpus:
+        raise ConfigError("sdg needs a corpus folder: --corpus DIR or corpus=DIR")
+    try:
+        report = run_sdg(config)
+    except (SdgError, GeneratorError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    keys = ("generator", "passages_selected", "passages_done", "generated", "removed", "kept")
+    print(json.dumps({**{k: report[k] for k in keys}, "this_run": report["this_run"]}, indent=2))
+    print(f"pairs written to {config.out}/pairs.jsonl; report in {config.out}/sdg_report.json")
+    return 0
+
+
+def _platform(args: argparse.Namespace) -> int:
+    from embedforge.platform.server import serve as serve_platform
+
+    serve_platform(args.data_dir, args.host, args.port, args.database_url, args.base_model, args.nim_port)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from embedforge.demo import main as demo_main
+
+    return demo_main()
+
+
+# sub-command -> the function that runs it; each imports its stage only when called, so --help stays fast
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "models": _models,
+    "data": _data,
+    "config": _config,
+    "finetune": _finetune,
+    "eval": _eval,
+    "prep": _prep,
+    "export": _export,
+    "serve": _serve,
+    "verify": _verify,
+    "run": _run,
+    "sdg": _sdg,
+    "platform": _platform,
+    "demo": _demo,
+}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

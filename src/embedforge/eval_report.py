@@ -13,17 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from embedforge.evaluate import (
-    CHART_FILE,
-    CHART_METRICS,
-    DEFAULT_KS,
-    DIMENSION_METRICS,
-    PRIMARY_METRIC,
-    SIGNIFICANCE_METRICS,
-    delta,
-    metric_names,
-)
+from embedforge.metrics import DEFAULT_KS, PRIMARY_METRIC, SIGNIFICANCE_METRICS, delta, metric_names
 from embedforge.significance import verdict
+
+REPORT_FILE, CHART_FILE = "eval_report.md", "eval_chart.png"
+CHART_METRICS = ("ndcg@10", "recall@10", "map@10", "mrr@10")
+DIMENSION_METRICS = ("ndcg@10", "recall@10")
 
 
 def _cell(text: str) -> str:

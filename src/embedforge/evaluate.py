@@ -24,7 +24,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +33,25 @@ import pytrec_eval
 
 from embedforge import search
 from embedforge.atomic import atomic_write, write_json_atomic, write_text_atomic
+from embedforge.eval_report import CHART_FILE, REPORT_FILE, format_table, render_chart, render_report
 from embedforge.formats import (
     DataFormatError,
     passage_text,  # the one join of title and text, re-exported for callers
 )
 from embedforge.matryoshka import unit_truncate
+from embedforge.metrics import (  # the metric vocabulary; DEFAULT_KS and MRR_CUTOFF re-exported for callers
+    DEFAULT_KS,
+    MRR_CUTOFF,
+    SIGNIFICANCE_METRICS,
+    delta,
+    metric_names,
+)
+from embedforge.metrics import TREC_FAMILIES as _FAMILIES
 from embedforge.significance import paired_comparison
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KS = (1, 5, 10, 100)
-MRR_CUTOFF = 10  # MRR is reported at 10 only, as MS MARCO and sentence-transformers do
-
-# pytrec_eval measure family -> our metric prefix
-_FAMILIES = {"ndcg_cut": "ndcg", "map_cut": "map", "recall": "recall", "P": "precision"}
-CHART_METRICS = ("ndcg@10", "recall@10", "map@10", "mrr@10")
-DIMENSION_METRICS = ("ndcg@10", "recall@10")
-SIGNIFICANCE_METRICS = ("ndcg@10", "recall@10")  # per-query scores kept for the paired tests
-PRIMARY_METRIC = "ndcg@10"  # the one the report's verdict line is about
-
-RESULTS_FILE, REPORT_FILE, CHART_FILE = "eval_results.json", "eval_report.md", "eval_chart.png"
+RESULTS_FILE = "eval_results.json"
 
 
 # --------------------------------------------------------------------------------------------- texts
@@ -105,11 +104,6 @@ def retrieve(
 def _metric_name(measure: str) -> str:
     family, _, k = measure.rpartition("_")
     return f"{_FAMILIES[family]}@{k}"
-
-
-def metric_names(ks: Iterable[int]) -> list[str]:
-    """Report order: every family at every k, then MRR@10."""
-    return [f"{prefix}@{k}" for prefix in _FAMILIES.values() for k in ks] + [f"mrr@{MRR_CUTOFF}"]
 
 
 def _trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
@@ -276,11 +270,6 @@ def evaluate_dataset(encoder, dataset, **kwargs) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- comparison
 
 
-def delta(tuned: float, base: float) -> dict[str, float | None]:
-    """Absolute and relative change of a metric (relative None when the base is 0)."""
-    return {"abs": tuned - base, "rel": (tuned - base) / base if base else None}
-
-
 def _deltas(tuned: Mapping[str, float], base: Mapping[str, float]) -> dict[str, dict[str, float | None]]:
     return {name: delta(tuned[name], base[name]) for name in base if name in tuned}
 
@@ -435,8 +424,6 @@ def compare_models(
 
     out = Path(out_dir)
     write_json_atomic(out / RESULTS_FILE, results)
-    from embedforge.eval_report import render_chart, render_report
-
     write_text_atomic(out / REPORT_FILE, render_report(results))
     with atomic_write(out / CHART_FILE) as tmp:
         tmp.write_bytes(render_chart(results))
@@ -515,6 +502,4 @@ def run_eval(config, *, loaded: Mapping[str, Any] | None = None) -> dict[str, An
             "max_seq_length": config.max_seq_length,
         },
     )
-    from embedforge.eval_report import format_table
-
     return {**results, "table": format_table(results)}

@@ -199,10 +199,6 @@ def mine_hard_negatives(
     ids = list(corpus)
     texts = [corpus[i] for i in ids]
     row_of = {pid: r for r, pid in enumerate(ids)}
-    same_text: dict[str, list[str]] = {}
-    for pid, text in zip(ids, texts, strict=True):
-        same_text.setdefault(text, []).append(pid)
-
     logger.info("mining: encoding %d passages and %d queries", len(ids), len(queries))
     passage_vecs = encoder.encode_passages(texts, batch_size=batch_size, progress=progress)
     query_vecs = encoder.encode_queries(list(queries), batch_size=batch_size, progress=progress)
@@ -212,37 +208,72 @@ def mine_hard_negatives(
     positive_scores = [
         [float(query_vecs[q] @ passage_vecs[row_of[p]]) for p in pos] for q, pos in enumerate(positives)
     ]
+    rule = (num_negatives, margin, margin_type)
+    masks = _masks(corpus, positives, exclude_ids_per_query)
+    results = _select_deepening(query_vecs, passage_vecs, ids, masks, positive_scores, rule, candidate_pool)
+    stats = _stats(results, positive_scores, len(ids), rule)
+    negatives = [r.negatives for r in results]
+    return negatives, positive_scores, stats
+
+
+def _masks(
+    corpus: Mapping[str, str], positives: Sequence[Sequence[str]], exclude: Sequence[Collection[str]] | None
+) -> list[set[str]]:
+    """Per query, the ids that may never be its negatives: its positives, every passage with a positive's
+    exact text, and the ids the caller excludes."""
+    same_text: dict[str, list[str]] = {}
+    for pid, text in corpus.items():
+        same_text.setdefault(text, []).append(pid)
     masks = []
     for q, pos in enumerate(positives):
         mask = {dup for p in pos for dup in same_text[corpus[p]]}
-        mask.update(exclude_ids_per_query[q] if exclude_ids_per_query is not None else ())
+        mask.update(exclude[q] if exclude is not None else ())
         masks.append(mask)
+    return masks
 
-    results: list[Selection | None] = [None] * len(queries)
-    pending = list(range(len(queries)))
+
+def _select_deepening(
+    query_vecs: np.ndarray,
+    passage_vecs: np.ndarray,
+    ids: list[str],
+    masks: list[set[str]],
+    positive_scores: list[list[float]],
+    rule: tuple[int, float, str],
+    candidate_pool: int,
+) -> list[Selection]:
+    """Each query's selection from its top candidates; a query still short of negatives is searched again
+    4x deeper, up to the whole corpus."""
+    num_negatives = rule[0]
+    results: list[Selection | None] = [None] * len(query_vecs)
+    pending = list(range(len(query_vecs)))
     depth = candidate_pool
     while pending:
         k = min(len(ids), depth + max(len(masks[q]) for q in pending))
         scores, rows = top_k(query_vecs[pending], passage_vecs, k)
         still_short = []
         for q, q_scores, q_rows in zip(pending, scores, rows, strict=True):
+            candidates = [ids[r] for r in q_rows]
             results[q] = select_negatives(
-                [ids[r] for r in q_rows],
-                q_scores.tolist(),
-                masks[q],
-                min(positive_scores[q]),
-                num_negatives,
-                margin,
-                margin_type,
+                candidates, q_scores.tolist(), masks[q], min(positive_scores[q]), *rule
             )
             if len(results[q].negatives) < num_negatives and k < len(ids):
                 still_short.append(q)
         pending, depth = still_short, depth * 4
+    return results
 
+
+def _stats(
+    results: list[Selection],
+    positive_scores: list[list[float]],
+    corpus_size: int,
+    rule: tuple[int, float, str],
+) -> dict:
+    """The mining report: what the margin skipped, rows short of negatives, and score summaries."""
+    num_negatives, margin, margin_type = rule
     negatives = [r.negatives for r in results]
     stats = {
-        "queries": len(queries),
-        "corpus": len(ids),
+        "queries": len(results),
+        "corpus": corpus_size,
         "num_negatives": num_negatives,
         "margin": margin,
         "margin_type": margin_type,
@@ -260,8 +291,8 @@ def mine_hard_negatives(
         logger.warning(
             "mining: %d of %d queries have fewer than %d negatives (%d candidates skipped by the margin)",
             stats["rows_short"],
-            len(queries),
+            len(results),
             num_negatives,
             stats["skipped_by_margin"],
         )
-    return negatives, positive_scores, stats
+    return stats

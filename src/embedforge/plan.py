@@ -43,14 +43,37 @@ class StagePlan:
     seconds: float | None  # None: not measured for this model, device or generator
 
 
-def estimate_run(
-    corpus: str, config_of: Callable[[str], Any], stages: Iterable[str], cuda: bool
-) -> tuple[str, list[StagePlan]]:
-    """(a line about the corpus, one StagePlan per requested stage) from the corpus and each stage's config."""
-    from embedforge.corpus import load_corpus
-    from embedforge.train import plan_batches
+@dataclass
+class _Counts:
+    """What the corpus and the recipe imply: the numbers every stage's line is made of."""
 
-    sdg, prep, tune = config_of("sdg"), config_of("prep"), config_of("finetune")
+    documents: int  # in the corpus folder
+    used: int  # documents used (sdg.max_documents samples fewer)
+    all_passages: int  # in the corpus folder
+    passages: int  # in the documents used
+    selected: int  # passages that get questions
+    generated: int
+    kept: int
+    test_passages: int
+    train_queries: int
+    test_queries: int
+    users: int  # lines of prep.user_questions
+    asks: bool  # sdg asks an LLM (questions_per_passage > 0)
+
+    @property
+    def scored_passages(self) -> int:
+        return self.passages if self.users else self.test_passages  # your questions search the whole corpus
+
+
+def _user_questions(path: str) -> int:
+    user = path and Path(path)
+    return sum(1 for line in user.open(encoding="utf-8") if line.strip()) if user and user.is_file() else 0
+
+
+def _count(corpus: str, sdg: Any, prep: Any) -> _Counts:
+    """Documents, passages and questions per split, from the chunked corpus and the sdg and prep configs."""
+    from embedforge.corpus import load_corpus
+
     chunked = load_corpus(
         corpus,
         sentences_per_chunk=sdg.sentences_per_chunk,
@@ -63,7 +86,6 @@ def estimate_run(
     selected = min(sdg.max_passages or passages, passages)
     generated = selected * sdg.questions_per_passage
     kept = round(generated * KEPT_SHARE)
-    test_passages = round(passages * prep.test_fraction)
     test_queries = round(kept * prep.test_fraction)
     train_queries = kept - test_queries
     asks = sdg.questions_per_passage > 0  # 0: no LLM; prep trains and tests on the section headings
@@ -73,100 +95,128 @@ def estimate_run(
         sections = len(heading_pairs(chunked.passages)) * docs / max(n_docs, 1)
         train_queries += round(sections * (1 - prep.test_fraction))
         test_queries += 0 if asks else round(sections * prep.test_fraction)
-    user = prep.user_questions and Path(prep.user_questions)
-    users = sum(1 for line in user.open(encoding="utf-8") if line.strip()) if user and user.is_file() else 0
+    users = _user_questions(prep.user_questions)
     if users:  # split with the documents; those on test documents are the whole test set
         train_queries += round(users * (1 - prep.test_fraction))
         test_queries = round(users * prep.test_fraction)
-    scored_passages = passages if users else test_passages  # your questions search the whole corpus
-    validating = bool(tune.val_data) or tune.validation_split > 0
-    rows = max(1, round(train_queries * (1 - (0 if tune.val_data else tune.validation_split))))
-    batches = plan_batches(tune, rows)
-    measured = not cuda and tune.base_model == MEASURED_MODEL
-    embed, load = SECONDS["embed"], SECONDS["load"]
+    test_passages = round(passages * prep.test_fraction)
+    return _Counts(
+        n_docs, docs, len(chunked.passages), passages, selected, generated, kept, test_passages,
+        train_queries, test_queries, users, asks,
+    )  # fmt: skip
 
-    def timed(seconds: float, ok: bool = True) -> float | None:
-        return seconds if measured and ok else None
 
+def _timed(measured: bool, seconds: float, ok: bool = True) -> float | None:
+    return seconds if measured and ok else None
+
+
+def _sdg_plan(sdg: Any, n: _Counts, measured: bool) -> StagePlan:
+    if not n.asks:
+        what = f"no questions (questions_per_passage 0): {n.passages:,} passages written for prep"
+        return StagePlan("sdg", what, _timed(measured, 1.0))
     local = sdg.backend == "local" and sdg.model in LOCAL_GENERATORS
     generator = f"the local {sdg.model or 'smollm2-135m'}" if sdg.backend == "local" else sdg.model
-    texts_per_step = batches["global_batch_size"] * (1 + tune.n_passages)
-    train_seconds = batches["total_steps"] * texts_per_step * SECONDS["train_text"]
+    # the round trip embeds the corpus with sdg.embed_model: MiniLM, or MPNet at the teacher's rate
+    round_trip = {MEASURED_MODEL: SECONDS["embed"], MEASURED_TEACHER: SECONDS["teacher_text"]}.get(
+        sdg.embed_model
+    )
+    what = (
+        f"{n.generated:,} questions for {n.selected:,} passages with {generator}; about {n.kept:,} kept; "
+        f"{n.passages:,} passages embedded for the round trip"
+        + ("" if sdg.embed_model == MEASURED_MODEL else f" by {sdg.embed_model}")
+    )
+    seconds = n.generated * SECONDS["generate"] + n.passages * (round_trip or 0) + 2 * SECONDS["load"]
+    return StagePlan("sdg", what, _timed(measured, seconds, local and round_trip is not None))
+
+
+def _prep_plan(sdg: Any, prep: Any, n: _Counts, measured: bool) -> StagePlan:
+    if not prep.heading_pairs:
+        headings = ""
+    elif n.asks:
+        headings = " (with the heading -> body pairs)"
+    else:
+        headings = "; heading -> body pairs only, the test documents' headings are the test questions"
+    what = (
+        f"{n.used:,} documents split {1 - prep.test_fraction:.0%} / "
+        f"{prep.test_fraction:.0%}; {prep.num_negatives} hard negatives mined for ~{n.train_queries:,} questions"
+        + headings
+        + (
+            f"; your {n.users:,} questions split with the documents, the test share the test set"
+            if n.users
+            else ""
+        )
+    )
+    # the passages' vectors come from sdg's round trip, when it asked questions with prep's model
+    reused = n.asks and sdg.embed_model == prep.model
+    embedded = n.train_queries + (0 if reused else n.passages - n.test_passages)
+    return StagePlan("prep", what, _timed(measured, embedded * SECONDS["embed"] + SECONDS["load"]))
+
+
+def _finetune_plan(tune: Any, n: _Counts, measured: bool) -> StagePlan:
+    from embedforge.train import plan_batches
+
+    embed, text = SECONDS["embed"], SECONDS["train_text"]
+    rows = max(1, round(n.train_queries * (1 - (0 if tune.val_data else tune.validation_split))))
+    batches = plan_batches(tune, rows)
+    steps, batch = batches["total_steps"], batches["global_batch_size"]
+    train_seconds = steps * batch * (1 + tune.n_passages) * text
     train_seconds *= tune.max_seq_length / 256  # about linear in the length
     if tune.anchor_weight:  # the anchors embedded once, then anchor_batch more (shorter) texts a step
-        anchors = min(tune.anchor_count, ANCHOR_PARAGRAPHS)
-        train_seconds += anchors * embed + batches["total_steps"] * tune.anchor_batch * SECONDS["train_text"]
+        train_seconds += min(tune.anchor_count, ANCHOR_PARAGRAPHS) * embed + steps * tune.anchor_batch * text
     # validation retrieves over the training rows' passages, three times per run
+    validating = bool(tune.val_data) or tune.validation_split > 0
     validation = 3 * min(tune.max_val_corpus, rows * tune.n_passages) * embed if validating else 0
     teacher_texts = round(rows * tune.n_passages * 0.8) if tune.distill_teacher else 0  # rows share negatives
-    teacher_seconds = teacher_texts * SECONDS["teacher_text"] + load if teacher_texts else 0
-    served = scored_passages + test_queries
-    # the round trip embeds the corpus with sdg.embed_model: MiniLM, or MPNet at the teacher's rate
-    round_trip = {MEASURED_MODEL: embed, MEASURED_TEACHER: SECONDS["teacher_text"]}.get(sdg.embed_model)
-    if asks:
-        sdg_plan = (
-            f"{generated:,} questions for {selected:,} passages with {generator}; about {kept:,} kept; "
-            f"{passages:,} passages embedded for the round trip"
-            + ("" if sdg.embed_model == MEASURED_MODEL else f" by {sdg.embed_model}"),
-            timed(
-                generated * SECONDS["generate"] + passages * (round_trip or 0) + 2 * load,
-                local and round_trip is not None,
-            ),
+    teacher_seconds = teacher_texts * SECONDS["teacher_text"] + SECONDS["load"] if teacher_texts else 0
+    what = (
+        f"~{rows:,} training rows -> {steps} steps of {batch} x "
+        f"(1 + {tune.n_passages}) texts at {tune.max_seq_length} tokens ({tune.base_model})"
+        + (f" + {tune.anchor_batch} anchor texts" if tune.anchor_weight else "")
+        + (
+            f"; the {tune.distill_teacher} teacher encodes ~{teacher_texts:,} passages once"
+            if teacher_texts
+            else ""
         )
-        headings_note = " (with the heading -> body pairs)"
-    else:
-        sdg_plan = (
-            f"no questions (questions_per_passage 0): {passages:,} passages written for prep",
-            timed(1.0),
-        )
-        headings_note = "; heading -> body pairs only, the test documents' headings are the test questions"
-    reused = asks and sdg.embed_model == prep.model
+    )
+    seconds = train_seconds + validation + SECONDS["load"] + teacher_seconds
+    return StagePlan(
+        "finetune",
+        what,
+        _timed(measured, seconds, not teacher_texts or tune.distill_teacher == MEASURED_TEACHER),
+    )
+
+
+def estimate_run(
+    corpus: str, config_of: Callable[[str], Any], stages: Iterable[str], cuda: bool
+) -> tuple[str, list[StagePlan]]:
+    """(a line about the corpus, one StagePlan per requested stage) from the corpus and each stage's config."""
+    sdg, prep, tune = config_of("sdg"), config_of("prep"), config_of("finetune")
+    n = _count(corpus, sdg, prep)
+    measured = not cuda and tune.base_model == MEASURED_MODEL
+    embed, load = SECONDS["embed"], SECONDS["load"]
+    served = n.scored_passages + n.test_queries
     precisions = 2 if config_of("export").quantize else 1
     plans = {
-        "sdg": StagePlan("sdg", *sdg_plan),
-        "prep": StagePlan(
-            "prep",
-            f"{docs:,} documents split {1 - prep.test_fraction:.0%} / "
-            f"{prep.test_fraction:.0%}; {prep.num_negatives} hard negatives mined for ~{train_queries:,} questions"
-            + (headings_note if prep.heading_pairs else "")
-            + (
-                f"; your {users:,} questions split with the documents, the test share the test set"
-                if users
-                else ""
-            ),
-            # the passages' vectors come from sdg's round trip, when it asked questions with prep's model
-            timed((train_queries + (0 if reused else passages - test_passages)) * embed + load),
-        ),
-        "finetune": StagePlan(
-            "finetune",
-            f"~{rows:,} training rows -> {batches['total_steps']} steps of {batches['global_batch_size']} x "
-            f"(1 + {tune.n_passages}) texts at {tune.max_seq_length} tokens ({tune.base_model})"
-            + (f" + {tune.anchor_batch} anchor texts" if tune.anchor_weight else "")
-            + (
-                f"; the {tune.distill_teacher} teacher encodes ~{teacher_texts:,} passages once"
-                if teacher_texts
-                else ""
-            ),
-            timed(
-                train_seconds + validation + load + teacher_seconds,
-                not teacher_texts or tune.distill_teacher == MEASURED_TEACHER,
-            ),
-        ),
+        "sdg": _sdg_plan(sdg, n, measured),
+        "prep": _prep_plan(sdg, prep, n, measured),
+        "finetune": _finetune_plan(tune, n, measured),
         "eval": StagePlan(
             "eval",
-            f"base vs tuned on ~{test_queries:,} {'of your ' if users else ''}questions over "
-            f"~{scored_passages:,} {'' if users else 'held-out '}passages",
-            timed(2 * (served * embed + SECONDS["general_check"]) + load),
+            f"base vs tuned on ~{n.test_queries:,} {'of your ' if n.users else ''}questions over "
+            f"~{n.scored_passages:,} {'' if n.users else 'held-out '}passages",
+            _timed(measured, 2 * (served * embed + SECONDS["general_check"]) + load),
         ),
-        "export": StagePlan("export", "ONNX with pooling and norm in the graph", timed(SECONDS["export"])),
+        "export": StagePlan(
+            "export", "ONNX with pooling and norm in the graph", _timed(measured, SECONDS["export"])
+        ),
         "verify": StagePlan(
             "verify",
             f"the eval re-run over HTTP for {precisions} precision(s)",
-            timed(precisions * (served * embed + load)),
+            _timed(measured, precisions * (served * embed + load)),
         ),
     }
-    about = f"{n_docs:,} documents, {len(chunked.passages):,} passages" + (
-        f" (a sample of {docs:,} documents used)" if docs < n_docs else ""
+    about = f"{n.documents:,} documents, {n.all_passages:,} passages" + (
+        f" (a sample of {n.used:,} documents used)" if n.used < n.documents else ""
     )
     return about, [plans[s] for s in stages]
 

@@ -369,13 +369,8 @@ def freeze_bottom(backbone, n_layers: int) -> int:
     return sum(p.numel() for p in frozen)
 
 
-def finetune(config: FinetuneConfig) -> dict:
-    """Train, keep the best validation checkpoint, merge LoRA, and save to ``output_dir/model``.
-
-    Returns a summary dict (also written to ``output_dir/train_summary.json``).
-    """
-    started = time.time()
-    # everything that can fail on bad input runs before the previous run's checkpoints and log are removed
+def _check_config(config: FinetuneConfig) -> None:
+    """Refuse settings that cannot train, before anything is loaded or a previous run is touched."""
     if config.n_passages < 1:
         raise ConfigError(f"finetune.n_passages must be at least 1, got {config.n_passages}")
     if config.anchor_weight < 0 or config.anchor_batch < 1 or config.anchor_count < 1:
@@ -389,15 +384,18 @@ def finetune(config: FinetuneConfig) -> dict:
         raise ConfigError(
             "finetune.n_passages=1 has no negatives: enable in_batch_negatives or give negatives"
         )
+
+
+def _training_examples(config: FinetuneConfig) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """(train, validation) examples: ``val_data`` when given, else a ``validation_split`` share held out."""
     examples = read_training_data(config.train_data)
     if config.val_data:
-        train_examples, val_examples = examples, read_training_data(config.val_data)
-    else:
-        train_examples, val_examples = split_validation(examples, config.validation_split, config.seed)
-    rows = build_training_rows(train_examples, config.n_passages, config.seed)
-    plan = plan_batches(config, rows.stats["rows"])
-    anchors = load_texts(config.anchor_texts, config.anchor_count) if config.anchor_weight else None
+        return examples, read_training_data(config.val_data)
+    return split_validation(examples, config.validation_split, config.seed)
 
+
+def _load_for_training(config: FinetuneConfig) -> BiEncoder:
+    """The base model as training wants it: attention dropout set, LoRA adapters added, bottom layers frozen."""
     encoder = BiEncoder.load(
         config.base_model,
         pooling=config.pooling,
@@ -409,7 +407,6 @@ def finetune(config: FinetuneConfig) -> dict:
     model = encoder.model
     if config.attention_dropout is not None:
         set_attention_dropout(model[0].auto_model, config.attention_dropout)
-    bf16 = resolve_bf16(config.bf16)
     if config.finetuning_type == "lora_merged":
         _add_lora(encoder, config)
     if config.freeze_layers:
@@ -417,9 +414,14 @@ def finetune(config: FinetuneConfig) -> dict:
         if config.gradient_checkpointing:  # a checkpointed layer whose input needs no grad would get none
             model[0].auto_model.enable_input_require_grads()
         logger.info("froze the embeddings and %d layers: %d parameters", config.freeze_layers, frozen)
+    return encoder
+
+
+def _check_memory(model, config: FinetuneConfig, plan: dict[str, int]) -> None:
+    """On a CPU the OOM killer ends a run that does not fit without a word: refuse it before it starts."""
     shape = model[0].auto_model.config
     hidden, layers = getattr(shape, "hidden_size", None), getattr(shape, "num_hidden_layers", None)
-    if not torch.cuda.is_available() and hidden and layers:  # on a CPU the OOM killer ends it without a word
+    if not torch.cuda.is_available() and hidden and layers:
         train_memory.check_fits(
             model_name=str(config.base_model),
             hidden=hidden,
@@ -431,39 +433,25 @@ def finetune(config: FinetuneConfig) -> dict:
             available=train_memory.available_bytes(),
         )
 
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoints = out / "checkpoints"
-    log_path = out / "train_log.jsonl"
-    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun / accelerate launch set RANK
-    teacher, distillation = None, None
-    if config.distill_teacher:  # scored once, before training (cached in the run folder, kept by a restart)
-        rows.columns, teacher, distillation = distill.prepare(config, rows.columns, out)
-    if not config.resume and main_process:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        log_path.unlink(missing_ok=True)
-    if plan["total_steps"] < 50:
-        warnings.warn(f"only {plan['total_steps']} training steps: results may be noisy", stacklevel=2)
-    columns = dict(rows.columns)
-    if (config.in_batch_negatives and not config.cached_loss) or teacher is not None:
-        # passage/query keys: false-negative masking and teacher-score lookup
-        columns[ID_COLUMN] = id_rows(rows.columns)
-    train_dataset = Dataset.from_dict(columns)
 
-    evaluator, eval_dataset = None, None
-    if val_examples:
-        evaluator = validation_evaluator(
-            val_examples, train_examples, config.max_val_corpus, config.seed, plan["micro_batch_size"]
-        )
-        if teacher is None:  # the teacher scored the training rows only: no distillation term to compute
-            eval_dataset = validation_rows(val_examples, config, ID_COLUMN in columns)
-    metric = f"eval_val_cosine_{VAL_METRIC}"
+def _column_prompts(encoder: BiEncoder, columns: dict) -> dict[str, str]:
+    """The query prompt for the anchor column, the passage prompt for the others; unset prompts left out."""
     prompts = {"anchor": encoder.prompts["query"]}
-    prompts.update({col: encoder.prompts["passage"] for col in rows.columns if col != "anchor"})
-    prompts = {k: v for k, v in prompts.items() if v}
+    prompts.update({col: encoder.prompts["passage"] for col in columns if col != "anchor"})
+    return {k: v for k, v in prompts.items() if v}
 
+
+def _training_arguments(
+    config: FinetuneConfig,
+    plan: dict[str, int],
+    checkpoints: Path,
+    bf16: bool,
+    prompts: dict,
+    validating: bool,
+) -> SentenceTransformerTrainingArguments:
+    """The trainer's settings from the config and the batch plan; with validation, the best checkpoint wins."""
     use_in_batch = config.in_batch_negatives or config.cached_loss
-    args = SentenceTransformerTrainingArguments(
+    return SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -483,36 +471,107 @@ def finetune(config: FinetuneConfig) -> dict:
         dataloader_drop_last=config.gather_across_devices and plan["world_size"] > 1,
         batch_sampler=BatchSamplers.NO_DUPLICATES if use_in_batch else BatchSamplers.BATCH_SAMPLER,
         prompts=prompts or None,
-        eval_strategy="steps" if evaluator else "no",
+        eval_strategy="steps" if validating else "no",
         eval_steps=plan["eval_steps"],
         save_strategy="steps",
         save_steps=plan["eval_steps"],
         save_total_limit=2,
-        load_best_model_at_end=evaluator is not None,
-        metric_for_best_model=metric if evaluator else None,
+        load_best_model_at_end=validating,
+        metric_for_best_model=f"eval_val_cosine_{VAL_METRIC}" if validating else None,
         greater_is_better=True,
         logging_steps=config.log_every,
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
     )
+
+
+def _train_dataset(rows: TrainingRows, config: FinetuneConfig, teacher: TeacherScores | None) -> Dataset:
+    columns = dict(rows.columns)
+    if (config.in_batch_negatives and not config.cached_loss) or teacher is not None:
+        # passage/query keys: false-negative masking and teacher-score lookup
+        columns[ID_COLUMN] = id_rows(rows.columns)
+    return Dataset.from_dict(columns)
+
+
+def _prepare_run_folder(
+    config: FinetuneConfig, rows: TrainingRows, out: Path
+) -> tuple[TeacherScores | None, dict | None]:
+    """The teacher's scores first (cached in the run folder, kept by a restart), then, unless resuming, the
+    previous run's checkpoints and log go. Returns the teacher and its distillation report (None without)."""
+    out.mkdir(parents=True, exist_ok=True)
+    teacher, distillation = None, None
+    if config.distill_teacher:  # scored once, before training
+        rows.columns, teacher, distillation = distill.prepare(config, rows.columns, out)
+    if not config.resume and int(os.environ.get("RANK", "0")) == 0:  # torchrun / accelerate launch set RANK
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / "train_log.jsonl").unlink(missing_ok=True)
+    return teacher, distillation
+
+
+def _validation(
+    config: FinetuneConfig,
+    plan: dict[str, int],
+    train: list[TrainingExample],
+    val: list[TrainingExample],
+    teacher: TeacherScores | None,
+    train_dataset: Dataset,
+) -> tuple[InformationRetrievalEvaluator | None, Dataset | None]:
+    """The full-corpus retrieval evaluator and the validation rows for val_loss; (None, None) without validation."""
+    if not val:
+        return None, None
+    evaluator = validation_evaluator(val, train, config.max_val_corpus, config.seed, plan["micro_batch_size"])
+    if teacher is not None:  # the teacher scored the training rows only: no distillation term to compute
+        return evaluator, None
+    return evaluator, validation_rows(val, config, ID_COLUMN in train_dataset.column_names)
+
+
+def _resume_from(config: FinetuneConfig, checkpoints: Path) -> str | None:
+    """The last checkpoint when resuming; a warning when there is none to resume from."""
+    resume_from = _last_checkpoint(checkpoints) if config.resume else None
+    if config.resume and resume_from is None:
+        logger.warning("resume requested but no checkpoint in %s: starting from scratch", checkpoints)
+    return resume_from
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    """Train, keep the best validation checkpoint, merge LoRA, and save to ``output_dir/model``.
+
+    Returns a summary dict (also written to ``output_dir/train_summary.json``).
+    """
+    started = time.time()
+    # everything that can fail on bad input runs before the previous run's checkpoints and log are removed
+    _check_config(config)
+    train_examples, val_examples = _training_examples(config)
+    rows = build_training_rows(train_examples, config.n_passages, config.seed)
+    plan = plan_batches(config, rows.stats["rows"])
+    anchors = load_texts(config.anchor_texts, config.anchor_count) if config.anchor_weight else None
+    encoder = _load_for_training(config)
+    model, bf16 = encoder.model, resolve_bf16(config.bf16)
+    _check_memory(model, config, plan)
+
+    out = Path(config.output_dir)
+    checkpoints, log_path = out / "checkpoints", out / "train_log.jsonl"
+    teacher, distillation = _prepare_run_folder(config, rows, out)
+    if plan["total_steps"] < 50:
+        warnings.warn(f"only {plan['total_steps']} training steps: results may be noisy", stacklevel=2)
+    train_dataset = _train_dataset(rows, config, teacher)
+
+    evaluator, eval_dataset = _validation(config, plan, train_examples, val_examples, teacher, train_dataset)
+    prompts = _column_prompts(encoder, rows.columns)
     callbacks = [JsonlLogCallback(log_path)]
     if evaluator and config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = SentenceTransformerTrainer(
         model=model,
-        args=args,
+        args=_training_arguments(config, plan, checkpoints, bf16, prompts, evaluator is not None),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         loss=make_loss(model, config, plan["cache_mini_batch_size"], teacher, anchors),
         evaluator=evaluator,
         callbacks=callbacks,
     )
-    resume_from = _last_checkpoint(checkpoints) if config.resume else None
-    if config.resume and resume_from is None:
-        logger.warning("resume requested but no checkpoint in %s: starting from scratch", checkpoints)
-    result = trainer.train(resume_from_checkpoint=resume_from)
-
+    result = trainer.train(resume_from_checkpoint=_resume_from(config, checkpoints))
     if config.finetuning_type == "lora_merged":
         _merge_lora(encoder)
     if config.base_mix:

@@ -70,44 +70,74 @@ def _openings(questions: list[str]) -> dict[str, Any]:
     }
 
 
-def finish(config, resolved, corpus, plans, checkpoint, encoder, name, progress) -> dict[str, Any]:
-    """Filter every finished unit (judge, dedup, round trip) and write pairs, dropped pairs and the report."""
-    out = Path(config.out)
-    index_of = {p.passage_id: i for i, p in enumerate(corpus.passages)}
-    done = [checkpoint.records[p.passage_id] for p in plans if p.passage_id in checkpoint.records]
-    stale = len(set(checkpoint.records) - {p.passage_id for p in plans})
-    rejected = Counter(r["reason"] for record in done for r in record["rejected"])
-    candidates = [dict(pair) for record in done for pair in record["pairs"]]
-    generated = len(candidates) + sum(rejected.values())
-    dropped: list[dict] = []
-    removed: dict[str, Any] = {"cleaning": dict(sorted(rejected.items()))}
+def _judge_filter(config, candidates: list[dict], dropped: list[dict]) -> tuple[list[dict], dict[str, Any]]:
+    """Pairs whose judge score reaches ``judge_threshold`` (unscored pairs are dropped), and the judge's report."""
+    kept = []
+    for pair in candidates:
+        overall = pair["scores"].get("overall")
+        if overall is None or overall < config.judge_threshold:
+            dropped.append({**pair, "dropped_by": "judge"})
+        else:
+            kept.append(pair)
+    scored = [p["scores"]["overall"] for p in candidates if p["scores"]]
+    return kept, {
+        "enabled": True,
+        "threshold": config.judge_threshold,
+        "scored": sum(1 for p in candidates if p["scores"]),
+        "unscored": sum(1 for p in candidates if not p["scores"]),
+        "mean_overall": round(float(np.mean(scored)), 3) if any(p["scores"] for p in candidates) else None,
+    }
 
+
+def _dedup_filter(config, candidates: list[dict], vectors: np.ndarray | None, dropped: list[dict]):
+    """(kept pairs, their vectors): a question too close to an earlier kept one is dropped."""
+    keep = (
+        dedup_mask(vectors, config.dedup_threshold) if vectors is not None else np.ones(len(candidates), bool)
+    )
+    for pair, ok in zip(candidates, keep, strict=True):
+        if not ok:
+            dropped.append({**pair, "dropped_by": "dedup"})
+    kept = [p for p, ok in zip(candidates, keep, strict=True) if ok]
+    return kept, (vectors[keep] if vectors is not None else None)
+
+
+def _roundtrip_filter(config, corpus, candidates, vectors, encoder, dropped, progress) -> tuple[list, dict]:
+    """Pairs whose positive ranks within ``roundtrip_top_k`` of the whole corpus for their question, with
+    every pair's rank recorded, and the ranks' report."""
+    index_of = {p.passage_id: i for i, p in enumerate(corpus.passages)}
+    logger.info("round-trip filter: embedding the %d corpus passages", len(corpus.passages))
+    passage_vecs = encoder.encode_passages(
+        [passage_text({"title": p.title, "text": p.text}) for p in corpus.passages], progress=progress
+    )
+    positives = [[index_of[i] for i in p["positive_ids"]] for p in candidates]
+    ranks = positive_ranks(vectors, passage_vecs, positives)
+    report = {
+        "top_k": config.roundtrip_top_k,
+        "rank_histogram": rank_histogram(ranks),
+        "kept_at_k": {str(k): sum(r <= k for r in ranks) for k in (1, 3, 10, 100)},
+        "median_rank": float(np.median(ranks)),
+    }
+    kept = []
+    for pair, rank in zip(candidates, ranks, strict=True):
+        pair["roundtrip_rank"] = rank
+        if rank <= config.roundtrip_top_k:
+            kept.append(pair)
+        else:
+            dropped.append({**pair, "dropped_by": "roundtrip"})
+    return kept, report
+
+
+def _filter(config, resolved, corpus, candidates, encoder, progress) -> tuple[list, list, dict, dict, dict]:
+    """Judge, dedup and round trip in turn: (kept, dropped, removed counts, judge report, round-trip report)."""
+    dropped: list[dict] = []
+    removed: dict[str, Any] = {}
     if resolved.judge:
-        kept = []
-        for pair in candidates:
-            overall = pair["scores"].get("overall")
-            if overall is None or overall < config.judge_threshold:
-                dropped.append({**pair, "dropped_by": "judge"})
-            else:
-                kept.append(pair)
-        removed["judge"] = len(candidates) - len(kept)
-        judge_info = {
-            "enabled": True,
-            "threshold": config.judge_threshold,
-            "scored": sum(1 for p in candidates if p["scores"]),
-            "unscored": sum(1 for p in candidates if not p["scores"]),
-            "mean_overall": round(
-                float(np.mean([p["scores"]["overall"] for p in candidates if p["scores"]])), 3
-            )
-            if any(p["scores"] for p in candidates)
-            else None,
-        }
-        candidates = kept
+        kept, judge_info = _judge_filter(config, candidates, dropped)
     else:
-        removed["judge"] = 0
-        judge_info = {"enabled": False}
-        for pair in candidates:
+        kept, judge_info = candidates, {"enabled": False}
+        for pair in kept:
             pair["scores"] = {}
+    removed["judge"], candidates = len(candidates) - len(kept), kept
 
     need_vectors = candidates and (config.dedup_threshold < 1.0 or config.roundtrip_top_k > 0)
     if need_vectors and encoder is None:
@@ -115,50 +145,37 @@ def finish(config, resolved, corpus, plans, checkpoint, encoder, name, progress)
 
         encoder = BiEncoder.load(config.embed_model)
     vectors = encoder.encode_queries([p["question"] for p in candidates]) if need_vectors else None
-
-    keep = (
-        dedup_mask(vectors, config.dedup_threshold) if vectors is not None else np.ones(len(candidates), bool)
-    )
-    for pair, ok in zip(candidates, keep, strict=True):
-        if not ok:
-            dropped.append({**pair, "dropped_by": "dedup"})
-    removed["dedup"] = int((~keep).sum())
-    candidates = [p for p, ok in zip(candidates, keep, strict=True) if ok]
-    if vectors is not None:
-        vectors = vectors[keep]
+    kept, vectors = _dedup_filter(config, candidates, vectors, dropped)
+    removed["dedup"], candidates = len(candidates) - len(kept), kept
 
     roundtrip: dict[str, Any] = {"top_k": config.roundtrip_top_k}
     if config.roundtrip_top_k > 0 and candidates:
-        logger.info("round-trip filter: embedding the %d corpus passages", len(corpus.passages))
-        passage_vecs = encoder.encode_passages(
-            [passage_text({"title": p.title, "text": p.text}) for p in corpus.passages], progress=progress
-        )
-        positives = [[index_of[i] for i in p["positive_ids"]] for p in candidates]
-        ranks = positive_ranks(vectors, passage_vecs, positives)
-        roundtrip.update(
-            rank_histogram=rank_histogram(ranks),
-            kept_at_k={str(k): sum(r <= k for r in ranks) for k in (1, 3, 10, 100)},
-            median_rank=float(np.median(ranks)),
-        )
-        kept = []
-        for pair, rank in zip(candidates, ranks, strict=True):
-            pair["roundtrip_rank"] = rank
-            if rank <= config.roundtrip_top_k:
-                kept.append(pair)
-            else:
-                dropped.append({**pair, "dropped_by": "roundtrip"})
-        removed["roundtrip"] = len(candidates) - len(kept)
-        candidates = kept
+        kept, roundtrip = _roundtrip_filter(config, corpus, candidates, vectors, encoder, dropped, progress)
     else:
-        removed["roundtrip"] = 0
         for pair in candidates:
             pair["roundtrip_rank"] = None
+    removed["roundtrip"] = len(candidates) - len(kept)
+    return kept, dropped, removed, judge_info, roundtrip
+
+
+def finish(config, resolved, corpus, plans, checkpoint, encoder, name, progress) -> dict[str, Any]:
+    """Filter every finished unit (judge, dedup, round trip) and write pairs, dropped pairs and the report."""
+    out = Path(config.out)
+    done = [checkpoint.records[p.passage_id] for p in plans if p.passage_id in checkpoint.records]
+    stale = len(set(checkpoint.records) - {p.passage_id for p in plans})
+    rejected = Counter(r["reason"] for record in done for r in record["rejected"])
+    candidates = [dict(pair) for record in done for pair in record["pairs"]]
+    generated = len(candidates) + sum(rejected.values())
+    kept, dropped, removed, judge_info, roundtrip = _filter(
+        config, resolved, corpus, candidates, encoder, progress
+    )
+    removed = {"cleaning": dict(sorted(rejected.items())), **removed}
 
     fields = (
         "question_id", "question", "answer", "positive_ids", "doc_id", "query_type",
         "complexity", "hops", "scores", "roundtrip_rank", "generator",
     )  # fmt: skip
-    pairs = [{k: pair.get(k) for k in fields} for pair in candidates]
+    pairs = [{k: pair.get(k) for k in fields} for pair in kept]
     write_text_atomic(out / SDG_PAIRS_FILE, jsonl(pairs))
     write_text_atomic(out / SDG_DROPPED_FILE, jsonl(dropped))
     return {

@@ -390,30 +390,8 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
         raise ConfigError("sdg needs a corpus folder: --corpus DIR or corpus=DIR")
     started = time.perf_counter()
     out = Path(config.out)
-    corpus = load_corpus(
-        config.corpus,
-        sentences_per_chunk=config.sentences_per_chunk,
-        max_tokens=config.max_passage_tokens,
-        min_words=config.min_words,
-    )
-    if not corpus.passages:
-        raise DataFormatError(config.corpus, "no passages (no readable .txt/.md/.rst/.html documents)")
-    corpus = sample_documents(corpus, config.max_documents, config.seed)
+    corpus = _passages_for(config, out)
     passages = {p.passage_id: p for p in corpus.passages}
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(
-        out / SDG_PASSAGES_FILE,
-        jsonl(
-            {
-                "passage_id": p.passage_id,
-                "doc_id": p.doc_id,
-                "text": p.text,
-                "title": p.title,
-                "section": p.section,
-            }
-            for p in corpus.passages
-        ),
-    )
     # 0 questions: the passages only, for prep's section-heading pairs; no generator is loaded
     plans = plan_units(corpus.passages, config) if config.questions_per_passage else []
     checkpoint = Checkpoint(out, generation_signature(config, resolved), resume=config.resume)
@@ -442,30 +420,9 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
         if owned and generator is not None:
             generator.close()
 
-    report = finish(
-        config,
-        resolved,
-        corpus,
-        plans,
-        checkpoint,
-        encoder,
-        name,
-        progress,
-    )
-    report["this_run"] = {
-        "units_resumed": resumed,
-        "units_generated": run_stats["units_done"],
-        "units_failed": run_stats["units_failed"],
-        "requests": run_stats["requests"],
-        "failed_requests": run_stats["failed_requests"],
-        "retries": getattr(generator, "retries", 0) if pending else 0,
-        "questions": run_stats["questions"],
-        "generation_seconds": round(generation_seconds, 2),
-        "questions_per_second": round(run_stats["questions"] / generation_seconds, 3)
-        if generation_seconds
-        else None,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    report = finish(config, resolved, corpus, plans, checkpoint, encoder, name, progress)
+    retries = getattr(generator, "retries", 0) if pending else 0
+    report["this_run"] = _this_run(run_stats, resumed, retries, generation_seconds, started)
     if run_stats["units_failed"]:
         report["note"] = (
             f"{run_stats['units_failed']} passage(s) had failed requests and were not saved; "
@@ -473,6 +430,43 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
         )
     write_text_atomic(out / SDG_REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _passages_for(config: SdgConfig, out: Path) -> CorpusResult:
+    """The corpus chunked and sampled as configured; its passages are written to OUT for prep."""
+    corpus = load_corpus(
+        config.corpus,
+        sentences_per_chunk=config.sentences_per_chunk,
+        max_tokens=config.max_passage_tokens,
+        min_words=config.min_words,
+    )
+    if not corpus.passages:
+        raise DataFormatError(config.corpus, "no passages (no readable .txt/.md/.rst/.html documents)")
+    corpus = sample_documents(corpus, config.max_documents, config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ("passage_id", "doc_id", "text", "title", "section")
+    write_text_atomic(
+        out / SDG_PASSAGES_FILE, jsonl({f: getattr(p, f) for f in fields} for p in corpus.passages)
+    )
+    return corpus
+
+
+def _this_run(stats: Counter, resumed: int, retries: int, generation_seconds: float, started: float) -> dict:
+    """The report's account of this invocation (a resumed run reports only what it did itself)."""
+    return {
+        "units_resumed": resumed,
+        "units_generated": stats["units_done"],
+        "units_failed": stats["units_failed"],
+        "requests": stats["requests"],
+        "failed_requests": stats["failed_requests"],
+        "retries": retries,
+        "questions": stats["questions"],
+        "generation_seconds": round(generation_seconds, 2),
+        "questions_per_second": round(stats["questions"] / generation_seconds, 3)
+        if generation_seconds
+        else None,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def _generate(pending, passages, config, resolved, generator, name, checkpoint, stats, progress) -> float:
@@ -487,35 +481,12 @@ def _generate(pending, passages, config, resolved, generator, name, checkpoint, 
     try:
         index = 0
         while index < len(pending):
-            works: list[_UnitWork] = []
-            n_requests = 0
-            while index < len(pending) and (not works or n_requests < per_round):
-                work = _UnitWork(pending[index], passages, config, resolved)
-                works.append(work)
-                n_requests += len(work.requests)
-                index += 1
+            works, index = _next_round(pending, index, per_round, passages, config, resolved)
             start = time.perf_counter()
             requests = [r for w in works for r in w.requests]
             results = generator.generate(requests)
             stats["requests"] += len(requests)
-            records: list[dict | None] = []
-            offset = 0
-            for work in works:
-                mine = results[offset : offset + len(work.requests)]
-                offset += len(work.requests)
-                failed = [r for r in mine if r.text is None]
-                consecutive_failures = _count_failures(mine, consecutive_failures)
-                stats["failed_requests"] += len(failed)
-                if failed:
-                    logger.warning(
-                        "passage %s: %d request(s) failed (%s); it will be retried on the next run",
-                        work.plan.passage_id,
-                        len(failed),
-                        failed[0].error,
-                    )
-                    records.append(None)
-                else:
-                    records.append(work.parse(mine, name))
+            records, consecutive_failures = _parse_round(works, results, name, stats, consecutive_failures)
             if resolved.judge:
                 consecutive_failures = _judge(
                     records, passages, config, local, generator, stats, consecutive_failures
@@ -539,6 +510,44 @@ def _generate(pending, passages, config, resolved, generator, name, checkpoint, 
     finally:
         bar.close()
     return seconds
+
+
+def _next_round(
+    pending, index: int, per_round: int, passages, config, resolved
+) -> tuple[list[_UnitWork], int]:
+    """The units from ``index`` on whose requests fill one round (at least one unit); and the next index."""
+    works: list[_UnitWork] = []
+    n_requests = 0
+    while index < len(pending) and (not works or n_requests < per_round):
+        work = _UnitWork(pending[index], passages, config, resolved)
+        works.append(work)
+        n_requests += len(work.requests)
+        index += 1
+    return works, index
+
+
+def _parse_round(works, results: list[GenResult], name, stats: Counter, consecutive_failures: int):
+    """Each unit's record from its share of the results (None when a request failed: retried next run), and
+    the running count of failed requests in a row."""
+    records: list[dict | None] = []
+    offset = 0
+    for work in works:
+        mine = results[offset : offset + len(work.requests)]
+        offset += len(work.requests)
+        failed = [r for r in mine if r.text is None]
+        consecutive_failures = _count_failures(mine, consecutive_failures)
+        stats["failed_requests"] += len(failed)
+        if failed:
+            logger.warning(
+                "passage %s: %d request(s) failed (%s); it will be retried on the next run",
+                work.plan.passage_id,
+                len(failed),
+                failed[0].error,
+            )
+            records.append(None)
+        else:
+            records.append(work.parse(mine, name))
+    return records, consecutive_failures
 
 
 def _count_failures(results: list[GenResult], running: int) -> int:

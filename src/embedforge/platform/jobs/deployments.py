@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from embedforge.atomic import write_json_atomic
 from embedforge.platform.jobs import store as job_store
+from embedforge.platform.jobs.worker import failure_reason
 from embedforge.platform.settings import Settings
 from embedforge.platform.store.models import Job
 
@@ -123,6 +124,4 @@ def _ready(url: str) -> bool:
 
 
 def _reason(code: int, workdir: Path) -> str:
-    from embedforge.platform.jobs.runner import failure_reason
-
     return failure_reason(code, workdir, "the server process")

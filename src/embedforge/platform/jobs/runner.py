@@ -11,7 +11,6 @@ continues from its last checkpoint), up to ``MAX_ATTEMPTS`` times.
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from embedforge.atomic import write_json_atomic
 from embedforge.platform.jobs import customization, evaluation
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.jobs.deployments import Deployments
+from embedforge.platform.jobs.worker import failure_reason
 from embedforge.platform.settings import Settings
 
 logger = logging.getLogger("embedforge.platform.jobs")
@@ -223,21 +223,6 @@ def _progress_line(job_id: str, fields: dict) -> str:
     if fields.get("train_loss") is not None:
         parts.append(f"train_loss {fields['train_loss']:.4f}")
     return ", ".join(parts)
-
-
-def failure_reason(code: int, workdir: Path, who: str = "the worker process") -> str:
-    """Why a child ended: its own error.json, the signal that killed it, or its last log line."""
-    error = workdir / "error.json"
-    if error.exists():
-        return json.loads(error.read_text())["message"]
-    if code < 0:
-        return f"{who} was killed by {signal.Signals(-code).name}"
-    tail = (
-        (workdir / "worker.log").read_text(errors="replace").strip().splitlines()[-1:]
-        if (workdir / "worker.log").exists()
-        else []
-    )
-    return f"{who} exited with code {code}" + (f": {tail[0]}" if tail else "")
 
 
 def _terminate(process: subprocess.Popen) -> None:

@@ -10,11 +10,27 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 from embedforge.atomic import write_json_atomic
 from embedforge.errors import EmbedforgeError
+
+
+def failure_reason(code: int, workdir: Path, who: str = "the worker process") -> str:
+    """Why a child ended: its own error.json, the signal that killed it, or its last log line."""
+    error = workdir / "error.json"
+    if error.exists():
+        return json.loads(error.read_text())["message"]
+    if code < 0:
+        return f"{who} was killed by {signal.Signals(-code).name}"
+    tail = (
+        (workdir / "worker.log").read_text(errors="replace").strip().splitlines()[-1:]
+        if (workdir / "worker.log").exists()
+        else []
+    )
+    return f"{who} exited with code {code}" + (f": {tail[0]}" if tail else "")
 
 
 def merged_jsonl(dataset_dir: Path, split: str, out: Path) -> Path | None:
