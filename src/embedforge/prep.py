@@ -393,6 +393,17 @@ def render_report(report: dict) -> str:
 # --------------------------------------------------------------------------------------------------- run
 
 
+def _test_passages(passages: dict, test_set: set[str], bodies: dict[str, str], whole: bool) -> dict:
+    """What the test questions search: the whole corpus, as the users search it (the training documents'
+    passages are distractors, never answers; your own questions always do), or the test documents alone;
+    ``bodies`` replaces a passage's text (its heading cut off when the headings are the questions)."""
+    return {
+        pid: replace(p, text=bodies.get(pid, p.text))
+        for pid, p in passages.items()
+        if p.doc_id in test_set or whole
+    }
+
+
 def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     """Run the prep stage and return the report (also written to ``out/prep_report.{json,md}``).
 
@@ -465,14 +476,7 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     if user:  # the user's own questions are the test: the generated ones of the test documents go unused
         generated_unused = len(test_pairs) + len(test_extras)
         test_pairs, test_extras = test_user, []
-    # the test questions search the whole corpus, as the users search it (the training documents' passages
-    # are distractors, never answers); your own questions always do
-    whole = config.test_corpus == "all" or bool(user)
-    test_passages = {
-        pid: replace(p, text=bodies.get(pid, p.text))
-        for pid, p in passages.items()
-        if p.doc_id in test_set or whole
-    }
+    test_passages = _test_passages(passages, test_set, bodies, config.test_corpus == "all" or bool(user))
     test_questions = test_pairs + test_extras
     texts = {pid: passage_text({"title": p.title, "text": p.text}) for pid, p in passages.items()}
     train_corpus = {pid: texts[pid] for pid, p in passages.items() if p.doc_id not in test_set}
