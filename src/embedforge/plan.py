@@ -59,10 +59,11 @@ class _Counts:
     test_queries: int
     users: int  # lines of prep.user_questions
     asks: bool  # sdg asks an LLM (questions_per_passage > 0)
+    whole_corpus: bool  # the test questions search every passage (prep.test_corpus: all, or your questions)
 
     @property
     def scored_passages(self) -> int:
-        return self.passages if self.users else self.test_passages  # your questions search the whole corpus
+        return self.passages if self.whole_corpus else self.test_passages
 
 
 def _user_questions(path: str) -> int:
@@ -102,7 +103,7 @@ def _count(corpus: str, sdg: Any, prep: Any) -> _Counts:
     test_passages = round(passages * prep.test_fraction)
     return _Counts(
         n_docs, docs, len(chunked.passages), passages, selected, generated, kept, test_passages,
-        train_queries, test_queries, users, asks,
+        train_queries, test_queries, users, asks, bool(users) or prep.test_corpus == "all",
     )  # fmt: skip
 
 
@@ -203,7 +204,7 @@ def estimate_run(
         "eval": StagePlan(
             "eval",
             f"base vs tuned on ~{n.test_queries:,} {'of your ' if n.users else ''}questions over "
-            f"~{n.scored_passages:,} {'' if n.users else 'held-out '}passages",
+            f"~{n.scored_passages:,} {'' if n.whole_corpus else 'held-out '}passages",
             _timed(measured, 2 * (served * embed + SECONDS["general_check"]) + load),
         ),
         "export": StagePlan(
