@@ -41,8 +41,8 @@ def plat(platform_factory, tmp_path_factory, tiny_model):
     return platform_factory("sqlite", data_dir=data_dir, base_models=[tiny_model]).start()
 
 
-def test_a_model_that_cannot_be_exported_fails_its_deployment_with_the_reason(plat, tmp_path):
-    empty = tmp_path / "not-a-model"
+def test_a_model_that_cannot_be_exported_fails_its_deployment_with_the_reason(plat):
+    empty = plat.data_dir / "not-a-model"
     empty.mkdir()
     client = client_for(plat.url)
     client.models.create(name="broken", namespace=NS, artifact={"files_url": f"file://{empty}"})

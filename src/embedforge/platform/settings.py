@@ -11,6 +11,7 @@ DATABASE_URL_ENV = "EMBEDFORGE_DATABASE_URL"
 API_KEY_ENV = "EMBEDFORGE_API_KEY"
 MAX_BODY_ENV = "EMBEDFORGE_MAX_BODY_BYTES"
 NIM_PORT_ENV = "EMBEDFORGE_NIM_PORT"
+ALLOW_PATHS_ENV = "EMBEDFORGE_ALLOW_PATHS"  # os.pathsep-separated, like PATH
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 512 * 1024 * 1024  # a whole upload commit arrives as one request
     base_models: list[str] = field(default_factory=list)  # extra model folders registered as targets
+    allow_paths: list[Path] = field(default_factory=list)  # host folders models may be read from
     nim_port: int | None = None  # a second port answering the NIM surface at /v1, as NVIDIA's NIM_URL
     public_url: str | None = None  # how workers and deployments reach this platform; set by the server
     poll_seconds: float = 1.0  # how often the job runner looks for work and reads progress
@@ -32,6 +34,7 @@ class Settings:
         api_key: str | None = None,
         base_models: list[str] | None = None,
         nim_port: int | None = None,
+        allow_paths: list[str] | None = None,
     ) -> Settings:
         folder = data_dir or os.environ.get(DATA_DIR_ENV)
         if not folder:
@@ -48,7 +51,16 @@ class Settings:
             base_models=list(base_models or []),
             max_body_bytes=int(os.environ.get(MAX_BODY_ENV) or cls.max_body_bytes),
             nim_port=nim_port or _int_env(NIM_PORT_ENV),
+            allow_paths=[Path(p).resolve() for p in [*(allow_paths or []), *_paths_env(ALLOW_PATHS_ENV)]],
         )
+
+    def allowed_roots(self) -> list[Path]:
+        """Folders a model path may resolve into: the data dir, the allowed and the registered folders."""
+        return [self.data_dir.resolve(), *(Path(p).resolve() for p in self.allow_paths)]
+
+
+def _paths_env(name: str) -> list[str]:
+    return [p for p in os.environ.get(name, "").split(os.pathsep) if p]
 
 
 def _int_env(name: str) -> int | None:
