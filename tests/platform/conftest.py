@@ -51,6 +51,15 @@ def platform(request, platform_factory) -> PlatformProcess:
     return platform_factory(request.param).start()
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random BERT folder, offered as an operator's ``--base-model``: it trains, exports and
+    serves in seconds."""
+    from tiny_models import tiny_bert
+
+    return tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def hub_client_reaches_loopback():
     """HF_HUB_OFFLINE (set for the whole suite) also blocks huggingface_hub's calls to our loopback data

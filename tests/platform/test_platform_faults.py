@@ -20,15 +20,9 @@ from platform_proc import PlatformProcess
 from tutorial import NS, client_for, create_config, start_job, upload_dataset, wait_job, worker_pid
 
 from domain_fixture import make_domain_fixture
-from tiny_models import tiny_bert
 
 pytestmark = pytest.mark.slow
 TINY = "local/tiny-bert"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ metrics (``embedforge.evaluate``); results come back in NeMo's shape:
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from sqlalchemy.orm import Session
 from embedforge.platform.errors import Unprocessable
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.settings import Settings
-from embedforge.platform.store import records
+from embedforge.platform.store import records, secret_store
 
 KIND = "evaluation"
+KEYS_ENV = "EMBEDFORGE_ENDPOINT_KEYS"  # the worker's endpoint API keys, {"query": key, "index": key}
 # pytrec_eval metric names NeMo uses -> embedforge.evaluate's names
 _METRIC = re.compile(r"^(recall|ndcg_cut|map_cut|P)_(\d+)$")
 _FAMILY = {"recall": "recall", "ndcg_cut": "ndcg", "map_cut": "map", "P": "precision"}
@@ -81,13 +83,31 @@ def worker_spec(settings: Settings, row, workdir: Path) -> dict:
         "kind": KIND,
         "job_id": row.id,
         "tasks": tasks,
-        "query_endpoint": pipeline["query_embedding_model"]["api_endpoint"],
-        "index_endpoint": (pipeline.get("index_embedding_model") or pipeline["query_embedding_model"])[
-            "api_endpoint"
-        ],
+        **{f"{role}_endpoint": _without_key(endpoint) for role, endpoint in _endpoints(pipeline).items()},
         "top_k": pipeline.get("top_k", 10),
         "progress_file": str(workdir / "progress.json"),
     }
+
+
+def _endpoints(pipeline: dict) -> dict[str, dict]:
+    """The query and index embedding endpoints (the index one defaults to the query one)."""
+    query = pipeline["query_embedding_model"]["api_endpoint"]
+    return {
+        "query": query,
+        "index": (pipeline.get("index_embedding_model") or {}).get("api_endpoint") or query,
+    }
+
+
+def _without_key(endpoint: dict) -> dict:
+    return {k: v for k, v in endpoint.items() if k != "api_key"}
+
+
+def worker_env(db: Session, row) -> dict[str, str]:
+    """The endpoints' real API keys for the worker's environment: never in spec.json, never in a body."""
+    target = row.details["work"]["target"]
+    revealed = secret_store.reveal(db, target["id"], target)
+    keys = {role: ep.get("api_key") for role, ep in _endpoints(revealed["retriever"]["pipeline"]).items()}
+    return {KEYS_ENV: json.dumps(keys)}
 
 
 def progress(row, workdir: Path) -> dict:
@@ -139,9 +159,16 @@ def evaluate_task(name: str, task: dict, spec: dict) -> dict:
     dataset = read_beir(task["beir_dir"])
     wanted = {name: metric_key(kind) for name, kind in task["metrics"].items()}
     ks = sorted({k for _, k in wanted.values()})
+    keys = json.loads(os.environ.get(KEYS_ENV) or "{}")
     clients = [
-        EmbeddingsClient(_base(ep["url"]), ep["model_id"], ep.get("api_key") or None, 300.0, "float")
-        for ep in (spec["index_endpoint"], spec["query_endpoint"])
+        EmbeddingsClient(
+            _base(spec[f"{role}_endpoint"]["url"]),
+            spec[f"{role}_endpoint"]["model_id"],
+            keys.get(role) or None,
+            300.0,
+            "float",
+        )
+        for role in ("index", "query")
     ]
     try:
         doc_ids = [str(d) for d in dataset.corpus]

@@ -41,10 +41,10 @@ def die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def spawn(module: str, workdir: Path) -> subprocess.Popen:
+def spawn(module: str, workdir: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m module WORKDIR`` logging to WORKDIR/worker.log, without the platform's API key (a child
-    server must not demand it), killed if the platform dies."""
-    env = {k: v for k, v in os.environ.items() if k != "EMBEDFORGE_API_KEY"}
+    server must not demand it) but with ``extra_env`` (a job's secrets), killed if the platform dies."""
+    env = {k: v for k, v in os.environ.items() if k != "EMBEDFORGE_API_KEY"} | (extra_env or {})
     with open(workdir / "worker.log", "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", module, str(workdir)],
@@ -171,7 +171,7 @@ class JobRunner:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "error.json").unlink(missing_ok=True)
         write_json_atomic(workdir / "spec.json", kind.worker_spec(self.settings, row, workdir))
-        process = spawn("embedforge.platform.jobs.worker", workdir)
+        process = spawn("embedforge.platform.jobs.worker", workdir, kind.worker_env(db, row))
         self.workers[row.id] = Worker(process, workdir)
         row.worker_pid = process.pid
         row.attempts += 1

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from embedforge.platform.errors import NotFound
-from embedforge.platform.store import records
+from embedforge.platform.store import records, secret_store
 from embedforge.platform.store.models import Job, utcnow
 
 ACTIVE = ("created", "pending", "running", "cancelling")
@@ -27,6 +27,7 @@ def create(
     stamp = records.iso(now)
     details = {"created_at": stamp, "updated_at": stamp, "status": "created", **(details or {})}
     details["status_logs"] = [{"updated_at": stamp, "message": "created", "detail": None}]
+    body, hidden = secret_store.split(body)
     row = Job(
         id=job_id,
         kind=kind,
@@ -40,6 +41,7 @@ def create(
         updated_at=now,
     )
     db.add(row)
+    secret_store.stage(db, job_id, hidden)
     db.commit()
     return row
 

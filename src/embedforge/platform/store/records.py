@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from embedforge.platform.errors import Conflict, NotFound
+from embedforge.platform.store import secret_store
 from embedforge.platform.store.models import Entity, utcnow
 
 ALPHABET = string.ascii_letters + string.digits
@@ -36,7 +37,9 @@ def public(row: Entity) -> dict[str, Any]:
 
 
 def create(session: Session, kind: str, namespace: str, name: str, body: dict, id_prefix: str) -> Entity:
+    """Store a new entity; its secret fields are kept apart and the body keeps them masked."""
     now = utcnow()
+    body, hidden = secret_store.split(body)
     row = Entity(
         id=body.get("id") or new_id(id_prefix),
         kind=kind,
@@ -47,6 +50,7 @@ def create(session: Session, kind: str, namespace: str, name: str, body: dict, i
         updated_at=now,
     )
     session.add(row)
+    secret_store.stage(session, row.id, hidden)
     try:
         session.commit()
     except IntegrityError as err:
@@ -77,6 +81,7 @@ def update(session: Session, row: Entity, changes: dict) -> Entity:
 
 
 def delete(session: Session, row: Entity) -> None:
+    secret_store.drop(session, row.id)
     session.delete(row)
     session.commit()
 
