@@ -21,6 +21,7 @@ from embedforge.platform.settings import Settings
 from embedforge.platform.store import records, secret_store
 
 KIND = "evaluation"
+RESULT = "evaluation_result"  # the entity kind (and id prefix) of a finished job's scores
 KEYS_ENV = "EMBEDFORGE_ENDPOINT_KEYS"  # the worker's endpoint API keys, {"query": key, "index": key}
 # pytrec_eval metric names NeMo uses -> embedforge.evaluate's names
 _METRIC = re.compile(r"^(recall|ndcg_cut|map_cut|P)_(\d+)$")
@@ -48,7 +49,7 @@ def check_config(config: dict, loc: list) -> None:
 
 def submit(db: Session, namespace: str, name: str | None, config: dict, target: dict, body: dict) -> dict:
     job_id = records.new_id("eval")
-    tasks = {t: {"status": "pending"} for t in config["tasks"]}
+    tasks = dict.fromkeys(config["tasks"], "pending")  # NeMo: task name -> status
     public_body = {
         **body,
         "namespace": namespace,
@@ -115,7 +116,7 @@ def progress(row, workdir: Path) -> dict:
     if not path.exists():
         return {}
     done = json.loads(path.read_text())
-    tasks = {t: {"status": "completed" if t in done else "running"} for t in row.details["task_status"]}
+    tasks = {t: "completed" if t in done else "running" for t in row.details["task_status"]}
     return {
         "task_status": tasks,
         "progress": round(100.0 * len(done) / max(1, len(tasks)), 1),
@@ -124,26 +125,41 @@ def progress(row, workdir: Path) -> dict:
 
 
 def finish(db: Session, row, workdir: Path) -> dict:
+    """Store the worker's scores as an evaluation result entity; the job's ``result`` is its id, as NeMo's."""
     result = json.loads((workdir / "result.json").read_text())
-    tasks = {t: {"status": "completed"} for t in row.details["task_status"]}
-    row.body = {**row.body, "result": {"tasks": result["tasks"]}}
+    result_id = f"{RESULT}-{row.id.removeprefix('eval-')}"
+    if records.find(db, RESULT, row.namespace, result_id) is None:  # a finish retried after a restart
+        body = {
+            "id": result_id,
+            "job": row.id,
+            "namespace": row.namespace,
+            "files_url": row.body["output_files_url"],
+            "tasks": result["tasks"],
+            "groups": {},
+            "custom_fields": {},
+        }
+        records.create(db, RESULT, row.namespace, result_id, body, RESULT)
+    row.body = {**row.body, "result": result_id}
     db.commit()
+    tasks = dict.fromkeys(row.details["task_status"], "completed")
     return {"task_status": tasks, "progress": 100.0, "message": "completed"}
 
 
-def results(row) -> dict:
-    """``GET /v1/evaluation/jobs/{id}/results`` in NeMo's shape."""
-    return {
-        "job": row.id,
-        "id": f"evaluation_result-{row.id.removeprefix('eval-')}",
-        "namespace": row.namespace,
-        "files_url": row.body["output_files_url"],
-        "tasks": (row.body.get("result") or {}).get("tasks", {}),
-        "groups": {},
-        "custom_fields": {},
-        "created_at": records.iso(row.created_at),
-        "updated_at": records.iso(row.updated_at),
-    }
+def archive(workdir: Path, members: dict[str, bytes | Path], name: str) -> Path:
+    """A zip of ``members`` (archive name -> bytes or a file, missing files left out) at WORKDIR/name,
+    written atomically so a concurrent download never reads half of it."""
+    import zipfile
+
+    from embedforge.atomic import atomic_write
+
+    target = workdir / name
+    with atomic_write(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for arcname, member in members.items():
+            if isinstance(member, bytes):
+                zf.writestr(arcname, member)
+            elif member.is_file():
+                zf.write(member, arcname)
+    return target
 
 
 # ------------------------------------------------------------------------------------ in the worker

@@ -73,6 +73,12 @@ def list_public(db: Session, kind: str, params: dict[str, str]) -> dict:
     return records.paginate([public(r) for r in rows], filters, sort, page, page_size)
 
 
+def delete(db: Session, row: Job) -> None:
+    secret_store.drop(db, row.id)
+    db.delete(row)
+    db.commit()
+
+
 def active(db: Session, kind: str | None = None) -> list[Job]:
     query = select(Job).where(Job.status.in_(ACTIVE)).order_by(Job.created_at)
     if kind:

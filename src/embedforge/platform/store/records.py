@@ -73,6 +73,14 @@ def get(session: Session, kind: str, namespace: str, name: str) -> Entity:
     return row
 
 
+def get_by_id(session: Session, kind: str, entity_id: str) -> Entity:
+    """An entity by its id (results are addressed by id, not namespace/name)."""
+    row = session.get(Entity, entity_id)
+    if row is None or row.kind != kind:
+        raise NotFound(f"{kind} '{entity_id}' not found")
+    return row
+
+
 def update(session: Session, row: Entity, changes: dict) -> Entity:
     row.body = {**row.body, **changes}
     row.updated_at = utcnow()
