@@ -15,6 +15,7 @@ from pathlib import Path
 
 from embedforge.atomic import write_json_atomic
 from embedforge.errors import EmbedforgeError
+from embedforge.platform.jobs.lifeline import hold
 
 
 def merged_jsonl(dataset_dir: Path, split: str, out: Path) -> Path | None:
@@ -75,6 +76,7 @@ def run_evaluation(spec: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    hold()  # exit when the platform does
     workdir = Path(argv[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     spec = json.loads((workdir / "spec.json").read_text())
