@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from embedforge.platform.errors import NotFound
-from embedforge.platform.store import records, secret_store
+from embedforge.platform.store import listing, records, secret_store
 from embedforge.platform.store.models import Job, utcnow
 
 ACTIVE = ("created", "pending", "running", "cancelling")
@@ -67,10 +67,10 @@ def public(row: Job) -> dict[str, Any]:
     }
 
 
-def list_public(db: Session, kind: str, params: dict[str, str]) -> dict:
-    filters, sort, page, page_size = records.list_query(params)
-    rows = db.scalars(select(Job).where(Job.kind == kind))
-    return records.paginate([public(r) for r in rows], filters, sort, page, page_size)
+def list_public(db: Session, kind: str, params: dict[str, str], shown=public) -> dict:
+    """NeMo's filtered, sorted, paged list of one kind of job (``status`` is the column)."""
+    query = select(Job).where(Job.kind == kind)
+    return listing.page(db, query, Job, params, shown, {"status": Job.status})
 
 
 def delete(db: Session, row: Job) -> None:

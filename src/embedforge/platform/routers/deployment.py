@@ -100,9 +100,7 @@ def create_deployment(body: ModelDeploymentCreate, db: DB, cfg: Config) -> dict:
 
 @router.get("/model-deployments")
 def list_deployments(params: Params, db: DB) -> dict:
-    filters, sort, page, page_size = records.list_query(params)
-    rows = db.scalars(select(Job).where(Job.kind == KIND))
-    return records.paginate([_public(r) for r in rows], filters, sort, page, page_size)
+    return job_store.list_public(db, KIND, params, _public)
 
 
 @router.get("/model-deployments/{namespace}/{name}")
