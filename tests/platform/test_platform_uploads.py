@@ -63,6 +63,21 @@ def _leftovers(plat) -> list[Path]:
     return spooled + (list(lfs.glob(".*.tmp")) if lfs.exists() else [])
 
 
+def test_a_start_removes_what_a_crash_left_mid_upload(platform_factory, tmp_path):
+    data = tmp_path / "data"
+    (data / "uploads" / "3f2a").mkdir(parents=True)
+    (data / "uploads" / "3f2a" / "7").write_bytes(b"staged")
+    (data / "uploads" / "9c1e.body").write_bytes(b"spooled")
+    (data / "datastore" / "lfs").mkdir(parents=True)
+    (data / "datastore" / "lfs" / ".abc.1234.tmp").write_bytes(b"half")
+    kept = data / "datastore" / "lfs" / hashlib.sha256(b"whole").hexdigest()
+    kept.write_bytes(b"whole")
+    proc = platform_factory("sqlite", data_dir=data).start()
+    assert _leftovers(proc) == []
+    assert kept.read_bytes() == b"whole"  # a complete object stays
+    assert "removed 3 upload(s)" in proc.log_text()
+
+
 def _until_no_leftovers(plat, timeout: float = 30) -> list[Path]:
     """The server cleans up once it notices the client is gone: wait for that, up to ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -135,6 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
         inference,
     )
     from embedforge.platform.targets import register_base_models
+    from embedforge.platform.uploads import clear_leftovers
 
     engine = store.make_engine(settings.database_url)
     sessions = store.session_factory(engine)
@@ -142,6 +143,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store.migrate(engine)
+        if cleared := clear_leftovers(settings.data_dir):
+            logger.info("removed %d upload(s) a previous platform process left unfinished", cleared)
         register_base_models(sessions, settings)
         runner = JobRunner(sessions, settings)
         app.state.runner = runner

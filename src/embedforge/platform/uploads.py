@@ -34,6 +34,19 @@ def uploads_dir(data_dir: Path) -> Path:
     return folder
 
 
+def clear_leftovers(data_dir: Path) -> int:
+    """At start (no request in flight): remove what uploads cut off by a crash left behind, the spooled
+    bodies and staging folders under DATA_DIR/uploads and half-written LFS objects; returns the count."""
+    uploads, lfs = data_dir / "uploads", data_dir / "datastore" / "lfs"
+    found = [*(uploads.iterdir() if uploads.is_dir() else ()), *(lfs.glob(".*.tmp") if lfs.is_dir() else ())]
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return len(found)
+
+
 @contextmanager
 def disk_full_is_507(what: str) -> Iterator[None]:
     try:
