@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     pserve.add_argument(
         "--base-model", action="append", metavar="DIR", help="also offer this model folder as a target"
     )
+    pserve.add_argument(
+        "--allow-path",
+        action="append",
+        metavar="DIR",
+        help="model folders (target model_path, file:// artifacts) may also be under DIR "
+        "(EMBEDFORGE_ALLOW_PATHS, os.pathsep-separated); by default only the data dir",
+    )
     return parser
 
 
@@ -364,7 +371,15 @@ def _sdg(args: argparse.Namespace) -> int:
 def _platform(args: argparse.Namespace) -> int:
     from embedforge.platform.server import serve as serve_platform
 
-    serve_platform(args.data_dir, args.host, args.port, args.database_url, args.base_model, args.nim_port)
+    serve_platform(
+        args.data_dir,
+        args.host,
+        args.port,
+        args.database_url,
+        args.base_model,
+        args.nim_port,
+        args.allow_path,
+    )
     return 0
 
 

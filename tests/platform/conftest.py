@@ -29,7 +29,7 @@ def platform_factory(tmp_path_factory, request):
     started: list[PlatformProcess] = []
 
     def make(
-        database="sqlite", api_key=None, data_dir=None, base_models=(), nim_port=False
+        database="sqlite", api_key=None, data_dir=None, base_models=(), nim_port=False, allow_paths=()
     ) -> PlatformProcess:
         folder = data_dir or tmp_path_factory.mktemp("platform")
         url = None
@@ -37,7 +37,7 @@ def platform_factory(tmp_path_factory, request):
             url = request.getfixturevalue("postgres").create_database(
                 f"platform_{next(_databases)}_{os.getpid()}"
             )
-        proc = PlatformProcess(folder, url, api_key, base_models, nim_port)
+        proc = PlatformProcess(folder, url, api_key, base_models, nim_port, allow_paths)
         started.append(proc)
         return proc
 
@@ -49,6 +49,15 @@ def platform_factory(tmp_path_factory, request):
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def platform(request, platform_factory) -> PlatformProcess:
     return platform_factory(request.param).start()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random BERT folder, offered as an operator's ``--base-model``: it trains, exports and
+    serves in seconds."""
+    from tiny_models import tiny_bert
+
+    return tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -21,9 +21,11 @@ class PlatformProcess:
         api_key: str | None = None,
         base_models=(),
         nim_port: bool = False,
+        allow_paths=(),
     ):
         self.data_dir, self.database_url, self.api_key = data_dir, database_url, api_key
         self.base_models = list(base_models)
+        self.allow_paths = list(allow_paths)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.nim_port = free_port() if nim_port else None
@@ -40,6 +42,8 @@ class PlatformProcess:
             cmd += ["--nim-port", str(self.nim_port)]
         for folder in self.base_models:
             cmd += ["--base-model", str(folder)]
+        for folder in self.allow_paths:
+            cmd += ["--allow-path", str(folder)]
         env = {**os.environ, "EMBEDFORGE_API_KEY": self.api_key or ""}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -136,8 +136,17 @@ def test_minilm_is_a_target_and_a_model_at_start(platform, uploaded):
     assert model.spec.is_embedding_model and model.spec.dims == 384
 
 
+def lfs_upload_url(url: str, repo: str, oid: str, size: int, headers=None) -> str:
+    """The signed upload URL the git-lfs batch call hands out for one object."""
+    body = {"operation": "upload", "objects": [{"oid": oid, "size": size}], "transfers": ["basic"]}
+    r = httpx.post(f"{url}/v1/hf/datasets/{repo}.git/info/lfs/objects/batch", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()["objects"][0]["actions"]["upload"]["href"]
+
+
 def test_an_lfs_upload_with_the_wrong_content_is_refused(platform, uploaded):
     oid = hashlib.sha256(b"promised").hexdigest()
-    r = httpx.put(f"{platform.url}/v1/hf/lfs-objects/{oid}", content=b"delivered")
+    href = lfs_upload_url(platform.url, "embed-sft-ns/embed-sft-data", oid, 8)
+    r = httpx.put(href, content=b"delivered")
     assert r.status_code == 400 and "sha256" in r.json()["detail"]
     assert not (platform.data_dir / "datastore" / "lfs" / oid).exists()

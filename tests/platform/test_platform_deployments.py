@@ -12,27 +12,10 @@ import pytest
 from nemo_microservices import NeMoMicroservices
 from openai import AuthenticationError, BadRequestError, NotFoundError, OpenAI
 from platform_proc import PlatformProcess
-from tutorial import MINILM, NS, client_for, evaluate
-
-from tiny_models import tiny_bert
+from tutorial import MINILM, NS, client_for, evaluate, wait_deployment
 
 pytestmark = pytest.mark.slow
 TINY = "local/tiny-bert"  # an operator's --base-model folder: exports and serves in seconds, unlike MiniLM
-
-
-def _wait_deployment(url: str, name: str, timeout: float = 900, headers=None) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        d = httpx.get(f"{url}/v1/deployment/model-deployments/{NS}/{name}", headers=headers).json()
-        if d["status_details"]["status"] not in ("created", "pending"):
-            return d
-        time.sleep(1)
-    raise AssertionError(f"deployment {name} still pending")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +24,13 @@ def plat(platform_factory, tmp_path_factory, tiny_model):
     return platform_factory("sqlite", data_dir=data_dir, base_models=[tiny_model]).start()
 
 
-def test_a_model_that_cannot_be_exported_fails_its_deployment_with_the_reason(plat, tmp_path):
-    empty = tmp_path / "not-a-model"
+def test_a_model_that_cannot_be_exported_fails_its_deployment_with_the_reason(plat):
+    empty = plat.data_dir / "not-a-model"
     empty.mkdir()
     client = client_for(plat.url)
     client.models.create(name="broken", namespace=NS, artifact={"files_url": f"file://{empty}"})
     client.deployment.model_deployments.create(name="broken", namespace=NS, config={"model": f"{NS}/broken"})
-    deployment = _wait_deployment(plat.url, "broken")
+    deployment = wait_deployment(plat.url, "broken")
     assert deployment["status_details"]["status"] == "failed"
     assert deployment["status_details"]["description"].startswith("export failed: ")
 
@@ -92,7 +75,7 @@ def test_an_evaluation_of_a_model_nobody_serves_fails_with_the_reason(plat):
 def test_a_ready_deployment_comes_back_after_a_restart_without_a_second_export(plat, tiny_model):
     client = client_for(plat.url)
     client.deployment.model_deployments.create(name="base", namespace=NS, config={"model": TINY})
-    assert _wait_deployment(plat.url, "base")["status_details"]["status"] == "ready"
+    assert wait_deployment(plat.url, "base")["status_details"]["status"] == "ready"
     before = OpenAI(base_url=plat.url + "/nim/v1", api_key="none").embeddings.create(
         input=["vacuum"], model=TINY
     )
@@ -100,7 +83,7 @@ def test_a_ready_deployment_comes_back_after_a_restart_without_a_second_export(p
 
     again = PlatformProcess(plat.data_dir, base_models=[tiny_model]).start()
     try:
-        deployment = _wait_deployment(again.url, "base")
+        deployment = wait_deployment(again.url, "base")
         assert deployment["status_details"]["status"] == "ready"
         gateway = OpenAI(base_url=again.url + "/nim/v1", api_key="none")
         after = gateway.embeddings.create(input=["vacuum"], model=TINY)
@@ -133,7 +116,7 @@ def test_the_nim_port_is_the_same_gateway_at_v1(platform_factory, tmp_path_facto
     auth = {"Authorization": f"Bearer {key}"}
     client = NeMoMicroservices(base_url=plat.url, default_headers=auth)
     client.deployment.model_deployments.create(name="nim", namespace=NS, config={"model": TINY})
-    assert _wait_deployment(plat.url, "nim", headers=auth)["status_details"]["status"] == "ready"
+    assert wait_deployment(plat.url, "nim", headers=auth)["status_details"]["status"] == "ready"
 
     gateway = OpenAI(base_url=plat.url + "/nim/v1", api_key=key)
     nim = OpenAI(base_url=plat.nim_url, api_key=key)

@@ -11,24 +11,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from nemo_microservices import UnprocessableEntityError
 from platform_proc import PlatformProcess
 from tutorial import NS, client_for, create_config, start_job, upload_dataset, wait_job, worker_pid
 
 from domain_fixture import make_domain_fixture
-from tiny_models import tiny_bert
 
 pytestmark = pytest.mark.slow
 TINY = "local/tiny-bert"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +54,9 @@ def plat(platform_factory, tiny_model, domain):
 def _alive(pid: int) -> bool:
     """A running process; a zombie (dead, not yet reaped by whoever inherited it) counts as dead."""
     try:
-        os.kill(pid, 0)
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (ProcessLookupError, FileNotFoundError):
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
         return False
-    return state not in ("Z", "X")
 
 
 def test_bad_training_row_fails_the_job_naming_file_line_and_field(plat):

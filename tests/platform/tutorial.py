@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import requests
 from huggingface_hub import HfApi
 from nemo_microservices import NeMoMicroservices
@@ -14,8 +15,9 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 ACTIVE = ("created", "pending", "running", "cancelling")
 
 
-def client_for(url: str) -> NeMoMicroservices:
-    return NeMoMicroservices(base_url=url, inference_base_url=url + "/nim")
+def client_for(url: str, key: str | None = None) -> NeMoMicroservices:
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    return NeMoMicroservices(base_url=url, inference_base_url=url + "/nim", default_headers=headers)
 
 
 def upload_dataset(url: str, name: str, files: dict[str, Path], namespace: str = NS) -> None:
@@ -106,10 +108,41 @@ def deploy(url: str, model: str, name: str, timeout: float = 900):
     raise AssertionError(f"deployment {name} still pending after {timeout} s")
 
 
+def wait_deployment(url: str, name: str, timeout: float = 900, headers=None) -> dict:
+    """Poll a model deployment (raw HTTP) until it is neither created nor pending."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        d = httpx.get(f"{url}/v1/deployment/model-deployments/{NS}/{name}", headers=headers).json()
+        if d["status_details"]["status"] not in ("created", "pending"):
+            return d
+        time.sleep(1)
+    raise AssertionError(f"deployment {name} still pending")
+
+
+def retriever_target(url: str, model_id: str, api_key: str = "") -> dict:
+    """The notebook's retriever target: the same embeddings endpoint for queries and the index."""
+    endpoint = {"url": f"{url}/nim/v1/embeddings", "model_id": model_id, "api_key": api_key}
+    pipeline = {
+        "query_embedding_model": {"api_endpoint": endpoint},
+        "index_embedding_model": {"api_endpoint": dict(endpoint)},
+        "top_k": 10,
+    }
+    return {"type": "retriever", "retriever": {"pipeline": pipeline}}
+
+
+def wait_evaluation(client: NeMoMicroservices, job_id: str, timeout: float = 900):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.evaluation.jobs.retrieve(job_id)
+        if job.status not in ACTIVE:
+            return job
+        time.sleep(1)
+    raise AssertionError(f"evaluation job {job_id} still {job.status} after {timeout} s")
+
+
 def evaluate(url: str, model_id: str, files_url: str, timeout: float = 900):
     """Notebook 3: an inline retriever config and target, the job polled to the end, then its results."""
     client = client_for(url)
-    endpoint = {"url": f"{url}/nim/v1/embeddings", "model_id": model_id, "api_key": ""}
     names = ("recall_5", "ndcg_cut_5", "recall_10", "ndcg_cut_10")
     job = client.evaluation.jobs.create(
         namespace=NS,
@@ -124,21 +157,7 @@ def evaluate(url: str, model_id: str, files_url: str, timeout: float = 900):
                 }
             },
         },
-        target={
-            "type": "retriever",
-            "retriever": {
-                "pipeline": {
-                    "query_embedding_model": {"api_endpoint": endpoint},
-                    "index_embedding_model": {"api_endpoint": endpoint},
-                    "top_k": 10,
-                }
-            },
-        },
+        target=retriever_target(url, model_id),
     )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.evaluation.jobs.retrieve(job.id)
-        if job.status not in ACTIVE:
-            break
-        time.sleep(1)
+    job = wait_evaluation(client, job.id, timeout)
     return job, (client.evaluation.jobs.results(job.id) if job.status == "completed" else None)

@@ -23,6 +23,7 @@ from embedforge.platform.settings import Settings
 
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/v1/health/live", "/v1/health/ready")
+LFS_UPLOADS = "/v1/hf/lfs-objects/"  # git-lfs object PUTs: signed URLs, their own body limit
 
 
 class Guard:
@@ -30,9 +31,9 @@ class Guard:
 
     The limit holds for a declared ``Content-Length`` (refused before any byte is read) and for a body
     without one (chunked): the bytes are counted as the app reads them, and once past the limit the read
-    fails and whatever the app would have answered is replaced by the 413. An LFS object upload is exempt
-    from both: it is streamed to disk, hash-checked and carries its own signature (LFS clients send no
-    credentials to the upload URL).
+    fails and whatever the app would have answered is replaced by the 413. An LFS object upload has its
+    own, larger limit (``max_lfs_bytes``); its route checks the key or the URL's signature itself (LFS
+    clients send no credentials to the upload URL).
     """
 
     def __init__(self, app, settings: Settings):
@@ -43,15 +44,14 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if path.startswith("/v1/hf/lfs-objects/"):
-            return await self.app(scope, receive, send)
+        lfs_put = path.startswith(LFS_UPLOADS)
         headers = dict(scope["headers"])
         length = headers.get(b"content-length", b"")
-        limit = self.settings.max_body_bytes
+        limit = self.settings.max_lfs_bytes if lfs_put else self.settings.max_body_bytes
         if length.isdigit() and int(length) > limit:
             detail = f"request body of {int(length)} bytes exceeds the limit of {limit}"
             return await JSONResponse({"detail": detail}, 413)(scope, receive, send)
-        if self.expected and path not in OPEN_PATHS:
+        if self.expected and path not in OPEN_PATHS and not lfs_put:
             if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
                 detail = "missing or wrong API key (Authorization: Bearer)"
                 return await JSONResponse({"detail": detail}, 401)(scope, receive, send)
@@ -135,6 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
         inference,
     )
     from embedforge.platform.targets import register_base_models
+    from embedforge.platform.uploads import clear_leftovers
 
     engine = store.make_engine(settings.database_url)
     sessions = store.session_factory(engine)
@@ -142,6 +143,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store.migrate(engine)
+        if cleared := clear_leftovers(settings.data_dir):
+            logger.info("removed %d upload(s) a previous platform process left unfinished", cleared)
         register_base_models(sessions, settings)
         runner = JobRunner(sessions, settings)
         app.state.runner = runner

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import shutil
+import time
 from pathlib import Path, PurePosixPath
 
 from embedforge.atomic import atomic_write
 from embedforge.platform.errors import BadRequest
+from embedforge.platform.uploads import stream_to
 
 REPO_TYPES = ("dataset", "model")
 
@@ -41,14 +43,6 @@ def safe_path(root: Path, path_in_repo: str) -> Path:
     if not target.is_relative_to(root.resolve()):
         raise BadRequest(f"path '{path_in_repo}' leaves the repo")
     return target
-
-
-def write_file(root: Path, path_in_repo: str, content: bytes) -> dict:
-    """Write one file atomically; returns its index entry."""
-    target = safe_path(root, path_in_repo)
-    with atomic_write(target) as tmp:
-        tmp.write_bytes(content)
-    return {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
 
 
 def delete_path(root: Path, path_in_repo: str, files: dict[str, dict]) -> None:
@@ -127,8 +121,16 @@ def check_oid(oid: str) -> str:
     return oid
 
 
-def sign(api_key: str | None, oid: str) -> str:
-    return hmac.new((api_key or "").encode(), oid.encode(), hashlib.sha256).hexdigest()
+def sign(secret: bytes, oid: str, expires: int) -> str:
+    """The signature of an LFS upload URL: the object and the URL's expiry, under the platform's secret."""
+    return hmac.new(secret, f"{oid}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def signed(secret: bytes, oid: str, expires: str, sig: str) -> bool:
+    """True for a signature ``sign`` made that has not expired."""
+    if not expires.isdigit() or int(expires) < time.time():
+        return False
+    return hmac.compare_digest(sig, sign(secret, oid, int(expires)))
 
 
 def lfs_object(data_dir: Path, oid: str) -> Path:
@@ -139,13 +141,10 @@ def lfs_object(data_dir: Path, oid: str) -> Path:
 
 
 async def receive_lfs_object(data_dir: Path, oid: str, chunks) -> None:
-    """Stream an upload to disk; keep it only when its sha256 is ``oid``."""
+    """Stream an upload to a temporary file; keep it (renamed to its oid) only when its sha256 is ``oid``."""
     digest = hashlib.sha256()
     with atomic_write(lfs_dir(data_dir) / oid) as tmp:
-        with tmp.open("wb") as out:
-            async for chunk in chunks:
-                digest.update(chunk)
-                out.write(chunk)
+        await stream_to(tmp, chunks, digest)
         if digest.hexdigest() != oid:
             raise BadRequest(f"uploaded content has sha256 {digest.hexdigest()}, not {oid}")
 

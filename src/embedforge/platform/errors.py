@@ -13,6 +13,10 @@ class BadRequest(PlatformError):
     status_code = 400
 
 
+class Unauthorized(PlatformError):
+    status_code = 401
+
+
 class NotFound(PlatformError):
     status_code = 404
 
@@ -23,6 +27,12 @@ class Conflict(PlatformError):
 
 class PayloadTooLarge(PlatformError):
     status_code = 413
+
+
+class InsufficientStorage(PlatformError):
+    """The data disk filled up while a body or file was written (nothing half-written is kept)."""
+
+    status_code = 507
 
 
 class Unprocessable(PlatformError):

@@ -19,12 +19,15 @@ def serve(
     database_url: str | None = None,
     base_models: list[str] | None = None,
     nim_port: int | None = None,
+    allow_paths: list[str] | None = None,
 ) -> None:
     import uvicorn
 
     from embedforge.platform.app import create_app
 
-    settings = Settings.from_env(data_dir, database_url, base_models=base_models, nim_port=nim_port)
+    settings = Settings.from_env(
+        data_dir, database_url, base_models=base_models, nim_port=nim_port, allow_paths=allow_paths
+    )
     settings.public_url = f"http://{host}:{port}"
     logging.getLogger("embedforge").setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the runner's health probes are not news

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,9 @@ DATA_DIR_ENV = "EMBEDFORGE_DATA_DIR"
 DATABASE_URL_ENV = "EMBEDFORGE_DATABASE_URL"
 API_KEY_ENV = "EMBEDFORGE_API_KEY"
 MAX_BODY_ENV = "EMBEDFORGE_MAX_BODY_BYTES"
+MAX_LFS_ENV = "EMBEDFORGE_MAX_LFS_BYTES"
 NIM_PORT_ENV = "EMBEDFORGE_NIM_PORT"
+ALLOW_PATHS_ENV = "EMBEDFORGE_ALLOW_PATHS"  # os.pathsep-separated, like PATH
 
 
 @dataclass
@@ -18,11 +21,16 @@ class Settings:
     data_dir: Path
     database_url: str
     api_key: str | None = None
-    max_body_bytes: int = 512 * 1024 * 1024  # a whole upload commit arrives as one request
+    max_body_bytes: int = 64 * 1024 * 1024  # any request; a commit's files travel inline (base64) in it
+    max_lfs_bytes: int = 4 * 1024 * 1024 * 1024  # one git-lfs object upload (files too big for a commit)
     base_models: list[str] = field(default_factory=list)  # extra model folders registered as targets
+    allow_paths: list[Path] = field(default_factory=list)  # host folders models may be read from
     nim_port: int | None = None  # a second port answering the NIM surface at /v1, as NVIDIA's NIM_URL
     public_url: str | None = None  # how workers and deployments reach this platform; set by the server
     poll_seconds: float = 1.0  # how often the job runner looks for work and reads progress
+    upload_secret: bytes = field(
+        default_factory=lambda: secrets.token_bytes(32), repr=False
+    )  # signs LFS URLs
 
     @classmethod
     def from_env(
@@ -32,6 +40,7 @@ class Settings:
         api_key: str | None = None,
         base_models: list[str] | None = None,
         nim_port: int | None = None,
+        allow_paths: list[str] | None = None,
     ) -> Settings:
         folder = data_dir or os.environ.get(DATA_DIR_ENV)
         if not folder:
@@ -46,17 +55,27 @@ class Settings:
             database_url=url,
             api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
             base_models=list(base_models or []),
-            max_body_bytes=int(os.environ.get(MAX_BODY_ENV) or cls.max_body_bytes),
-            nim_port=nim_port or _int_env(NIM_PORT_ENV),
+            max_body_bytes=_int_env(MAX_BODY_ENV, "a byte count") or cls.max_body_bytes,
+            max_lfs_bytes=_int_env(MAX_LFS_ENV, "a byte count") or cls.max_lfs_bytes,
+            nim_port=nim_port or _int_env(NIM_PORT_ENV, "a port number"),
+            allow_paths=[Path(p).resolve() for p in [*(allow_paths or []), *_paths_env(ALLOW_PATHS_ENV)]],
         )
 
+    def allowed_roots(self) -> list[Path]:
+        """Folders a model path may resolve into: the data dir, the allowed and the registered folders."""
+        return [self.data_dir.resolve(), *(Path(p).resolve() for p in self.allow_paths)]
 
-def _int_env(name: str) -> int | None:
+
+def _paths_env(name: str) -> list[str]:
+    return [p for p in os.environ.get(name, "").split(os.pathsep) if p]
+
+
+def _int_env(name: str, what: str) -> int | None:
     value = os.environ.get(name)
     if not value:
         return None
     if not value.isdigit():
         from embedforge.platform.errors import BadRequest
 
-        raise BadRequest(f"{name} must be a port number, got '{value}'")
+        raise BadRequest(f"{name} must be {what}, got '{value}'")
     return int(value)

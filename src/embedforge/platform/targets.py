@@ -83,12 +83,17 @@ def register_model(sessions: sessionmaker, public_name: str, folder: Path, body:
 
 
 def register_base_models(sessions: sessionmaker, settings: Settings) -> None:
+    """Register MiniLM and the operator's ``--base-model`` folders; each becomes a folder jobs and
+    deployments may read (``Settings.allowed_roots``)."""
     from embedforge.registry import resolve_model
 
     try:
-        register_model(sessions, MINILM, Path(resolve_model("minilm")))
+        minilm = Path(resolve_model("minilm")).resolve()
+        register_model(sessions, MINILM, minilm)
+        settings.allow_paths.append(minilm)
     except Exception as err:  # the package may be missing; the platform still serves everything else
         logger.warning("MiniLM is not installed, not registered as a target: %s", err)
     for folder in settings.base_models:
         path = Path(folder).resolve()
         register_model(sessions, f"local/{path.name}", path)
+        settings.allow_paths.append(path)

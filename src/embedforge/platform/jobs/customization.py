@@ -175,6 +175,11 @@ def worker_spec(settings: Settings, row, workdir: Path) -> dict:
     }
 
 
+def worker_env(_db: Session, _row) -> dict[str, str]:
+    """Nothing secret: the training data and the base model are local."""
+    return {}
+
+
 def progress(row, workdir: Path) -> dict:
     """Status fields from the worker's train_log.jsonl (the trainer's log records): ``train_loss`` per
     logged step and ``val_loss`` per validation point. A dataset without ``validation/`` files has no

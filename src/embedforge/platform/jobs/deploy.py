@@ -15,6 +15,7 @@ from pathlib import Path
 
 from embedforge.atomic import write_json_atomic
 from embedforge.errors import EmbedforgeError
+from embedforge.platform.jobs.lifeline import hold
 
 
 def main(argv: list[str]) -> int:
@@ -22,6 +23,7 @@ def main(argv: list[str]) -> int:
     from embedforge.export import run_export
     from embedforge.serve.server import serve
 
+    hold()  # exit when the platform does
     workdir = Path(argv[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     spec = json.loads((workdir / "spec.json").read_text())

@@ -9,6 +9,7 @@ metrics (``embedforge.evaluate``); results come back in NeMo's shape:
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from sqlalchemy.orm import Session
 from embedforge.platform.errors import Unprocessable
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.settings import Settings
-from embedforge.platform.store import records
+from embedforge.platform.store import records, secret_store
 
 KIND = "evaluation"
+RESULT = "evaluation_result"  # the entity kind (and id prefix) of a finished job's scores
+KEYS_ENV = "EMBEDFORGE_ENDPOINT_KEYS"  # the worker's endpoint API keys, {"query": key, "index": key}
 # pytrec_eval metric names NeMo uses -> embedforge.evaluate's names
 _METRIC = re.compile(r"^(recall|ndcg_cut|map_cut|P)_(\d+)$")
 _FAMILY = {"recall": "recall", "ndcg_cut": "ndcg", "map_cut": "map", "P": "precision"}
@@ -46,7 +49,7 @@ def check_config(config: dict, loc: list) -> None:
 
 def submit(db: Session, namespace: str, name: str | None, config: dict, target: dict, body: dict) -> dict:
     job_id = records.new_id("eval")
-    tasks = {t: {"status": "pending"} for t in config["tasks"]}
+    tasks = dict.fromkeys(config["tasks"], "pending")  # NeMo: task name -> status
     public_body = {
         **body,
         "namespace": namespace,
@@ -81,13 +84,31 @@ def worker_spec(settings: Settings, row, workdir: Path) -> dict:
         "kind": KIND,
         "job_id": row.id,
         "tasks": tasks,
-        "query_endpoint": pipeline["query_embedding_model"]["api_endpoint"],
-        "index_endpoint": (pipeline.get("index_embedding_model") or pipeline["query_embedding_model"])[
-            "api_endpoint"
-        ],
+        **{f"{role}_endpoint": _without_key(endpoint) for role, endpoint in _endpoints(pipeline).items()},
         "top_k": pipeline.get("top_k", 10),
         "progress_file": str(workdir / "progress.json"),
     }
+
+
+def _endpoints(pipeline: dict) -> dict[str, dict]:
+    """The query and index embedding endpoints (the index one defaults to the query one)."""
+    query = pipeline["query_embedding_model"]["api_endpoint"]
+    return {
+        "query": query,
+        "index": (pipeline.get("index_embedding_model") or {}).get("api_endpoint") or query,
+    }
+
+
+def _without_key(endpoint: dict) -> dict:
+    return {k: v for k, v in endpoint.items() if k != "api_key"}
+
+
+def worker_env(db: Session, row) -> dict[str, str]:
+    """The endpoints' real API keys for the worker's environment: never in spec.json, never in a body."""
+    target = row.details["work"]["target"]
+    revealed = secret_store.reveal(db, target["id"], target)
+    keys = {role: ep.get("api_key") for role, ep in _endpoints(revealed["retriever"]["pipeline"]).items()}
+    return {KEYS_ENV: json.dumps(keys)}
 
 
 def progress(row, workdir: Path) -> dict:
@@ -95,7 +116,7 @@ def progress(row, workdir: Path) -> dict:
     if not path.exists():
         return {}
     done = json.loads(path.read_text())
-    tasks = {t: {"status": "completed" if t in done else "running"} for t in row.details["task_status"]}
+    tasks = {t: "completed" if t in done else "running" for t in row.details["task_status"]}
     return {
         "task_status": tasks,
         "progress": round(100.0 * len(done) / max(1, len(tasks)), 1),
@@ -104,26 +125,41 @@ def progress(row, workdir: Path) -> dict:
 
 
 def finish(db: Session, row, workdir: Path) -> dict:
+    """Store the worker's scores as an evaluation result entity; the job's ``result`` is its id, as NeMo's."""
     result = json.loads((workdir / "result.json").read_text())
-    tasks = {t: {"status": "completed"} for t in row.details["task_status"]}
-    row.body = {**row.body, "result": {"tasks": result["tasks"]}}
+    result_id = f"{RESULT}-{row.id.removeprefix('eval-')}"
+    if records.find(db, RESULT, row.namespace, result_id) is None:  # a finish retried after a restart
+        body = {
+            "id": result_id,
+            "job": row.id,
+            "namespace": row.namespace,
+            "files_url": row.body["output_files_url"],
+            "tasks": result["tasks"],
+            "groups": {},
+            "custom_fields": {},
+        }
+        records.create(db, RESULT, row.namespace, result_id, body, RESULT)
+    row.body = {**row.body, "result": result_id}
     db.commit()
+    tasks = dict.fromkeys(row.details["task_status"], "completed")
     return {"task_status": tasks, "progress": 100.0, "message": "completed"}
 
 
-def results(row) -> dict:
-    """``GET /v1/evaluation/jobs/{id}/results`` in NeMo's shape."""
-    return {
-        "job": row.id,
-        "id": f"evaluation_result-{row.id.removeprefix('eval-')}",
-        "namespace": row.namespace,
-        "files_url": row.body["output_files_url"],
-        "tasks": (row.body.get("result") or {}).get("tasks", {}),
-        "groups": {},
-        "custom_fields": {},
-        "created_at": records.iso(row.created_at),
-        "updated_at": records.iso(row.updated_at),
-    }
+def archive(workdir: Path, members: dict[str, bytes | Path], name: str) -> Path:
+    """A zip of ``members`` (archive name -> bytes or a file, missing files left out) at WORKDIR/name,
+    written atomically so a concurrent download never reads half of it."""
+    import zipfile
+
+    from embedforge.atomic import atomic_write
+
+    target = workdir / name
+    with atomic_write(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for arcname, member in members.items():
+            if isinstance(member, bytes):
+                zf.writestr(arcname, member)
+            elif member.is_file():
+                zf.write(member, arcname)
+    return target
 
 
 # ------------------------------------------------------------------------------------ in the worker
@@ -139,9 +175,16 @@ def evaluate_task(name: str, task: dict, spec: dict) -> dict:
     dataset = read_beir(task["beir_dir"])
     wanted = {name: metric_key(kind) for name, kind in task["metrics"].items()}
     ks = sorted({k for _, k in wanted.values()})
+    keys = json.loads(os.environ.get(KEYS_ENV) or "{}")
     clients = [
-        EmbeddingsClient(_base(ep["url"]), ep["model_id"], ep.get("api_key") or None, 300.0, "float")
-        for ep in (spec["index_endpoint"], spec["query_endpoint"])
+        EmbeddingsClient(
+            _base(spec[f"{role}_endpoint"]["url"]),
+            spec[f"{role}_endpoint"]["model_id"],
+            keys.get(role) or None,
+            300.0,
+            "float",
+        )
+        for role in ("index", "query")
     ]
     try:
         doc_ids = [str(d) for d in dataset.corpus]

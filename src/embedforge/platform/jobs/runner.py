@@ -3,29 +3,29 @@
 Each poll it (1) claims ``created`` jobs while a slot is free and starts a worker for each, (2) reads
 each worker's progress into the database and logs one progress line per change, (3) stops workers of
 jobs being cancelled, and (4) marks finished workers completed or failed (with the worker's error, or
-the signal that killed it). Workers die with the platform (Linux parent-death signal); on the next start
+the signal that killed it). Workers die with the platform (``lifeline``); on the next start
 the jobs they left ``pending`` / ``running`` are queued again with ``resume`` (the finetune stage
 continues from its last checkpoint), up to ``MAX_ATTEMPTS`` times.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from sqlalchemy.orm import sessionmaker
 
 from embedforge.atomic import write_json_atomic
 from embedforge.platform.jobs import customization, evaluation
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.jobs.deployments import Deployments
+from embedforge.platform.jobs.lifeline import platform_lifeline
 from embedforge.platform.jobs.worker import failure_reason
 from embedforge.platform.settings import Settings
 
@@ -35,24 +35,20 @@ KINDS = {"customization": customization, "evaluation": evaluation}  # jobs that 
 SLOTS = {"customization": 1, "evaluation": 1}
 
 
-def die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the platform dies, so no orphan keeps training."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def spawn(module: str, workdir: Path) -> subprocess.Popen:
+def spawn(module: str, workdir: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m module WORKDIR`` logging to WORKDIR/worker.log, without the platform's API key (a child
-    server must not demand it), killed if the platform dies."""
-    env = {k: v for k, v in os.environ.items() if k != "EMBEDFORGE_API_KEY"}
+    server must not demand it) but with ``extra_env`` (a job's secrets); it holds the platform's lifeline,
+    so it exits when the platform dies."""
+    line = platform_lifeline()
+    env = {k: v for k, v in os.environ.items() if k != "EMBEDFORGE_API_KEY"} | line.child_env()
     with open(workdir / "worker.log", "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", module, str(workdir)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
-            env={**env, "TOKENIZERS_PARALLELISM": "false"},
+            pass_fds=(line.read_fd,),
+            env={**env, "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})},
         )
 
 
@@ -98,8 +94,9 @@ class JobRunner:
             for row in job_store.active(db):
                 if row.kind not in KINDS:
                     continue
-                if row.worker_pid and _is_our_worker(row.worker_pid, self.workdir(row.kind, row.id)):
-                    os.kill(row.worker_pid, signal.SIGKILL)
+                worker = _our_worker(row, self.workdir(row.kind, row.id))
+                if worker is not None:  # it outlived its platform (it should not: see lifeline)
+                    worker.kill()
                 if row.status == "cancelling":
                     job_store.set_status(
                         db, row, "cancelled", "cancelled", "the platform stopped while cancelling"
@@ -171,12 +168,13 @@ class JobRunner:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "error.json").unlink(missing_ok=True)
         write_json_atomic(workdir / "spec.json", kind.worker_spec(self.settings, row, workdir))
-        process = spawn("embedforge.platform.jobs.worker", workdir)
+        process = spawn("embedforge.platform.jobs.worker", workdir, kind.worker_env(db, row))
         self.workers[row.id] = Worker(process, workdir)
         row.worker_pid = process.pid
         row.attempts += 1
         message = "TrainingJobRunning" if row.kind == "customization" else "running"
-        job_store.set_status(db, row, "running", message, f"worker pid {process.pid}")
+        started = _create_time(process.pid)
+        job_store.set_status(db, row, "running", message, f"worker pid {process.pid}", worker_started=started)
         logger.info("job %s started: worker pid %d, attempt %d", row.id, process.pid, row.attempts)
 
     def _watch(self, db, row, worker: Worker) -> None:
@@ -235,9 +233,23 @@ def _terminate(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def _is_our_worker(pid: int, workdir: Path) -> bool:
+def _create_time(pid: int) -> float | None:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return str(workdir).encode() in cmdline
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _our_worker(row, workdir: Path) -> psutil.Process | None:
+    """The job's worker process if it still runs: the recorded pid, started at the recorded time (a
+    reused pid was started later) and with WORKDIR on its command line; None otherwise."""
+    if not row.worker_pid:
+        return None
+    started = row.details.get("worker_started")
+    try:
+        process = psutil.Process(row.worker_pid)
+        if started is not None and abs(process.create_time() - started) > 0.01:
+            return None
+        return process if str(workdir) in process.cmdline() else None
+    except psutil.Error:
+        return None

@@ -12,12 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from embedforge.platform.errors import NotFound
-from embedforge.platform.store import records
+from embedforge.platform.store import listing, records, secret_store
 from embedforge.platform.store.models import Job, utcnow
 
 ACTIVE = ("created", "pending", "running", "cancelling")
 TERMINAL = ("completed", "failed", "cancelled", "ready")
-INTERNAL = ("work", "resume")  # details the runner keeps for itself, never shown
+INTERNAL = ("work", "resume", "worker_started")  # details the runner keeps for itself, never shown
 
 
 def create(
@@ -27,6 +27,7 @@ def create(
     stamp = records.iso(now)
     details = {"created_at": stamp, "updated_at": stamp, "status": "created", **(details or {})}
     details["status_logs"] = [{"updated_at": stamp, "message": "created", "detail": None}]
+    body, hidden = secret_store.split(body)
     row = Job(
         id=job_id,
         kind=kind,
@@ -40,6 +41,7 @@ def create(
         updated_at=now,
     )
     db.add(row)
+    secret_store.stage(db, job_id, hidden)
     db.commit()
     return row
 
@@ -65,10 +67,16 @@ def public(row: Job) -> dict[str, Any]:
     }
 
 
-def list_public(db: Session, kind: str, params: dict[str, str]) -> dict:
-    filters, sort, page, page_size = records.list_query(params)
-    rows = db.scalars(select(Job).where(Job.kind == kind))
-    return records.paginate([public(r) for r in rows], filters, sort, page, page_size)
+def list_public(db: Session, kind: str, params: dict[str, str], shown=public) -> dict:
+    """NeMo's filtered, sorted, paged list of one kind of job (``status`` is the column)."""
+    query = select(Job).where(Job.kind == kind)
+    return listing.page(db, query, Job, params, shown, {"status": Job.status})
+
+
+def delete(db: Session, row: Job) -> None:
+    secret_store.drop(db, row.id)
+    db.delete(row)
+    db.commit()
 
 
 def active(db: Session, kind: str | None = None) -> list[Job]:

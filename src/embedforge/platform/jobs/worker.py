@@ -16,6 +16,7 @@ from pathlib import Path
 
 from embedforge.atomic import write_json_atomic
 from embedforge.errors import EmbedforgeError
+from embedforge.platform.jobs.lifeline import hold
 
 
 def failure_reason(code: int, workdir: Path, who: str = "the worker process") -> str:
@@ -91,6 +92,7 @@ def run_evaluation(spec: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    hold()  # exit when the platform does
     workdir = Path(argv[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     spec = json.loads((workdir / "spec.json").read_text())

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from sqlalchemy.orm import Session
 
-from embedforge.platform import jobs
+from embedforge.platform import jobs, paths
 from embedforge.platform.deps import DB, Config, Params, split_ref
 from embedforge.platform.errors import NotFound, Unprocessable
 from embedforge.platform.routers import add_read_routes
@@ -23,15 +23,23 @@ TARGET, CONFIG = "customization_target", "customization_config"
 
 
 @router.post("/targets")
-def create_target(body: TargetCreate, db: DB) -> dict:
+def create_target(body: TargetCreate, db: DB, cfg: Config) -> dict:
     if not (body.model_path or body.model_uri):
         raise Unprocessable(["model_path"], "a target needs model_path (a local folder) or model_uri")
+    check_target_paths(cfg, body.model_dump(), "")
     data = {"status": "ready", **dump(body)}
     data.setdefault("base_model", f"{body.namespace}/{body.name}")
     return records.public(records.create(db, TARGET, body.namespace, body.name, data, "cust-target"))
 
 
 add_read_routes(router, "/targets", TARGET)
+
+
+def check_target_paths(cfg, target: dict, loc: str) -> None:
+    """A target's local ``model_path`` / ``model_uri`` must resolve into an allowed folder (400 if not)."""
+    for key in ("model_path", "model_uri"):
+        if paths.is_local(target.get(key)):
+            paths.confined(cfg, target[key], f"{loc}{key}")
 
 
 def _config_body(body: ConfigCreate, db: Session, loc: list) -> dict:
@@ -48,9 +56,10 @@ def _config_body(body: ConfigCreate, db: Session, loc: list) -> dict:
 
 
 @router.post("/configs")
-def create_config(body: ConfigCreate, db: DB) -> dict:
+def create_config(body: ConfigCreate, db: DB, cfg: Config) -> dict:
     if not isinstance(body.target, str):
-        create_target(body.target, db)
+        check_target_paths(cfg, body.target.model_dump(), "target.")
+        create_target(body.target, db, cfg)
     data = _config_body(body, db, [])
     return records.public(records.create(db, CONFIG, body.namespace, body.name, data, "customization_config"))
 
@@ -86,6 +95,7 @@ def create_job(
     target = records.get(db, TARGET, t_ns, t_name)
     if not target.body.get("enabled", True):
         raise Unprocessable(["config", "target"], f"target '{config['target']}' is disabled")
+    check_target_paths(cfg, target.body, "config.target.")  # a row stored before the rule existed
     return jobs.customization.submit(db, cfg, body, config, config_ref, records.public(dataset), target.body)
 
 

@@ -1,31 +1,38 @@
 """The data store: huggingface_hub's repo API under ``/v1/hf`` and NeMo's ``/v1/datastore/namespaces``.
 
 Enough of the Hub protocol for ``HfApi(endpoint=URL + "/v1/hf")``: ``create_repo``, ``upload_file`` /
-``upload_folder`` (preupload + an NDJSON commit of base64 files; every file is sent inline, the
-protocol's "regular" mode), ``list_repo_files`` / ``list_repo_tree``, ``repo_info`` and ``hf_hub_download``.
+``upload_folder`` (preupload + an NDJSON commit of base64 files sent inline, the protocol's "regular"
+mode; a file too big for a commit body goes through git-lfs' basic transfer), ``list_repo_files`` /
+``list_repo_tree``, ``repo_info`` and ``hf_hub_download``. Bodies are read (or streamed to disk) on the
+event loop; the handlers' database and file work runs in FastAPI's thread pool.
 """
 
 from __future__ import annotations
 
-import base64
 import hmac
 import json
+import os
 import secrets
 import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.orm import Session
 
 from embedforge.platform import datastore as files
+from embedforge.platform import uploads
 from embedforge.platform.deps import DB, Config
-from embedforge.platform.errors import BadRequest, NotFound
+from embedforge.platform.errors import BadRequest, NotFound, Unauthorized
 from embedforge.platform.store import records
 
 router = APIRouter(tags=["datastore"])
 _commit_lock = threading.Lock()  # one commit at a time: each rewrites its repo's file index
 REPO_KIND = "hf_repo"
+LFS_URL_SECONDS = 3600  # how long an LFS upload URL stays valid
 NS_KIND = "datastore_namespace"
 
 
@@ -62,8 +69,7 @@ def _namespace(row) -> dict:
 
 
 @router.post("/v1/hf/api/repos/create")
-async def create_repo(request: Request, db: DB) -> JSONResponse:
-    body = await _json(request)
+def create_repo(body: JsonBody, db: DB) -> JSONResponse:
     repo_type = body.get("type") or "model"
     if repo_type not in files.REPO_TYPES:
         raise BadRequest(f"repo type '{repo_type}' is not served here (dataset or model)")
@@ -94,8 +100,7 @@ def repo_info(repo_type: str, namespace: str, name: str, db: DB, revision: str =
 
 
 @router.delete("/v1/hf/api/repos/delete")
-async def delete_repo(request: Request, db: DB, cfg: Config):
-    body = await _json(request)
+def delete_repo(body: JsonBody, db: DB, cfg: Config):
     repo_type = body.get("type") or "model"
     row = _repo(db, repo_type, body.get("organization") or "default", body.get("name") or "", "main")
     root = files.repo_dir(cfg.data_dir, repo_type, *row.name.split("/"))
@@ -106,11 +111,8 @@ async def delete_repo(request: Request, db: DB, cfg: Config):
 
 
 @router.post("/v1/hf/api/{repo_type}s/{namespace}/{name}/preupload/{revision}")
-async def preupload(
-    repo_type: str, namespace: str, name: str, revision: str, request: Request, db: DB, cfg: Config
-):
+def preupload(repo_type: str, namespace: str, name: str, revision: str, body: JsonBody, db: DB, cfg: Config):
     _repo(db, repo_type, namespace, name, revision)
-    body = await _json(request)
     listed = body.get("files")
     if not isinstance(listed, list):
         raise BadRequest("preupload body needs 'files': a list of {path, size, sample}")
@@ -129,80 +131,92 @@ async def preupload(
 
 
 @router.post("/v1/hf/{repo_type}s/{namespace}/{repo_git}/info/lfs/objects/batch")
-async def lfs_batch(repo_type: str, namespace: str, repo_git: str, request: Request, db: DB, cfg: Config):
-    """git-lfs batch API (basic transfer): where to PUT each object the store does not have yet."""
+def lfs_batch(
+    repo_type: str, namespace: str, repo_git: str, body: JsonBody, request: Request, db: DB, cfg: Config
+):
+    """git-lfs batch API (basic transfer): a signed, expiring upload URL for each object the store lacks."""
     _repo(db, repo_type, namespace, repo_git.removesuffix(".git"), "main")
-    body = await _json(request)
     if body.get("operation") != "upload":
         raise BadRequest("only the LFS 'upload' operation is served")
+    expires = int(time.time()) + LFS_URL_SECONDS
     objects = []
     for obj in body.get("objects") or []:
         oid, size = str(obj.get("oid", "")), int(obj.get("size") or 0)
         files.check_oid(oid)
         entry = {"oid": oid, "size": size, "authenticated": True}
         if not (files.lfs_dir(cfg.data_dir) / oid).exists():
-            href = f"{str(request.base_url).rstrip('/')}/v1/hf/lfs-objects/{oid}?sig={files.sign(cfg.api_key, oid)}"
-            entry["actions"] = {"upload": {"href": href}}
+            query = f"expires={expires}&sig={files.sign(cfg.upload_secret, oid, expires)}"
+            href = f"{str(request.base_url).rstrip('/')}/v1/hf/lfs-objects/{oid}?{query}"
+            entry["actions"] = {"upload": {"href": href, "expires_in": LFS_URL_SECONDS}}
         objects.append(entry)
     return {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
 
 
 @router.put("/v1/hf/lfs-objects/{oid}")
 async def lfs_put(oid: str, request: Request, cfg: Config):
-    """The upload href the batch call hands out (signed, since LFS clients send no credentials here)."""
+    """The upload URL the batch call hands out. LFS clients send no credentials here, so the URL's
+    signature (made only for a caller the batch call let in) stands for the API key; the API key itself
+    is accepted too. The body limit is ``max_lfs_bytes``."""
     files.check_oid(oid)
-    if cfg.api_key and not hmac.compare_digest(
-        request.query_params.get("sig", ""), files.sign(cfg.api_key, oid)
+    params = request.query_params
+    keyed = cfg.api_key and hmac.compare_digest(
+        request.headers.get("authorization", ""), f"Bearer {cfg.api_key}"
+    )
+    if not keyed and not files.signed(
+        cfg.upload_secret, oid, params.get("expires", ""), params.get("sig", "")
     ):
-        raise BadRequest("bad or missing upload signature")
+        raise Unauthorized("bad, expired or missing upload signature (get the URL from the LFS batch call)")
     await files.receive_lfs_object(cfg.data_dir, oid, request.stream())
     return Response(status_code=200)
 
 
 @router.post("/v1/hf/api/{repo_type}s/{namespace}/{name}/commit/{revision}")
-async def commit(
-    repo_type: str,
-    namespace: str,
-    name: str,
-    revision: str,
-    request: Request,
-    db: DB,
-    cfg: Config,
-):
+def commit(repo_type: str, namespace: str, name: str, revision: str, body: SpooledBody, db: DB, cfg: Config):
+    """Apply an NDJSON commit: every line is checked and every inline file decoded into a staging folder
+    first; only then, under the commit lock, are the files renamed into the repo and the index updated."""
     row = _repo(db, repo_type, namespace, name, revision)
     root = files.repo_dir(cfg.data_dir, repo_type, namespace, name)
-    operations = _ndjson(await request.body())
-    writes: list[tuple[str, str, object]] = []  # checked and decoded before the first write
-    for op in operations:
+    with uploads.temp_folder(cfg.data_dir) as staging, uploads.disk_full_is_507("the commit"):
+        writes = _stage(body, root, staging, cfg)
+        with _commit_lock:
+            db.refresh(row)
+            index = _apply(root, writes, dict(row.body["files"]))
+            sha = _sha()
+            records.update(db, row, {"files": index, "sha": sha})
+    return {"commitUrl": f"{_url(repo_type, row.name)}/commit/{sha}", "commitOid": sha, "success": True}
+
+
+def _stage(body: Path, root: Path, staging: Path, cfg) -> list[tuple[str, str, Path | None, dict | None]]:
+    """(operation, path in repo, staged or LFS file, index entry) per file line, checked and decoded."""
+    writes = []
+    for n, op in uploads.ndjson_lines(body):
         key, value = op["key"], op["value"]
         if key not in ("file", "lfsFile", "deletedFile", "deletedFolder"):
             continue
         path = str(value.get("path", ""))
         files.safe_path(root, path)
         if key == "file":
-            if value.get("encoding", "base64") != "base64":
-                raise BadRequest(f"'{path}': only base64 file content is accepted")
-            try:
-                writes.append((key, path, base64.b64decode(value.get("content", ""), validate=True)))
-            except ValueError as err:
-                raise BadRequest(f"'{path}': content is not valid base64") from err
+            staged = staging / str(n)
+            writes.append((key, path, staged, uploads.decode_to(value, staged, n)))
         elif key == "lfsFile":
-            writes.append((key, path, files.lfs_object(cfg.data_dir, str(value.get("oid", "")))))
+            writes.append((key, path, files.lfs_object(cfg.data_dir, str(value.get("oid", ""))), None))
         else:
-            writes.append((key, path, None))
-    with _commit_lock:
-        db.refresh(row)
-        index = dict(row.body["files"])
-        for key, path, payload in writes:
-            if key == "file":
-                index[path] = files.write_file(root, path, payload)
-            elif key == "lfsFile":
-                index[path] = files.place_lfs_object(root, path, payload)
-            else:
-                files.delete_path(root, path, index)
-        sha = _sha()
-        records.update(db, row, {"files": index, "sha": sha})
-    return {"commitUrl": f"{_url(repo_type, row.name)}/commit/{sha}", "commitOid": sha, "success": True}
+            writes.append((key, path, None, None))
+    return writes
+
+
+def _apply(root: Path, writes: list, index: dict) -> dict:
+    for key, path, source, entry in writes:
+        if key == "file":
+            target = files.safe_path(root, path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+            index[path] = entry
+        elif key == "lfsFile":
+            index[path] = files.place_lfs_object(root, path, source)
+        else:
+            files.delete_path(root, path, index)
+    return index
 
 
 @router.get("/v1/hf/api/{repo_type}s/{namespace}/{name}/tree/{revision}")
@@ -265,6 +279,7 @@ def _sha() -> str:
 
 
 async def _json(request: Request) -> dict:
+    """The JSON object body, read on the event loop before the (threaded) handler runs."""
     try:
         body = json.loads(await request.body() or b"{}")
     except json.JSONDecodeError as err:
@@ -274,16 +289,15 @@ async def _json(request: Request) -> dict:
     return body
 
 
-def _ndjson(raw: bytes) -> list[dict]:
-    operations = []
-    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            op = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BadRequest(f"commit line {n} is not JSON: {err}") from err
-        if not isinstance(op, dict) or "key" not in op or not isinstance(op.get("value"), dict):
-            raise BadRequest(f"commit line {n} needs 'key' and an object 'value'")
-        operations.append(op)
-    return operations
+async def _spooled(request: Request, cfg: Config) -> AsyncIterator[Path]:
+    """The body streamed to a file under DATA_DIR/uploads (the limit counted as it arrives), removed after."""
+    path = uploads.uploads_dir(cfg.data_dir) / f"{secrets.token_hex(8)}.body"
+    try:
+        await uploads.stream_to(path, request.stream())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+JsonBody = Annotated[dict, Depends(_json)]
+SpooledBody = Annotated[Path, Depends(_spooled)]

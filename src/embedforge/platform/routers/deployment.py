@@ -8,7 +8,8 @@ from pathlib import Path
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from embedforge.platform.deps import DB, Params, split_ref
+from embedforge.platform import paths
+from embedforge.platform.deps import DB, Config, Params, split_ref
 from embedforge.platform.errors import Conflict, NotFound, Unprocessable
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.jobs.deployments import KIND, LIVE, served_name
@@ -21,20 +22,26 @@ router = APIRouter(prefix="/v1/deployment", tags=["deployment"])
 CONFIG = "deployment_config"
 
 
-def _model_folder(db, model_ref: str, loc: list) -> Path:
+def _model_folder(db, cfg, model_ref: str, loc: list) -> Path:
+    """The model's local folder, confined to the folders the platform may read."""
     ns, name = split_ref(model_ref, "model")
     row = records.find(db, "model", ns, name)
     if row is None:
         raise Unprocessable(loc, f"no model '{model_ref}' in the entity store")
     url = str((row.body.get("artifact") or {}).get("files_url", ""))
-    if not url.startswith("file://") or not Path(url[len("file://") :]).is_dir():
+    folder = (
+        paths.confined(cfg, url, f"model '{model_ref}' artifact.files_url")
+        if url.startswith("file://")
+        else None
+    )
+    if folder is None or not folder.is_dir():
         raise Unprocessable(loc, f"model '{model_ref}' has no local files to deploy ({url or 'no artifact'})")
-    return Path(url[len("file://") :])
+    return folder
 
 
 @router.post("/configs")
-def create_config(body: DeploymentConfigCreate, db: DB) -> dict:
-    _model_folder(db, body.model, ["model"])
+def create_config(body: DeploymentConfigCreate, db: DB, cfg: Config) -> dict:
+    _model_folder(db, cfg, body.model, ["model"])
     return records.public(
         records.create(db, CONFIG, body.namespace, body.name, dump(body), "deployment-config")
     )
@@ -62,7 +69,7 @@ def _find(db, namespace: str, name: str) -> Job | None:
 
 
 @router.post("/model-deployments")
-def create_deployment(body: ModelDeploymentCreate, db: DB) -> dict:
+def create_deployment(body: ModelDeploymentCreate, db: DB, cfg: Config) -> dict:
     existing = _find(db, body.namespace, body.name)
     if existing is not None and existing.status in LIVE:
         raise Conflict(f"model deployment '{body.namespace}/{body.name}' already exists")
@@ -74,7 +81,7 @@ def create_deployment(body: ModelDeploymentCreate, db: DB) -> dict:
         config = config_row.body
     else:
         config = dump(body.config)
-    folder = _model_folder(db, config["model"], ["config", "model"])
+    folder = _model_folder(db, cfg, config["model"], ["config", "model"])
     served = served_name(config["model"])
     precision = (config.get("nim_deployment") or {}).get("precision") or "fp32"
     work = {"model_dir": str(folder), "served_model_name": served, "precision": precision}
@@ -93,9 +100,7 @@ def create_deployment(body: ModelDeploymentCreate, db: DB) -> dict:
 
 @router.get("/model-deployments")
 def list_deployments(params: Params, db: DB) -> dict:
-    filters, sort, page, page_size = records.list_query(params)
-    rows = db.scalars(select(Job).where(Job.kind == KIND))
-    return records.paginate([_public(r) for r in rows], filters, sort, page, page_size)
+    return job_store.list_public(db, KIND, params, _public)
 
 
 @router.get("/model-deployments/{namespace}/{name}")

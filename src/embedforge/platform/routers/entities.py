@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from embedforge.platform.deps import DB, Params
+from embedforge.platform import paths
+from embedforge.platform.deps import DB, Config, Params
 from embedforge.platform.errors import BadRequest
 from embedforge.platform.routers import add_read_routes
 from embedforge.platform.schemas import DatasetCreate, ModelCreate, NamespaceCreate, dump
@@ -51,7 +52,10 @@ def create_dataset(body: DatasetCreate, db: DB) -> dict:
 
 
 @router.post("/v1/models")
-def create_model(body: ModelCreate, db: DB) -> dict:
+def create_model(body: ModelCreate, db: DB, cfg: Config) -> dict:
+    files_url = (body.artifact or {}).get("files_url")
+    if isinstance(files_url, str) and files_url.startswith("file://"):
+        paths.confined(cfg, files_url, "artifact.files_url")
     return records.public(records.create(db, "model", body.namespace, body.name, dump(body), "model"))
 
 

@@ -1,11 +1,17 @@
-"""The evaluator under ``/v1/evaluation``: configs, targets and jobs (each inline or ``ns/name``), results."""
+"""The evaluator under ``/v1/evaluation``: configs, targets and jobs (each inline or ``ns/name``), and
+results: a completed job's ``result`` is the id of an evaluation result entity (``/v1/evaluation/results``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import shutil
+from pathlib import Path
 
-from embedforge.platform.deps import DB, Params, split_ref
-from embedforge.platform.errors import Unprocessable
+from fastapi import APIRouter, Response
+from fastapi.responses import FileResponse
+
+from embedforge.platform.deps import DB, Config, Params, split_ref
+from embedforge.platform.errors import Conflict, NotFound, Unprocessable
 from embedforge.platform.jobs import evaluation
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.routers import add_read_routes
@@ -77,16 +83,85 @@ def get_status(job_id: str, db: DB) -> dict:
     return {"job_id": row.id, **job_store.public(row)["status_details"]}
 
 
-@router.get("/jobs/{job_id}/results")
-def get_results(job_id: str, db: DB) -> dict:
+def _completed(db, job_id: str):
     row = job_store.get(db, evaluation.KIND, job_id)
     if row.status != "completed":
         raise Unprocessable(
             ["job_id"], f"evaluation job {job_id} is {row.status}, results exist once completed"
         )
-    return evaluation.results(row)
+    return row
+
+
+@router.get("/jobs/{job_id}/results")
+def get_results(job_id: str, db: DB) -> dict:
+    row = _completed(db, job_id)
+    return records.public(records.get_by_id(db, evaluation.RESULT, row.body["result"]))
+
+
+@router.get("/jobs/{job_id}/download-results")
+def download_results(job_id: str, db: DB, cfg: Config) -> FileResponse:
+    """A zip of the job's result (results.json), its worker's spec (no keys) and log."""
+    row = _completed(db, job_id)
+    result = records.public(records.get_by_id(db, evaluation.RESULT, row.body["result"]))
+    workdir = _workdir(cfg, job_id)
+    members = {
+        "results.json": json.dumps(result, indent=2).encode(),
+        "spec.json": workdir / "spec.json",
+        "worker.log": workdir / "worker.log",
+    }
+    return _zip(evaluation.archive(workdir, members, "results.zip"), f"{job_id}-results.zip")
+
+
+@router.get("/jobs/{job_id}/logs")
+def download_logs(job_id: str, db: DB, cfg: Config) -> FileResponse:
+    """The worker's log as a zip, as NeMo answers it."""
+    job_store.get(db, evaluation.KIND, job_id)
+    log = _workdir(cfg, job_id) / "worker.log"
+    if not log.is_file():
+        raise NotFound(f"evaluation job {job_id} has no worker log yet")
+    return _zip(evaluation.archive(log.parent, {"worker.log": log}, "logs.zip"), f"{job_id}-logs.zip")
 
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, db: DB) -> dict:
     return job_store.public(job_store.request_cancel(db, evaluation.KIND, job_id))
+
+
+@router.delete("/jobs/{job_id}", status_code=204)
+def delete_job(job_id: str, db: DB, cfg: Config) -> Response:
+    """Delete a job that is not running, with its files; its result entity stays (delete it by id)."""
+    row = job_store.get(db, evaluation.KIND, job_id)
+    if row.status in ("pending", "running", "cancelling"):
+        raise Conflict(f"evaluation job {job_id} is {row.status}; cancel it first")
+    job_store.delete(db, row)
+    shutil.rmtree(_workdir(cfg, job_id), ignore_errors=True)
+    return Response(status_code=204)
+
+
+def _workdir(cfg, job_id: str) -> Path:
+    return cfg.data_dir / evaluation.KIND / job_id
+
+
+def _zip(path: Path, filename: str) -> FileResponse:
+    return FileResponse(path, media_type="application/zip", filename=filename)
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+@router.get("/results")
+def list_results(params: Params, db: DB) -> dict:
+    """NeMo's result list; ``filter[job_id]`` selects one job's results."""
+    renamed = {("filter[job]" if k == "filter[job_id]" else k): v for k, v in params.items()}
+    return records.list_public(db, evaluation.RESULT, renamed)
+
+
+@router.get("/results/{result_id}")
+def get_result(result_id: str, db: DB) -> dict:
+    return records.public(records.get_by_id(db, evaluation.RESULT, result_id))
+
+
+@router.delete("/results/{result_id}")
+def delete_result(result_id: str, db: DB) -> dict:
+    records.delete(db, records.get_by_id(db, evaluation.RESULT, result_id))
+    return {"id": result_id, "message": "Resource deleted successfully.", "deleted_at": None}

@@ -1,4 +1,5 @@
-"""The two tables: entities (named, namespaced records in NVIDIA's JSON shapes) and jobs (work with a status).
+"""The tables: entities (named, namespaced records in NVIDIA's JSON shapes), jobs (work with a status) and
+the secrets their bodies carried.
 
 Resources are stored as their public JSON body plus the columns the platform queries by; the body
 keeps NVIDIA's field names, so a new optional field needs no migration.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -51,3 +52,14 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Secret(Base):
+    """A key a client gave in a body (e.g. an evaluation target's ``api_key``), by the owning row's id and
+    the key's dotted path in that body; the body itself keeps only a masked copy."""
+
+    __tablename__ = "secrets"
+
+    owner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(512), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

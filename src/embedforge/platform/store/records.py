@@ -1,8 +1,4 @@
-"""Reading and writing entity rows as NVIDIA's JSON bodies: create (409 on a taken name), get, list, delete.
-
-List queries follow the NeMo APIs: ``filter[field]=value``, ``sort=[-]field``, ``page`` / ``page_size``,
-answered as ``{object, data, pagination, sort, filter}``.
-"""
+"""Reading and writing entity rows as NVIDIA's JSON bodies: create (409 on a taken name), get, list, delete."""
 
 from __future__ import annotations
 
@@ -16,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from embedforge.platform.errors import Conflict, NotFound
+from embedforge.platform.store import listing, secret_store
 from embedforge.platform.store.models import Entity, utcnow
 
 ALPHABET = string.ascii_letters + string.digits
@@ -36,7 +33,9 @@ def public(row: Entity) -> dict[str, Any]:
 
 
 def create(session: Session, kind: str, namespace: str, name: str, body: dict, id_prefix: str) -> Entity:
+    """Store a new entity; its secret fields are kept apart and the body keeps them masked."""
     now = utcnow()
+    body, hidden = secret_store.split(body)
     row = Entity(
         id=body.get("id") or new_id(id_prefix),
         kind=kind,
@@ -47,6 +46,7 @@ def create(session: Session, kind: str, namespace: str, name: str, body: dict, i
         updated_at=now,
     )
     session.add(row)
+    secret_store.stage(session, row.id, hidden)
     try:
         session.commit()
     except IntegrityError as err:
@@ -69,6 +69,14 @@ def get(session: Session, kind: str, namespace: str, name: str) -> Entity:
     return row
 
 
+def get_by_id(session: Session, kind: str, entity_id: str) -> Entity:
+    """An entity by its id (results are addressed by id, not namespace/name)."""
+    row = session.get(Entity, entity_id)
+    if row is None or row.kind != kind:
+        raise NotFound(f"{kind} '{entity_id}' not found")
+    return row
+
+
 def update(session: Session, row: Entity, changes: dict) -> Entity:
     row.body = {**row.body, **changes}
     row.updated_at = utcnow()
@@ -77,61 +85,14 @@ def update(session: Session, row: Entity, changes: dict) -> Entity:
 
 
 def delete(session: Session, row: Entity) -> None:
+    secret_store.drop(session, row.id)
     session.delete(row)
     session.commit()
 
 
-def list_query(params: dict[str, str]) -> tuple[dict[str, str], str, int, int]:
-    """Split a NeMo list query string into (filters, sort, page, page_size)."""
-    filters = {
-        k[len("filter[") : -1]: v for k, v in params.items() if k.startswith("filter[") and k.endswith("]")
-    }
-    sort = params.get("sort") or "-created_at"
-    try:
-        page = max(1, int(params.get("page") or 1))
-        page_size = min(1000, max(1, int(params.get("page_size") or 100)))
-    except ValueError as err:
-        from embedforge.platform.errors import BadRequest
-
-        raise BadRequest(f"page and page_size must be integers: {err}") from err
-    return filters, sort, page, page_size
-
-
-def _sort_key(sort: str):
-    field = sort.lstrip("-")
-    return lambda item: (item.get(field) is None, str(item.get(field) or ""))
-
-
-def paginate(items: list[dict], filters: dict, sort: str, page: int, page_size: int) -> dict[str, Any]:
-    """Filter (exact match on top-level fields), sort and cut one page, in NeMo's list shape."""
-    for field, value in filters.items():
-        items = [i for i in items if str(i.get(field, "")) == value]
-    items.sort(key=_sort_key(sort), reverse=sort.startswith("-"))
-    total = len(items)
-    data = items[(page - 1) * page_size : page * page_size]
-    return {
-        "object": "list",
-        "data": data,
-        "pagination": {
-            "page": page,
-            "page_size": page_size,
-            "current_page_size": len(data),
-            "total_pages": max(1, -(-total // page_size)),
-            "total_results": total,
-        },
-        "sort": sort,
-        "filter": filters,
-    }
-
-
-def list_public(session: Session, kind: str, params: dict[str, str], namespace: str | None = None) -> dict:
-    filters, sort, page, page_size = list_query(params)
-    query = select(Entity).where(Entity.kind == kind)
-    ns = namespace or filters.get("namespace")
-    if ns is not None:
-        query = query.where(Entity.namespace == ns)
-    items = [public(row) for row in session.scalars(query)]
-    return paginate(items, filters, sort, page, page_size)
+def list_public(session: Session, kind: str, params: dict[str, str]) -> dict:
+    """NeMo's filtered, sorted, paged list of one kind of entity (``listing.page``)."""
+    return listing.page(session, select(Entity).where(Entity.kind == kind), Entity, params, public)
 
 
 def count(session: Session, kind: str) -> int:
