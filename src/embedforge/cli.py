@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="the end-to-end demo on the bundled corpus and model (what `make demo` runs)")
 
+    _add_platform_parser(sub)
+    return parser
+
+
+def _add_platform_parser(sub) -> None:
+    """``embedforge platform serve`` and its flags."""
     platform = sub.add_parser("platform", help="NVIDIA's NeMo Microservices embedding workflow over HTTP")
     platform_sub = platform.add_subparsers(dest="platform_command", metavar="ACTION", required=True)
     pserve = platform_sub.add_parser(
@@ -179,7 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="model folders (target model_path, file:// artifacts) may also be under DIR "
         "(EMBEDFORGE_ALLOW_PATHS, os.pathsep-separated); by default only the data dir",
     )
-    return parser
 
 
 def _given(args: argparse.Namespace, names: list[str]) -> dict:

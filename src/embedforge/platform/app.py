@@ -123,6 +123,21 @@ def field_errors(errors: list[dict]) -> list[dict]:
     return jsonable_encoder(kept or errors)
 
 
+def _add_error_handlers(app: FastAPI) -> None:
+    """Errors in NeMo's shapes: ``{"detail": str}``, and 422s as a list naming each field."""
+
+    @app.exception_handler(PlatformError)
+    async def platform_error(_request: Request, err: PlatformError):
+        if isinstance(err, Unprocessable):
+            detail = [{"loc": ["body", *err.loc], "msg": str(err), "type": "value_error"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return JSONResponse({"detail": str(err)}, status_code=err.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, err: RequestValidationError):
+        return JSONResponse({"detail": field_errors(err.errors())}, status_code=422)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The platform app for ``settings``; nothing starts until the ASGI server runs its lifespan."""
     from embedforge.platform.jobs.runner import JobRunner
@@ -168,16 +183,7 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.nim_port:
         app.add_middleware(NimPort, port=settings.nim_port)  # outermost: Guard sees the routed path
 
-    @app.exception_handler(PlatformError)
-    async def platform_error(_request: Request, err: PlatformError):
-        if isinstance(err, Unprocessable):
-            detail = [{"loc": ["body", *err.loc], "msg": str(err), "type": "value_error"}]
-            return JSONResponse({"detail": detail}, status_code=422)
-        return JSONResponse({"detail": str(err)}, status_code=err.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, err: RequestValidationError):
-        return JSONResponse({"detail": field_errors(err.errors())}, status_code=422)
+    _add_error_handlers(app)
 
     @app.get("/health")
     @app.get("/v1/health/live")

@@ -90,6 +90,48 @@ def _strip_wrappers(text: str) -> str:
     return text
 
 
+def _question_line(raw: str, truncated: bool, require_mark: bool) -> tuple[str | None, str]:
+    """The reply's question line, cut after its first ``?`` (or given one), or None and why there is none."""
+    text = _THINK.sub("", raw or "")
+    lines = [_strip_wrappers(line) for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return None, "empty"
+    line = next((candidate for candidate in lines if "?" in candidate), lines[0])
+    if "?" in line:
+        return line[: line.index("?") + 1], "ok"
+    if truncated:
+        return None, "incomplete"
+    if not require_mark and _INTERROGATIVE.match(line) and not re.search(r"[.:;!]\s|:$", line):
+        return line.rstrip(" .;,!") + "?", "ok"
+    return None, "not_a_question"
+
+
+def _rejection(question: str, passage: str) -> str | None:
+    """Why a cleaned question is unusable (garbage, length, not standalone, meta, copied, off topic), or None."""
+    if "<|" in question or "{" in question or "[" in question or question.count('"') % 2:
+        return "garbage"  # template tokens, placeholders, or a quote left open
+    letters = sum(ch.isalpha() for ch in question)
+    if letters < 0.5 * len(question):
+        return "garbage"
+    words = question.split()
+    if len(words) < MIN_WORDS:
+        return "too_short"
+    if len(words) > MAX_WORDS:
+        return "too_long"
+    if _NOT_STANDALONE.search(question):
+        return "not_standalone"
+    if _META.search(question):
+        return "meta"
+    body = question[:-1].strip().lower()
+    if passage:
+        if len(words) >= 6 and body in " ".join(passage.split()).lower():
+            return "copied"
+        if not (_content_words(question) - _GENERIC) & _content_words(passage):
+            return "off_topic"
+    return None
+
+
 def clean_question(
     raw: str, *, passage: str = "", truncated: bool = False, require_mark: bool = False
 ) -> tuple[str | None, str]:
@@ -113,45 +155,17 @@ def clean_question(
         >>> clean_question('Question 1: "What does VACUUM reclaim?" It reclaims space.')
         ('What does VACUUM reclaim?', 'ok')
     """
-    text = _THINK.sub("", raw or "")
-    lines = [_strip_wrappers(line) for line in text.splitlines()]
-    lines = [line for line in lines if line]
-    if not lines:
-        return None, "empty"
-    line = next((candidate for candidate in lines if "?" in candidate), lines[0])
-    if "?" in line:
-        line = line[: line.index("?") + 1]
-    elif truncated:
-        return None, "incomplete"
-    elif not require_mark and _INTERROGATIVE.match(line) and not re.search(r"[.:;!]\s|:$", line):
-        line = line.rstrip(" .;,!") + "?"
-    else:
-        return None, "not_a_question"
+    line, reason = _question_line(raw, truncated, require_mark)
+    if line is None:
+        return None, reason
     question = " ".join(_strip_wrappers(line).split())
     question = question.rstrip(_QUOTES).strip()
     if not question.endswith("?"):
         question += "?"
     question = re.sub(r"\s+\?$", "?", question)
-    if "<|" in question or "{" in question or "[" in question or question.count('"') % 2:
-        return None, "garbage"  # template tokens, placeholders, or a quote left open
-    letters = sum(ch.isalpha() for ch in question)
-    if letters < 0.5 * len(question):
-        return None, "garbage"
-    words = question.split()
-    if len(words) < MIN_WORDS:
-        return None, "too_short"
-    if len(words) > MAX_WORDS:
-        return None, "too_long"
-    if _NOT_STANDALONE.search(question):
-        return None, "not_standalone"
-    if _META.search(question):
-        return None, "meta"
-    body = question[:-1].strip().lower()
-    if passage:
-        if len(words) >= 6 and body in " ".join(passage.split()).lower():
-            return None, "copied"
-        if not (_content_words(question) - _GENERIC) & _content_words(passage):
-            return None, "off_topic"
+    reason = _rejection(question, passage)
+    if reason:
+        return None, reason
     return question[0].upper() + question[1:], "ok"
 
 

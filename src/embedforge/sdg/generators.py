@@ -442,23 +442,22 @@ class LocalGenerator:
                     use_cache=True,
                 )
                 next_position = next_position + 1
-        results = []
-        for row in rows:
-            heads = [row.request.prefix, *row.request.follow_ups]
-            parts = [
-                head + self.tokenizer.decode(ids, skip_special_tokens=True)
-                for head, ids in zip(heads, row.segments, strict=False)
-            ]
-            parts += [""] * (len(heads) - len(parts))  # questions never reached (the model ended its turn)
-            results.append(
-                GenResult(
-                    "".join(parts),
-                    truncated=any(row.truncated),
-                    parts=parts,
-                    parts_truncated=row.truncated + [False] * (len(heads) - len(row.truncated)),
-                )
-            )
-        return results
+        return [self._result(row) for row in rows]
+
+    def _result(self, row: _Row) -> GenResult:
+        """A finished row's text: each opening it was given followed by what the model wrote after it."""
+        heads = [row.request.prefix, *row.request.follow_ups]
+        parts = [
+            head + self.tokenizer.decode(ids, skip_special_tokens=True)
+            for head, ids in zip(heads, row.segments, strict=False)
+        ]
+        parts += [""] * (len(heads) - len(parts))  # questions never reached (the model ended its turn)
+        return GenResult(
+            "".join(parts),
+            truncated=any(row.truncated),
+            parts=parts,
+            parts_truncated=row.truncated + [False] * (len(heads) - len(row.truncated)),
+        )
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -88,14 +88,8 @@ async def _api_error(request: Request, err: ApiError):
     return error_response(err)
 
 
-def create_app(runtime: EmbeddingRuntime, settings: ServeConfig | Mapping[str, Any] | None = None) -> FastAPI:
-    """A FastAPI app serving ``runtime``; ``settings`` is a ``ServeConfig`` (or a mapping of its keys).
-
-    The batcher starts in the app's lifespan (with one warm-up model call; ``/v1/health/ready`` says ready
-    afterwards) and drains on shutdown, so requests in flight are answered.
-    """
-    cfg = _settings(settings)
-    _check_limits(cfg)
+def _served(runtime: EmbeddingRuntime, cfg: ServeConfig) -> Served:
+    """What every route shares: the runtime, its batcher and metrics, the served name, dimensions and key."""
     api_key = cfg.api_key if cfg.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     metrics = Metrics()
     batcher = Batcher(
@@ -105,7 +99,7 @@ def create_app(runtime: EmbeddingRuntime, settings: ServeConfig | Mapping[str, A
         max_queue=cfg.max_queue,
         metrics=metrics,
     )
-    served = Served(
+    return Served(
         runtime=runtime,
         settings=cfg,
         batcher=batcher,
@@ -114,6 +108,18 @@ def create_app(runtime: EmbeddingRuntime, settings: ServeConfig | Mapping[str, A
         supported=_supported_dimensions(runtime, cfg),
         api_key=api_key,
     )
+
+
+def create_app(runtime: EmbeddingRuntime, settings: ServeConfig | Mapping[str, Any] | None = None) -> FastAPI:
+    """A FastAPI app serving ``runtime``; ``settings`` is a ``ServeConfig`` (or a mapping of its keys).
+
+    The batcher starts in the app's lifespan (with one warm-up model call; ``/v1/health/ready`` says ready
+    afterwards) and drains on shutdown, so requests in flight are answered.
+    """
+    cfg = _settings(settings)
+    _check_limits(cfg)
+    served = _served(runtime, cfg)
+    batcher, metrics, api_key = served.batcher, served.metrics, served.api_key
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
