@@ -8,6 +8,7 @@ jobs into worker processes. Every expected failure answers NeMo's ``{"detail": .
 from __future__ import annotations
 
 import hmac
+import importlib.util
 import logging
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,7 @@ from embedforge.platform.settings import Settings
 
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/v1/health/live", "/v1/health/ready")
+STUDIO = "/studio"  # the web UI checks its own session cookie (embedforge.platform.studio)
 
 
 class Guard:
@@ -51,7 +53,7 @@ class Guard:
         if length.isdigit() and int(length) > limit:
             detail = f"request body of {int(length)} bytes exceeds the limit of {limit}"
             return await JSONResponse({"detail": detail}, 413)(scope, receive, send)
-        if self.expected and path not in OPEN_PATHS:
+        if self.expected and path not in OPEN_PATHS and not _is_studio(path):
             if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
                 detail = "missing or wrong API key (Authorization: Bearer)"
                 return await JSONResponse({"detail": detail}, 401)(scope, receive, send)
@@ -88,6 +90,10 @@ class Guard:
             await refusal(scope, receive, send)
 
 
+def _is_studio(path: str) -> bool:
+    return path == STUDIO or path.startswith(STUDIO + "/")
+
+
 class NimPort:
     """The NIM port: a request that arrived on ``settings.nim_port`` is routed as ``/nim`` + its path, so
     ``http://HOST:NIM_PORT/v1`` is the same gateway as ``<platform>/nim/v1`` and nothing else of the
@@ -121,6 +127,16 @@ def field_errors(errors: list[dict]) -> list[dict]:
             continue  # the "ns/name" branch of an inline object
         kept.append({**error, "loc": [part for part in loc if part not in members]})
     return jsonable_encoder(kept or errors)
+
+
+def mount_studio(app: FastAPI) -> None:
+    """The web UI at /studio, when its extra (Jinja2) is installed: the API works without it."""
+    if importlib.util.find_spec("jinja2") is None:
+        logger.info("studio not served: install embedforge[studio] for the web UI")
+        return
+    from embedforge.platform import studio
+
+    studio.mount(app)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -185,4 +201,5 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (datastore, entities, customization, deployment, evaluation):
         app.include_router(router.router)
     app.include_router(inference.router, prefix="/nim")
+    mount_studio(app)
     return app
