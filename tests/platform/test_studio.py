@@ -1,0 +1,227 @@
+"""The studio in a real browser against a real platform: log in, upload datasets (one refused with its
+bad row named), start a job on a tiny model and watch its loss curve until it completes, deploy the
+model, search a dataset's passages with it, open an evaluation; and every page shut without the cookie.
+
+The job trains a tiny random BERT offered as an operator's ``--base-model`` folder: seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import httpx
+import pytest
+from playwright.sync_api import expect, sync_playwright
+from studio_browser import CHROMIUM, Screenshots, log_in
+
+from domain_fixture import make_domain_fixture
+from tiny_models import tiny_bert
+
+pytestmark = pytest.mark.slow
+KEY = "studio-key"
+TINY = "local/tiny-bert"
+NS = "studio"
+LONG = 300_000  # ms: a job or a deployment on a busy 2-core machine
+PAGES = [
+    "/studio",
+    "/studio/jobs",
+    "/studio/jobs/new",
+    "/studio/jobs/cust-x",
+    "/studio/jobs/cust-x/live",
+    "/studio/datasets",
+    "/studio/datasets/ns/name",
+    "/studio/models",
+    "/studio/deployments",
+    "/studio/deployments/ns/name",
+    "/studio/deployments/ns/name/live",
+    "/studio/evaluations",
+    "/studio/evaluations/compare?ids=x",
+    "/studio/evaluations/eval-x",
+    "/studio/evaluations/eval-x/live",
+]
+
+
+@pytest.fixture(scope="module")
+def domain(tmp_path_factory):
+    data = make_domain_fixture(tmp_path_factory.mktemp("domain"), train_pairs=48, val_pairs=8, test_queries=8)
+    rows = data["train"].read_text().splitlines()[:4]
+    broken = json.loads(rows[2])
+    broken["pos_doc"] = 7
+    bad = data["root"] / "broken.jsonl"
+    bad.write_text("\n".join([*rows[:2], json.dumps(broken), rows[3]]) + "\n")
+    return {**data, "bad": bad}
+
+
+@pytest.fixture(scope="module")
+def plat(platform_factory, tmp_path_factory, domain):
+    model = tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+    proc = platform_factory("sqlite", api_key=KEY, base_models=[model]).start()
+    shutil.copytree(domain["test_beir"], proc.data_dir / "beir" / "machines")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield context.new_page()
+    context.close()
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_without_the_cookie_every_studio_page_redirects_to_login(plat, path):
+    bearer = {"Authorization": f"Bearer {KEY}"}  # the API's key opens the API, not the studio
+    for headers in ({}, bearer):
+        r = httpx.get(plat.url + path, headers=headers)
+        assert r.status_code == 303, r.text
+        assert r.headers["location"].startswith("/studio/login?next=%2Fstudio")
+    assert "Log in" in httpx.get(plat.url + "/studio/login").text
+
+
+def test_a_wrong_key_is_refused_and_the_right_one_returns_to_the_page_asked_for(plat, page):
+    page.goto(plat.url + "/studio/datasets")
+    expect(page).to_have_url(plat.url + "/studio/login?next=%2Fstudio%2Fdatasets")
+    page.get_by_label("API key").fill("not-the-key")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_have_text("That is not the platform's API key.")
+    page.get_by_label("API key").fill(KEY)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(plat.url + "/studio/datasets")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Datasets")
+
+
+def upload(page, name: str, split: str, *files) -> None:
+    page.goto(page.url.split("/studio")[0] + "/studio/datasets")
+    form = page.locator("#upload")
+    form.get_by_label("Namespace").fill(NS)
+    form.get_by_label("Dataset name").fill(name)
+    form.get_by_label("Split").select_option(split)
+    form.get_by_label("JSONL files").set_input_files([str(f) for f in files])
+    form.get_by_role("button", name="Upload").click()
+
+
+def test_the_studio_from_upload_to_evaluation(plat, page, domain):
+    shots = Screenshots()
+    log_in(page, plat.url, KEY)
+    expect(page.get_by_role("heading", level=1)).to_have_text("Customization jobs")
+
+    upload(page, "broken", "training", domain["train"], domain["bad"])
+    errors = page.locator("#upload-errors tbody tr")
+    expect(errors).to_have_count(1)
+    expect(errors.locator("td")).to_have_text(
+        ["broken.jsonl", "3", "pos_doc", "must be a string, got number"]
+    )
+    shots.take(page, "dataset-upload-error")
+    assert (
+        httpx.get(
+            plat.url + f"/v1/datasets/{NS}/broken", headers={"Authorization": f"Bearer {KEY}"}
+        ).status_code
+        == 404
+    )
+
+    upload(page, "machines", "training", domain["train"])
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Dataset {NS}/machines")
+    upload(page, "machines", "validation", domain["val"])
+    expect(page.locator("#files tbody td:first-child")).to_have_text(
+        ["training/train.jsonl", "validation/val.jsonl"]
+    )
+    shots.take(page, "dataset")
+    page.get_by_role("link", name="Datasets").click()
+    expect(page.get_by_role("link", name=f"{NS}/machines")).to_be_visible()
+    shots.take(page, "datasets")
+
+    page.get_by_role("link", name="Customization jobs").click()
+    page.get_by_role("link", name="Start a job").click()
+    expect(page.get_by_label("Epochs")).to_have_value("1")  # the API's defaults
+    page.get_by_label("Output model name").fill("tiny-machines")
+    page.get_by_label("Namespace").fill(NS)
+    page.get_by_label("Target (base model)").select_option(TINY)
+    page.get_by_label("Dataset").select_option(f"{NS}/machines")
+    page.get_by_label("Epochs").fill("2")
+    page.get_by_label("Batch size").fill("8")
+    page.get_by_label("Learning rate").fill("0.0001")
+    page.get_by_label("Max sequence length").fill("32")
+    shots.take(page, "job-new")
+    page.get_by_role("button", name="Start job").click()
+
+    expect(page.get_by_role("heading", level=1)).to_have_text("Job tiny-machines")
+    job_url = page.url
+    expect(page.locator("#job-status")).to_have_text("completed", timeout=LONG)  # swapped in by the poll
+    expect(page.locator("#loss-chart svg polyline[data-series='train_loss']")).to_have_count(1)
+    expect(page.locator("#loss-chart svg polyline[data-series='val_loss']")).to_have_count(1)
+    expect(page.locator("#log")).to_contain_text("INFO")
+    expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
+    shots.take(page, "job")
+
+    page.get_by_role("link", name="Customization jobs").click()
+    row = page.locator("table.jobs tbody tr")
+    expect(row).to_have_count(1)
+    expect(row.locator("td")).to_contain_text(["tiny-machines", "completed", TINY, f"{NS}/machines"])
+    expect(row.locator("td").nth(6)).to_have_text("2 / 2")
+    shots.take(page, "jobs")
+    page.get_by_label("Status").select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    expect(row).to_have_text("No jobs match.")
+    page.get_by_label("Status").select_option("")
+    page.get_by_label("Search").fill("machines")
+    page.get_by_role("button", name="Filter").click()
+    expect(row.locator("a")).to_have_text("tiny-machines")
+
+    page.get_by_role("link", name="Models").click()
+    model = page.locator("#models tbody tr", has_text="tiny-machines@cust-")
+    expect(model.locator("td").nth(2)).to_have_text("tiny-machines")
+    expect(model.locator("td").nth(3)).to_have_text(f"{NS}/machines")
+    shots.take(page, "models")
+    model.get_by_role("button", name="Deploy").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Deployment {NS}/tiny-machines")
+    expect(page.locator("#deployment-status")).to_have_text("ready", timeout=LONG)
+
+    page.get_by_label("Query").fill(domain_query(domain))
+    page.get_by_label("Passages of").select_option(f"{NS}/machines")
+    page.get_by_role("button", name="Search").click()
+    results = page.locator("#results tbody tr")
+    expect(results).to_have_count(5)
+    scores = [float(s) for s in results.locator("td:nth-child(2)").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    shots.take(page, "deployment")
+
+    job_id = evaluate(plat.url, f"{NS}/tiny-machines")
+    page.get_by_role("link", name="Evaluations").click()
+    page.get_by_role("link", name=job_id).click()
+    expect(page.locator("#evaluation-status")).to_have_text("completed", timeout=LONG)
+    expect(page.locator("#metrics tbody tr")).to_have_count(2)
+    expect(page.locator("figure svg rect.bar")).to_have_count(2)
+    shots.take(page, "evaluation")
+    page.goto(job_url)
+    expect(page.locator("#job-status")).to_have_text("completed")
+
+
+def domain_query(domain) -> str:
+    return json.loads(domain["train"].read_text().splitlines()[0])["query"]
+
+
+def evaluate(url: str, model: str) -> str:
+    """An evaluation job of ``model`` on the held-out BEIR folder, through the API as the SDK sends it."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    endpoint = {"api_endpoint": {"url": f"{url}/nim/v1/embeddings", "model_id": model, "api_key": KEY}}
+    task = {
+        "type": "beir",
+        "dataset": {"files_url": "file://machines/"},
+        "metrics": {"ndcg_cut_10": {"type": "ndcg_cut_10"}, "recall_10": {"type": "recall_10"}},
+    }
+    body = {
+        "namespace": NS,
+        "config": {"type": "retriever", "tasks": {"machines": task}},
+        "target": {"type": "retriever", "retriever": {"pipeline": {"query_embedding_model": endpoint}}},
+    }
+    response = httpx.post(url + "/v1/evaluation/jobs", json=body, headers=auth)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
