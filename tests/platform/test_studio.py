@@ -13,7 +13,7 @@ import shutil
 import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from studio_browser import CHROMIUM, Screenshots, log_in
+from studio_browser import CHROMIUM, PageChecks, log_in
 
 from domain_fixture import make_domain_fixture
 from tiny_models import tiny_bert
@@ -98,6 +98,15 @@ def test_a_wrong_key_is_refused_and_the_right_one_returns_to_the_page_asked_for(
     expect(page.get_by_role("heading", level=1)).to_have_text("Datasets")
 
 
+def test_without_a_key_the_studio_opens_without_a_login(platform_factory, page):
+    open_platform = platform_factory("sqlite").start()
+    page.goto(open_platform.url + "/studio")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Customization jobs")
+    expect(page.get_by_role("button", name="Log out")).to_have_count(0)
+    page.get_by_role("link", name="Models").click()
+    expect(page.locator("#models tbody")).to_contain_text("sentence-transformers/all-MiniLM-L6-v2")
+
+
 def upload(page, name: str, split: str, *files) -> None:
     page.goto(page.url.split("/studio")[0] + "/studio/datasets")
     form = page.locator("#upload")
@@ -109,7 +118,9 @@ def upload(page, name: str, split: str, *files) -> None:
 
 
 def test_the_studio_from_upload_to_evaluation(plat, page, domain):
-    shots = Screenshots()
+    shots = PageChecks()
+    page.goto(plat.url + "/studio/jobs")
+    shots.take(page, "login")
     log_in(page, plat.url, KEY)
     expect(page.get_by_role("heading", level=1)).to_have_text("Customization jobs")
 
@@ -200,8 +211,18 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
     expect(page.locator("#metrics tbody tr")).to_have_count(2)
     expect(page.locator("figure svg rect.bar")).to_have_count(2)
     shots.take(page, "evaluation")
+
+    page.get_by_role("link", name="Evaluations").click()
+    shots.take(page, "evaluations")
+    page.get_by_label(f"compare {job_id}").check()
+    page.get_by_role("button", name="Compare selected").click()
+    compared = page.locator("table.compare tbody tr")
+    expect(compared.locator("th")).to_have_text(["ndcg_cut_10", "recall_10"])
+    expect(page.locator("table.compare thead")).to_contain_text(f"{NS}/tiny-machines")
+    shots.take(page, "compare")
     page.goto(job_url)
     expect(page.locator("#job-status")).to_have_text("completed")
+    assert shots.violations == {}
 
 
 def domain_query(domain) -> str:
