@@ -63,11 +63,7 @@ async def deploy(api: Api, model: Annotated[str, Form()]):
     namespace = model.split("/", 1)[0]
     name = deployment_name(model)
     body = {"name": name, "namespace": namespace, "config": {"model": model}}
-    try:
-        await api.post(DEPLOYMENTS, json=body)
-    except ApiError as err:
-        if err.status != 409:  # already deployed: show that deployment
-            raise
+    await api.post(DEPLOYMENTS, json=body)  # a name taken by another model's deployment: the 409 shown
     return go(f"/deployments/{namespace}/{name}")
 
 
