@@ -2,7 +2,8 @@
 
 A fresh data dir is seeded before the platform starts with ``--jobs`` finished customization jobs (each
 with a ``--points``-step loss curve, through the customizer's own ``submit`` and the job store), and
-``--datasets`` datasets with a Hub repo of two files each (through the entity store's ``records``). Then
+``--datasets`` datasets with a Hub repo of two files each and each completed job's model (through the
+entity store's ``records``). Then
 ``embedforge platform serve`` (no API key: no login) answers ``--requests`` GETs of every page below,
 timed from request to the last byte.
 
@@ -88,8 +89,22 @@ def seed_jobs(db, settings: Settings, datasets: list[str], count: int, points: i
             train_loss=0.5,
             metrics=loss_curve(points),
         )
+        if status == "completed":
+            register_model(db, row)
         ids.append(job["id"])
     return ids
+
+
+def register_model(db, row) -> None:
+    """The job's output model with its lineage, as the customizer registers one when a job completes."""
+    namespace, _, name = row.body["output_model"].partition("/")
+    body = {
+        "name": name,
+        "namespace": namespace,
+        "base_model": BASE,
+        "custom_fields": {"customization_job": row.id},
+    }
+    records.create(db, "model", namespace, name, body, "model")
 
 
 def seed(data_dir: Path, jobs: int, datasets: int, points: int) -> tuple[list[str], list[str]]:

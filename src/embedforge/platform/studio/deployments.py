@@ -7,6 +7,7 @@ The passage vectors are kept per (model, dataset commit), so only the query is e
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
 from typing import Annotated
@@ -23,26 +24,34 @@ router = APIRouter()
 DEPLOYMENTS = "/v1/deployment/model-deployments"
 MAX_PASSAGES = 5000  # "try it" is a quick look, not an evaluation
 TOP = 5
+PAGE = 50
 CACHED_CORPORA = 4
 _vectors: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
 
-def lineage(model: dict, jobs: dict[str, dict]) -> dict:
+def lineage(model: dict, job: dict | None) -> dict:
     """Where a model came from: its base model, and the job and dataset that made it (if one did)."""
-    job = jobs.get((model.get("custom_fields") or {}).get("customization_job"))
     return {"base": model.get("base_model"), "job": job, "dataset": job.get("dataset") if job else None}
 
 
 @router.get("/models")
-async def model_list(request: Request, api: Api):
-    models = await api.every("/v1/models")
-    jobs = {j["id"]: j for j in await api.every("/v1/customization/jobs")}
+async def model_list(request: Request, api: Api, page: int = 1):
+    answer = await api.get("/v1/models", page=max(1, page), page_size=PAGE)
+    models = answer["data"]
+    jobs = await asyncio.gather(*(made_by(api, m) for m in models))
     deployed = {d["models"][0]: d for d in await deployments(api)}
     rows = [
-        {"model": m, "lineage": lineage(m, jobs), "deployment": deployed.get(served_name(ref(m)))}
-        for m in models
+        {"model": m, "lineage": lineage(m, job), "deployment": deployed.get(served_name(ref(m)))}
+        for m, job in zip(models, jobs, strict=True)
     ]
-    return render(request, "models.html", rows=rows)
+    pages = answer["pagination"]["total_pages"]
+    return render(request, "models.html", rows=rows, page=min(max(1, page), pages), pages=pages)
+
+
+async def made_by(api, model: dict) -> dict | None:
+    """The customization job that made ``model``, if a job did (its id is in the model's custom fields)."""
+    job_id = (model.get("custom_fields") or {}).get("customization_job")
+    return await api.find(f"/v1/customization/jobs/{job_id}") if job_id else None
 
 
 def ref(model: dict) -> str:

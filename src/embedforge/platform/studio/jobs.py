@@ -32,6 +32,19 @@ def base_model(job: dict) -> str:
     return (job.get("config_snapshot") or {}).get("base_model") or ""
 
 
+async def api_page(api, params: dict, page: int) -> tuple[list[dict], int]:
+    """One page as the API cuts it: only that page's jobs (and their loss curves) cross the wire."""
+    answer = await api.get(JOBS, page=max(1, page), page_size=PAGE, **params)
+    return answer["data"], answer["pagination"]["total_results"]
+
+
+async def searched(api, params: dict, text: str, page: int) -> tuple[list[dict], int]:
+    """The API filters by exact field values only, so a text search reads every job and cuts the page."""
+    jobs = [j for j in await api.every(JOBS, **params) if matches(j, text)]
+    start = (max(1, page) - 1) * PAGE
+    return jobs[start : start + PAGE], len(jobs)
+
+
 @router.get("/jobs")
 async def job_list(
     request: Request, api: Api, status: str = "", q: str = "", sort: str = "-created", page: int = 1
@@ -40,20 +53,18 @@ async def job_list(
     params = {"sort": ("-" if sort.startswith("-") else "") + field}
     if status:
         params["filter[status]"] = status
-    jobs = [j for j in await api.every(JOBS, **params) if not q or matches(j, q)]
-    pages = max(1, -(-len(jobs) // PAGE))
-    page = min(max(1, page), pages)
-    shown = jobs[(page - 1) * PAGE : page * PAGE]
+    shown, total = await (searched(api, params, q, page) if q else api_page(api, params, page))
+    pages = max(1, -(-total // PAGE))
     return render(
         request,
         "jobs.html",
         jobs=shown,
-        total=len(jobs),
+        total=total,
         statuses=STATUSES,
         status=status,
         q=q,
         sort=sort,
-        page=page,
+        page=min(max(1, page), pages),
         pages=pages,
         base_model=base_model,
     )
