@@ -246,3 +246,47 @@ def evaluate(url: str, model: str) -> str:
     response = httpx.post(url + "/v1/evaluation/jobs", json=body, headers=auth)
     assert response.status_code == 200, response.text
     return response.json()["id"]
+
+
+def fill_job_form(page, name: str, dataset: str, epochs: str, learning_rate: str = "0.0001") -> None:
+    page.goto(page.url.split("/studio")[0] + "/studio/jobs/new")
+    page.get_by_label("Output model name").fill(name)
+    page.get_by_label("Namespace").fill(NS)
+    page.get_by_label("Target (base model)").select_option(TINY)
+    page.get_by_label("Dataset").select_option(dataset)
+    page.get_by_label("Epochs").fill(epochs)
+    page.get_by_label("Batch size").fill("8")
+    page.get_by_label("Learning rate").fill(learning_rate)
+    page.get_by_label("Max sequence length").fill("32")
+    page.get_by_role("button", name="Start job").click()
+
+
+def test_a_refused_job_request_is_shown_on_the_form_with_its_field(plat, page, domain):
+    log_in(page, plat.url, KEY)
+    upload(page, "refusals", "training", domain["train"])
+    fill_job_form(page, "never", f"{NS}/refusals", "1", learning_rate="-1")
+    expect(page.get_by_role("alert")).to_contain_text(
+        "hyperparameters.learning_rate: Input should be greater than 0"
+    )
+    expect(page.get_by_label("Output model name")).to_have_value("never")  # the form keeps what was typed
+    page.get_by_label("Learning rate").fill("fast")
+    page.get_by_role("button", name="Start job").click()
+    expect(page.get_by_role("alert")).to_contain_text("not a number")
+
+
+def test_cancel_from_the_job_page_and_the_list_sorted_by_name(plat, page, domain):
+    log_in(page, plat.url, KEY)
+    upload(page, "cancels", "training", domain["train"])
+    for name in ("b-cancel", "a-cancel"):
+        fill_job_form(page, name, f"{NS}/cancels", "500")
+        expect(page.get_by_role("heading", level=1)).to_have_text(f"Job {name}")
+        page.get_by_role("button", name="Cancel job").click()
+        expect(page.locator("#job-status")).to_have_text("cancelled", timeout=LONG)
+        expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
+
+    page.goto(plat.url + "/studio/jobs?status=cancelled")
+    names = page.locator("table.jobs tbody tr td:first-child a")
+    page.get_by_role("link", name="Name / ID").click()
+    expect(names).to_have_text(["a-cancel", "b-cancel"])
+    page.get_by_role("link", name="Name / ID").click()
+    expect(names).to_have_text(["b-cancel", "a-cancel"])
