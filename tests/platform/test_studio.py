@@ -8,6 +8,7 @@ The job trains a tiny random BERT offered as an operator's ``--base-model`` fold
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import httpx
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.slow
 KEY = "studio-key"
 TINY = "local/tiny-bert"
 NS = "studio"
+METRICS = ["ndcg_cut_10", "ndcg_cut_5", "recall_10", "recall_5"]  # as the pages sort them
 LONG = 300_000  # ms: a job or a deployment on a busy 2-core machine
 PAGES = [
     "/studio",
@@ -152,14 +154,7 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
     page.get_by_role("link", name="Customization jobs").click()
     page.get_by_role("link", name="Start a job").click()
     expect(page.get_by_label("Epochs")).to_have_value("1")  # the API's defaults
-    page.get_by_label("Output model name").fill("tiny-machines")
-    page.get_by_label("Namespace").fill(NS)
-    page.get_by_label("Target (base model)").select_option(TINY)
-    page.get_by_label("Dataset").select_option(f"{NS}/machines")
-    page.get_by_label("Epochs").fill("2")
-    page.get_by_label("Batch size").fill("8")
-    page.get_by_label("Learning rate").fill("0.0001")
-    page.get_by_label("Max sequence length").fill("32")
+    fill_job_form(page, "tiny-machines", f"{NS}/machines", "2")
     shots.take(page, "job-new")
     page.get_by_role("button", name="Start job").click()
 
@@ -204,52 +199,45 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
     assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
     shots.take(page, "deployment")
 
-    job_id = evaluate(plat.url, f"{NS}/tiny-machines")
-    page.get_by_role("link", name="Evaluations").click()
-    page.get_by_role("link", name=job_id).click()
-    expect(page.locator("#evaluation-status")).to_have_text("completed", timeout=LONG)
-    expect(page.locator("#metrics tbody tr")).to_have_count(2)
-    expect(page.locator("figure svg rect.bar")).to_have_count(2)
+    tuned = evaluate_deployment(page)
+    expect(page.locator("#metrics tbody td:nth-child(2)")).to_have_text(METRICS)
+    expect(page.locator("figure svg rect.bar")).to_have_count(4)
     shots.take(page, "evaluation")
+
+    page.get_by_role("link", name="Models").click()
+    page.locator("#models tbody tr", has_text=TINY).get_by_role("button", name="Deploy").click()
+    expect(page.locator("#deployment-status")).to_have_text("ready", timeout=LONG)
+    base = evaluate_deployment(page)
 
     page.get_by_role("link", name="Evaluations").click()
     shots.take(page, "evaluations")
-    page.get_by_label(f"compare {job_id}").check()
+    for job_id in (base, tuned):
+        page.get_by_label(f"compare {job_id}").check()
     page.get_by_role("button", name="Compare selected").click()
+    expect(page.locator("table.compare thead th")).to_contain_text(["Metric", TINY, f"{NS}/tiny-machines"])
     compared = page.locator("table.compare tbody tr")
-    expect(compared.locator("th")).to_have_text(["ndcg_cut_10", "recall_10"])
-    expect(page.locator("table.compare thead")).to_contain_text(f"{NS}/tiny-machines")
+    expect(compared.locator("th")).to_have_text(METRICS)
+    expect(compared.first.locator("td").nth(1)).to_contain_text(re.compile(r"\([+-]\d\.\d{4}\)"))
     shots.take(page, "compare")
     page.goto(job_url)
     expect(page.locator("#job-status")).to_have_text("completed")
     assert shots.violations == {}
 
 
+def evaluate_deployment(page) -> str:
+    """Start an evaluation of the deployment on the page (the held-out BEIR folder); wait for its metrics."""
+    page.get_by_label("BEIR task data").fill("file://machines/")
+    page.get_by_role("button", name="Start evaluation").click()
+    expect(page.locator("#evaluation-status")).to_have_text("completed", timeout=LONG)
+    return page.url.rsplit("/", 1)[-1]
+
+
 def domain_query(domain) -> str:
     return json.loads(domain["train"].read_text().splitlines()[0])["query"]
 
 
-def evaluate(url: str, model: str) -> str:
-    """An evaluation job of ``model`` on the held-out BEIR folder, through the API as the SDK sends it."""
-    auth = {"Authorization": f"Bearer {KEY}"}
-    endpoint = {"api_endpoint": {"url": f"{url}/nim/v1/embeddings", "model_id": model, "api_key": KEY}}
-    task = {
-        "type": "beir",
-        "dataset": {"files_url": "file://machines/"},
-        "metrics": {"ndcg_cut_10": {"type": "ndcg_cut_10"}, "recall_10": {"type": "recall_10"}},
-    }
-    body = {
-        "namespace": NS,
-        "config": {"type": "retriever", "tasks": {"machines": task}},
-        "target": {"type": "retriever", "retriever": {"pipeline": {"query_embedding_model": endpoint}}},
-    }
-    response = httpx.post(url + "/v1/evaluation/jobs", json=body, headers=auth)
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
-
-
 def fill_job_form(page, name: str, dataset: str, epochs: str, learning_rate: str = "0.0001") -> None:
-    page.goto(page.url.split("/studio")[0] + "/studio/jobs/new")
+    """Fill the start-a-job form on the page for the tiny model; the caller submits it."""
     page.get_by_label("Output model name").fill(name)
     page.get_by_label("Namespace").fill(NS)
     page.get_by_label("Target (base model)").select_option(TINY)
@@ -258,13 +246,18 @@ def fill_job_form(page, name: str, dataset: str, epochs: str, learning_rate: str
     page.get_by_label("Batch size").fill("8")
     page.get_by_label("Learning rate").fill(learning_rate)
     page.get_by_label("Max sequence length").fill("32")
+
+
+def start_job(page, name: str, dataset: str, epochs: str, learning_rate: str = "0.0001") -> None:
+    page.goto(page.url.split("/studio")[0] + "/studio/jobs/new")
+    fill_job_form(page, name, dataset, epochs, learning_rate)
     page.get_by_role("button", name="Start job").click()
 
 
 def test_a_refused_job_request_is_shown_on_the_form_with_its_field(plat, page, domain):
     log_in(page, plat.url, KEY)
     upload(page, "refusals", "training", domain["train"])
-    fill_job_form(page, "never", f"{NS}/refusals", "1", learning_rate="-1")
+    start_job(page, "never", f"{NS}/refusals", "1", learning_rate="-1")
     expect(page.get_by_role("alert")).to_contain_text(
         "hyperparameters.learning_rate: Input should be greater than 0"
     )
@@ -278,7 +271,7 @@ def test_cancel_from_the_job_page_and_the_list_sorted_by_name(plat, page, domain
     log_in(page, plat.url, KEY)
     upload(page, "cancels", "training", domain["train"])
     for name in ("b-cancel", "a-cancel"):
-        fill_job_form(page, name, f"{NS}/cancels", "500")
+        start_job(page, name, f"{NS}/cancels", "500")
         expect(page.get_by_role("heading", level=1)).to_have_text(f"Job {name}")
         page.get_by_role("button", name="Cancel job").click()
         expect(page.locator("#job-status")).to_have_text("cancelled", timeout=LONG)

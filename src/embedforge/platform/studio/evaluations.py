@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 
 from embedforge.platform.jobs.store import ACTIVE
 from embedforge.platform.studio.charts import bar_chart
-from embedforge.platform.studio.web import Api, render
+from embedforge.platform.studio.web import Api, go, render
 
 router = APIRouter()
 JOBS = "/v1/evaluation/jobs"
+METRICS = ("recall_5", "ndcg_cut_5", "recall_10", "ndcg_cut_10")  # the NeMo tutorial's
 
 
 def model_of(job: dict) -> str:
@@ -36,13 +37,13 @@ async def evaluation_list(request: Request, api: Api):
 
 
 def metric_rows(results: dict) -> list[dict]:
-    """NeMo's nested results as rows of (task, metric, value)."""
+    """NeMo's nested results as rows of (task, metric, value), in name order (stored JSON may reorder)."""
     rows = []
     for task, result in results["tasks"].items():
         for group in result["metrics"].values():
             for metric, score in group["scores"].items():
                 rows.append({"task": task, "metric": metric, "value": score["value"]})
-    return rows
+    return sorted(rows, key=lambda row: (row["task"], row["metric"]))
 
 
 @router.get("/evaluations/compare")
@@ -69,6 +70,39 @@ def comparison(jobs: list[dict], scores: dict[str, list[dict]]) -> list[dict]:
             for metric, values in group["metrics"].items()
         }
     return list(groups.values())
+
+
+def evaluation_request(model: str, files_url: str, endpoint_url: str, api_key: str | None) -> dict:
+    """A retriever evaluation of a served ``model`` on one BEIR task, as the NeMo tutorial sends it."""
+    endpoint = {"api_endpoint": {"url": endpoint_url, "model_id": model, "api_key": api_key or ""}}
+    task = {
+        "type": "beir",
+        "dataset": {"files_url": files_url},
+        "metrics": {name: {"type": name} for name in METRICS},
+    }
+    pipeline = {"query_embedding_model": endpoint, "index_embedding_model": endpoint, "top_k": 10}
+    return {
+        "namespace": model.split("/", 1)[0],
+        "config": {"type": "retriever", "tasks": {task_name(files_url): task}},
+        "target": {"type": "retriever", "retriever": {"pipeline": pipeline}},
+    }
+
+
+def task_name(files_url: str) -> str:
+    """``file://scidocs/`` -> ``scidocs``, ``hf://datasets/ns/name`` -> ``name``."""
+    return files_url.rstrip("/").rsplit("/", 1)[-1] or "task"
+
+
+@router.post("/evaluations")
+async def start_evaluation(
+    request: Request, api: Api, model: Annotated[str, Form()], files_url: Annotated[str, Form()]
+):
+    """Evaluate a deployed model through the platform's own NIM gateway, as a client outside would."""
+    settings = request.app.state.settings
+    base = settings.public_url or str(request.base_url).rstrip("/")
+    body = evaluation_request(model, files_url.strip(), f"{base}/nim/v1/embeddings", settings.api_key)
+    job = await api.post(JOBS, json=body)
+    return go(f"/evaluations/{job['id']}")
 
 
 async def evaluation_context(api, job_id: str) -> dict:
