@@ -29,6 +29,7 @@ PAGES = [
     "/studio",
     "/studio/jobs",
     "/studio/jobs/new",
+    "/studio/jobs/table?status=running",
     "/studio/jobs/cust-x",
     "/studio/jobs/cust-x/live",
     "/studio/datasets",
@@ -267,12 +268,16 @@ def test_a_refused_job_request_is_shown_on_the_form_with_its_field(plat, page, d
     expect(page.get_by_role("alert")).to_contain_text("not a number")
 
 
-def test_cancel_from_the_job_page_and_the_list_sorted_by_name(plat, page, domain):
+def test_the_list_follows_a_job_to_running_it_is_cancelled_and_the_list_sorts_by_name(plat, page, domain):
     log_in(page, plat.url, KEY)
     upload(page, "cancels", "training", domain["train"])
     for name in ("b-cancel", "a-cancel"):
         start_job(page, name, f"{NS}/cancels", "500")
         expect(page.get_by_role("heading", level=1)).to_have_text(f"Job {name}")
+        page.goto(plat.url + f"/studio/jobs?q={name}")
+        row = page.locator("table.jobs tbody tr")
+        expect(row.locator(".status")).to_have_text("running", timeout=LONG)  # the list refreshes itself
+        row.get_by_role("link", name=name).click()
         page.get_by_role("button", name="Cancel job").click()
         expect(page.locator("#job-status")).to_have_text("cancelled", timeout=LONG)
         expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)

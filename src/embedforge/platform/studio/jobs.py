@@ -45,29 +45,40 @@ async def searched(api, params: dict, text: str, page: int) -> tuple[list[dict],
     return jobs[start : start + PAGE], len(jobs)
 
 
-@router.get("/jobs")
-async def job_list(
-    request: Request, api: Api, status: str = "", q: str = "", sort: str = "-created", page: int = 1
-):
+async def list_context(api, status: str, q: str, sort: str, page: int) -> dict:
     field = SORTS.get(sort.lstrip("-"), "created_at")
     params = {"sort": ("-" if sort.startswith("-") else "") + field}
     if status:
         params["filter[status]"] = status
     shown, total = await (searched(api, params, q, page) if q else api_page(api, params, page))
     pages = max(1, -(-total // PAGE))
-    return render(
-        request,
-        "jobs.html",
-        jobs=shown,
-        total=total,
-        statuses=STATUSES,
-        status=status,
-        q=q,
-        sort=sort,
-        page=min(max(1, page), pages),
-        pages=pages,
-        base_model=base_model,
-    )
+    return {
+        "jobs": shown,
+        "total": total,
+        "active": any(job["status"] in ACTIVE for job in shown),
+        "statuses": STATUSES,
+        "status": status,
+        "q": q,
+        "sort": sort,
+        "page": min(max(1, page), pages),
+        "pages": pages,
+        "base_model": base_model,
+    }
+
+
+@router.get("/jobs")
+async def job_list(
+    request: Request, api: Api, status: str = "", q: str = "", sort: str = "-created", page: int = 1
+):
+    return render(request, "jobs.html", **await list_context(api, status, q, sort, page))
+
+
+@router.get("/jobs/table")
+async def job_table(
+    request: Request, api: Api, status: str = "", q: str = "", sort: str = "-created", page: int = 1
+):
+    """The list's table alone, refreshed by the page's script while a job it shows is running."""
+    return render(request, "jobs_table.html", **await list_context(api, status, q, sort, page))
 
 
 def loss_chart(job: dict):
