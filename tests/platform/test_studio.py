@@ -12,6 +12,7 @@ import re
 import shutil
 
 import httpx
+import numpy as np
 import pytest
 from playwright.sync_api import expect, sync_playwright
 from studio_browser import CHROMIUM, PageChecks, log_in
@@ -197,7 +198,12 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
     results = page.locator("#results tbody tr")
     expect(results).to_have_count(5)
     scores = [float(s) for s in results.locator("td:nth-child(2)").all_inner_texts()]
-    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    assert scores == sorted(scores, reverse=True)
+    passages = results.locator("td:nth-child(3)").all_inner_texts()
+    for passage, score in zip(passages, scores, strict=True):  # each the cosine the gateway's vectors give
+        assert cosine(plat.url, f"{NS}/tiny-machines", domain_query(domain), passage) == pytest.approx(
+            score, abs=1e-4
+        )
     shots.take(page, "deployment")
 
     tuned = evaluate_deployment(page)
@@ -231,6 +237,17 @@ def evaluate_deployment(page) -> str:
     page.get_by_role("button", name="Start evaluation").click()
     expect(page.locator("#evaluation-status")).to_have_text("completed", timeout=LONG)
     return page.url.rsplit("/", 1)[-1]
+
+
+def cosine(url: str, model: str, query: str, passage: str) -> float:
+    def vector(text: str, input_type: str) -> np.ndarray:
+        body = {"model": model, "input": [text], "input_type": input_type, "truncate": "END"}
+        r = httpx.post(url + "/nim/v1/embeddings", json=body, headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 200, r.text
+        v = np.array(r.json()["data"][0]["embedding"])
+        return v / np.linalg.norm(v)
+
+    return float(vector(query, "query") @ vector(passage, "passage"))
 
 
 def domain_query(domain) -> str:

@@ -2,7 +2,7 @@
 
 "Try it" embeds a dataset's passages (every positive and negative of its JSONL files, read back from the
 data store) and the typed query through the platform's NIM gateway, and ranks the passages by cosine.
-The passage vectors are kept per (model, dataset commit), so only the query is embedded again.
+The passage vectors are kept per (deployment, dataset commit), so only the query is embedded again.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ async def deployment_page(
     results, error = [], None
     if q and dataset:
         try:
-            results = await search(api, context["deployment"]["models"][0], dataset, q)
+            results = await search(api, context["deployment"], dataset, q)
         except ApiError as err:
             error = "; ".join(err.messages())
     return render(
@@ -150,8 +150,11 @@ async def embed(api, model: str, texts: list[str], input_type: str) -> np.ndarra
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-async def passage_vectors(api, model: str, sha: str, passages: list[str]) -> np.ndarray:
-    key = (model, sha)
+async def passage_vectors(api, deployment: dict, sha: str, passages: list[str]) -> np.ndarray:
+    """The passages' vectors, embedded once per deployment (its id: a redeployed name is a new model)
+    and dataset commit."""
+    model = deployment["models"][0]
+    key = (deployment["id"], sha)
     if key not in _vectors:
         batches = [passages[i : i + 64] for i in range(0, len(passages), 64)]
         _vectors[key] = np.concatenate([await embed(api, model, b, "passage") for b in batches])
@@ -160,13 +163,14 @@ async def passage_vectors(api, model: str, sha: str, passages: list[str]) -> np.
     return _vectors[key]
 
 
-async def search(api, model: str, dataset: str, query: str) -> list[dict]:
-    """The top passages of ``dataset`` for ``query`` under the deployed ``model``, with cosine scores."""
+async def search(api, deployment: dict, dataset: str, query: str) -> list[dict]:
+    """The top passages of ``dataset`` for ``query`` under the ``deployment``'s model, with cosine scores."""
     from embedforge.search import top_k
 
     sha, passages = await corpus(api, dataset)
     if not passages:
         return []
-    vectors = await passage_vectors(api, model, sha, passages)
-    scores, rows = top_k(await embed(api, model, [query], "query"), vectors, TOP)
+    vectors = await passage_vectors(api, deployment, sha, passages)
+    query_vector = await embed(api, deployment["models"][0], [query], "query")
+    scores, rows = top_k(query_vector, vectors, TOP)
     return [{"passage": passages[r], "score": float(s)} for s, r in zip(scores[0], rows[0], strict=True)]
