@@ -207,6 +207,7 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
     shots.take(page, "deployment")
 
     tuned = evaluate_deployment(page)
+    assert_per_query_scores_average_to_the_results(plat.url, tuned)
     expect(page.locator("#metrics tbody td:nth-child(2)")).to_have_text(METRICS)
     expect(page.locator("figure svg rect.bar")).to_have_count(4)
     shots.take(page, "evaluation")
@@ -224,11 +225,25 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
     expect(page.locator("table.compare thead th")).to_contain_text(["Metric", TINY, f"{NS}/tiny-machines"])
     compared = page.locator("table.compare tbody tr")
     expect(compared.locator("th")).to_have_text(METRICS)
-    expect(compared.first.locator("td").nth(1)).to_contain_text(re.compile(r"\([+-]\d\.\d{4}\)"))
+    paired = re.compile(
+        r"\([+-]\d\.\d{4}\)\s+95% CI \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\], p = [\d.e-]+, 8 queries"
+    )
+    expect(compared.locator("td:nth-child(3)")).to_have_text([paired] * len(METRICS))
     shots.take(page, "compare")
     page.goto(job_url)
     expect(page.locator("#job-status")).to_have_text("completed")
     assert shots.violations == {}
+
+
+def assert_per_query_scores_average_to_the_results(url: str, job_id: str) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    results = httpx.get(f"{url}/v1/evaluation/jobs/{job_id}/results", headers=auth).json()
+    per_query = httpx.get(f"{url}/v1/evaluation/jobs/{job_id}/per-query-scores", headers=auth).json()
+    for metric, scores in per_query["tasks"]["machines"].items():
+        assert len(scores) == 8  # the held-out queries
+        mean = results["tasks"]["machines"]["metrics"][f"retriever.{metric}"]["scores"][metric]["value"]
+        assert sum(scores.values()) / len(scores) == pytest.approx(mean)
+    assert "per_query" not in results["tasks"]["machines"]  # NeMo's results keep their shape
 
 
 def evaluate_deployment(page) -> str:

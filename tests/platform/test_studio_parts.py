@@ -97,9 +97,25 @@ def test_compare_lines_up_jobs_on_the_same_dataset_with_differences_to_the_first
         "b": [{"task": "t", "metric": "ndcg_cut_10", "value": 0.625}],
         "c": [{"task": "t", "metric": "ndcg_cut_10", "value": 0.9}],
     }
-    x, y = comparison(jobs, scores)
+    x, y = comparison(jobs, scores, {})
     assert [j["id"] for j in x["jobs"]] == ["a", "b"] and [j["id"] for j in y["jobs"]] == ["c"]
-    assert x["diffs"]["ndcg_cut_10"] == {"a": 0.0, "b": 0.125}
+    assert x["diffs"]["ndcg_cut_10"] == {"b": {"diff": 0.125}}  # no per-query scores: no test
+    assert y["diffs"]["ndcg_cut_10"] == {}
+
+
+def test_compare_tests_a_difference_on_the_queries_both_jobs_scored():
+    jobs = [_eval("a", "file://x/"), _eval("b", "file://x/")]
+    scores = {
+        "a": [{"task": "t", "metric": "ndcg_cut_10", "value": 0.25}],
+        "b": [{"task": "t", "metric": "ndcg_cut_10", "value": 0.75}],
+    }
+    base = {f"q{i}": 0.0 if i % 2 else 0.5 for i in range(20)}
+    better = {q: v + 0.5 for q, v in base.items()}  # every query gains 0.5
+    per_query = {"a": {"t": {"ndcg_cut_10": base}}, "b": {"t": {"ndcg_cut_10": better}}}
+    (group,) = comparison(jobs, scores, per_query)
+    test = group["diffs"]["ndcg_cut_10"]["b"]
+    assert test["diff"] == 0.5 and test["n"] == 20 and test["significant"]
+    assert test["ci95"] == pytest.approx([0.5, 0.5]) and test["p"] < 0.001
 
 
 def test_try_it_reads_every_passage_form_of_a_training_row():

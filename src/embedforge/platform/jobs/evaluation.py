@@ -106,9 +106,17 @@ def progress(row, workdir: Path) -> dict:
 def finish(db: Session, row, workdir: Path) -> dict:
     result = json.loads((workdir / "result.json").read_text())
     tasks = {t: {"status": "completed"} for t in row.details["task_status"]}
-    row.body = {**row.body, "result": {"tasks": result["tasks"]}}
+    tasks = {name: {"metrics": task["metrics"]} for name, task in result["tasks"].items()}
+    row.body = {**row.body, "result": {"tasks": tasks}}  # per-query scores stay in result.json
     db.commit()
     return {"task_status": tasks, "progress": 100.0, "message": "completed"}
+
+
+def per_query_scores(row, workdir: Path) -> dict:
+    """``{task: {metric: {query_id: score}}}`` from the worker's result.json: what a paired test of two
+    models needs (``embedforge.significance``), too large for the job's body."""
+    result = json.loads((workdir / "result.json").read_text())
+    return {name: task.get("per_query", {}) for name, task in result["tasks"].items()}
 
 
 def results(row) -> dict:
@@ -132,7 +140,7 @@ def results(row) -> dict:
 def evaluate_task(name: str, task: dict, spec: dict) -> dict:
     """Embed the task's BEIR folder through the endpoints, retrieve top_k, score the asked metrics."""
     from embedforge.atomic import write_json_atomic
-    from embedforge.evaluate import compute_metrics, retrieve
+    from embedforge.evaluate import compute_metrics, per_query_metrics, retrieve
     from embedforge.formats import passage_text, read_beir
     from embedforge.verify import EmbeddingsClient, embed_all
 
@@ -155,6 +163,7 @@ def evaluate_task(name: str, task: dict, spec: dict) -> dict:
             client.close()
     run = retrieve(queries, passages, doc_ids, query_ids, top_k=max(max(ks), int(spec["top_k"])))
     values = compute_metrics(dataset.qrels, run, ks)
+    per_query = per_query_metrics(dataset.qrels, run, ks)  # for paired comparisons of two models
     progress_file = Path(spec["progress_file"])
     done = json.loads(progress_file.read_text()) if progress_file.exists() else []
     write_json_atomic(progress_file, [*done, name])
@@ -162,7 +171,10 @@ def evaluate_task(name: str, task: dict, spec: dict) -> dict:
         "metrics": {
             f"retriever.{metric}": {"scores": {metric: {"value": values[key], "stats": {}}}}
             for metric, (key, _) in wanted.items()
-        }
+        },
+        "per_query": {
+            metric: {q: v[key] for q, v in per_query.items()} for metric, (key, _) in wanted.items()
+        },
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from embedforge.platform.deps import DB, Params, split_ref
+from embedforge.platform.deps import DB, Config, Params, split_ref
 from embedforge.platform.errors import Unprocessable
 from embedforge.platform.jobs import evaluation
 from embedforge.platform.jobs import store as job_store
@@ -85,6 +85,17 @@ def get_results(job_id: str, db: DB) -> dict:
             ["job_id"], f"evaluation job {job_id} is {row.status}, results exist once completed"
         )
     return evaluation.results(row)
+
+
+@router.get("/jobs/{job_id}/per-query-scores")
+def get_per_query_scores(job_id: str, db: DB, cfg: Config) -> dict:
+    """embedforge's addition to NeMo's routes: each metric per query, for paired comparisons."""
+    row = job_store.get(db, evaluation.KIND, job_id)
+    if row.status != "completed":
+        raise Unprocessable(
+            ["job_id"], f"evaluation job {job_id} is {row.status}, scores exist once completed"
+        )
+    return {"job": row.id, "tasks": evaluation.per_query_scores(row, cfg.data_dir / evaluation.KIND / row.id)}
 
 
 @router.post("/jobs/{job_id}/cancel")

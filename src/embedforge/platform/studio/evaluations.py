@@ -1,8 +1,9 @@
 """Evaluations: the list, a job's metrics as a table and a bar chart, and models compared on one task.
 
-The compare view lines up completed jobs whose task reads the same dataset. A paired 95% interval and
-p-value of a difference need per-query scores (``embedforge.significance``); the evaluator's results
-carry means only, so the view shows the differences of means and says that no interval is possible.
+The compare view lines up completed jobs whose task reads the same dataset and gives each metric's
+difference to the first job with its paired 95% bootstrap interval and sign-flip p-value
+(``embedforge.significance``) over the per-query scores the evaluator keeps; a job without them (run by
+an older platform) gets the difference of means alone.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from embedforge.platform.jobs.store import ACTIVE
 from embedforge.platform.studio.charts import bar_chart
@@ -51,25 +53,50 @@ async def compare(request: Request, api: Api, ids: Annotated[list[str], Query()]
     jobs = [await api.get(f"{JOBS}/{job_id}") for job_id in ids]
     done = [j for j in jobs if j["status"] == "completed"]
     scores = {j["id"]: metric_rows(await api.get(f"{JOBS}/{j['id']}/results")) for j in done}
-    return render(request, "compare.html", jobs=done, groups=comparison(done, scores), model_of=model_of)
+    per_query = {j["id"]: await per_query_scores(api, j["id"]) for j in done}
+    groups = await run_in_threadpool(comparison, done, scores, per_query)  # the bootstrap takes a moment
+    return render(request, "compare.html", jobs=done, groups=groups, model_of=model_of)
 
 
-def comparison(jobs: list[dict], scores: dict[str, list[dict]]) -> list[dict]:
+async def per_query_scores(api, job_id: str) -> dict:
+    """``{task: {metric: {query_id: score}}}``, or {} for a job that kept none."""
+    answer = await api.find(f"{JOBS}/{job_id}/per-query-scores")
+    return (answer or {}).get("tasks", {})
+
+
+def comparison(jobs: list[dict], scores: dict[str, list[dict]], per_query: dict[str, dict]) -> list[dict]:
     """Per task dataset: the metrics of every job that ran it, and each one's difference to the first."""
     groups: dict[str, dict] = {}
     for job in jobs:
         for task, files_url in task_datasets(job).items():
-            group = groups.setdefault(files_url, {"dataset": files_url, "jobs": [], "metrics": {}})
+            group = groups.setdefault(
+                files_url, {"dataset": files_url, "jobs": [], "metrics": {}, "queries": {}}
+            )
             group["jobs"].append(job)
             for row in (r for r in scores[job["id"]] if r["task"] == task):
                 group["metrics"].setdefault(row["metric"], {})[job["id"]] = row["value"]
+            group["queries"][job["id"]] = per_query.get(job["id"], {}).get(task, {})
     for group in groups.values():
         first = group["jobs"][0]["id"]
         group["diffs"] = {
-            metric: {j: v - values[first] for j, v in values.items() if first in values}
+            metric: {j: difference(group, metric, first, j) for j in values if j != first and first in values}
             for metric, values in group["metrics"].items()
         }
     return list(groups.values())
+
+
+def difference(group: dict, metric: str, base: str, other: str) -> dict:
+    """``other`` minus ``base`` on ``metric``, with the paired test when both kept per-query scores."""
+    from embedforge.significance import paired_comparison
+
+    values = group["metrics"][metric]
+    out = {"diff": values[other] - values[base]}
+    base_queries = group["queries"][base].get(metric)
+    other_queries = group["queries"][other].get(metric)
+    if base_queries and other_queries:
+        test = paired_comparison(base_queries, other_queries)
+        out.update(ci95=test["ci95"], p=test["p"], n=test["n"], significant=test["significant"])
+    return out
 
 
 def evaluation_request(model: str, files_url: str, endpoint_url: str, api_key: str | None) -> dict:
