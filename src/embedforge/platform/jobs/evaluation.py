@@ -106,17 +106,9 @@ def progress(row, workdir: Path) -> dict:
 def finish(db: Session, row, workdir: Path) -> dict:
     result = json.loads((workdir / "result.json").read_text())
     tasks = {t: {"status": "completed"} for t in row.details["task_status"]}
-    tasks = {name: {"metrics": task["metrics"]} for name, task in result["tasks"].items()}
-    row.body = {**row.body, "result": {"tasks": tasks}}  # per-query scores stay in result.json
+    row.body = {**row.body, "result": {"tasks": result["tasks"]}}
     db.commit()
     return {"task_status": tasks, "progress": 100.0, "message": "completed"}
-
-
-def per_query_scores(row, workdir: Path) -> dict:
-    """``{task: {metric: {query_id: score}}}`` from the worker's result.json: what a paired test of two
-    models needs (``embedforge.significance``), too large for the job's body."""
-    result = json.loads((workdir / "result.json").read_text())
-    return {name: task.get("per_query", {}) for name, task in result["tasks"].items()}
 
 
 def results(row) -> dict:
@@ -135,6 +127,19 @@ def results(row) -> dict:
 
 
 # ------------------------------------------------------------------------------------ in the worker
+
+
+PER_QUERY_FILE = "per_query.json"  # in the job's folder: {task: {metric: {query_id: score}}}
+
+
+def keep_per_query(path: Path, task: str, per_query: dict, wanted: dict) -> None:
+    """Add a task's per-query scores of the asked metrics to ``path``: what a paired comparison of two
+    models needs (``embedforge.significance``), too large for the job's body or NeMo's results."""
+    from embedforge.atomic import write_json_atomic
+
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    kept[task] = {metric: {q: v[key] for q, v in per_query.items()} for metric, (key, _) in wanted.items()}
+    write_json_atomic(path, kept)
 
 
 def evaluate_task(name: str, task: dict, spec: dict) -> dict:
@@ -163,18 +168,17 @@ def evaluate_task(name: str, task: dict, spec: dict) -> dict:
             client.close()
     run = retrieve(queries, passages, doc_ids, query_ids, top_k=max(max(ks), int(spec["top_k"])))
     values = compute_metrics(dataset.qrels, run, ks)
-    per_query = per_query_metrics(dataset.qrels, run, ks)  # for paired comparisons of two models
     progress_file = Path(spec["progress_file"])
     done = json.loads(progress_file.read_text()) if progress_file.exists() else []
     write_json_atomic(progress_file, [*done, name])
+    keep_per_query(
+        progress_file.with_name(PER_QUERY_FILE), name, per_query_metrics(dataset.qrels, run, ks), wanted
+    )
     return {
         "metrics": {
             f"retriever.{metric}": {"scores": {metric: {"value": values[key], "stats": {}}}}
             for metric, (key, _) in wanted.items()
-        },
-        "per_query": {
-            metric: {q: v[key] for q, v in per_query.items()} for metric, (key, _) in wanted.items()
-        },
+        }
     }
 
 

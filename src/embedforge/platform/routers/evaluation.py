@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter
 
 from embedforge.platform.deps import DB, Config, Params, split_ref
-from embedforge.platform.errors import Unprocessable
+from embedforge.platform.errors import NotFound, Unprocessable
 from embedforge.platform.jobs import evaluation
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.routers import add_read_routes
@@ -66,6 +68,17 @@ def list_jobs(params: Params, db: DB) -> dict:
     return job_store.list_public(db, evaluation.KIND, params)
 
 
+@router.get("/jobs/{job_id}/per-query-scores")
+def get_per_query_scores(job_id: str, db: DB, cfg: Config) -> dict:
+    """embedforge's addition to NeMo's routes: each metric per query (``{task: {metric: {query_id:
+    score}}}``), for paired comparisons of two models."""
+    row = job_store.get(db, evaluation.KIND, job_id)
+    path = cfg.data_dir / evaluation.KIND / row.id / evaluation.PER_QUERY_FILE
+    if row.status != "completed" or not path.is_file():
+        raise NotFound(f"evaluation job {job_id} has no per-query scores ({row.status})")
+    return {"job": row.id, "tasks": json.loads(path.read_text())}
+
+
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, db: DB) -> dict:
     return job_store.public(job_store.get(db, evaluation.KIND, job_id))
@@ -85,17 +98,6 @@ def get_results(job_id: str, db: DB) -> dict:
             ["job_id"], f"evaluation job {job_id} is {row.status}, results exist once completed"
         )
     return evaluation.results(row)
-
-
-@router.get("/jobs/{job_id}/per-query-scores")
-def get_per_query_scores(job_id: str, db: DB, cfg: Config) -> dict:
-    """embedforge's addition to NeMo's routes: each metric per query, for paired comparisons."""
-    row = job_store.get(db, evaluation.KIND, job_id)
-    if row.status != "completed":
-        raise Unprocessable(
-            ["job_id"], f"evaluation job {job_id} is {row.status}, scores exist once completed"
-        )
-    return {"job": row.id, "tasks": evaluation.per_query_scores(row, cfg.data_dir / evaluation.KIND / row.id)}
 
 
 @router.post("/jobs/{job_id}/cancel")
