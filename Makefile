@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench lint clean postgres chromium
+.PHONY: install demo test bench lint clean postgres
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,7 @@ postgres:
 
 # The studio's browser test drives Debian's chromium through Playwright (whose own browser download is
 # not reachable offline): the system package, installed once.
+.PHONY: chromium
 chromium:
 	@test -x /usr/bin/chromium || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
