@@ -24,7 +24,6 @@ from embedforge.platform.settings import Settings
 
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/v1/health/live", "/v1/health/ready")
-STUDIO = "/studio"  # the web UI checks its own session cookie (embedforge.platform.studio)
 
 
 class Guard:
@@ -88,6 +87,9 @@ class Guard:
                 raise
         if refusal is not None and not answered:
             await refusal(scope, receive, send)
+
+
+STUDIO = "/studio"  # the web UI checks its own session cookie (embedforge.platform.studio)
 
 
 def _is_studio(path: str) -> bool:
