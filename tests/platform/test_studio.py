@@ -90,7 +90,7 @@ def test_without_the_cookie_every_studio_page_redirects_to_login(plat, path):
     assert "Log in" in httpx.get(plat.url + "/studio/login").text
 
 
-def test_a_wrong_key_is_refused_and_the_right_one_returns_to_the_page_asked_for(plat, page):
+def test_a_wrong_key_is_refused_the_right_one_returns_to_the_page_asked_for_and_log_out_ends_it(plat, page):
     page.goto(plat.url + "/studio/datasets")
     expect(page).to_have_url(plat.url + "/studio/login?next=%2Fstudio%2Fdatasets")
     page.get_by_label("API key").fill("not-the-key")
@@ -100,6 +100,10 @@ def test_a_wrong_key_is_refused_and_the_right_one_returns_to_the_page_asked_for(
     page.get_by_role("button", name="Log in").click()
     expect(page).to_have_url(plat.url + "/studio/datasets")
     expect(page.get_by_role("heading", level=1)).to_have_text("Datasets")
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_label("API key")).to_be_visible()
+    page.goto(plat.url + "/studio/models")  # the cookie is gone
+    expect(page).to_have_url(plat.url + "/studio/login?next=%2Fstudio%2Fmodels")
 
 
 def test_without_a_key_the_studio_opens_without_a_login(platform_factory, page):
