@@ -8,6 +8,7 @@ import re
 import pytest
 
 from embedforge.platform.studio.charts import bar_chart, line_chart
+from embedforge.platform.studio.datasets import field_problems
 from embedforge.platform.studio.deployments import row_passages
 from embedforge.platform.studio.evaluations import comparison
 from embedforge.platform.studio.jobs import job_request, matches, readable
@@ -127,3 +128,16 @@ def test_try_it_reads_every_passage_form_of_a_training_row():
 def test_the_log_tail_keeps_what_a_terminal_would_show():
     assert readable("\x1b[A 10%|#  | 1/10\r100%|###| 10/10\r") == "100%|###| 10/10"
     assert readable("2026 INFO saved") == "2026 INFO saved"
+
+
+@pytest.mark.parametrize(
+    ("namespace", "name", "split", "fields"),
+    [
+        ("ns", "pumps.v2", "training", []),
+        ("..", "pumps", "validation", ["namespace"]),
+        ("ns", "a/b", "training", ["name"]),
+        ("ns", "", "test", ["name", "split"]),
+    ],
+)
+def test_an_upload_form_names_its_bad_fields_before_any_call(namespace, name, split, fields):
+    assert [p["field"] for p in field_problems(namespace, name, split)] == fields

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from embedforge.platform.studio.web import Api, go, render
 
 router = APIRouter()
 SPLITS = ("training", "validation")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # what the upload form's fields accept, checked again here
 
 
 def repo_path(namespace: str, name: str) -> str:
@@ -64,6 +66,20 @@ async def read_uploads(form) -> list[tuple[str, bytes]]:
     return [(Path(f.filename).name, await f.read()) for f in uploads]
 
 
+def field_problems(namespace: str, name: str, split: str) -> list[dict]:
+    """The form's own fields: a name that would not stay one path part is refused before any call."""
+    problems = [
+        {"file": "", "line": None, "field": field, "message": "letters, digits and . _ + - only"}
+        for field, value in (("namespace", namespace), ("name", name))
+        if not NAME.fullmatch(value)
+    ]
+    if split not in SPLITS:
+        problems.append(
+            {"file": "", "line": None, "field": "split", "message": f"one of {', '.join(SPLITS)}"}
+        )
+    return problems
+
+
 def upload_problems(uploads: list[tuple[str, bytes]]) -> list[dict]:
     if not uploads:
         return [{"file": "", "line": None, "field": None, "message": "choose at least one .jsonl file"}]
@@ -105,9 +121,7 @@ async def upload(request: Request, api: Api):
     values = {k: str(form.get(k) or "") for k in ("namespace", "name", "split")}
     namespace, name, split = values["namespace"] or "default", values["name"], values["split"]
     uploads = await read_uploads(form)
-    problems = upload_problems(uploads)
-    if split not in SPLITS:
-        problems = [{"file": "", "line": None, "field": "split", "message": f"one of {', '.join(SPLITS)}"}]
+    problems = field_problems(namespace, name, split) or upload_problems(uploads)
     if problems:
         return await show_problems(request, api, values, problems)
     try:
