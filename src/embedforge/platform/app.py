@@ -8,6 +8,7 @@ jobs into worker processes. Every expected failure answers NeMo's ``{"detail": .
 from __future__ import annotations
 
 import hmac
+import importlib.util
 import logging
 from contextlib import asynccontextmanager
 
@@ -51,7 +52,7 @@ class Guard:
         if length.isdigit() and int(length) > limit:
             detail = f"request body of {int(length)} bytes exceeds the limit of {limit}"
             return await JSONResponse({"detail": detail}, 413)(scope, receive, send)
-        if self.expected and path not in OPEN_PATHS and not lfs_put:
+        if self.expected and path not in OPEN_PATHS and not lfs_put and not _is_studio(path):
             if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
                 detail = "missing or wrong API key (Authorization: Bearer)"
                 return await JSONResponse({"detail": detail}, 401)(scope, receive, send)
@@ -86,6 +87,13 @@ class Guard:
                 raise
         if refusal is not None and not answered:
             await refusal(scope, receive, send)
+
+
+STUDIO = "/studio"  # the web UI checks its own session cookie (embedforge.platform.studio)
+
+
+def _is_studio(path: str) -> bool:
+    return path == STUDIO or path.startswith(STUDIO + "/")
 
 
 class NimPort:
@@ -136,6 +144,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, err: RequestValidationError):
         return JSONResponse({"detail": field_errors(err.errors())}, status_code=422)
+
+
+def mount_studio(app: FastAPI) -> None:
+    """The web UI at /studio, when its extra (Jinja2) is installed: the API works without it."""
+    if importlib.util.find_spec("jinja2") is None:
+        logger.info("studio not served: install embedforge[studio] for the web UI")
+        return
+    from embedforge.platform import studio
+
+    studio.mount(app)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -194,4 +212,5 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (datastore, entities, customization, deployment, evaluation):
         app.include_router(router.router)
     app.include_router(inference.router, prefix="/nim")
+    mount_studio(app)
     return app

@@ -165,10 +165,23 @@ def archive(workdir: Path, members: dict[str, bytes | Path], name: str) -> Path:
 # ------------------------------------------------------------------------------------ in the worker
 
 
+PER_QUERY_FILE = "per_query.json"  # in the job's folder: {task: {metric: {query_id: score}}}
+
+
+def keep_per_query(path: Path, task: str, per_query: dict, wanted: dict) -> None:
+    """Add a task's per-query scores of the asked metrics to ``path``: what a paired comparison of two
+    models needs (``embedforge.significance``), too large for the job's body or NeMo's results."""
+    from embedforge.atomic import write_json_atomic
+
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    kept[task] = {metric: {q: v[key] for q, v in per_query.items()} for metric, (key, _) in wanted.items()}
+    write_json_atomic(path, kept)
+
+
 def evaluate_task(name: str, task: dict, spec: dict) -> dict:
     """Embed the task's BEIR folder through the endpoints, retrieve top_k, score the asked metrics."""
     from embedforge.atomic import write_json_atomic
-    from embedforge.evaluate import compute_metrics, retrieve
+    from embedforge.evaluate import compute_metrics, per_query_metrics, retrieve
     from embedforge.formats import passage_text, read_beir
     from embedforge.verify import EmbeddingsClient, embed_all
 
@@ -201,6 +214,9 @@ def evaluate_task(name: str, task: dict, spec: dict) -> dict:
     progress_file = Path(spec["progress_file"])
     done = json.loads(progress_file.read_text()) if progress_file.exists() else []
     write_json_atomic(progress_file, [*done, name])
+    keep_per_query(
+        progress_file.with_name(PER_QUERY_FILE), name, per_query_metrics(dataset.qrels, run, ks), wanted
+    )
     return {
         "metrics": {
             f"retriever.{metric}": {"scores": {metric: {"value": values[key], "stats": {}}}}

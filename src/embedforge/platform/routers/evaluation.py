@@ -72,6 +72,17 @@ def list_jobs(params: Params, db: DB) -> dict:
     return job_store.list_public(db, evaluation.KIND, params)
 
 
+@router.get("/jobs/{job_id}/per-query-scores")
+def get_per_query_scores(job_id: str, db: DB, cfg: Config) -> dict:
+    """embedforge's addition to NeMo's routes: each metric per query (``{task: {metric: {query_id:
+    score}}}``), for paired comparisons of two models."""
+    row = job_store.get(db, evaluation.KIND, job_id)
+    path = cfg.data_dir / evaluation.KIND / row.id / evaluation.PER_QUERY_FILE
+    if row.status != "completed" or not path.is_file():
+        raise NotFound(f"evaluation job {job_id} has no per-query scores ({row.status})")
+    return {"job": row.id, "tasks": json.loads(path.read_text())}
+
+
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, db: DB) -> dict:
     return job_store.public(job_store.get(db, evaluation.KIND, job_id))
