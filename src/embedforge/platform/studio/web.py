@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from embedforge.platform.studio.api import ApiError, PlatformApi
+from embedforge.platform.studio.api import PlatformApi
 
 PREFIX = "/studio"
 COOKIE = "embedforge_studio"
@@ -78,21 +77,3 @@ def duration(seconds) -> str:
 
 
 templates.env.filters.update(when=when, duration=duration, quote=lambda s: quote(str(s), safe=""))
-
-
-def mount(app: FastAPI) -> None:
-    """Add the studio's pages, its static files and its login redirect to the platform app."""
-    from embedforge.platform.studio import datasets, deployments, evaluations, jobs, login
-
-    @app.exception_handler(LoginRequired)
-    async def to_login(request: Request, _err: LoginRequired):
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"{PREFIX}/login?next={quote(target, safe='')}", status_code=303)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, err: ApiError):
-        return render(request, "error.html", err.status, error=err)
-
-    app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="studio-static")
-    for module in (login, jobs, datasets, deployments, evaluations):
-        app.include_router(module.router, prefix=PREFIX, include_in_schema=False)
