@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import sqlite3
 import warnings
 import zipfile
 
 import httpx
 import pytest
-from nemo_microservices import NotFoundError, UnprocessableEntityError
+from nemo_microservices import ConflictError, NotFoundError, UnprocessableEntityError
 from tutorial import NS, client_for, retriever_target, wait_deployment, wait_evaluation
 
 TINY = "local/tiny-bert"
@@ -191,3 +192,22 @@ def test_deleting_a_job_keeps_its_result_until_that_is_deleted(keyed):
     with pytest.raises(NotFoundError):
         client.evaluation.results.retrieve(job.result)
     assert not client.evaluation.results.list(filter={"job_id": job.id}).data
+
+
+def test_a_running_job_is_not_deleted_until_cancelled(keyed):
+    """The target's endpoint accepts connections and never answers, so the worker stays running."""
+    client = client_for(keyed.url, KEY)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        job = client.evaluation.jobs.create(
+            namespace=NS, config=CONFIG, target=retriever_target(endpoint, TINY)
+        )
+        running = wait_evaluation(client, job.id, until=lambda j: j.status == "running")
+        assert running.status == "running"
+        with pytest.raises(ConflictError):
+            client.evaluation.jobs.delete(job.id)
+        client.evaluation.jobs.cancel(job.id)
+        assert wait_evaluation(client, job.id).status == "cancelled"
+    client.evaluation.jobs.delete(job.id)
+    with pytest.raises(NotFoundError):
+        client.evaluation.jobs.retrieve(job.id)
