@@ -10,11 +10,17 @@ import socket
 import sqlite3
 import warnings
 import zipfile
+from datetime import datetime, timezone
 
 import httpx
 import pytest
+from alembic import command
+from alembic.config import Config as AlembicConfig
 from nemo_microservices import ConflictError, NotFoundError, UnprocessableEntityError
 from tutorial import NS, client_for, retriever_target, wait_deployment, wait_evaluation
+
+from embedforge.platform.store import MIGRATIONS, make_engine
+from embedforge.platform.store.models import Entity
 
 TINY = "local/tiny-bert"
 KEY = "platform-key-0123456789"  # the platform's own API key, which its /nim gateway demands
@@ -50,6 +56,36 @@ def test_a_targets_api_key_is_answered_masked(platform):
         **retriever_target(platform.url, f"{NS}/any"), namespace=NS, name="open"
     )
     assert empty.retriever.pipeline.query_embedding_model.api_endpoint.api_key == ""  # nothing to hide
+
+
+def test_keys_stored_before_the_upgrade_are_moved_apart(platform_factory, tmp_path):
+    """A database at revision 0001 (keys inside bodies): the platform's start migrates them out."""
+    data = tmp_path / "data"
+    data.mkdir()
+    engine = make_engine(f"sqlite:///{data / 'platform.db'}")
+    alembic = AlembicConfig()
+    alembic.set_main_option("script_location", str(MIGRATIONS))
+    body = {
+        **retriever_target("http://127.0.0.1:9", TINY, api_key=TARGET_KEY),
+        "name": "old",
+        "namespace": NS,
+    }
+    with engine.begin() as connection:
+        alembic.attributes["connection"] = connection
+        command.upgrade(alembic, "0001")
+        now = datetime.now(timezone.utc)
+        row = {"kind": "evaluation_target", "namespace": NS, "name": "old", "body": body}
+        connection.execute(
+            Entity.__table__.insert().values(id="eval-target-old", created_at=now, updated_at=now, **row)
+        )
+    engine.dispose()
+    plat = platform_factory("sqlite", data_dir=data).start()
+    target = httpx.get(f"{plat.url}/v1/evaluation/targets/{NS}/old").json()
+    assert _masked(target) == ["****" + TARGET_KEY[-4:]] * 2
+    with sqlite3.connect(data / "platform.db") as db:
+        (stored,) = db.execute("SELECT body FROM entities WHERE id = 'eval-target-old'").fetchone()
+        kept = db.execute("SELECT owner_id, value FROM secrets").fetchall()
+    assert TARGET_KEY not in stored and kept == [("eval-target-old", TARGET_KEY)] * 2
 
 
 @pytest.fixture(scope="module")
