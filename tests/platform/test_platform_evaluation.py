@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import sqlite3
 import warnings
 import zipfile
+from datetime import datetime, timezone
 
 import httpx
 import pytest
-from nemo_microservices import NotFoundError, UnprocessableEntityError
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from nemo_microservices import ConflictError, NotFoundError, UnprocessableEntityError
 from tutorial import NS, client_for, retriever_target, wait_deployment, wait_evaluation
+
+from embedforge.platform.store import MIGRATIONS, make_engine
+from embedforge.platform.store.models import Entity
 
 TINY = "local/tiny-bert"
 KEY = "platform-key-0123456789"  # the platform's own API key, which its /nim gateway demands
@@ -49,6 +56,36 @@ def test_a_targets_api_key_is_answered_masked(platform):
         **retriever_target(platform.url, f"{NS}/any"), namespace=NS, name="open"
     )
     assert empty.retriever.pipeline.query_embedding_model.api_endpoint.api_key == ""  # nothing to hide
+
+
+def test_keys_stored_before_the_upgrade_are_moved_apart(platform_factory, tmp_path):
+    """A database at revision 0001 (keys inside bodies): the platform's start migrates them out."""
+    data = tmp_path / "data"
+    data.mkdir()
+    engine = make_engine(f"sqlite:///{data / 'platform.db'}")
+    alembic = AlembicConfig()
+    alembic.set_main_option("script_location", str(MIGRATIONS))
+    body = {
+        **retriever_target("http://127.0.0.1:9", TINY, api_key=TARGET_KEY),
+        "name": "old",
+        "namespace": NS,
+    }
+    with engine.begin() as connection:
+        alembic.attributes["connection"] = connection
+        command.upgrade(alembic, "0001")
+        now = datetime.now(timezone.utc)
+        row = {"kind": "evaluation_target", "namespace": NS, "name": "old", "body": body}
+        connection.execute(
+            Entity.__table__.insert().values(id="eval-target-old", created_at=now, updated_at=now, **row)
+        )
+    engine.dispose()
+    plat = platform_factory("sqlite", data_dir=data).start()
+    target = httpx.get(f"{plat.url}/v1/evaluation/targets/{NS}/old").json()
+    assert _masked(target) == ["****" + TARGET_KEY[-4:]] * 2
+    with sqlite3.connect(data / "platform.db") as db:
+        (stored,) = db.execute("SELECT body FROM entities WHERE id = 'eval-target-old'").fetchone()
+        kept = db.execute("SELECT owner_id, value FROM secrets").fetchall()
+    assert TARGET_KEY not in stored and kept == [("eval-target-old", TARGET_KEY)] * 2
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +228,22 @@ def test_deleting_a_job_keeps_its_result_until_that_is_deleted(keyed):
     with pytest.raises(NotFoundError):
         client.evaluation.results.retrieve(job.result)
     assert not client.evaluation.results.list(filter={"job_id": job.id}).data
+
+
+def test_a_running_job_is_not_deleted_until_cancelled(keyed):
+    """The target's endpoint accepts connections and never answers, so the worker stays running."""
+    client = client_for(keyed.url, KEY)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        job = client.evaluation.jobs.create(
+            namespace=NS, config=CONFIG, target=retriever_target(endpoint, TINY)
+        )
+        running = wait_evaluation(client, job.id, until=lambda j: j.status == "running")
+        assert running.status == "running"
+        with pytest.raises(ConflictError):
+            client.evaluation.jobs.delete(job.id)
+        client.evaluation.jobs.cancel(job.id)
+        assert wait_evaluation(client, job.id).status == "cancelled"
+    client.evaluation.jobs.delete(job.id)
+    with pytest.raises(NotFoundError):
+        client.evaluation.jobs.retrieve(job.id)

@@ -130,11 +130,13 @@ def retriever_target(url: str, model_id: str, api_key: str = "") -> dict:
     return {"type": "retriever", "retriever": {"pipeline": pipeline}}
 
 
-def wait_evaluation(client: NeMoMicroservices, job_id: str, timeout: float = 900):
+def wait_evaluation(
+    client: NeMoMicroservices, job_id: str, timeout: float = 900, until=lambda job: job.status not in ACTIVE
+):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.evaluation.jobs.retrieve(job_id)
-        if job.status not in ACTIVE:
+        if until(job):
             return job
         time.sleep(1)
     raise AssertionError(f"evaluation job {job_id} still {job.status} after {timeout} s")

@@ -176,13 +176,16 @@ def commit(repo_type: str, namespace: str, name: str, revision: str, body: Spool
     first; only then, under the commit lock, are the files renamed into the repo and the index updated."""
     row = _repo(db, repo_type, namespace, name, revision)
     root = files.repo_dir(cfg.data_dir, repo_type, namespace, name)
-    with uploads.temp_folder(cfg.data_dir) as staging, uploads.disk_full_is_507("the commit"):
-        writes = _stage(body, root, staging, cfg)
-        with _commit_lock:
-            db.refresh(row)
-            index = _apply(root, writes, dict(row.body["files"]))
-            sha = _sha()
-            records.update(db, row, {"files": index, "sha": sha})
+    try:
+        with uploads.temp_folder(cfg.data_dir) as staging, uploads.disk_full_is_507("the commit"):
+            writes = _stage(body, root, staging, cfg)
+            with _commit_lock:
+                db.refresh(row)
+                index = _apply(root, writes, dict(row.body["files"]))
+                sha = _sha()
+                records.update(db, row, {"files": index, "sha": sha})
+    finally:  # before the answer: the dependency's own clean-up runs only after it is sent
+        body.unlink(missing_ok=True)
     return {"commitUrl": f"{_url(repo_type, row.name)}/commit/{sha}", "commitOid": sha, "success": True}
 
 
@@ -290,7 +293,8 @@ async def _json(request: Request) -> dict:
 
 
 async def _spooled(request: Request, cfg: Config) -> AsyncIterator[Path]:
-    """The body streamed to a file under DATA_DIR/uploads (the limit counted as it arrives), removed after."""
+    """The body streamed to a file under DATA_DIR/uploads (the limit counted as it arrives); removed here
+    when the stream fails, else by the handler before it answers."""
     path = uploads.uploads_dir(cfg.data_dir) / f"{secrets.token_hex(8)}.body"
     try:
         await uploads.stream_to(path, request.stream())
