@@ -227,9 +227,9 @@ def quality_vs_fp32(
 def batch_consistency(encoder: OnnxEncoder, texts: Sequence[str] = PROBE_TEXTS) -> float:
     """Min cosine between each text embedded alone and inside one batch of all ``texts``.
 
-    fp32 gives ~1.0. Dynamic int8 quantizes activations with one scale per tensor, i.e. per batch, so a
-    vector depends on what it was batched with (padding included): a server that batches requests together
-    returns slightly different int8 vectors for the same text.
+    fp32 and the per-row int8 give ~1.0. A graph that quantizes activations with one scale per tensor (per
+    batch, as onnxruntime's ``quantize_dynamic`` does) makes a vector depend on what it was batched with
+    (padding included), so a server that batches requests would return different vectors for one text.
     """
     alone = encoder.encode_passages(texts, batch_size=1)
     together = encoder.encode_passages(texts, batch_size=len(texts))
