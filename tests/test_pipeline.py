@@ -16,7 +16,7 @@ import pytest
 
 from embedforge.errors import EmbedforgeError
 from embedforge.general_check import load_lee
-from embedforge.pipeline import MARKER, run_pipeline
+from embedforge.pipeline import MARKER, describe_test_set, run_pipeline
 from sdg_stub import StubServer
 
 MAIN_STAGES = ("sdg", "prep", "finetune", "eval")
@@ -556,3 +556,15 @@ def test_leaking_negatives_end_prep_with_one_line_and_write_nothing(first_run, t
     line = _cli_error(capsys, ["prep", "--pairs", str(pairs), "--out", str(out), "test_fraction=0.34"])
     assert "negatives_from_test_documents" in line and str(pairs) in line
     assert not out.exists()
+
+
+def test_verify_names_its_evidence_real_questions_only_when_prep_had_them(tmp_path):
+    beir = tmp_path / "prep" / "test_beir"
+    beir.mkdir(parents=True)
+    assert describe_test_set(beir) == "generated or heading questions on held-out pages"
+    report = {"split": {"questions": {"test": 0, "user": {"total": 40, "train": 28, "test": 12}}}}
+    (tmp_path / "prep" / "prep_report.json").write_text(json.dumps(report))
+    assert describe_test_set(beir) == "12 real questions (prep.user_questions) on held-out documents"
+    report["split"]["questions"]["user"]["test"] = 0
+    (tmp_path / "prep" / "prep_report.json").write_text(json.dumps(report))
+    assert describe_test_set(beir) == "generated or heading questions on held-out pages"
