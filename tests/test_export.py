@@ -219,6 +219,11 @@ def test_int8_quality_is_as_reported_and_recomputes(minilm_export, beir_dir):
         )
         for metric in ["ndcg@10", "recall@10"]:
             assert beir[key][metric] == pytest.approx(metrics["metrics"][metric], abs=1e-9)
+    paired = beir["paired_ndcg@10"]  # the per-query difference, judged by its CI, not by the delta alone
+    assert paired["n"] == len(dataset.qrels) and paired["diff"] == pytest.approx(beir["delta"]["ndcg@10"])
+    assert paired["ci95"][0] <= paired["diff"] <= paired["ci95"][1] and paired["tolerance"] == 0.01
+    # int8 ranks each of the 4 queries as fp32 does: every difference is 0, so the CI is [0, 0], inside +-0.01
+    assert paired["verdict"] == "within" and paired["why"].startswith("the 95% CI [+0.0000, +0.0000]")
     for metric in ["ndcg@10", "recall@10"]:
         assert beir["delta"][metric] == pytest.approx(beir["int8"][metric] - beir["fp32"][metric])
         assert beir["fp32"][metric] > 0.7 and abs(beir["delta"][metric]) <= 0.1
