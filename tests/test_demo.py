@@ -13,8 +13,11 @@ from embedforge.demo import (
     evaluate_real_questions,
     format_real_questions,
     real_question_verdict,
+    verify_on_real_questions,
     write_demo_report,
 )
+from embedforge.evaluate import compare_models
+from embedforge.export import export_onnx
 from embedforge.formats import BeirDataset, write_beir
 from embedforge.model import BiEncoder
 from embedforge.pipeline import MARKER
@@ -120,3 +123,25 @@ def test_real_questions_scored_saved_skipped_and_reported(tmp_path, faq_beir, mi
     body = report.read_text()
     assert body.index("## Questions people wrote") < body.index("## Generated questions on held-out pages")
     assert body.count("| paired test vs minilm |") == 2 and line + "." in body
+
+
+def test_int8_is_decided_on_the_real_questions_and_read_back(tmp_path, faq_beir, minilm):
+    run = tmp_path / "run"
+    export_onnx(minilm, run / "export", quantize="int8", speed=False)
+    compare_models({"tuned": minilm}, faq_beir, run / REAL_DIR, progress=False)
+    for stage, key in (("export", "e1"), (REAL_DIR, "r1")):
+        (run / stage / MARKER).write_text(json.dumps({"key": key, "status": "finished"}))
+
+    report = verify_on_real_questions(run, faq_beir, "int8")
+    assert report["model"] == "minilm" and report["reference"]["name"] == "tuned"
+    assert report["paired"]["queries"] == 8 and report["dataset"]["queries"] == 8
+    assert report["decided_by"].endswith("; the queries: the Perl FAQ's real questions")
+    saved = run / REAL_DIR / "verify_int8.json"
+    assert json.loads(saved.read_text())["served_metrics"] == report["served_metrics"]
+
+    # unchanged export and real-question eval: read back, not served again
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "seconds": -1.0}))
+    assert verify_on_real_questions(run, faq_beir, "int8")["seconds"] == -1.0
+    # a new export is verified again
+    (run / "export" / MARKER).write_text(json.dumps({"key": "e2", "status": "finished"}))
+    assert verify_on_real_questions(run, faq_beir, "int8")["seconds"] >= 0

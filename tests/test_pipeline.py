@@ -16,7 +16,7 @@ import pytest
 
 from embedforge.errors import EmbedforgeError
 from embedforge.general_check import load_lee
-from embedforge.pipeline import MARKER, run_pipeline, write_run_report
+from embedforge.pipeline import MARKER, describe_test_set, run_pipeline, write_run_report
 from sdg_stub import StubServer
 
 MAIN_STAGES = ("sdg", "prep", "finetune", "eval")
@@ -598,3 +598,15 @@ def test_the_report_keeps_the_base_model_when_too_few_questions_tell_a_gain(tmp_
     assert "**Keep the base model (`minilm`)**" in report
     assert "too few questions to tell (the 95% CI spans" in report
     assert "little training signal: 40 generated questions and 0 heading -> body pairs" in report
+
+
+def test_verify_names_its_evidence_real_questions_only_when_prep_had_them(tmp_path):
+    beir = tmp_path / "prep" / "test_beir"
+    beir.mkdir(parents=True)
+    assert describe_test_set(beir) == "generated or heading questions on held-out pages"
+    report = {"split": {"questions": {"test": 0, "user": {"total": 40, "train": 28, "test": 12}}}}
+    (tmp_path / "prep" / "prep_report.json").write_text(json.dumps(report))
+    assert describe_test_set(beir) == "12 real questions (prep.user_questions) on held-out documents"
+    report["split"]["questions"]["user"]["test"] = 0
+    (tmp_path / "prep" / "prep_report.json").write_text(json.dumps(report))
+    assert describe_test_set(beir) == "generated or heading questions on held-out pages"

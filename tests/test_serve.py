@@ -117,8 +117,8 @@ def asym(asym_dir):
         yield server
 
 
-class GatedRuntime(TorchRuntime):
-    """The real runtime whose model calls wait at a gate the test opens, and which records each call's size.
+class Gated:
+    """A real runtime whose model calls wait at a gate the test opens, and which records each call's size.
 
     With the gate closed the test knows the model is busy and decides what queues up behind it (checked on
     the batcher's own counters), so batching is asserted by order and counts, never by timing.
@@ -148,6 +148,14 @@ class GatedRuntime(TorchRuntime):
             self.gate.set()
 
 
+class GatedRuntime(Gated, TorchRuntime):
+    """minilm on PyTorch behind the gate."""
+
+
+class GatedOnnxRuntime(Gated, OnnxRuntime):
+    """An export folder on ONNX Runtime behind the gate."""
+
+
 def wait_until(condition, what: str, timeout: float = 300) -> None:
     """Poll ``condition`` until it holds (the state is read, not guessed from elapsed time)."""
     deadline = time.monotonic() + timeout
@@ -173,7 +181,7 @@ def gated():
 
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory) -> Path:
-    """What `embedforge export minilm OUT --quantize int8` ships: fp32 and the fused int8 graph (QAttention)."""
+    """What `embedforge export minilm OUT --quantize int8` ships: fp32 and the fused int8 graph (int8 Q/K/V)."""
     folder = tmp_path_factory.mktemp("export") / "onnx"
     assert cli_main(["export", "minilm", str(folder), "speed=false", "--quantize", "int8"]) == 0
     return folder
@@ -600,7 +608,7 @@ def test_onnx_server_matches_pytorch(onnx_server, sym, minilm):
 def test_served_int8_export_matches_its_onnx_session(onnx_dir):
     """The int8 graph `embedforge export --quantize int8` ships, served on loopback to the OpenAI client."""
     int8_ops = [n.op_type for n in onnx_lib.load(str(onnx_dir / "model_int8.onnx")).graph.node]
-    assert int8_ops.count("QAttention") == 6 and "Softmax" not in int8_ops  # the fused, quantized attention
+    assert int8_ops.count("MultiHeadAttention") == 6 and "Softmax" not in int8_ops  # fused, int8 Q/K/V
     runtime = load_runtime(onnx_dir, precision="int8")
     assert runtime.backend == "onnx-int8"
     with running(runtime) as server:
@@ -610,8 +618,7 @@ def test_served_int8_export_matches_its_onnx_session(onnx_dir):
         small = client.embeddings.create(model="minilm", input=TEXTS, dimensions=128)
         after = metric_samples(server)
         assert httpx.get(server.url + "/v1/metadata").json()["model"]["backend"] == "onnx-int8"
-    # each request ran as one model call of its 4 inputs: dynamic int8 scales activations per call, so the
-    # in-process session must see the same batch to give the same vectors
+    # each request ran as one model call of its 4 inputs
     calls = ("embedforge_batch_size_count", ())
     assert after[calls] - before[calls] == 2
     assert after[("embedforge_batch_size_sum", ())] - before[("embedforge_batch_size_sum", ())] == 8
@@ -626,6 +633,50 @@ def test_served_int8_export_matches_its_onnx_session(onnx_dir):
     cosines = np.sum(got * fp32, axis=1)
     assert cosines.min() > 0.98, cosines
     assert np.abs(got - fp32).max() > 1e-4  # really the int8 graph, not fp32
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_in_process_vector_does_not_depend_on_its_batch(onnx_dir, precision):
+    """A text embedded alone, in a batch (either order) and between long passages: one vector."""
+    encoder = OnnxEncoder(onnx_dir, precision)
+    alone = np.concatenate([encoder.encode_passages([t]) for t in TEXTS])
+    batched = encoder.encode(TEXTS, batch_size=len(TEXTS), sort_by_length=False)
+    reversed_batch = encoder.encode(TEXTS[::-1], batch_size=len(TEXTS), sort_by_length=False)[::-1]
+    beside_long = np.stack(
+        [
+            encoder.encode([LONG_TEXT, t, LONG_TEXT[:900]], batch_size=3, sort_by_length=False)[1]
+            for t in TEXTS
+        ]
+    )
+    for other in (batched, reversed_batch, beside_long):
+        assert _min_cosine(alone, other) >= 0.99999
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_served_vector_does_not_depend_on_what_the_batcher_merges_it_with(onnx_dir, precision):
+    """Through the server's dynamic batcher: requests queued behind a busy model are merged into one model
+    call with two long passages, and each text still gets the vector it gets alone."""
+    runtime = GatedOnnxRuntime(onnx_dir, precision=precision)
+    app = create_app(runtime, {"max_wait_ms": 1, "max_batch_tokens": 4096})
+    with ServerThread(app) as server:
+        alone = np.concatenate([vectors_of(post(server, {"model": "minilm", "input": [t]})) for t in TEXTS])
+        batched = vectors_of(post(server, {"model": "minilm", "input": TEXTS}))
+        with ThreadPoolExecutor(6) as pool, runtime.closed():
+            blocker = pool.submit(post, server, {"model": "minilm", "input": ["occupies the model"]})
+            assert runtime.entered.wait(300)
+            long_request = {"model": "minilm", "input": [LONG_TEXT, LONG_TEXT[:900]], "truncate": "END"}
+            pending = [pool.submit(post, server, {"model": "minilm", "input": [t]}) for t in TEXTS]
+            pending.append(pool.submit(post, server, long_request))
+            wait_until(lambda: app.state.batcher.queued == 6, "the 6 inputs queued behind the busy model")
+            runtime.gate.set()
+            merged = np.concatenate([vectors_of(f.result()) for f in pending[:4]])
+            assert blocker.result().status_code == 200 and pending[4].result().status_code == 200
+    assert runtime.calls == [1, 6]  # the four texts and the two long passages went through one call
+    assert _min_cosine(alone, batched) >= 0.99999 and _min_cosine(alone, merged) >= 0.99999
 
 
 # ------------------------------------------------------------------------------ the CLI, shutdown

@@ -12,7 +12,7 @@ from scipy import stats
 from embedforge.eval_report import format_table
 from embedforge.evaluate import compare_models
 from embedforge.formats import BeirDataset, DataFormatError
-from embedforge.significance import bootstrap_ci, paired_comparison, sign_flip_p, verdict
+from embedforge.significance import bootstrap_ci, paired_comparison, sign_flip_p, verdict, within_tolerance
 
 # nDCG@10 of 8 hand-made queries for a baseline and a tuned model
 BASE = {"q1": 0.50, "q2": 0.63, "q3": 1.00, "q4": 0.00, "q5": 0.39, "q6": 0.43, "q7": 1.00, "q8": 0.30}
@@ -93,6 +93,25 @@ class _Lookup:
         return np.array([self.vectors[t] for t in texts], dtype=np.float32)
 
     encode_passages = encode_queries
+
+
+def test_within_tolerance_needs_enough_queries_to_say_so():
+    # the same spread of per-query differences (+-0.2 around a mean of 0): 8 queries cannot tell whether the
+    # mean difference is within +-0.01; 4,000 can
+    rng = np.random.default_rng(1)
+    for n, expected in [(8, "undecided"), (4000, "within")]:
+        diffs = rng.choice([-0.2, 0.2], size=n)
+        diffs -= diffs.mean()
+        base = {f"q{i}": 0.5 for i in range(n)}
+        model = {f"q{i}": 0.5 + d for i, d in enumerate(diffs)}
+        judged = within_tolerance(paired_comparison(base, model), 0.01)
+        assert judged["verdict"] == expected, judged
+    assert judged["why"].startswith("the 95% CI") and "inside +-0.01" in judged["why"]
+    few = within_tolerance({"n": 8, "ci95": [-0.12, 0.12]}, 0.01)
+    assert few["why"].startswith("too few queries to decide: 8 give a 95% CI [-0.1200, +0.1200]")
+    assert within_tolerance({"n": 300, "ci95": [-0.05, -0.02]}, 0.01)["verdict"] == "beyond"
+    crossing = within_tolerance({"n": 300, "ci95": [-0.015, -0.005]}, 0.01)  # narrow, but over the bound
+    assert crossing["verdict"] == "undecided" and "crosses a bound" in crossing["why"]
 
 
 def test_compare_models_reports_ci_and_p_in_json_and_table(tmp_path):

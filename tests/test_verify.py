@@ -95,6 +95,10 @@ def test_verify_passes_for_the_same_model(minilm_server, beir, reference, tmp_pa
         assert row["reference"] == pytest.approx(offline[row["metric"]])
         assert row["diff"] < 1e-3  # same model, same texts: only float noise
     assert 0 < report["served_metrics"]["ndcg@10"] < 1
+    # the same model per query: every difference is 0, so the paired CI decides, on 40 queries
+    assert report["paired"]["verdict"] == "within" and report["paired"]["queries"] == 40
+    assert report["paired"]["metrics"]["ndcg@10"]["ci95"] == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert report["decided_by"] == "the paired 95% CI over 40 queries (inside the tolerance)"
     assert "VERIFY PASSED" in report["table"]
     written = json.loads(out.read_text())
     assert written["passed"] is True and written["metrics"] == report["metrics"]
@@ -117,7 +121,32 @@ def test_verify_fails_for_a_different_model(random_server, beir, reference, tmp_
     assert drifted and all(r["diff"] >= r["tolerance"] for r in drifted)
     assert any(r["metric"] == "ndcg@10" for r in drifted)
     assert "VERIFY FAILED" in report["table"] and "DRIFT" in report["table"]
+    # per query the random model is not shown to be worse on 40 look-alike queries (its CI is wider than
+    # the band): the point differences decided, and the report says so
+    assert report["paired"]["verdict"] == "undecided"
+    assert report["decided_by"].startswith("NVIDIA's point tolerances: the paired CI over 40 queries")
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
+
+
+def test_verify_says_when_its_queries_are_too_few_to_decide(minilm_server, beir, reference, tmp_path):
+    # a reference whose per-query nDCG@10 is moved +-0.3 (half the queries up, half down): its means are
+    # minilm's, its per-query differences are wide, so 40 queries cannot put the CI inside +-0.01
+    results = json.loads(reference.read_text())
+    per_query = results["models"]["minilm"]["per_query"]
+    for i, query in enumerate(sorted(per_query, key=lambda q: per_query[q]["ndcg@10"])):
+        per_query[query]["ndcg@10"] += 0.3 if i % 2 else -0.3
+    moved = tmp_path / "eval_results.json"
+    moved.write_text(json.dumps(results))
+    report = verify(minilm_server.url, beir, moved)
+    ndcg = report["paired"]["metrics"]["ndcg@10"]
+    assert report["paired"]["verdict"] == ndcg["verdict"] == "undecided"
+    assert ndcg["why"].startswith("too few queries to decide: 40 give a 95% CI")
+    assert ndcg["ci95"][1] - ndcg["ci95"][0] > 0.02
+    # the CI could not decide, so NVIDIA's point tolerances did (the means are unchanged: passed), and the
+    # report says which evidence decided
+    assert report["passed"], report["table"]
+    assert report["decided_by"].startswith("NVIDIA's point tolerances: the paired CI over 40 queries")
+    assert "too few queries to decide" in report["table"] and "decided by NVIDIA's point" in report["table"]
 
 
 def test_verify_picks_the_reference_model(minilm_server, random_server, beir, reference):

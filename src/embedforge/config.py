@@ -356,7 +356,8 @@ class ExportConfig:
     out: str = setting("runs/export", "export folder (built beside it, renamed into place after the checks)")
     opset: int = setting(17, "ONNX opset (NVIDIA: 17)")
     quantize: Literal["int8"] | None = setting(
-        None, "int8: also write model_int8.onnx (dynamic int8) with its quality vs fp32 reported"
+        None,
+        "int8: also write model_int8.onnx (int8, one scale per token row) with its quality vs fp32 reported",
     )
     fp16: bool = setting(False, "also write model_fp16.onnx (fp16 weights, float32 inputs/outputs)")
     beir: str | None = setting(

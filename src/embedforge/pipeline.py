@@ -239,23 +239,45 @@ def verify_report_path(fp32_report: str | Path, precision: str) -> Path:
     return out if precision == "fp32" else out.with_name(f"{out.stem}_{precision}{out.suffix}")
 
 
+def describe_test_set(beir: str | Path) -> str:
+    """What the run's test questions are, for verify's report: the user's own questions when prep had
+    them (they are then the whole test set), else generated or heading questions on held-out pages."""
+    report = Path(beir).parent / "prep_report.json"
+    questions = json.loads(report.read_text())["split"]["questions"] if report.is_file() else {}
+    user = (questions.get("user") or {}).get("test", 0)
+    if user:
+        return f"{user} real questions (prep.user_questions) on held-out documents"
+    return "generated or heading questions on held-out pages"
+
+
+def verify_served(served: str | Path, precision: str, cfg, evidence: str) -> dict:
+    """Serve ``precision`` of ``served`` on a loopback port in this process and ``run_verify`` it with ``cfg``
+    (a ``VerifyConfig``; its url is the server's)."""
+    import dataclasses
+
+    from embedforge.serve.app import create_app
+    from embedforge.serve.server import ServerThread, load_serving_runtime
+    from embedforge.verify import run_verify
+
+    serve_cfg = load_config("serve", None, [], model=str(served), precision=precision)
+    app = create_app(load_serving_runtime(serve_cfg), serve_cfg)
+    with ServerThread(app) as server:
+        return run_verify(dataclasses.replace(cfg, url=server.url), evidence=evidence)
+
+
 def _run_verify(cfg, served: str) -> dict:
     """Serve each graph the export offers (fp32 and the int8/fp16 copies users are told to serve) on a
     loopback port in this process and verify it against the offline eval; fp32 must pass, a quantized copy
     that drifts is reported (its verify report says so) and not recommended."""
     import dataclasses
 
-    from embedforge.serve.app import create_app
-    from embedforge.serve.server import ServerThread, load_serving_runtime
-    from embedforge.verify import VerifyError, run_verify
+    from embedforge.verify import VerifyError
 
     reports = {}
     for precision in served_precisions(Path(served)):
-        serve_cfg = load_config("serve", None, [], model=served, precision=precision)
-        app = create_app(load_serving_runtime(serve_cfg), serve_cfg)
         out = str(verify_report_path(cfg.out, precision))
-        with ServerThread(app) as server:
-            reports[precision] = report = run_verify(dataclasses.replace(cfg, url=server.url, out=out))
+        config = dataclasses.replace(cfg, out=out)
+        reports[precision] = report = verify_served(served, precision, config, describe_test_set(cfg.beir))
         if not report.get("passed", False):
             why = report["table"].splitlines()[-1].removeprefix("VERIFY FAILED: ")
             if precision != "fp32":  # a quantized copy may drift on a small test set: reported, not fatal

@@ -116,3 +116,26 @@ def verdict(name: str, baseline: str, result: Mapping[str, Any], metric: str = "
         f"p {result['p']:.3g}, {result['better']} queries better / {result['worse']} worse of "
         f"{result['n']}: {word}"
     )
+
+
+def within_tolerance(result: Mapping[str, Any], tolerance: float) -> dict[str, Any]:
+    """Is the per-query difference within ``+-tolerance``, judged by its 95% CI rather than its mean?
+
+    ``within``: the whole interval is inside the band; ``beyond``: the whole interval is outside it (a
+    difference larger than the tolerance is shown); ``undecided``: the interval crosses a bound of the band,
+    and when it is wider than the band itself the queries are too few to decide either way.
+    """
+    low, high = result["ci95"]
+    if -tolerance <= low and high <= tolerance:
+        verdict, why = "within", f"the 95% CI [{low:+.4f}, {high:+.4f}] lies inside +-{tolerance}"
+    elif high < -tolerance or low > tolerance:
+        verdict, why = "beyond", f"the 95% CI [{low:+.4f}, {high:+.4f}] lies outside +-{tolerance}"
+    elif high - low > 2 * tolerance:
+        verdict = "undecided"
+        why = (
+            f"too few queries to decide: {result['n']} give a 95% CI [{low:+.4f}, {high:+.4f}], "
+            f"wider than the +-{tolerance} band"
+        )
+    else:
+        verdict, why = "undecided", f"the 95% CI [{low:+.4f}, {high:+.4f}] crosses a bound of +-{tolerance}"
+    return {"verdict": verdict, "tolerance": tolerance, "why": why}

@@ -5,7 +5,8 @@ One module per job:
 * ``graph``: trace backbone + pooling with the dynamo exporter; append Matryoshka truncation and L2 norm;
 * ``checks``: tokenizer round trip, parity with PyTorch (fails above 1e-4), quality of reduced-precision
   copies (cosine to fp32, batch dependence, speed, nDCG@10 / Recall@10 delta on a BEIR folder);
-* ``quantize``: dynamic int8 on a fused graph (``attention_fusion``) and fp16;
+* ``quantize``: int8 on a fused graph (``attention_fusion``), one scale per token row (``rowwise_int8``),
+  and fp16;
 * ``folder``: the one loader of an export folder (manifest, graph per precision, ONNX Runtime session),
   shared by ``OnnxEncoder`` (``encoder``) and the server;
 * ``build``: ``export_onnx`` / ``run_export``, which build in a temp sibling and rename into place only when

@@ -4,8 +4,8 @@ onnxruntime's own transformer optimizer fuses LayerNorm and Gelu in our dynamo-e
 attention: its patterns expect the masks of older exporters, and ours is a ``Where`` over a 4-D boolean mask.
 Left unfused, each layer materialises ``batch x heads x seq x seq`` scores and runs Mul, Add, Softmax and
 two MatMuls over them one after the other; on a 2-core CPU that was about 40% of the int8 graph's time.
-The fused op computes Q, K and V in one projection (``quantize_dynamic`` then turns it into ``QAttention``
-with int8 weights) and the scores per head, where they stay in cache: the int8 MiniLM export embeds
+The fused op computes Q, K and V in one projection (``rowwise_int8`` then makes it an int8 projection
+feeding ``MultiHeadAttention``) and the scores per head, where they stay in cache: the int8 MiniLM export embeds
 1.1-1.2x more texts per second (``benchmarks/batch_budget.py``; docs/benchmarks.md, serving).
 
 The pattern matched, per layer (what ``torch.onnx.export(dynamo=True)`` writes for eager BERT attention)::

@@ -188,7 +188,7 @@ def _build(encoder, tokenizer, config, source: str, dims: list[int], tmp: Path) 
 
         data = read_beir(config.beir, split=config.beir_split)
         beir = {"dataset": str(config.beir), "split": config.beir_split, "data": data}
-        beir["fp32"] = beir_scores(fp32, data)
+        beir["fp32"], beir["fp32_per_query"] = beir_scores(fp32, data)
     fp32_speed = round(measure_speed(fp32), 1) if variants and config.speed else None
     for variant, method in variants.items():
         other = OnnxEncoder(tmp, variant)
@@ -261,5 +261,13 @@ def format_summary(info: dict[str, Any]) -> str:
                     f"{m} {b[variant][m]:.4f} vs fp32 {b['fp32'][m]:.4f} ({b['delta'][m]:+.4f})"
                     for m in BEIR_METRICS
                 )
+            )
+            paired = b.get("paired_ndcg@10")
+            if not paired:  # an export written before the paired test
+                continue
+            low, high = paired["ci95"]
+            lines.append(
+                f"{variant} vs fp32 per query: nDCG@10 {paired['diff']:+.4f}, 95% CI [{low:+.4f}, {high:+.4f}] "
+                f"over {paired['n']} queries: {paired['verdict']} ({paired['why']})"
             )
     return "\n".join(lines)

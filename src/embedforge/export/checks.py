@@ -227,9 +227,9 @@ def quality_vs_fp32(
 def batch_consistency(encoder: OnnxEncoder, texts: Sequence[str] = PROBE_TEXTS) -> float:
     """Min cosine between each text embedded alone and inside one batch of all ``texts``.
 
-    fp32 gives ~1.0. Dynamic int8 quantizes activations with one scale per tensor, i.e. per batch, so a
-    vector depends on what it was batched with (padding included): a server that batches requests together
-    returns slightly different int8 vectors for the same text.
+    fp32 and the per-row int8 give ~1.0. A graph that quantizes activations with one scale per tensor (per
+    batch, as onnxruntime's ``quantize_dynamic`` does) makes a vector depend on what it was batched with
+    (padding included), so a server that batches requests would return different vectors for one text.
     """
     alone = encoder.encode_passages(texts, batch_size=1)
     together = encoder.encode_passages(texts, batch_size=len(texts))
@@ -248,13 +248,25 @@ def measure_speed(encoder: OnnxEncoder, texts: Sequence[str] = PROBE_TEXTS, repe
 
 
 BEIR_METRICS = ("ndcg@10", "recall@10")
+PAIRED_TOLERANCE = 0.01  # NVIDIA's deploy tolerance for nDCG@k at k >= 5, as verify uses
 
 
-def beir_scores(encoder: OnnxEncoder, dataset) -> dict[str, float]:
+def beir_scores(encoder: OnnxEncoder, dataset) -> tuple[dict[str, float], dict[str, float]]:
+    """(mean nDCG@10 and Recall@10, per-query nDCG@10) on a BEIR dataset."""
     from embedforge.evaluate import evaluate_dataset
 
     result = evaluate_dataset(encoder, dataset, ks=(1, 5, 10), progress=False)
-    return {m: float(result["metrics"][m]) for m in BEIR_METRICS}
+    per_query = {q: float(v["ndcg@10"]) for q, v in result["per_query"].items()}
+    return {m: float(result["metrics"][m]) for m in BEIR_METRICS}, per_query
+
+
+def paired_vs_fp32(fp32: dict[str, float], other: dict[str, float], tolerance: float) -> dict[str, Any]:
+    """The copy's per-query nDCG@10 minus fp32's: mean, paired 95% CI, p, and whether the CI shows the copy
+    within ``tolerance`` of fp32 (``significance.within_tolerance``; on a few dozen queries it cannot)."""
+    from embedforge.significance import paired_comparison, within_tolerance
+
+    result = paired_comparison(fp32, other)
+    return {k: result[k] for k in ("n", "diff", "ci95", "p")} | within_tolerance(result, tolerance)
 
 
 def measure_variant(
@@ -267,7 +279,8 @@ def measure_variant(
 ) -> dict[str, Any]:
     """A reduced-precision copy against fp32: cosines (full size and ``dims``), batch dependence, file
     sizes, texts/s when ``fp32_speed`` (fp32's, measured once) is given, and with ``beir``
-    (``{"dataset", "split", "data", "fp32"}``) the metric deltas."""
+    (``{"dataset", "split", "data", "fp32", "fp32_per_query"}``) the metric deltas and the paired CI of
+    the per-query nDCG@10 difference judged against ``PAIRED_TOLERANCE``."""
     variant = other.variant
     report: dict[str, Any] = quality_vs_fp32(fp32, other, dims=dims)
     report["min_cosine_alone_vs_batched"] = batch_consistency(other)
@@ -283,12 +296,13 @@ def measure_variant(
         variant: round(other.model_file.stat().st_size / 1e6, 1),
     }
     if beir is not None:
-        scores = beir_scores(other, beir["data"])
+        scores, per_query = beir_scores(other, beir["data"])
         report["beir"] = {
             "dataset": beir["dataset"],
             "split": beir["split"],
             "fp32": beir["fp32"],
             variant: scores,
             "delta": {m: scores[m] - beir["fp32"][m] for m in BEIR_METRICS},
+            "paired_ndcg@10": paired_vs_fp32(beir["fp32_per_query"], per_query, PAIRED_TOLERANCE),
         }
     return report

@@ -1,8 +1,8 @@
-"""Reduced-precision copies of the fp32 graph: dynamic int8 (built on a fused graph) and fp16.
+"""Reduced-precision copies of the fp32 graph: per-row int8 (built on a fused graph) and fp16.
 
 int8: onnxruntime's transformer fusions plus ours for attention (``attention_fusion``), kept only when the
-fused graph matches fp32 within the parity tolerance, then the quantizer on MatMul and attention weights
-per channel. fp16: fp16 weights and activations with float32 inputs, outputs and head.
+fused graph matches fp32 within the parity tolerance, then per-row int8 (``rowwise_int8``) on the MatMul
+and attention projections. fp16: fp16 weights and activations with float32 inputs, outputs and head.
 """
 
 from __future__ import annotations
@@ -48,23 +48,20 @@ def fuse_for_onnxruntime(src: Path, dst: Path, external: bool, attention: bool =
 
 
 def quantize_int8(src: Path, dst: Path, external: bool) -> dict[str, Any]:
-    """Dynamic int8 (weights int8, activations quantized at run time): MatMul and Attention weights.
+    """int8 weights and per-row int8 activations (``rowwise_int8``): a text's vector is the same in any batch.
 
     The embedding tables (Gather) stay fp32: quantizing them costs quality and buys no speed.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from embedforge.export.rowwise_int8 import SYMMETRIC_KINDS, quantize_rowwise
 
-    # Attention: the fused self-attention (QAttention: int8 Q/K/V projection weights)
-    ops = ["MatMul", "Attention"]
-    options = {"op_types_to_quantize": ops, "weight_type": QuantType.QInt8, "per_channel": True}
     with quiet_exporter():
-        quantize_dynamic(str(src), str(dst), use_external_data_format=external, **options)
+        counts = quantize_rowwise(src, dst, external)
     return {
-        "method": "onnxruntime.quantization.quantize_dynamic",
-        "op_types_to_quantize": ops,
-        "weight_type": "QInt8",
-        "per_channel": True,
-        "activations": "uint8, one scale per tensor computed at run time",
+        "method": "embedforge.export.rowwise_int8 (MatMulIntegerToFloat, MultiHeadAttention)",
+        "quantized_ops": counts,
+        "weights": "int8, one scale per output column",
+        "activations": "uint8, one range per token row computed at run time "
+        f"(symmetric for {sorted(SYMMETRIC_KINDS)}, else asymmetric)",
     }
 
 
