@@ -235,6 +235,23 @@ def _served_prompts(client: EmbeddingsClient) -> dict[str, str] | None:
 # ------------------------------------------------------------------------------------------------ verify
 
 
+def metric_rows(
+    served: dict[str, float], reference: dict, ks: Sequence[int], tolerance_small_k: float, tolerance: float
+) -> list[dict[str, Any]]:
+    """One row per nDCG@k / Recall@k the reference has: served vs reference and NVIDIA's tolerance at k."""
+    rows = []
+    for family in COMPARED:
+        for k in ks:
+            name = f"{family}@{k}"
+            if name not in reference:
+                continue
+            tol = tolerance_for(k, tolerance_small_k, tolerance)
+            diff = abs(served[name] - float(reference[name]))
+            rows.append({"metric": name, "k": k, "served": served[name], "reference": float(reference[name]),
+                         "diff": diff, "tolerance": tol, "ok": diff < tol})  # fmt: skip
+    return rows
+
+
 def verify(
     url: str,
     beir,
@@ -347,24 +364,7 @@ def verify(
         served_metrics = compute_metrics(dataset.qrels, run, wanted_ks)
         served_per_query = per_query_metrics(dataset.qrels, run, [10])  # the paired test's @10 metrics
         paired = paired_decision(served_per_query, ref["per_query"], tolerance)
-        for family in COMPARED:
-            for k in wanted_ks:
-                name = f"{family}@{k}"
-                if name not in ref["metrics"]:
-                    continue
-                tol = tolerance_for(k, tolerance_small_k, tolerance)
-                diff = abs(served_metrics[name] - float(ref["metrics"][name]))
-                rows.append(
-                    {
-                        "metric": name,
-                        "k": k,
-                        "served": served_metrics[name],
-                        "reference": float(ref["metrics"][name]),
-                        "diff": diff,
-                        "tolerance": tol,
-                        "ok": diff < tol,
-                    }
-                )
+        rows = metric_rows(served_metrics, ref["metrics"], wanted_ks, tolerance_small_k, tolerance)
         if not rows:
             check("metrics", False, f"no nDCG@k / Recall@k for k in {wanted_ks} in the reference")
 
