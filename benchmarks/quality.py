@@ -312,17 +312,21 @@ def render(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(
+    path: Path,
+    section: str,
+    markers: tuple[str, str] = (START, END),
+    title: str = "Quality: the Perl FAQ's real questions (`benchmarks/quality.py`)",
+) -> None:
+    """Replace the text between ``markers`` in ``path``, or append the section under ``title``."""
     from embedforge.atomic import write_text_atomic
 
+    start, end = markers
     text = path.read_text()
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
     else:
-        text = (
-            text.rstrip("\n") + "\n\n## Quality: the Perl FAQ's real questions (`benchmarks/quality.py`)\n\n"
-        )
-        text += section + "\n"
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n" + section + "\n"
     write_text_atomic(path, text)
 
 

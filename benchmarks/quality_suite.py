@@ -142,22 +142,6 @@ def render(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    from embedforge.atomic import write_text_atomic
-
-    text = path.read_text()
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = (
-            text.rstrip("\n")
-            + "\n\n## Quality over the dev suite (`benchmarks/quality.py --suite`)\n\n"
-            + section
-            + "\n"
-        )
-    write_text_atomic(path, text)
-
-
 def run_suite(q, args, argv: list[str]) -> int:
     """``quality.py --suite``: every set, every seed, then the table."""
     from devsets import SETS, build_devset
@@ -198,5 +182,6 @@ def run_suite(q, args, argv: list[str]) -> int:
     print(section)
     if not args.no_docs:
         write_json_atomic(q.ROOT / "docs" / "bench" / "suite.json", summary)
-        write_section(q.ROOT / "docs" / "benchmarks.md", section)
+        title = "Quality over the dev suite (`benchmarks/quality.py --suite`)"
+        q.write_section(q.ROOT / "docs" / "benchmarks.md", section, (START, END), title)
     return 0 if summary["aggregate"]["holds"] else 1
