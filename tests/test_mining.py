@@ -403,13 +403,34 @@ def test_prep_negatives_never_come_from_test_documents_nor_are_positives(prepped
     assert data["mining"]["args"]["margin"] == 0.95 and data["mining"]["args"]["margin_type"] == "perc"
 
 
+def test_split_holds_out_a_share_of_the_questions_not_of_the_documents():
+    # three manuals hold most questions, seventeen small pages a few each: 20% of the documents could
+    # hold out 4 small pages (8 questions of 167), the question-balanced split holds out about 20% of them
+    weights = {"manual-a": 50, "manual-b": 45, "manual-c": 38, **{f"page-{i:02d}": 2 for i in range(17)}}
+    total = sum(weights.values())
+    for seed in range(10):
+        train, test = split_documents(weights, 0.2, seed, weights)
+        held = sum(weights[d] for d in test)
+        assert 0.15 * total <= held <= 0.3 * total, (seed, test)
+        assert set(train) | set(test) == set(weights) and not set(train) & set(test)
+    assert sum(weights[d] for d in split_documents(weights, 0.2, 0)[1]) < 0.2 * total  # by documents
+    # one document over the whole share alone: the one closest to the share, never all documents
+    assert split_documents({"a": 90, "b": 10}, 0.2, 3, {"a": 90, "b": 10}) == (["a"], ["b"])
+    assert split_documents({"a": 90, "b": 80}, 0.2, 3, {"a": 90, "b": 80})[1] in (["a"], ["b"])
+
+
 def test_prep_splits_by_document_deterministically(prepped, tmp_path):
     config, report = prepped
     split = report["split"]
-    assert split["documents"] == {"train": 8, "test": 2, "without_questions": 0}
-    # every question sits on the side of its document
     test_docs = set(split["test_documents"])
+    assert split["documents"] == {
+        "train": 10 - len(test_docs),
+        "test": len(test_docs),
+        "without_questions": 0,
+    }
+    # every question sits on the side of its document; the test side holds about 20% of them
     n_test = sum(len(QUESTIONS[d]) for d in test_docs)
+    assert 0.15 <= n_test / sum(map(len, QUESTIONS.values())) <= 0.25
     assert split["questions"] == {
         "total": sum(map(len, QUESTIONS.values())),
         "train": sum(map(len, QUESTIONS.values())) - n_test,
@@ -421,7 +442,8 @@ def test_prep_splits_by_document_deterministically(prepped, tmp_path):
         "dropped_cross_split": 0,
     }
     # same seed, same split and the same files; another seed, another split
-    assert split_documents(DOCS, 0.2, 42) == (split["train_documents"], split["test_documents"])
+    weights = {d: len(QUESTIONS[d]) for d in DOCS}
+    assert split_documents(DOCS, 0.2, 42, weights) == (split["train_documents"], split["test_documents"])
     assert split_documents(list(DOCS)[::-1], 0.2, 42) == split_documents(DOCS, 0.2, 42)
     assert any(split_documents(DOCS, 0.2, s)[1] != split["test_documents"] for s in range(1, 5))
     again = PrepConfig(pairs=config.pairs, passages=config.passages, out=str(tmp_path / "again"))

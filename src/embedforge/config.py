@@ -234,7 +234,9 @@ class PrepConfig:
     )
     out: str = setting("runs/prep", "folder for train.json (+corpus/), train.jsonl, test_beir/, prep_report")
     model: str = setting("minilm", "model that mines the negatives: a known name or a folder")
-    test_fraction: float = setting(0.2, "share of documents (not questions) held out for test (NVIDIA: 0.2)")
+    test_fraction: float = setting(
+        0.2, "share of the questions held out for test, drawn as whole documents (NVIDIA: 0.2 of documents)"
+    )
     seed: int = setting(42, "random seed of the document split (NVIDIA: 42)")
     num_negatives: int = setting(5, "hard negatives mined per query (NVIDIA: 5)")
     margin: float = setting(

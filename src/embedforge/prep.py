@@ -3,8 +3,10 @@
 What it does (the prep stage of NVIDIA's Nemotron `embed` recipe):
 
 1. reads the pairs JSONL and the passages JSONL that sdg writes (schemas below), checking every line;
-2. splits **by document**: the documents that have questions are shuffled with ``seed`` and
-   ``test_fraction`` of them (at least one, at most all but one) become test documents. A question belongs
+2. splits **by document**: the documents that have questions are shuffled with ``seed`` and test documents
+   are drawn from them until they hold about ``test_fraction`` of the questions (at least one document, at
+   most all but one), so a corpus of a few large manuals still holds out a share of its questions, not
+   of its files. A question belongs
    to the document(s) of its positive passages (not to its ``doc_id`` field, which is only cross-checked);
    a question whose positives span a train and a test document is dropped and counted. Documents without
    questions stay on the train side, where they only serve as negatives. When sdg wrote no questions
@@ -194,9 +196,14 @@ def read_passages(path) -> dict[str, Passage]:
 # ------------------------------------------------------------------------------------------------ split
 
 
-def split_documents(doc_ids, test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+def split_documents(
+    doc_ids, test_fraction: float, seed: int, weights: dict[str, int] | None = None
+) -> tuple[list[str], list[str]]:
     """Deterministic document split: sort, shuffle with ``seed``, the first share is test.
 
+    Without ``weights`` the share is ``test_fraction`` of the documents. With ``weights`` (the questions each
+    document holds) it is about ``test_fraction`` of the questions. A corpus whose questions sit in a few large
+    manuals would otherwise get a held-out set of a handful of questions, too few to tell anything.
     Returns ``(train_docs, test_docs)``, each sorted; test has at least one and at most all but one document.
     """
     docs = sorted(set(doc_ids))
@@ -204,9 +211,30 @@ def split_documents(doc_ids, test_fraction: float, seed: int) -> tuple[list[str]
         raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     if len(docs) < 2:
         raise ValueError(f"splitting by document needs at least 2 documents with questions, got {len(docs)}")
-    n_test = min(len(docs) - 1, max(1, int(len(docs) * test_fraction + 0.5)))
     random.Random(seed).shuffle(docs)
-    return sorted(docs[n_test:]), sorted(docs[:n_test])
+    if weights is None:
+        n_test = min(len(docs) - 1, max(1, int(len(docs) * test_fraction + 0.5)))
+        test = docs[:n_test]
+    else:
+        test = _test_share_by_weight(docs, weights, test_fraction)
+    chosen = set(test)
+    return sorted(d for d in docs if d not in chosen), sorted(test)
+
+
+def _test_share_by_weight(shuffled: list[str], weights: dict[str, int], test_fraction: float) -> list[str]:
+    """The test documents holding about ``test_fraction`` of the weight (see ``split_documents``): each
+    shuffled document joins when it brings the held-out weight closer to the share, never past 1.5 times it."""
+    target = test_fraction * sum(weights.get(d, 0) for d in shuffled)
+    test, held = [], 0
+    for doc in shuffled:
+        grown = held + weights.get(doc, 0)
+        closer, within = abs(grown - target) < abs(held - target), grown <= 1.5 * target
+        if closer and within and len(test) < len(shuffled) - 1:
+            test.append(doc)
+            held = grown
+    if not test:  # every document alone is over the share: the one closest to it
+        test = [min(shuffled, key=lambda d: abs(weights.get(d, 0) - target))]
+    return test
 
 
 def read_test_extras(pairs_path: Path, max_rank: int | None) -> list[Pair]:
@@ -244,6 +272,12 @@ def _question_docs(pairs, passages, pairs_path) -> tuple[dict[str, set[str]], in
     if mismatched:
         logger.warning("%d questions name a doc_id that none of their positives belongs to", mismatched)
     return docs, mismatched
+
+
+def _questions_per_document(docs_of_question: dict[str, set[str]]) -> dict[str, int]:
+    """How many questions each document holds: the split's weights. Only kept (or the user's) questions count,
+    so the round trip's test extras never move the split."""
+    return dict(Counter(d for docs in docs_of_question.values() for d in docs))
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -437,8 +471,7 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
             f"{pairs_path} holds no questions (sdg ran with questions_per_passage 0?): set "
             "prep.heading_pairs=true to train and test on the documents' section headings"
         )
-    # every document with a question (kept, or dropped by the round trip only) takes part in the split;
-    # without questions, every document with a usable section heading
+    # split: the documents with a question (kept or dropped by the round trip), else with a usable heading
     split_docs = (
         {h.doc_id for h in heading_pairs(passages.values())}
         if headings_only
@@ -459,7 +492,8 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
             f"prep needs at least 2 {what} to split into train and test, found {len(split_docs)} in "
             f"{passages_path}{hint}"
         )
-    train_docs, test_docs = split_documents(split_docs, config.test_fraction, config.seed)
+    weights = _questions_per_document(user_docs or question_docs) or None  # None: split headings by document
+    train_docs, test_docs = split_documents(split_docs, config.test_fraction, config.seed, weights)
     test_set = set(test_docs)
     train_pairs = [p for p in pairs if not question_docs[p.question_id] & test_set]
     test_pairs = [p for p in pairs if question_docs[p.question_id] <= test_set]
