@@ -87,6 +87,19 @@ async def deploy(api: Api, model: Annotated[str, Form()]):
     return go(f"/deployments/{namespace}/{name}")
 
 
+@router.post("/models/{namespace}/{name}/delete")
+async def delete_model(api: Api, namespace: str, name: str):
+    await api.delete(f"/v1/models/{namespace}/{name}")
+    return go("/models")
+
+
+@router.post("/deployments/{namespace}/{name}/delete")
+async def delete_deployment(api: Api, namespace: str, name: str):
+    """Stop the deployment's server; the list shows it "deleting" until it is gone."""
+    await api.delete(f"{DEPLOYMENTS}/{namespace}/{name}")
+    return go("/deployments")
+
+
 @router.get("/deployments")
 async def deployment_list(request: Request, api: Api):
     return render(request, "deployments.html", deployments=await api.every(DEPLOYMENTS))

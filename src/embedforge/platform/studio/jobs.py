@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 
+from embedforge.platform.jobs.deployments import served_name
 from embedforge.platform.jobs.store import ACTIVE
 from embedforge.platform.schemas import ConfigCreate, Hyperparameters
 from embedforge.platform.studio.api import ApiError
@@ -18,6 +19,7 @@ from embedforge.platform.studio.web import Api, go, render
 
 router = APIRouter()
 JOBS = "/v1/customization/jobs"
+DEPLOYMENTS = "/v1/deployment/model-deployments"
 STATUSES = ("created", "pending", "running", "cancelling", "completed", "failed", "cancelled")
 SORTS = {"created": "created_at", "name": "name", "status": "status"}
 SEARCHABLE = {  # the search box's "in" choices: API field -> label
@@ -108,6 +110,15 @@ async def log_tail(api, job_id: str) -> list[str]:
     return [line for line in lines if line][-LOG_LINES:]
 
 
+async def served_model(api, job: dict) -> str | None:
+    """The name a completed job's model is served under, if a deployment of it is ready."""
+    if job["status"] != "completed" or not job.get("output_model"):
+        return None
+    name = served_name(job["output_model"])
+    ready = await api.every(DEPLOYMENTS, **{"filter[status]": "ready"})
+    return name if any(name in d["models"] for d in ready) else None
+
+
 async def job_context(api, job_id: str) -> dict:
     job = await api.get(f"{JOBS}/{job_id}")
     return {
@@ -125,13 +136,20 @@ async def new_job(request: Request, api: Api):
 
 @router.get("/jobs/{job_id}")
 async def job_page(request: Request, api: Api, job_id: str):
-    return render(request, "job.html", **await job_context(api, job_id))
+    context = await job_context(api, job_id)
+    return render(request, "job.html", **context, served=await served_model(api, context["job"]))
 
 
 @router.get("/jobs/{job_id}/live")
 async def job_live(request: Request, api: Api, job_id: str):
     """The part of the job page that changes while it runs; the page's script swaps it in."""
     return render(request, "job_live.html", **await job_context(api, job_id))
+
+
+@router.post("/jobs/{job_id}/delete")
+async def delete_job(api: Api, job_id: str):
+    await api.delete(f"{JOBS}/{job_id}")  # a 409 (running, or its model still registered) is shown
+    return go("/jobs")
 
 
 @router.post("/jobs/{job_id}/cancel")
