@@ -5,7 +5,9 @@ with a ``--points``-step loss curve, through the customizer's own ``submit`` and
 ``--datasets`` datasets with a Hub repo of two files each and each completed job's model (through the
 entity store's ``records``). Then
 ``embedforge platform serve`` (no API key: no login) answers ``--requests`` GETs of every page below,
-timed from request to the last byte.
+timed from request to the last byte. ``/health`` is timed the same way as a reference: on a machine
+shared with other work, a page's time over it says more than its time alone. The 1-minute load average
+before and after is recorded.
 
     .venv/bin/python benchmarks/studio_pages.py [--jobs 1000] [--datasets 200] [--requests 30] [--out FILE]
     .venv/bin/python benchmarks/studio_pages.py --jobs 20 --datasets 5 --requests 3   # a smoke run
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -121,9 +124,11 @@ def seed(data_dir: Path, jobs: int, datasets: int, points: int) -> tuple[list[st
 def pages(job_ids: list[str], datasets: list[str]) -> dict[str, str]:
     middle_job, middle_set = job_ids[len(job_ids) // 2], datasets[len(datasets) // 2]
     return {
+        "reference: /health": "/health",  # the server's floor on this machine under its current load
         "jobs": "/studio/jobs",
         "jobs, status filter": "/studio/jobs?status=failed",
         "jobs, search": "/studio/jobs?q=job-0001",
+        "jobs, search by dataset": "/studio/jobs?q=set-0001&field=dataset",
         "jobs, sorted by name": "/studio/jobs?sort=name",
         "job": f"/studio/jobs/{middle_job}",
         "job fragment": f"/studio/jobs/{middle_job}/live",
@@ -170,7 +175,10 @@ def main() -> int:
     print(f"seeded {args.jobs} jobs and {args.datasets} datasets in {time.perf_counter() - started:.1f} s")
     url, process = start_platform(data_dir, None)
     try:
+        load = {"before": os.getloadavg()[0]}
         results = {"args": vars(args), "pages": measure(url, pages(job_ids, datasets), args.requests)}
+        results["load_average_1min"] = {**load, "after": os.getloadavg()[0]}
+        print(f"1-minute load average: {load['before']:.1f} before, {os.getloadavg()[0]:.1f} after")
     finally:
         process.terminate()
         process.wait(timeout=60)

@@ -19,10 +19,11 @@ SERIOUS = ("serious", "critical")
 
 
 class PageChecks:
-    def __init__(self):
+    def __init__(self, save: bool = True):
+        """``save=False``: check the pages but leave the pictures to another run."""
         from axe_playwright_python.sync_playwright import Axe
 
-        folder = os.environ.get(SCREENSHOTS_ENV)
+        folder = os.environ.get(SCREENSHOTS_ENV) if save else None
         self.folder = Path(folder) if folder else None
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -165,3 +165,31 @@ def test_restart_mid_job_resumes_from_the_last_checkpoint(platform_factory, tiny
         assert (workdir / "model" / "config.json").exists()
     finally:
         second.stop()
+
+
+def test_a_list_can_leave_out_loss_curves_and_only_a_finished_job_is_deleted_with_its_folder(plat):
+    job = start_job(plat.url, f"{NS}/tiny@v1", "good", "to-delete", epochs=50, batch_size=8)
+    wait_job(plat.url, job.id, until=lambda j: bool(_curve(j.status_details.metrics)))
+    jobs_url = f"{plat.url}/v1/customization/jobs"
+    listed = {"filter[id]": job.id, "search[config_snapshot.base_model]": "TINY-BERT"}
+    (full,) = httpx.get(jobs_url, params=listed).json()["data"]
+    (light,) = httpx.get(jobs_url, params={**listed, "metrics": "false"}).json()["data"]
+    assert full["status_details"]["metrics"]["metrics"]["train_loss"]
+    assert "metrics" not in light["status_details"]
+    assert light["status_details"]["status_logs"][0]["message"] == "created"
+    assert light["hyperparameters"] == full["hyperparameters"]
+
+    refused = httpx.delete(f"{jobs_url}/{job.id}")
+    assert refused.status_code == 409 and "cancel it first" in refused.json()["detail"]
+    client_for(plat.url).customization.jobs.cancel(job.id)
+    assert wait_job(plat.url, job.id).status == "cancelled"
+    workdir = plat.data_dir / "customization" / job.id
+    assert workdir.is_dir()
+    assert httpx.delete(f"{jobs_url}/{job.id}").status_code == 204
+    assert httpx.get(f"{jobs_url}/{job.id}").status_code == 404
+    assert not workdir.exists()
+
+
+def _curve(metrics) -> list:
+    """The train loss points of a job's metrics as the SDK reads them (none before the first log)."""
+    return ((metrics.model_dump() if metrics else {}).get("metrics") or {}).get("train_loss") or []

@@ -69,3 +69,39 @@ def test_filters_select_rows_in_the_database(listed):
     assert [d["name"] for d in by_number["data"]] == ["set-01"]
     page = client.datasets.list(filter={"namespace": NS}, sort="-name", page=2, page_size=5)
     assert [d.name for d in page.data] == NAMES[::-1][5:10]
+
+
+def _names(url: str, params: list[tuple[str, str]]) -> list[str]:
+    body = httpx.get(f"{url}/v1/datasets", params=[("filter[namespace]", NS), ("sort", "name"), *params])
+    assert body.status_code == 200, body.text
+    return [d["name"] for d in body.json()["data"]]
+
+
+def test_search_matches_substrings_in_the_database_any_case_all_fields(listed):
+    client = client_for(listed.url)
+    found = client.datasets.list(filter={"namespace": NS}, search={"name": "ET-0"}, sort="name")
+    assert [d.name for d in found.data] == NAMES[:10] and found.pagination.total_results == 10
+    assert _names(listed.url, [("search[name]", "-1"), ("search[files_url]", "set-11")]) == ["set-11"]
+    assert _names(listed.url, [("search[name]", "03"), ("search[name]", "10")]) == ["set-03", "set-10"]
+    assert _names(listed.url, [("search[name]", "%")]) == []  # a wildcard is a character like any other
+    assert _names(listed.url, [("search[name]", "")]) == NAMES  # an empty box searches nothing
+
+
+def test_search_reaches_into_the_body_by_a_dotted_path(platform):
+    client = client_for(platform.url)
+    for name, team in (("tagged-a", "Search Quality"), ("tagged-b", "serving")):
+        client.datasets.create(
+            name=name, namespace="dotted", files_url="hf://datasets/d/x", custom_fields={"team": team}
+        )
+    params = {"filter[namespace]": "dotted", "search[custom_fields.team]": "quality"}
+    body = httpx.get(f"{platform.url}/v1/datasets", params=params).json()
+    assert [d["name"] for d in body["data"]] == ["tagged-a"]
+    assert body["search"] == {"custom_fields.team": ["quality"]}
+
+
+def test_a_filter_given_several_times_selects_any_of_its_values(listed):
+    assert _names(listed.url, [("filter[name]", "set-07"), ("filter[name]", "set-02")]) == [
+        "set-02",
+        "set-07",
+    ]
+    assert _names(listed.url, [("filter[name]", "set-07"), ("filter[name]", "set-7")]) == ["set-07"]

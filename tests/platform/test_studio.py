@@ -1,6 +1,8 @@
 """The studio in a real browser against a real platform: log in, upload datasets (one refused with its
 bad row named), start a job on a tiny model and watch its loss curve until it completes, deploy the
-model, search a dataset's passages with it, open an evaluation; and every page shut without the cookie.
+model, search a dataset's passages with it, evaluate it from its job's page and the base model from the
+evaluations page, compare them, then delete each thing through its confirmed button; the whole flow on
+SQLite and on PostgreSQL. And every page shut without the cookie.
 
 The job trains a tiny random BERT offered as an operator's ``--base-model`` folder: seconds, not minutes.
 """
@@ -18,14 +20,14 @@ from playwright.sync_api import expect, sync_playwright
 from studio_browser import CHROMIUM, PageChecks, log_in
 
 from domain_fixture import make_domain_fixture
-from tiny_models import tiny_bert
 
 pytestmark = pytest.mark.slow
 KEY = "studio-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 TINY = "local/tiny-bert"
 NS = "studio"
 METRICS = ["ndcg_cut_10", "ndcg_cut_5", "recall_10", "recall_5"]  # as the pages sort them
-LONG = 300_000  # ms: a job or a deployment on a busy 2-core machine
+LONG = 900_000  # ms: a job or a deployment on a 2-core machine shared with other work
 PAGES = [
     "/studio",
     "/studio/jobs",
@@ -57,12 +59,15 @@ def domain(tmp_path_factory):
     return {**data, "bad": bad}
 
 
-@pytest.fixture(scope="module")
-def plat(platform_factory, tmp_path_factory, domain):
-    model = tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
-    proc = platform_factory("sqlite", api_key=KEY, base_models=[model]).start()
+def studio_platform(platform_factory, tiny_model, domain, database: str):
+    proc = platform_factory(database, api_key=KEY, base_models=[tiny_model]).start()
     shutil.copytree(domain["test_beir"], proc.data_dir / "beir" / "machines")
     return proc
+
+
+@pytest.fixture(scope="module")
+def plat(platform_factory, tiny_model, domain):
+    return studio_platform(platform_factory, tiny_model, domain, "sqlite")
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +130,27 @@ def upload(page, name: str, split: str, *files) -> None:
     form.get_by_role("button", name="Upload").click()
 
 
-def test_the_studio_from_upload_to_evaluation(plat, page, domain):
-    shots = PageChecks()
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_studio_from_upload_to_evaluation_and_deletes(
+    database, platform_factory, tiny_model, page, domain
+):
+    """The whole flow on each store; the pictures in docs/studio come from the SQLite run."""
+    plat = studio_platform(platform_factory, tiny_model, domain, database)
+    shots = PageChecks(save=database == "sqlite")
     page.goto(plat.url + "/studio/jobs")
     shots.take(page, "login")
     log_in(page, plat.url, KEY)
     expect(page.get_by_role("heading", level=1)).to_have_text("Customization jobs")
+    upload_datasets(page, plat.url, domain, shots)
+    job_url = train(page, shots)
+    deploy_and_try(page, plat.url, domain, shots)
+    tuned, base = evaluate_from_the_job_and_the_evaluations_pages(page, plat.url, job_url, shots)
+    compare(page, base, tuned, shots)
+    delete_everything(page, plat.url, job_url, base, tuned)
+    assert shots.violations == {}
 
+
+def upload_datasets(page, url: str, domain, shots: PageChecks) -> None:
     upload(page, "broken", "training", domain["train"], domain["bad"])
     errors = page.locator("#upload-errors tbody tr")
     expect(errors).to_have_count(1)
@@ -139,12 +158,7 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
         ["broken.jsonl", "3", "pos_doc", "must be a string, got number"]
     )
     shots.take(page, "dataset-upload-error")
-    assert (
-        httpx.get(
-            plat.url + f"/v1/datasets/{NS}/broken", headers={"Authorization": f"Bearer {KEY}"}
-        ).status_code
-        == 404
-    )
+    assert httpx.get(url + f"/v1/datasets/{NS}/broken", headers=AUTH).status_code == 404
 
     upload(page, "machines", "training", domain["train"])
     expect(page.get_by_role("heading", level=1)).to_have_text(f"Dataset {NS}/machines")
@@ -157,6 +171,9 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
     expect(page.get_by_role("link", name=f"{NS}/machines")).to_be_visible()
     shots.take(page, "datasets")
 
+
+def train(page, shots: PageChecks) -> str:
+    """Start a 2-epoch job from the form, watch it complete, then find it in the list; its page's URL."""
     page.get_by_role("link", name="Customization jobs").click()
     page.get_by_role("link", name="Start a job").click()
     expect(page.get_by_label("Epochs")).to_have_value("1")  # the API's defaults
@@ -171,6 +188,10 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
     expect(page.locator("#loss-chart svg polyline[data-series='val_loss']")).to_have_count(1)
     expect(page.locator("#log")).to_contain_text("INFO")
     expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
+    page.reload()  # the completed page offers to deploy the model before it can be evaluated
+    expect(
+        page.get_by_role("button", name=re.compile(r"^Deploy studio\/tiny-machines@cust-"))
+    ).to_be_visible()
     shots.take(page, "job")
 
     page.get_by_role("link", name="Customization jobs").click()
@@ -183,16 +204,26 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
     page.get_by_role("button", name="Filter").click()
     expect(row).to_have_text("No jobs match.")
     page.get_by_label("Status").select_option("")
-    page.get_by_label("Search").fill("machines")
+    page.get_by_label("Search").fill("MACHINES")
     page.get_by_role("button", name="Filter").click()
     expect(row.locator("a")).to_have_text("tiny-machines")
+    page.get_by_label("in", exact=True).select_option(label="base model")
+    page.get_by_label("Search").fill("tiny")
+    page.get_by_role("button", name="Filter").click()
+    expect(row.locator("a")).to_have_text("tiny-machines")
+    page.get_by_label("Search").fill("machines")  # not in the base model's name
+    page.get_by_role("button", name="Filter").click()
+    expect(row).to_have_text("No jobs match.")
+    return job_url
 
+
+def deploy_and_try(page, url: str, domain, shots: PageChecks) -> None:
     page.get_by_role("link", name="Models").click()
     model = page.locator("#models tbody tr", has_text="tiny-machines@cust-")
     expect(model.locator("td").nth(2)).to_have_text("tiny-machines")
     expect(model.locator("td").nth(3)).to_have_text(f"{NS}/machines")
     shots.take(page, "models")
-    model.get_by_role("button", name="Deploy").click()
+    model.get_by_role("button", name=re.compile("^Deploy")).click()
     expect(page.get_by_role("heading", level=1)).to_have_text(f"Deployment {NS}/tiny-machines")
     expect(page.locator("#deployment-status")).to_have_text("ready", timeout=LONG)
 
@@ -205,22 +236,33 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
     assert scores == sorted(scores, reverse=True)
     passages = results.locator("td:nth-child(3)").all_inner_texts()
     for passage, score in zip(passages, scores, strict=True):  # each the cosine the gateway's vectors give
-        assert cosine(plat.url, f"{NS}/tiny-machines", domain_query(domain), passage) == pytest.approx(
+        assert cosine(url, f"{NS}/tiny-machines", domain_query(domain), passage) == pytest.approx(
             score, abs=1e-4
         )
     shots.take(page, "deployment")
 
-    tuned = evaluate_deployment(page)
-    assert_per_query_scores_average_to_the_results(plat.url, tuned)
+
+def evaluate_from_the_job_and_the_evaluations_pages(page, url: str, job_url: str, shots) -> tuple[str, str]:
+    """The tuned model evaluated from its job's page, the base model from the evaluations page."""
+    page.goto(job_url)
+    tuned = start_evaluation(page)
+    assert_per_query_scores_average_to_the_results(url, tuned)
     expect(page.locator("#metrics tbody td:nth-child(2)")).to_have_text(METRICS)
     expect(page.locator("figure svg rect.bar")).to_have_count(4)
     shots.take(page, "evaluation")
 
     page.get_by_role("link", name="Models").click()
-    page.locator("#models tbody tr", has_text=TINY).get_by_role("button", name="Deploy").click()
+    page.locator("#models tbody tr", has_text=TINY).get_by_role("button", name=re.compile("^Deploy")).click()
     expect(page.locator("#deployment-status")).to_have_text("ready", timeout=LONG)
-    base = evaluate_deployment(page)
+    page.get_by_role("link", name="Evaluations").click()
+    expect(page.get_by_label("Deployed model").locator("option")).to_have_text([TINY, f"{NS}/tiny-machines"])
+    page.get_by_label("Deployed model").select_option(TINY)
+    base = start_evaluation(page)
+    expect(page.locator("main p").first).to_contain_text(TINY)
+    return tuned, base
 
+
+def compare(page, base: str, tuned: str, shots: PageChecks) -> None:
     page.get_by_role("link", name="Evaluations").click()
     shots.take(page, "evaluations")
     for job_id in (base, tuned):
@@ -234,9 +276,60 @@ def test_the_studio_from_upload_to_evaluation(plat, page, domain):
     )
     expect(compared.locator("td:nth-child(3)")).to_have_text([paired] * len(METRICS))
     shots.take(page, "compare")
+
+
+def click_delete(page, name: str, accept: bool = True) -> list[str]:
+    """Press a delete button and answer its confirmation; the questions asked."""
+    asked = []
+
+    def answer(dialog):
+        asked.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", answer)
+    page.get_by_role("button", name=name).click()
+    return asked
+
+
+def delete_everything(page, url: str, job_url: str, base: str, tuned: str) -> None:
+    """Each delete button asks first and goes through the API: evaluation (and its result), deployment,
+    model, job (refused while its model is registered) and dataset (its files too)."""
+    page.goto(f"{url}/studio/evaluations/{base}")
+    result = httpx.get(f"{url}/v1/evaluation/jobs/{base}", headers=AUTH).json()["result"]
+    asked = click_delete(page, re.compile("^Delete evaluation"), accept=False)
+    assert asked == [f"Delete {page_name(page)}? This cannot be undone."]
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Evaluation")  # nothing sent
+    click_delete(page, re.compile("^Delete evaluation"))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Evaluations")
+    expect(page.locator("#evaluations tbody tr")).to_have_count(1)
+    assert httpx.get(f"{url}/v1/evaluation/jobs/{base}", headers=AUTH).status_code == 404
+    assert httpx.get(f"{url}/v1/evaluation/results/{result}", headers=AUTH).status_code == 404
+
     page.goto(job_url)
-    expect(page.locator("#job-status")).to_have_text("completed")
-    assert shots.violations == {}
+    click_delete(page, re.compile("^Delete job"))
+    expect(page.locator("ul.error")).to_contain_text("delete it first")  # its model is registered
+    page.goto(f"{url}/studio/deployments/{NS}/tiny-machines")
+    click_delete(page, f"Delete deployment {NS}/tiny-machines")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Deployments")
+    page.get_by_role("link", name="Models").click()
+    click_delete(page, re.compile(rf"^Delete {NS}\/tiny-machines@cust-"))  # "/" escaped for Playwright
+    expect(page.locator("#models tbody tr", has_text="tiny-machines")).to_have_count(0)
+    page.goto(job_url)
+    click_delete(page, re.compile("^Delete job"))
+    expect(page.locator("table.jobs tbody tr")).to_have_text("No jobs.")
+    assert (
+        httpx.get(job_url.replace("/studio/jobs", "/v1/customization/jobs"), headers=AUTH).status_code == 404
+    )
+
+    page.goto(f"{url}/studio/datasets/{NS}/machines")
+    click_delete(page, f"Delete dataset {NS}/machines")
+    expect(page.get_by_role("link", name=f"{NS}/machines")).to_have_count(0)
+    assert httpx.get(f"{url}/v1/datasets/{NS}/machines", headers=AUTH).status_code == 404
+    assert httpx.get(f"{url}/v1/hf/api/datasets/{NS}/machines", headers=AUTH).status_code == 404
+
+
+def page_name(page) -> str:
+    return page.get_by_role("heading", level=1).inner_text().removeprefix("Evaluation ")
 
 
 def assert_per_query_scores_average_to_the_results(url: str, job_id: str) -> None:
@@ -250,8 +343,8 @@ def assert_per_query_scores_average_to_the_results(url: str, job_id: str) -> Non
     assert "per_query" not in results["tasks"]["machines"]  # NeMo's results keep their shape
 
 
-def evaluate_deployment(page) -> str:
-    """Start an evaluation of the deployment on the page (the held-out BEIR folder); wait for its metrics."""
+def start_evaluation(page) -> str:
+    """Start an evaluation with the page's form (the held-out BEIR folder); wait for its metrics."""
     page.get_by_label("BEIR task data").fill("file://machines/")
     page.get_by_role("button", name="Start evaluation").click()
     expect(page.locator("#evaluation-status")).to_have_text("completed", timeout=LONG)

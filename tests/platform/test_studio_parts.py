@@ -11,7 +11,7 @@ from embedforge.platform.studio.charts import bar_chart, line_chart
 from embedforge.platform.studio.datasets import field_problems
 from embedforge.platform.studio.deployments import row_passages
 from embedforge.platform.studio.evaluations import comparison
-from embedforge.platform.studio.jobs import job_request, matches, readable
+from embedforge.platform.studio.jobs import ListQuery, job_request, readable
 from embedforge.platform.studio.login import safe_next
 
 
@@ -76,15 +76,18 @@ def test_the_job_form_becomes_nemos_job_request():
         job_request({**form, "epochs": "many"})
 
 
-def test_search_finds_a_job_by_any_column_it_shows():
-    job = {
-        "id": "cust-1",
-        "name": "alpha",
-        "dataset": "ns/pumps",
-        "config_snapshot": {"base_model": "x/MiniLM"},
+def test_the_list_asks_the_api_for_one_page_searched_in_a_known_field_without_loss_curves():
+    params = ListQuery(status="failed", q="pumps", field="dataset", sort="-name", page=3).api_params()
+    assert params == {
+        "sort": "-name",
+        "metrics": "false",
+        "filter[status]": "failed",
+        "search[dataset]": "pumps",
+        "page": 3,
+        "page_size": 50,
     }
-    assert all(matches(job, text) for text in ("ALPHA", "cust-1", "pumps", "minilm"))
-    assert not matches(job, "beta")
+    unknown = ListQuery(q="x", field="status_details.metrics", sort="bogus", page=0).api_params()
+    assert unknown["search[name]"] == "x" and unknown["sort"] == "created_at" and unknown["page"] == 1
 
 
 def _eval(job_id: str, url: str) -> dict:

@@ -21,8 +21,14 @@ def settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def query_params(request: Request) -> dict[str, str]:
-    return dict(request.query_params)
+def query_params(request: Request) -> dict[str, str | list[str]]:
+    """The query string as a dict; a repeated ``filter[field]`` or ``search[field]`` keeps all its values
+    (any may match)."""
+    params: dict = dict(request.query_params)
+    for key in params:
+        if key.startswith(("filter[", "search[")) and len(values := request.query_params.getlist(key)) > 1:
+            params[key] = values
+    return params
 
 
 def split_ref(ref: str, field: str = "name") -> tuple[str, str]:

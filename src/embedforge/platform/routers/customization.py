@@ -6,17 +6,21 @@ fields are a 422 naming the field); the job runner does the work in a worker pro
 
 from __future__ import annotations
 
+import shutil
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Response
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from embedforge.platform import jobs, paths
 from embedforge.platform.deps import DB, Config, Params, split_ref
-from embedforge.platform.errors import NotFound, Unprocessable
+from embedforge.platform.errors import Conflict, NotFound, Unprocessable
 from embedforge.platform.routers import add_read_routes
 from embedforge.platform.schemas import ConfigCreate, CustomizationJobCreate, TargetCreate, dump
-from embedforge.platform.store import records
+from embedforge.platform.store import listing, records
+from embedforge.platform.store.models import Job
 
 router = APIRouter(prefix="/v1/customization", tags=["customization"])
 TARGET, CONFIG = "customization_target", "customization_config"
@@ -101,7 +105,17 @@ def create_job(
 
 @router.get("/jobs")
 def list_jobs(params: Params, db: DB) -> dict:
-    return jobs.store.list_public(db, "customization", params)
+    """NeMo's job list. ``metrics=false`` (an embedforge addition) leaves out each job's loss curves:
+    most of a list's bytes, and a table of many jobs shows none of them."""
+    if params.get("metrics") != "false":
+        return jobs.store.list_public(db, "customization", params)
+    query = listing.lighter(db, select(Job).where(Job.kind == "customization"), Job, "metrics")
+    return listing.page(db, query, Job, params, _without_metrics, {"status": Job.status})
+
+
+def _without_metrics(row: Job) -> dict:
+    set_committed_value(row, "details", row.lighter_details)  # what the database sent, not a change
+    return jobs.store.public(row)
 
 
 @router.get("/jobs/{job_id}")
@@ -117,6 +131,23 @@ def get_job_status(job_id: str, db: DB) -> dict:
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, db: DB) -> dict:
     return jobs.store.public(jobs.store.request_cancel(db, "customization", job_id))
+
+
+@router.delete("/jobs/{job_id}", status_code=204)
+def delete_job(job_id: str, db: DB, cfg: Config) -> Response:
+    """Delete a finished job and its folder (an embedforge addition: NeMo keeps every job). Refused while
+    it runs, and while the model it made is registered: the model's files live in the job's folder."""
+    row = jobs.store.get(db, "customization", job_id)
+    if row.status in jobs.store.ACTIVE:
+        raise Conflict(f"customization job {job_id} is {row.status}; cancel it first")
+    model = row.body.get("output_model")
+    if model and records.find(db, "model", *split_ref(model, "output_model")) is not None:
+        raise Conflict(
+            f"job {job_id} made the model '{model}', whose files are in its folder; delete it first"
+        )
+    jobs.store.delete(db, row)
+    shutil.rmtree(cfg.data_dir / "customization" / job_id, ignore_errors=True)
+    return Response(status_code=204)
 
 
 @router.get("/jobs/{job_id}/container-logs")

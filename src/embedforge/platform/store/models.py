@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, query_expression
 
 
 def utcnow() -> datetime:
@@ -25,7 +25,10 @@ class Entity(Base):
     """A namespace, dataset, model, target, config or datastore repo, unique by (kind, namespace, name)."""
 
     __tablename__ = "entities"
-    __table_args__ = (UniqueConstraint("kind", "namespace", "name", name="uq_entities_kind_ns_name"),)
+    __table_args__ = (
+        UniqueConstraint("kind", "namespace", "name", name="uq_entities_kind_ns_name"),
+        Index("ix_entities_kind_created_at", "kind", "created_at"),  # a list page sorts by time
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(40), index=True)
@@ -40,6 +43,7 @@ class Job(Base):
     """A customization, evaluation or deployment: its request, its status and the worker running it."""
 
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_kind_created_at", "kind", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(20), index=True)
@@ -52,6 +56,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # ``details`` less a heavy key, computed by the database when a list asks (listing.lighter)
+    lighter_details: Mapped[dict | None] = query_expression()
 
 
 class Secret(Base):

@@ -49,6 +49,9 @@ class PlatformApi:
     async def post(self, path: str, **kwargs) -> Any:
         return (await self.call("POST", path, **kwargs)).json()
 
+    async def delete(self, path: str, **kwargs) -> None:
+        await self.call("DELETE", path, **kwargs)
+
     async def find(self, path: str) -> dict | None:
         """``GET path``, or None when the platform answers 404."""
         try:

@@ -47,6 +47,16 @@ async def dataset_page(request: Request, api: Api, namespace: str, name: str):
     return render(request, "dataset.html", dataset=dataset, files=files, splits=SPLITS, errors=[])
 
 
+@router.post("/datasets/{namespace}/{name}/delete")
+async def delete_dataset(api: Api, namespace: str, name: str):
+    """The dataset's entity, then its data store repo (its files) if it has one."""
+    await api.delete(f"/v1/datasets/{namespace}/{name}")
+    if await api.find(repo_path(namespace, name)) is not None:
+        repo = {"type": "dataset", "organization": namespace, "name": name}
+        await api.delete("/v1/hf/api/repos/delete", json=repo)
+    return go("/datasets")
+
+
 def check_jsonl(filename: str, content: bytes) -> dict | None:
     """The first bad row of an upload as {file, line, field, message}, or None when every row reads."""
     from embedforge.formats import DataFormatError, read_inline_jsonl

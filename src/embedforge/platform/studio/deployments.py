@@ -7,7 +7,6 @@ The passage vectors are kept per (deployment, dataset commit), so only the query
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import OrderedDict
 from typing import Annotated
@@ -38,20 +37,32 @@ def lineage(model: dict, job: dict | None) -> dict:
 async def model_list(request: Request, api: Api, page: int = 1):
     answer = await api.get("/v1/models", page=max(1, page), page_size=PAGE)
     models = answer["data"]
-    jobs = await asyncio.gather(*(made_by(api, m) for m in models))
+    jobs = await makers(api, models)
     deployed = {d["models"][0]: d for d in await deployments(api)}
     rows = [
-        {"model": m, "lineage": lineage(m, job), "deployment": deployed.get(served_name(ref(m)))}
-        for m, job in zip(models, jobs, strict=True)
+        {
+            "model": m,
+            "lineage": lineage(m, jobs.get(job_of(m))),
+            "deployment": deployed.get(served_name(ref(m))),
+        }
+        for m in models
     ]
     pages = answer["pagination"]["total_pages"]
     return render(request, "models.html", rows=rows, page=min(max(1, page), pages), pages=pages)
 
 
-async def made_by(api, model: dict) -> dict | None:
-    """The customization job that made ``model``, if a job did (its id is in the model's custom fields)."""
-    job_id = (model.get("custom_fields") or {}).get("customization_job")
-    return await api.find(f"/v1/customization/jobs/{job_id}") if job_id else None
+def job_of(model: dict) -> str | None:
+    """The id of the customization job that made ``model`` (in its custom fields), if a job did."""
+    return (model.get("custom_fields") or {}).get("customization_job")
+
+
+async def makers(api, models: list[dict]) -> dict[str, dict]:
+    """The jobs that made ``models``, by id: one list call (by their ids, loss curves left out)."""
+    ids = sorted({job_id for job_id in map(job_of, models) if job_id})
+    if not ids:
+        return {}
+    params = {"filter[id]": ids, "metrics": "false", "page_size": len(ids)}
+    return {job["id"]: job for job in (await api.get("/v1/customization/jobs", **params))["data"]}
 
 
 def ref(model: dict) -> str:
@@ -74,6 +85,19 @@ async def deploy(api: Api, model: Annotated[str, Form()]):
     body = {"name": name, "namespace": namespace, "config": {"model": model}}
     await api.post(DEPLOYMENTS, json=body)  # a name taken by another model's deployment: the 409 shown
     return go(f"/deployments/{namespace}/{name}")
+
+
+@router.post("/models/{namespace}/{name}/delete")
+async def delete_model(api: Api, namespace: str, name: str):
+    await api.delete(f"/v1/models/{namespace}/{name}")
+    return go("/models")
+
+
+@router.post("/deployments/{namespace}/{name}/delete")
+async def delete_deployment(api: Api, namespace: str, name: str):
+    """Stop the deployment's server; the list shows it "deleting" until it is gone."""
+    await api.delete(f"{DEPLOYMENTS}/{namespace}/{name}")
+    return go("/deployments")
 
 
 @router.get("/deployments")

@@ -19,6 +19,7 @@ from embedforge.platform.studio.web import Api, go, render
 
 router = APIRouter()
 JOBS = "/v1/evaluation/jobs"
+DEPLOYMENTS = "/v1/deployment/model-deployments"
 METRICS = ("recall_5", "ndcg_cut_5", "recall_10", "ndcg_cut_10")  # the NeMo tutorial's
 
 
@@ -35,7 +36,16 @@ def task_datasets(job: dict) -> dict[str, str]:
 @router.get("/evaluations")
 async def evaluation_list(request: Request, api: Api):
     jobs = await api.every(JOBS)
-    return render(request, "evaluations.html", jobs=jobs, model_of=model_of, task_datasets=task_datasets)
+    ready = await api.every(DEPLOYMENTS, **{"filter[status]": "ready"})
+    deployed = sorted({model for d in ready for model in d["models"]})
+    return render(
+        request,
+        "evaluations.html",
+        jobs=jobs,
+        deployed=deployed,
+        model_of=model_of,
+        task_datasets=task_datasets,
+    )
 
 
 def metric_rows(results: dict) -> list[dict]:
@@ -148,6 +158,16 @@ async def evaluation_context(api, job_id: str) -> dict:
         "model": model_of(job),
         "datasets": task_datasets(job),
     }
+
+
+@router.post("/evaluations/{job_id}/delete")
+async def delete_evaluation(api: Api, job_id: str):
+    """The job (refused while it runs) and then its result entity, which the API keeps apart."""
+    job = await api.get(f"{JOBS}/{job_id}")
+    await api.delete(f"{JOBS}/{job_id}")
+    if job.get("result") and await api.find(f"/v1/evaluation/results/{job['result']}") is not None:
+        await api.delete(f"/v1/evaluation/results/{job['result']}")
+    return go("/evaluations")
 
 
 @router.get("/evaluations/{job_id}")

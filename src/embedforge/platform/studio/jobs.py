@@ -4,9 +4,13 @@ log tail, cancel, and the form that starts a job."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Annotated
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
+from embedforge.platform.jobs.deployments import served_name
 from embedforge.platform.jobs.store import ACTIVE
 from embedforge.platform.schemas import ConfigCreate, Hyperparameters
 from embedforge.platform.studio.api import ApiError
@@ -15,70 +19,74 @@ from embedforge.platform.studio.web import Api, go, render
 
 router = APIRouter()
 JOBS = "/v1/customization/jobs"
+DEPLOYMENTS = "/v1/deployment/model-deployments"
 STATUSES = ("created", "pending", "running", "cancelling", "completed", "failed", "cancelled")
 SORTS = {"created": "created_at", "name": "name", "status": "status"}
+SEARCHABLE = {  # the search box's "in" choices: API field -> label
+    "name": "name",
+    "id": "id",
+    "dataset": "dataset",
+    "config_snapshot.base_model": "base model",
+    "output_model": "output model",
+}
 PAGE = 50
 LOG_LINES = 40
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def matches(job: dict, text: str) -> bool:
-    """Search over what the list shows: name, id, output model, dataset and base model."""
-    fields = (job.get("name"), job["id"], job.get("output_model"), job.get("dataset"), base_model(job))
-    return text.lower() in " ".join(str(f or "") for f in fields).lower()
 
 
 def base_model(job: dict) -> str:
     return (job.get("config_snapshot") or {}).get("base_model") or ""
 
 
-async def api_page(api, params: dict, page: int) -> tuple[list[dict], int]:
-    """One page as the API cuts it: only that page's jobs (and their loss curves) cross the wire."""
-    answer = await api.get(JOBS, page=max(1, page), page_size=PAGE, **params)
-    return answer["data"], answer["pagination"]["total_results"]
+@dataclass
+class ListQuery:
+    """The list page's query string: status filter, search text and the field it searches, sort, page."""
+
+    status: str = ""
+    q: str = ""
+    field: str = "name"
+    sort: str = "-created"
+    page: int = 1
+
+    def api_params(self) -> dict:
+        """The API's list query: filtered, searched, sorted and paged in the database, and without the
+        loss curves the table does not show."""
+        key = SORTS.get(self.sort.lstrip("-"), "created_at")
+        params = {"sort": ("-" if self.sort.startswith("-") else "") + key, "metrics": "false"}
+        if self.status:
+            params["filter[status]"] = self.status
+        if self.q:
+            params[f"search[{self.field if self.field in SEARCHABLE else 'name'}]"] = self.q
+        return {**params, "page": max(1, self.page), "page_size": PAGE}
 
 
-async def searched(api, params: dict, text: str, page: int) -> tuple[list[dict], int]:
-    """The API filters by exact field values only, so a text search reads every job and cuts the page."""
-    jobs = [j for j in await api.every(JOBS, **params) if matches(j, text)]
-    start = (max(1, page) - 1) * PAGE
-    return jobs[start : start + PAGE], len(jobs)
-
-
-async def list_context(api, status: str, q: str, sort: str, page: int) -> dict:
-    field = SORTS.get(sort.lstrip("-"), "created_at")
-    params = {"sort": ("-" if sort.startswith("-") else "") + field}
-    if status:
-        params["filter[status]"] = status
-    shown, total = await (searched(api, params, q, page) if q else api_page(api, params, page))
+async def list_context(api, query: ListQuery) -> dict:
+    answer = await api.get(JOBS, **query.api_params())
+    shown, total = answer["data"], answer["pagination"]["total_results"]
     pages = max(1, -(-total // PAGE))
     return {
         "jobs": shown,
         "total": total,
         "active": any(job["status"] in ACTIVE for job in shown),
         "statuses": STATUSES,
-        "status": status,
-        "q": q,
-        "sort": sort,
-        "page": min(max(1, page), pages),
+        "searchable": SEARCHABLE,
+        "query": query,
+        "where": urlencode({"status": query.status, "q": query.q, "field": query.field}),
+        "page": min(max(1, query.page), pages),
         "pages": pages,
         "base_model": base_model,
     }
 
 
 @router.get("/jobs")
-async def job_list(
-    request: Request, api: Api, status: str = "", q: str = "", sort: str = "-created", page: int = 1
-):
-    return render(request, "jobs.html", **await list_context(api, status, q, sort, page))
+async def job_list(request: Request, api: Api, query: Annotated[ListQuery, Depends()]):
+    return render(request, "jobs.html", **await list_context(api, query))
 
 
 @router.get("/jobs/table")
-async def job_table(
-    request: Request, api: Api, status: str = "", q: str = "", sort: str = "-created", page: int = 1
-):
+async def job_table(request: Request, api: Api, query: Annotated[ListQuery, Depends()]):
     """The list's table alone, refreshed by the page's script while a job it shows is running."""
-    return render(request, "jobs_table.html", **await list_context(api, status, q, sort, page))
+    return render(request, "jobs_table.html", **await list_context(api, query))
 
 
 def loss_chart(job: dict):
@@ -102,6 +110,15 @@ async def log_tail(api, job_id: str) -> list[str]:
     return [line for line in lines if line][-LOG_LINES:]
 
 
+async def served_model(api, job: dict) -> str | None:
+    """The name a completed job's model is served under, if a deployment of it is ready."""
+    if job["status"] != "completed" or not job.get("output_model"):
+        return None
+    name = served_name(job["output_model"])
+    ready = await api.every(DEPLOYMENTS, **{"filter[status]": "ready"})
+    return name if any(name in d["models"] for d in ready) else None
+
+
 async def job_context(api, job_id: str) -> dict:
     job = await api.get(f"{JOBS}/{job_id}")
     return {
@@ -119,13 +136,20 @@ async def new_job(request: Request, api: Api):
 
 @router.get("/jobs/{job_id}")
 async def job_page(request: Request, api: Api, job_id: str):
-    return render(request, "job.html", **await job_context(api, job_id))
+    context = await job_context(api, job_id)
+    return render(request, "job.html", **context, served=await served_model(api, context["job"]))
 
 
 @router.get("/jobs/{job_id}/live")
 async def job_live(request: Request, api: Api, job_id: str):
     """The part of the job page that changes while it runs; the page's script swaps it in."""
     return render(request, "job_live.html", **await job_context(api, job_id))
+
+
+@router.post("/jobs/{job_id}/delete")
+async def delete_job(api: Api, job_id: str):
+    await api.delete(f"{JOBS}/{job_id}")  # a 409 (running, or its model still registered) is shown
+    return go("/jobs")
 
 
 @router.post("/jobs/{job_id}/cancel")

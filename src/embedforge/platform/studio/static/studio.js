@@ -25,6 +25,12 @@ async function refresh(section) {
   }
 }
 
+// A form with data-confirm (a delete) asks first; cancelling the dialog sends nothing.
+document.addEventListener("submit", (event) => {
+  const question = event.target.dataset && event.target.dataset.confirm;
+  if (question && !window.confirm(question)) event.preventDefault();
+});
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-live-url]").forEach(schedule);
 });
