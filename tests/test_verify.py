@@ -12,12 +12,15 @@ from transformers import BertConfig, BertModel
 from domain_fixture import make_domain_fixture
 from embedforge.cli import main
 from embedforge.config import VerifyConfig
-from embedforge.evaluate import compare_models
+from embedforge.encoder import Encoder
+from embedforge.evaluate import compare_models, evaluate_dataset
+from embedforge.formats import read_beir
 from embedforge.model import BiEncoder
 from embedforge.serve import TorchRuntime
 from embedforge.serve.app import create_app
 from embedforge.serve.server import ServerThread
-from embedforge.verify import load_reference, tolerance_for, verify
+from embedforge.vector_memo import MemoEncoder
+from embedforge.verify import EmbeddingsClient, ServedEncoder, load_reference, tolerance_for, verify
 
 
 def _verify(url, beir, reference, **settings) -> dict:
@@ -71,6 +74,26 @@ def random_server(random_model_dir):
     # served under minilm's name: only the numbers can tell it apart
     with ServerThread(create_app(TorchRuntime(random_model_dir), {"served_model_name": "minilm"})) as server:
         yield server
+
+
+def test_eval_scores_a_served_model_through_the_encoder_protocol_as_it_scores_the_checkpoint(
+    minilm_server, beir, minilm
+):
+    client = EmbeddingsClient(minilm_server.url, "minilm", None, 60.0, "float")
+    served = ServedEncoder(client, concurrency=2)
+    for encoder in (minilm, served, MemoEncoder(lambda: minilm, "memo")):
+        assert isinstance(encoder, Encoder)
+    texts = ["how do I reset the pump?", "the valve leaks after a restart"]
+    cosines = (served.encode_queries(texts) * minilm.encode_queries(texts)).sum(1)
+    assert cosines.min() > 0.999 and served.dimension == minilm.dimension == 384
+    dataset = read_beir(beir)
+    local = evaluate_dataset(minilm, dataset, progress=False)
+    remote = evaluate_dataset(served, dataset, batch_size=16, progress=False)
+    assert remote["model"] == "minilm" and remote["num_queries"] == local["num_queries"] == 40
+    for metric in ("ndcg@10", "recall@10", "mrr@10"):
+        assert abs(remote["metrics"][metric] - local["metrics"][metric]) < 0.01, metric
+    assert client.requests > 48 // 16 and not client.index_problems and client.nonfinite == 0
+    client.close()
 
 
 def test_tolerances_are_nvidias():

@@ -33,6 +33,7 @@ import pytrec_eval
 
 from embedforge import search
 from embedforge.atomic import atomic_write, write_json_atomic, write_text_atomic
+from embedforge.encoder import Encoder
 from embedforge.eval_report import CHART_FILE, REPORT_FILE, format_table, render_chart, render_report
 from embedforge.formats import (
     DataFormatError,
@@ -221,7 +222,7 @@ def _score_dimensions(vectors: tuple, ids: tuple, full_dim: int, dims, qrels, ks
 
 
 def evaluate_encoder(
-    encoder,
+    encoder: Encoder,
     corpus: Mapping[str, Mapping[str, Any]],
     queries: Mapping[str, str],
     qrels: Mapping[str, Mapping[str, int]],
@@ -269,7 +270,7 @@ def evaluate_encoder(
     return {
         "model": encoder.name,
         "dimension": full_dim,
-        "prompts": dict(getattr(encoder, "prompts", {}) or {}),
+        "prompts": dict(encoder.prompts),
         "metrics": metrics,
         "per_dimension": per_dimension,
         # what the paired significance tests against the baseline need
@@ -282,7 +283,7 @@ def evaluate_encoder(
     }
 
 
-def evaluate_dataset(encoder, dataset, **kwargs) -> dict[str, Any]:
+def evaluate_dataset(encoder: Encoder, dataset, **kwargs) -> dict[str, Any]:
     """``evaluate_encoder`` on a ``formats.BeirDataset`` (any object with ``corpus``, ``queries``, ``qrels``)."""
     return evaluate_encoder(encoder, dataset.corpus, dataset.queries, dataset.qrels, **kwargs)
 
@@ -303,10 +304,10 @@ def _load_dataset(beir_dir_or_dataset, split: str):
 
 
 def _named_models(encoders_or_paths) -> list[tuple[str, Any]]:
-    """``[(unique name, BiEncoder | path)]`` from a list of encoders/paths or a ``{name: encoder | path}``."""
+    """``[(unique name, Encoder | path)]`` from a list of encoders/paths or a ``{name: encoder | path}``."""
     if isinstance(encoders_or_paths, Mapping):
         items = [(str(name), spec) for name, spec in encoders_or_paths.items()]
-    elif isinstance(encoders_or_paths, (str, os.PathLike)) or hasattr(encoders_or_paths, "encode_queries"):
+    elif isinstance(encoders_or_paths, (str, os.PathLike, Encoder)):
         items = [(_default_name(encoders_or_paths), encoders_or_paths)]
     else:
         items = [(_default_name(spec), spec) for spec in encoders_or_paths]
@@ -501,7 +502,7 @@ def _significance(models: Mapping[str, Any], baseline: str) -> dict[str, dict[st
     }
 
 
-def _general_check(encoder) -> dict[str, Any]:
+def _general_check(encoder: Encoder) -> dict[str, Any]:
     from embedforge.general_check import lee_check
 
     try:

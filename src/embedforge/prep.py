@@ -73,6 +73,7 @@ from typing import NamedTuple
 from embedforge.atomic import atomic_write
 from embedforge.config import PrepConfig, config_dict, config_hash
 from embedforge.corpus import Passage
+from embedforge.encoder import Encoder
 from embedforge.errors import EmbedforgeError
 from embedforge.formats import (
     BeirDataset,
@@ -261,7 +262,9 @@ def _heading_test_questions(passages, test_docs: set[str]) -> tuple[list[Pair], 
     return questions, bodies
 
 
-def _closest_positive(encoder, questions: list[Pair], texts: dict[str, str], batch_size: int) -> list[Pair]:
+def _closest_positive(
+    encoder: Encoder, questions: list[Pair], texts: dict[str, str], batch_size: int
+) -> list[Pair]:
     """Each question with its positives cut to the one passage ``encoder`` scores highest for it."""
     if not questions:
         return []
@@ -574,7 +577,9 @@ def _train_corpus(inputs: _Inputs, split: _Split, config: PrepConfig) -> _TrainC
     return _TrainCorpus(texts, corpus, doc_of, headings)
 
 
-def _train_queries(encoder, split: _Split, train: _TrainCorpus, batch_size: int) -> tuple[list[Pair], list]:
+def _train_queries(
+    encoder: Encoder, split: _Split, train: _TrainCorpus, batch_size: int
+) -> tuple[list[Pair], list]:
     """The training queries (generated; the user's, with their closest passage; headings) and, for each,
     the passages that may not be its negatives."""
     headings = train.headings
@@ -604,7 +609,9 @@ class _Mined(NamedTuple):
     checks: dict
 
 
-def _mine(encoder, split: _Split, train: _TrainCorpus, config: PrepConfig, pairs_path: Path) -> _Mined:
+def _mine(
+    encoder: Encoder, split: _Split, train: _TrainCorpus, config: PrepConfig, pairs_path: Path
+) -> _Mined:
     """Mine hard negatives for the training queries, then check none leaks from a test document or is a
     positive of its query (raising before anything is written)."""
     queries, exclude = _train_queries(encoder, split, train, config.batch_size)
@@ -638,7 +645,7 @@ def _mine(encoder, split: _Split, train: _TrainCorpus, config: PrepConfig, pairs
     return _Mined(queries, negatives, positive_scores, stats, checks)
 
 
-def _mining_args(config: PrepConfig, encoder) -> dict:
+def _mining_args(config: PrepConfig, encoder: Encoder) -> dict:
     """How the negatives were mined, recorded in train.json and the report."""
     return {
         "model": config.model,
@@ -745,7 +752,7 @@ def _report(
     }
 
 
-def run_prep(config: PrepConfig, *, encoder=None) -> dict:
+def run_prep(config: PrepConfig, *, encoder: Encoder | None = None) -> dict:
     """Run the prep stage and return the report (also written to ``out/prep_report.{json,md}``).
 
     ``encoder``: an already loaded mining model to use instead of loading ``config.model`` (the caller makes

@@ -196,6 +196,57 @@ def embed_all(
     return np.concatenate(parts)
 
 
+class ServedEncoder:
+    """A served model behind the ``Encoder`` protocol: the same calls as a checkpoint, answered over
+    ``/v1/embeddings`` in batches, ``concurrency`` requests at a time; ``client`` keeps its records of
+    every response. The server applies its own prompts; ``prompts`` says which (from /v1/metadata)."""
+
+    def __init__(self, client: EmbeddingsClient, concurrency: int = 4, prompts: dict[str, str] | None = None):
+        self.client = client
+        self.concurrency = concurrency
+        self.prompts = dict(prompts or {"query": "", "passage": ""})
+        self._dimension: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.client.model
+
+    @property
+    def dimension(self) -> int:
+        """The full size, asked once with a one-text request (kept out of ``client``'s records)."""
+        if self._dimension is None:
+            body = {"model": self.client.model, "input": ["dimension"], "input_type": "query"}
+            response = self.client.http.post("/v1/embeddings", json=body)
+            if response.status_code != 200:
+                raise VerifyError(
+                    f"POST /v1/embeddings answered {response.status_code}: {response.text[:500]}"
+                )
+            self._dimension = len(response.json()["data"][0]["embedding"])
+        return self._dimension
+
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        dimensions: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Query vectors from the server (``progress`` is accepted for the protocol; requests are logged)."""
+        return embed_all(self.client, list(texts), "query", dimensions, batch_size, self.concurrency)
+
+    def encode_passages(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        dimensions: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Passage vectors from the server, as ``encode_queries``."""
+        return embed_all(self.client, list(texts), "passage", dimensions, batch_size, self.concurrency)
+
+
 def _wait_ready(client: EmbeddingsClient, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -258,9 +309,8 @@ def _check(name: str, ok: bool | None, detail: str) -> dict[str, Any]:
     return {"name": name, "ok": ok, "detail": detail}
 
 
-def _prompt_check(client: EmbeddingsClient, ref: dict[str, Any]) -> dict[str, Any]:
+def _prompt_check(served_prompts: dict[str, str] | None, ref: dict[str, Any]) -> dict[str, Any]:
     """Does the server apply the reference model's prompts (when it says which, on /v1/metadata)?"""
-    served_prompts = _served_prompts(client)
     if served_prompts is None or not ref.get("prompts"):
         return _check("prompts", None, "not compared (no /v1/metadata prompts or none in the reference)")
     same = {k: served_prompts.get(k, "") for k in ("query", "passage")} == {
@@ -275,7 +325,9 @@ def _embed_dataset(client: EmbeddingsClient, dataset, ref, config, checks: list)
     try:
         checks.append(_check("health", True, _wait_ready(client, config.timeout)))
         client.model = config.model or _served_model(client)
-        checks.append(_prompt_check(client, ref))
+        served_prompts = _served_prompts(client)
+        checks.append(_prompt_check(served_prompts, ref))
+        encoder = ServedEncoder(client, config.concurrency, served_prompts)
         judged = [str(q) for q, docs in dataset.qrels.items() if docs]
         query_ids = [q for q in judged if q in dataset.queries]
         doc_ids = [str(d) for d in dataset.corpus]
@@ -285,10 +337,11 @@ def _embed_dataset(client: EmbeddingsClient, dataset, ref, config, checks: list)
             len(query_ids),
             client.http.base_url,
         )
-        dims, size, at_once = config.dimensions, config.batch_size, config.concurrency
-        passages = [passage_text(dataset.corpus[d]) for d in dataset.corpus]
-        passages = embed_all(client, passages, "passage", dims, size, at_once)
-        queries = embed_all(client, [dataset.queries[q] for q in query_ids], "query", dims, size, at_once)
+        wanted = {"batch_size": config.batch_size, "dimensions": config.dimensions}
+        passages = encoder.encode_passages(
+            [passage_text(dataset.corpus[d]) for d in dataset.corpus], **wanted
+        )
+        queries = encoder.encode_queries([dataset.queries[q] for q in query_ids], **wanted)
         checks.append(_check("requests", True, f"{client.requests} requests answered 200"))
         return queries, passages, query_ids, doc_ids
     except VerifyError as err:
