@@ -369,13 +369,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from embedforge.config import config_dict
-    from embedforge.serve.server import serve
+    from embedforge.serve.server import run_serve
 
     given, overrides = _split_positionals(args, ["model"], "serve takes one MODEL_DIR")
     given.update(_given(args, ["host", "port", "precision"]))
-    config = load_config("serve", args.config, overrides, **given)
-    serve(**config_dict(config))
+    run_serve(load_config("serve", args.config, overrides, **given))
     return 0
 
 

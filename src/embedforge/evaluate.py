@@ -33,6 +33,7 @@ import pytrec_eval
 
 from embedforge import search
 from embedforge.atomic import atomic_write, write_json_atomic, write_text_atomic
+from embedforge.config import EvalConfig
 from embedforge.encoder import Encoder
 from embedforge.eval_report import CHART_FILE, REPORT_FILE, format_table, render_chart, render_report
 from embedforge.formats import (
@@ -512,7 +513,7 @@ def _general_check(encoder: Encoder) -> dict[str, Any]:
         return {"skipped": str(error)}
 
 
-def run_eval(config, *, loaded: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_eval(config: EvalConfig, *, loaded: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``embedforge eval`` stage: ``compare_models`` driven by a ``config.EvalConfig``.
 
     ``loaded``: already loaded encoders for some of ``config.models`` (keyed by the same string, and named
