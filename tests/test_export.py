@@ -17,6 +17,7 @@ from transformers import AutoTokenizer
 
 from embedforge import export as ex
 from embedforge.cli import main as cli_main
+from embedforge.encoder import Encoder
 from embedforge.evaluate import evaluate_encoder
 from embedforge.export import ExportError, OnnxEncoder, export_onnx
 from embedforge.export.graph import convert_opset, opset_of
@@ -133,6 +134,7 @@ def test_folder_contract_and_graph_signature(minilm_export):
 def test_fp32_parity_with_pytorch_at_several_dimensions(minilm_export, prompted):
     out, _ = minilm_export
     onnx = OnnxEncoder(out)
+    assert isinstance(onnx, Encoder)  # eval, mining and verify take it as they take the checkpoint
     for kind, torch_encode in [("query", prompted.encode_queries), ("passage", prompted.encode_passages)]:
         for dim in [384, 256, 64, 32]:
             arg = None if dim == 384 else dim

@@ -1,12 +1,15 @@
 """`embedforge run` end to end: sdg (against the stub chat server) -> prep -> finetune -> eval in one run
 folder, the document-level split, skipping of unchanged stages on a re-run (function and CLI), a changed
 finetune setting re-running finetune and eval only, a stage re-run when the outputs it reads changed in an
-earlier invocation, export + verify on the tuned model, and bare overrides rejected. The tests read one run
+earlier invocation, export + verify on the tuned model, bare overrides rejected, and the README's 5-minute tour
+run as written on that run laid out as `make demo` leaves it. The tests read one run
 folder; a test that changes a run works on its own copy, so they pass in any order."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +20,7 @@ import pytest
 from embedforge.errors import EmbedforgeError
 from embedforge.general_check import load_lee
 from embedforge.pipeline import MARKER, describe_test_set, run_pipeline, write_run_report
+from embedforge.serve.server import free_port
 from sdg_stub import StubServer
 
 MAIN_STAGES = ("sdg", "prep", "finetune", "eval")
@@ -280,10 +284,29 @@ def test_cli_run_skips_unchanged_stages(first_run):
     assert "finetune.epochs=1" in bad.stdout + bad.stderr and "learning_rate=1e-4" in bad.stdout + bad.stderr
 
 
-def test_export_and_verify_on_the_tuned_model_verify_every_graph_it_exports(run_copy):
-    corpus, run, recipe = run_copy
+@pytest.fixture(scope="module")
+def demo_layout(first_run, tmp_path_factory):
+    """The files `make demo` leaves behind, laid out as the README's tour names them, from the first run:
+    its corpus as .cache/perlfaq/docs, its held-out set as .cache/perlfaq/beir, the run as runs/demo (export
+    and verify added with the recipe's int8), the recipe as recipes/demo_cpu.yaml, the venv as .venv.
+    Returns (root, summary of the run that added export and verify)."""
+    corpus, run, recipe, _ = first_run
+    root = tmp_path_factory.mktemp("demo_layout")
+    shutil.copytree(corpus, root / ".cache" / "perlfaq" / "docs")
+    shutil.copytree(run / "prep" / "test_beir", root / ".cache" / "perlfaq" / "beir")
+    shutil.copytree(run, root / "runs" / "demo", symlinks=True)
+    (root / "recipes").mkdir()
+    (root / "recipes" / "demo_cpu.yaml").write_text(recipe.read_text() + "export:\n  quantize: int8\n")
+    (root / ".venv").symlink_to(Path(sys.prefix))
     stages = [*MAIN_STAGES, "export", "verify"]
-    summary = run_pipeline(str(corpus), str(run), str(recipe), ["export.quantize=int8"], stages=stages)
+    docs, demo = root / ".cache" / "perlfaq" / "docs", root / "runs" / "demo"
+    summary = run_pipeline(str(docs), str(demo), str(root / "recipes" / "demo_cpu.yaml"), stages=stages)
+    return root, summary
+
+
+def test_export_and_verify_on_the_tuned_model_verify_every_graph_it_exports(demo_layout):
+    root, summary = demo_layout
+    run = root / "runs" / "demo"
     assert all(summary[s] == {"skipped": True} for s in MAIN_STAGES)
     assert "seconds" in summary["export"] and "seconds" in summary["verify"]
     assert (run / "export" / "model.onnx").exists() and (run / "export" / "model_int8.onnx").exists()
@@ -294,6 +317,45 @@ def test_export_and_verify_on_the_tuned_model_verify_every_graph_it_exports(run_
     for stage in ("export", "verify"):
         assert json.loads((run / stage / MARKER).read_text())["status"] == "finished"
     assert "| export | finished |" in (run / "report.md").read_text()
+
+
+def readme_tour() -> str:
+    """The README's 5-minute tour: the first bash block after its heading, as a user copies it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    tour = readme[readme.index("## A 5-minute tour") :]
+    return tour[tour.index("```bash\n") + len("```bash\n") : tour.index("\n```", tour.index("```bash"))]
+
+
+def test_the_readme_tour_runs_as_written_on_what_the_demo_leaves(demo_layout):
+    root, _ = demo_layout
+    assert (root / ".venv" / "bin" / "activate").is_file(), "the tour activates the project's venv"
+    port = str(free_port())  # the tour's port 8000 may be taken on this machine
+    # verify waits 120 s for the server to get ready; a test machine running other work may need longer
+    script = (
+        readme_tour().replace("8000", port).replace("embedforge verify ", "embedforge verify timeout=600 ")
+    )
+    src = Path(__import__("embedforge").__file__).resolve().parents[1]  # the code under test, not an install
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(src)}
+    env.pop("EMBEDFORGE_API_KEY", None)
+    proc = subprocess.Popen(["bash", "-e", "-c", script], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the backgrounded server, should the tour stop early
+    assert proc.returncode == 0, out[-3000:]
+    triplets = read_jsonl(root / "runs" / "tour" / "triplets.jsonl")
+    train = read_jsonl(root / "runs" / "demo" / "prep" / "train.jsonl")
+    # a line per negative (a row has one positive): triplets, not the rows again
+    assert len(triplets) == sum(max(1, len(row["neg_doc"])) for row in train) > len(train)
+    results = json.loads((root / "runs" / "tour" / "eval" / "eval_results.json").read_text())
+    assert list(results["models"]) == ["minilm", "runs/demo/finetune/model"]
+    assert all(set(map(int, r["per_dimension"])) == {64, 128, 384} for r in results["models"].values())
+    assert '"valid": true' in out and "VERIFY PASSED" in out
+    assert '"object":"embedding"' in out.replace(" ", "")  # curl's answer, cut at 300 bytes
+    for stage in (*MAIN_STAGES, "export", "verify"):
+        assert f"[{stage}] unchanged since" in out, stage
 
 
 def test_changed_finetune_setting_reruns_finetune_and_eval_only(run_copy):

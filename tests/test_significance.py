@@ -88,6 +88,7 @@ class _Lookup:
 
     def __init__(self, name, vectors):
         self.name, self.vectors, self.dimension = name, vectors, 2
+        self.prompts = {"query": "", "passage": ""}
 
     def encode_queries(self, texts, batch_size=64, progress=False):
         return np.array([self.vectors[t] for t in texts], dtype=np.float32)

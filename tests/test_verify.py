@@ -11,12 +11,21 @@ from transformers import BertConfig, BertModel
 
 from domain_fixture import make_domain_fixture
 from embedforge.cli import main
-from embedforge.evaluate import compare_models
+from embedforge.config import VerifyConfig
+from embedforge.encoder import Encoder
+from embedforge.evaluate import compare_models, evaluate_dataset
+from embedforge.formats import read_beir
 from embedforge.model import BiEncoder
 from embedforge.serve import TorchRuntime
 from embedforge.serve.app import create_app
 from embedforge.serve.server import ServerThread
-from embedforge.verify import load_reference, tolerance_for, verify
+from embedforge.vector_memo import MemoEncoder
+from embedforge.verify import EmbeddingsClient, ServedEncoder, load_reference, tolerance_for, verify
+
+
+def _verify(url, beir, reference, **settings) -> dict:
+    """``verify`` with a config of these settings (the rest at their defaults)."""
+    return verify(VerifyConfig(url=url, beir=str(beir), reference=str(reference), **settings))
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +76,26 @@ def random_server(random_model_dir):
         yield server
 
 
+def test_eval_scores_a_served_model_through_the_encoder_protocol_as_it_scores_the_checkpoint(
+    minilm_server, beir, minilm
+):
+    client = EmbeddingsClient(minilm_server.url, "minilm", None, 60.0, "float")
+    served = ServedEncoder(client, concurrency=2)
+    for encoder in (minilm, served, MemoEncoder(lambda: minilm, "memo")):
+        assert isinstance(encoder, Encoder)
+    texts = ["how do I reset the pump?", "the valve leaks after a restart"]
+    cosines = (served.encode_queries(texts) * minilm.encode_queries(texts)).sum(1)
+    assert cosines.min() > 0.999 and served.dimension == minilm.dimension == 384
+    dataset = read_beir(beir)
+    local = evaluate_dataset(minilm, dataset, progress=False)
+    remote = evaluate_dataset(served, dataset, batch_size=16, progress=False)
+    assert remote["model"] == "minilm" and remote["num_queries"] == local["num_queries"] == 40
+    for metric in ("ndcg@10", "recall@10", "mrr@10"):
+        assert abs(remote["metrics"][metric] - local["metrics"][metric]) < 0.01, metric
+    assert client.requests > 48 // 16 and not client.index_problems and client.nonfinite == 0
+    client.close()
+
+
 def test_tolerances_are_nvidias():
     assert tolerance_for(1) == tolerance_for(4) == 0.03
     assert tolerance_for(5) == tolerance_for(10) == tolerance_for(100) == 0.01
@@ -74,7 +103,7 @@ def test_tolerances_are_nvidias():
 
 def test_verify_passes_for_the_same_model(minilm_server, beir, reference, tmp_path):
     out = tmp_path / "verify.json"
-    report = verify(minilm_server.url, beir, reference, batch_size=16, concurrency=3, out=out)
+    report = _verify(minilm_server.url, beir, reference, batch_size=16, concurrency=3, out=out)
     assert report["passed"], report["table"]
     assert report["model"] == "minilm" and report["reference"]["name"] == "minilm"  # default: the last model
     assert {c["name"]: c["ok"] for c in report["checks"]} == {
@@ -105,7 +134,7 @@ def test_verify_passes_for_the_same_model(minilm_server, beir, reference, tmp_pa
 
 
 def test_verify_matryoshka_dimension_and_base64(minilm_server, beir, reference):
-    report = verify(minilm_server.url + "/v1", beir, reference, dimensions=128, encoding_format="base64")
+    report = _verify(minilm_server.url + "/v1", beir, reference, dimensions=128, encoding_format="base64")
     assert report["passed"], report["table"]
     offline = json.loads(reference.read_text())["models"]["minilm"]["per_dimension"]["128"]
     assert report["metrics"][2]["reference"] == pytest.approx(offline["ndcg@10"])
@@ -113,7 +142,7 @@ def test_verify_matryoshka_dimension_and_base64(minilm_server, beir, reference):
 
 
 def test_verify_fails_for_a_different_model(random_server, beir, reference, tmp_path):
-    report = verify(random_server.url, beir, reference, out=tmp_path / "r.json")
+    report = _verify(random_server.url, beir, reference, out=tmp_path / "r.json")
     assert not report["passed"]
     checks = {c["name"]: c["ok"] for c in report["checks"]}
     assert checks["model name"] and checks["dimension"] and checks["indices"] and checks["finite"]
@@ -137,7 +166,7 @@ def test_verify_says_when_its_queries_are_too_few_to_decide(minilm_server, beir,
         per_query[query]["ndcg@10"] += 0.3 if i % 2 else -0.3
     moved = tmp_path / "eval_results.json"
     moved.write_text(json.dumps(results))
-    report = verify(minilm_server.url, beir, moved)
+    report = _verify(minilm_server.url, beir, moved)
     ndcg = report["paired"]["metrics"]["ndcg@10"]
     assert report["paired"]["verdict"] == ndcg["verdict"] == "undecided"
     assert ndcg["why"].startswith("too few queries to decide: 40 give a 95% CI")
@@ -151,9 +180,9 @@ def test_verify_says_when_its_queries_are_too_few_to_decide(minilm_server, beir,
 
 def test_verify_picks_the_reference_model(minilm_server, random_server, beir, reference):
     # the minilm server against the random model's offline numbers drifts ...
-    assert not verify(minilm_server.url, beir, reference, reference_model="random")["passed"]
+    assert not _verify(minilm_server.url, beir, reference, reference_model="random")["passed"]
     # ... and the random server matches them
-    report = verify(random_server.url, beir, reference, reference_model="random")
+    report = _verify(random_server.url, beir, reference, reference_model="random")
     assert report["passed"], report["table"]
     with pytest.raises(ValueError, match=r"no model 'nope'; it has \['random', 'minilm'\]"):
         load_reference(reference, "nope")
@@ -162,7 +191,7 @@ def test_verify_picks_the_reference_model(minilm_server, random_server, beir, re
 
 
 def test_verify_reports_a_server_that_rejects_requests(minilm_server, beir, reference):
-    report = verify(minilm_server.url, beir, reference, model="not-served")
+    report = _verify(minilm_server.url, beir, reference, model="not-served")
     assert not report["passed"]
     failed = [c for c in report["checks"] if c["ok"] is False]
     assert failed[0]["name"] == "requests" and "404" in failed[0]["detail"]

@@ -51,9 +51,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"embedforge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (
+        _add_models_parser,
+        _add_data_parser,
+        _add_finetune_parser,
+        _add_eval_parser,
+        _add_config_parser,
+        _add_prep_parser,
+        _add_export_parser,
+        _add_serve_parser,
+        _add_verify_parser,
+        _add_run_parser,
+        _add_sdg_parser,
+        _add_demo_parser,
+        _add_platform_parser,
+    ):
+        add(sub)
+    return parser
 
+
+def _add_models_parser(sub) -> None:
+    """``embedforge models``."""
     sub.add_parser("models", help="list the known model names and where they resolve")
 
+
+def _add_data_parser(sub) -> None:
+    """``embedforge data validate|convert``."""
     data = sub.add_parser("data", help="validate or convert training and evaluation data")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     validate = data_sub.add_parser(
@@ -65,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("dst")
     convert.add_argument("--to", required=True, choices=["inline", "corpus_id", "beir", "triplets"])
 
+
+def _add_finetune_parser(sub) -> None:
+    """``embedforge finetune`` and its shorthand flags."""
     finetune = _stage_parser(sub, "finetune", "contrastive fine-tuning (full or LoRA merged)")
     finetune.add_argument("--train", dest="train_data", help="training data (sets train_data)")
     finetune.add_argument("--val", dest="val_data", help="validation data (sets val_data)")
@@ -74,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", default=None, help="continue from the last checkpoint"
     )
 
+
+def _add_eval_parser(sub) -> None:
+    """``embedforge eval`` and its shorthand flags."""
     evaluate = _stage_parser(sub, "eval", "BEIR retrieval metrics for one or more models, base first")
     evaluate.add_argument("--beir", help="BEIR folder (sets beir)")
     evaluate.add_argument(
@@ -82,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="report folder (sets out)")
     evaluate.add_argument("--dims", help="Matryoshka dimensions, e.g. 64,128,256 (sets dims)")
 
+
+def _add_config_parser(sub) -> None:
+    """``embedforge config``: a stage's keys, or a resolved recipe."""
     show = sub.add_parser(
         "config", help="print a stage's config keys, defaults and docs (or a resolved recipe)"
     )
@@ -89,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", metavar="RECIPE")
     show.add_argument("overrides", nargs="*", metavar="key=value")
 
+
+def _add_prep_parser(sub) -> None:
+    """``embedforge prep`` and its shorthand flags."""
     prep = _stage_parser(
         sub, "prep", "document split, leak-free hard-negative mining, training data and a BEIR test set"
     )
@@ -97,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", help="output folder (sets out)")
     prep.add_argument("--model", help="model that mines the negatives (sets model)")
 
+
+def _add_export_parser(sub) -> None:
+    """``embedforge export MODEL OUT_DIR`` and its shorthand flags."""
     export = _stage_parser(
         sub, "export", "ONNX export: pooling, Matryoshka truncation and L2 norm in the graph, parity-checked"
     )
@@ -111,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--beir", help="BEIR folder for the int8/fp16 nDCG@10 delta (sets beir)")
 
+
+def _add_serve_parser(sub) -> None:
+    """``embedforge serve [MODEL_DIR]`` and its shorthand flags."""
     serve = _stage_parser(sub, "serve", "OpenAI/NIM-compatible /v1/embeddings server with dynamic batching")
     serve.add_argument(
         "model",
@@ -124,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=["fp32", "int8", "fp16"], help="ONNX export graph to run (sets precision)"
     )
 
+
+def _add_verify_parser(sub) -> None:
+    """``embedforge verify`` and its shorthand flags."""
     verify = _stage_parser(
         sub, "verify", "check a served model against its offline eval (NVIDIA's tolerances)"
     )
@@ -135,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--dimensions", type=int, help="request this Matryoshka size (sets dimensions)")
     verify.add_argument("--out", help="write the JSON report here (sets out)")
 
+
+def _add_run_parser(sub) -> None:
+    """``embedforge run``: the whole pipeline into one run folder."""
     run = sub.add_parser(
         "run",
         help="the whole pipeline on a folder of documents: sdg -> prep -> finetune -> eval [-> export -> verify]",
@@ -150,15 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("overrides", nargs="*", metavar="stage.key=value", help="override a stage's config key")
 
+
+def _add_sdg_parser(sub) -> None:
+    """``embedforge sdg`` and its shorthand flags."""
     sdg = _stage_parser(sub, "sdg", "an LLM writes questions the passages answer; filtered, resumable")
     sdg.add_argument("--corpus", metavar="DIR", help="folder of documents (sets corpus)")
     sdg.add_argument("--out", metavar="DIR", help="output folder (sets out)")
     sdg.add_argument("--backend", choices=["local", "openai"], help="generator backend (sets backend)")
 
-    sub.add_parser("demo", help="the end-to-end demo on the bundled corpus and model (what `make demo` runs)")
 
-    _add_platform_parser(sub)
-    return parser
+def _add_demo_parser(sub) -> None:
+    """``embedforge demo``."""
+    sub.add_parser("demo", help="the end-to-end demo on the bundled corpus and model (what `make demo` runs)")
 
 
 def _add_platform_parser(sub) -> None:
@@ -319,13 +369,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from embedforge.config import config_dict
-    from embedforge.serve.server import serve
+    from embedforge.serve.server import run_serve
 
     given, overrides = _split_positionals(args, ["model"], "serve takes one MODEL_DIR")
     given.update(_given(args, ["host", "port", "precision"]))
-    config = load_config("serve", args.config, overrides, **given)
-    serve(**config_dict(config))
+    run_serve(load_config("serve", args.config, overrides, **given))
     return 0
 
 

@@ -273,6 +273,48 @@ def _sections(doc: Document) -> Iterable[tuple[str, str]]:
     yield heading, "\n\n".join(body)
 
 
+def _section_units(heading: str, body: str, max_tokens: int, count: TokenCounter, include_heading: bool):
+    """A section's sentences, each within the cap (a longer one split by words), with its heading line
+    first when ``include_heading``; also how many leading units do not count as sentences (0 or 1)."""
+    units: list[str] = []
+    for sentence in split_sentences(body):
+        units.extend(
+            [sentence] if count(sentence) <= max_tokens else _split_long(sentence, max_tokens, count)
+        )
+    if include_heading and heading and units and count(heading) <= max_tokens:
+        return [heading, *units], 1  # the heading line does not count towards sentences_per_chunk
+    return units, 0
+
+
+def _group_units(units: list[str], lead: int, sentences_per_chunk: int, max_tokens: int, count) -> list[str]:
+    """Consecutive units joined into chunks of at most ``sentences_per_chunk`` (plus ``lead`` in the first)
+    and ``max_tokens``."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    for unit in units:
+        candidate = current + [unit]
+        full = len(current) - (lead if not chunks else 0) >= sentences_per_chunk
+        if current and (full or count(" ".join(candidate)) > max_tokens):
+            chunks.append(current)
+            current = [unit]
+        else:
+            current = candidate
+    if current:
+        chunks.append(current)
+    return [" ".join(chunk) for chunk in chunks]
+
+
+def _merge_short(chunks: list[str], min_words: int, max_tokens: int, count: TokenCounter) -> list[str]:
+    """A chunk under ``min_words`` words joins the one before it when that still fits the cap, else goes."""
+    texts: list[str] = []
+    for text in chunks:
+        if len(text.split()) >= min_words:
+            texts.append(text)
+        elif texts and count(texts[-1] + " " + text) <= max_tokens:
+            texts[-1] = texts[-1] + " " + text
+    return texts
+
+
 def chunk_document(
     doc: Document,
     sentences_per_chunk: int = 5,
@@ -306,40 +348,10 @@ def chunk_document(
     count = count_tokens or estimate_tokens
     passages: list[Passage] = []
     seen: set[str] = set()
-
     for heading, body in _sections(doc):
-        units: list[str] = []
-        for sentence in split_sentences(body):
-            units.extend(
-                [sentence] if count(sentence) <= max_tokens else _split_long(sentence, max_tokens, count)
-            )
-        if include_headings and heading and units and count(heading) <= max_tokens:
-            units.insert(0, heading)
-            lead = 1  # the heading line does not count towards sentences_per_chunk
-        else:
-            lead = 0
-
-        chunks: list[list[str]] = []
-        current: list[str] = []
-        for unit in units:
-            candidate = current + [unit]
-            full = len(current) - (lead if not chunks else 0) >= sentences_per_chunk
-            if current and (full or count(" ".join(candidate)) > max_tokens):
-                chunks.append(current)
-                current = [unit]
-            else:
-                current = candidate
-        if current:
-            chunks.append(current)
-
-        texts: list[str] = []
-        for chunk in chunks:
-            text = " ".join(chunk)
-            if len(text.split()) >= min_words:
-                texts.append(text)
-            elif texts and count(texts[-1] + " " + text) <= max_tokens:
-                texts[-1] = texts[-1] + " " + text
-        for text in texts:
+        units, lead = _section_units(heading, body, max_tokens, count, include_headings)
+        chunks = _group_units(units, lead, sentences_per_chunk, max_tokens, count)
+        for text in _merge_short(chunks, min_words, max_tokens, count):
             pid = passage_id(text)
             if pid not in seen:
                 seen.add(pid)

@@ -33,6 +33,8 @@ import pytrec_eval
 
 from embedforge import search
 from embedforge.atomic import atomic_write, write_json_atomic, write_text_atomic
+from embedforge.config import EvalConfig
+from embedforge.encoder import Encoder
 from embedforge.eval_report import CHART_FILE, REPORT_FILE, format_table, render_chart, render_report
 from embedforge.formats import (
     DataFormatError,
@@ -179,8 +181,49 @@ def _mean_metrics(per_query: Mapping[str, Mapping[str, float]], ks: Sequence[int
 # ------------------------------------------------------------------------------------------- encoders
 
 
+def _sizes(encoder, corpus, dimensions, ks, top_k: int | None) -> tuple[int, list[int], int]:
+    """The model's full size, the Matryoshka sizes to score (refused when not in 1..full, or with no corpus)
+    and the retrieval depth (``top_k``, or the deepest metric's)."""
+    full_dim = int(encoder.dimension)
+    dims = sorted({int(d) for d in dimensions or ()})
+    bad = [d for d in dims if not 0 < d <= full_dim]
+    if bad:
+        raise ValueError(f"dimensions must be in 1..{full_dim} for model '{encoder.name}', got {bad}")
+    if not corpus:
+        raise ValueError("the corpus is empty")
+    return full_dim, dims, top_k or max(max(ks), MRR_CUTOFF)
+
+
+def _judged_queries(qrels: Mapping[str, Mapping[str, int]], queries: Mapping[str, str]) -> tuple[list, list]:
+    """The judged query ids, and those of them with a text (the others count as 0)."""
+    judged = [str(q) for q, docs in qrels.items() if docs]
+    query_ids = [q for q in judged if q in queries]
+    if len(query_ids) < len(judged):
+        logger.warning("%d judged queries have no text; they count as 0", len(judged) - len(query_ids))
+    return judged, query_ids
+
+
+def _score_dimensions(vectors: tuple, ids: tuple, full_dim: int, dims, qrels, ks, depth: int):
+    """Per-query metrics at full size, their mean, and the mean at each truncated size (``vectors``: the
+    queries' and passages' rows, ``ids``: their ids)."""
+    (query_vecs, passages), (query_ids, doc_ids) = vectors, ids
+
+    def score(dim: int) -> dict[str, dict[str, float]]:
+        q, p = (
+            (query_vecs, passages)
+            if dim == full_dim
+            else (unit_truncate(query_vecs, dim), unit_truncate(passages, dim))
+        )
+        return per_query_metrics(qrels, retrieve(q, p, doc_ids, query_ids, top_k=depth), ks)
+
+    per_query = score(full_dim)
+    metrics = _mean_metrics(per_query, ks)
+    per_dimension = {d: metrics if d == full_dim else _mean_metrics(score(d), ks) for d in dims}
+    return per_query, metrics, per_dimension
+
+
 def evaluate_encoder(
-    encoder,
+    encoder: Encoder,
     corpus: Mapping[str, Mapping[str, Any]],
     queries: Mapping[str, str],
     qrels: Mapping[str, Mapping[str, int]],
@@ -197,8 +240,8 @@ def evaluate_encoder(
     ``dimensions`` is scored on truncated, re-normalised copies.
 
     Args:
-        encoder: a ``BiEncoder`` (or anything with ``encode_queries``, ``encode_passages``, ``name``,
-            ``dimension``).
+        encoder: an ``Encoder`` (``encode_queries``, ``encode_passages``, ``name``, ``dimension``), e.g. a
+            ``BiEncoder``.
         corpus: ``{doc_id: {"title", "text"}}``.
         queries: ``{query_id: text}``.
         qrels: ``{query_id: {doc_id: grade}}``.
@@ -212,44 +255,23 @@ def evaluate_encoder(
         ``{"model", "dimension", "prompts", "metrics", "per_dimension": {dim: metrics}, "per_query":
         {query_id: {"ndcg@10", "recall@10"}}, "num_queries", "num_passages", "seconds"}``.
     """
-    full_dim = int(encoder.dimension)
-    dims = sorted({int(d) for d in dimensions or ()})
-    bad = [d for d in dims if not 0 < d <= full_dim]
-    if bad:
-        raise ValueError(f"dimensions must be in 1..{full_dim} for model '{encoder.name}', got {bad}")
-    if not corpus:
-        raise ValueError("the corpus is empty")
-    depth = top_k or max(max(ks), MRR_CUTOFF)
-    judged = [str(q) for q, docs in qrels.items() if docs]
-    query_ids = [q for q in judged if q in queries]
-    if len(query_ids) < len(judged):
-        logger.warning("%d judged queries have no text; they count as 0", len(judged) - len(query_ids))
+    full_dim, dims, depth = _sizes(encoder, corpus, dimensions, ks, top_k)
+    judged, query_ids = _judged_queries(qrels, queries)
     doc_ids = [str(d) for d in corpus]
-
     start = time.perf_counter()
     logger.info("embedding %d passages and %d queries with %s", len(doc_ids), len(query_ids), encoder.name)
-    passages = encoder.encode_passages(
-        [passage_text(corpus[d]) for d in corpus], batch_size=batch_size, progress=progress
-    )
+    texts = [passage_text(corpus[d]) for d in corpus]
+    passages = encoder.encode_passages(texts, batch_size=batch_size, progress=progress)
     query_vecs = encoder.encode_queries(
         [queries[q] for q in query_ids], batch_size=batch_size, progress=progress
     )
-
-    def score(dim: int) -> dict[str, dict[str, float]]:
-        q, p = (
-            (query_vecs, passages)
-            if dim == full_dim
-            else (unit_truncate(query_vecs, dim), unit_truncate(passages, dim))
-        )
-        return per_query_metrics(qrels, retrieve(q, p, doc_ids, query_ids, top_k=depth), ks)
-
-    per_query = score(full_dim)
-    metrics = _mean_metrics(per_query, ks)
-    per_dimension = {d: metrics if d == full_dim else _mean_metrics(score(d), ks) for d in dims}
+    per_query, metrics, per_dimension = _score_dimensions(
+        (query_vecs, passages), (query_ids, doc_ids), full_dim, dims, qrels, ks, depth
+    )
     return {
         "model": encoder.name,
         "dimension": full_dim,
-        "prompts": dict(getattr(encoder, "prompts", {}) or {}),
+        "prompts": dict(encoder.prompts),
         "metrics": metrics,
         "per_dimension": per_dimension,
         # what the paired significance tests against the baseline need
@@ -262,7 +284,7 @@ def evaluate_encoder(
     }
 
 
-def evaluate_dataset(encoder, dataset, **kwargs) -> dict[str, Any]:
+def evaluate_dataset(encoder: Encoder, dataset, **kwargs) -> dict[str, Any]:
     """``evaluate_encoder`` on a ``formats.BeirDataset`` (any object with ``corpus``, ``queries``, ``qrels``)."""
     return evaluate_encoder(encoder, dataset.corpus, dataset.queries, dataset.qrels, **kwargs)
 
@@ -283,10 +305,10 @@ def _load_dataset(beir_dir_or_dataset, split: str):
 
 
 def _named_models(encoders_or_paths) -> list[tuple[str, Any]]:
-    """``[(unique name, BiEncoder | path)]`` from a list of encoders/paths or a ``{name: encoder | path}``."""
+    """``[(unique name, Encoder | path)]`` from a list of encoders/paths or a ``{name: encoder | path}``."""
     if isinstance(encoders_or_paths, Mapping):
         items = [(str(name), spec) for name, spec in encoders_or_paths.items()]
-    elif isinstance(encoders_or_paths, (str, os.PathLike)) or hasattr(encoders_or_paths, "encode_queries"):
+    elif isinstance(encoders_or_paths, (str, os.PathLike, Encoder)):
         items = [(_default_name(encoders_or_paths), encoders_or_paths)]
     else:
         items = [(_default_name(spec), spec) for spec in encoders_or_paths]
@@ -306,6 +328,89 @@ def _default_name(spec) -> str:
     return str(spec) if isinstance(spec, (str, os.PathLike)) else str(spec.name)
 
 
+def _model_entry(name: str, source: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's line in the run's recorded config: where it came from, its size and prompts."""
+    return {"name": name, "source": source, "dimension": result["dimension"], "prompts": result["prompts"]}
+
+
+def _evaluate_spec(
+    spec, name: str, dataset, options: Mapping[str, Any], general_check: bool, **evaluate
+) -> dict:
+    """Evaluate one model, loading it first when given as a folder or a known name."""
+    from embedforge.model import BiEncoder
+
+    encoder = BiEncoder.load(spec, name=name, **options) if isinstance(spec, (str, os.PathLike)) else spec
+    result = evaluate_dataset(encoder, dataset, **evaluate)
+    result["model"] = name
+    if general_check:
+        result["general_check"] = _general_check(encoder)
+    return result
+
+
+def _evaluate_all(named, dataset, source: str, reuse, options, general_check: bool, ks, dims, **encoding):
+    """Every model's result (an earlier one where ``reuse`` has it) and its entry in the recorded config;
+    a model loaded here is freed before the next one loads."""
+    models: dict[str, dict[str, Any]] = {}
+    entries = []
+    for i, (name, spec) in enumerate(named, 1):
+        if name in reuse:
+            result = _reused(reuse[name], name, dataset, source, ks, dims)
+            entries.append(_model_entry(name, f"{spec} (earlier result)", result))
+        else:
+            logger.info("evaluating model %d/%d: %s", i, len(named), name)
+            evaluate = {"ks": ks, "dimensions": dims, **encoding}
+            result = _evaluate_spec(spec, name, dataset, options, general_check, **evaluate)
+            entries.append(_model_entry(name, _default_name(spec), result))
+            if isinstance(spec, (str, os.PathLike)):
+                gc.collect()
+        models[name] = result
+    return models, entries
+
+
+def _comparison(models: Mapping[str, Any], baseline: str, dims: list[int]) -> dict[str, Any]:
+    """Each model against the baseline: metric deltas, their significance, and deltas per dimension."""
+    base = models[baseline]
+    others = {name: r for name, r in models.items() if name != baseline}
+    return {
+        "deltas": {name: _deltas(r["metrics"], base["metrics"]) for name, r in others.items()},
+        "significance": _significance(models, baseline),
+        "per_dimension_deltas": {
+            name: {d: _deltas(r["per_dimension"][d], base["per_dimension"][d]) for d in dims}
+            for name, r in others.items()
+            if dims
+        },
+    }
+
+
+def _recorded_config(source: str, split: str, ks, dims, entries, batch_size: int, options, base) -> dict:
+    """What made the results: the set, cutoffs, models and settings (``base``: the baseline's result)."""
+    from embedforge import __version__
+
+    return {
+        "dataset": source,
+        "split": split,
+        "ks": list(ks),
+        "dimensions": dims,
+        "models": entries,
+        "batch_size": batch_size,
+        "load_options": options,
+        "retrieval": f"exact inner product, top {max(max(ks), MRR_CUTOFF)}",
+        "num_queries": base["num_queries"],
+        "num_passages": base["num_passages"],
+        "embedforge_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _write_reports(out: Path, results: Mapping[str, Any]) -> None:
+    """eval_results.json, eval_report.md and eval_chart.png, each written atomically."""
+    write_json_atomic(out / RESULTS_FILE, results)
+    write_text_atomic(out / REPORT_FILE, render_report(results))
+    with atomic_write(out / CHART_FILE) as tmp:
+        tmp.write_bytes(render_chart(results))
+    logger.info("wrote %s, %s and %s to %s", RESULTS_FILE, REPORT_FILE, CHART_FILE, out)
+
+
 def compare_models(
     encoders_or_paths,
     beir_dir_or_dataset,
@@ -323,16 +428,13 @@ def compare_models(
     """Evaluate models on one BEIR set, the first as baseline, and write the JSON, Markdown and chart reports.
 
     Args:
-        encoders_or_paths: ``BiEncoder`` objects and/or model folders or short names (loaded one at a time
-            with ``BiEncoder.load``), in a list, or a ``{name: model}`` mapping to choose report names.
+        encoders_or_paths: encoders and/or model folders or short names (loaded one at a time with
+            ``BiEncoder.load``), in a list, or a ``{name: model}`` mapping to choose report names.
         beir_dir_or_dataset: a BEIR folder (read with ``formats.read_beir``) or a dataset object with
             ``corpus``, ``queries`` and ``qrels``.
         out_dir: where ``eval_results.json``, ``eval_report.md`` and ``eval_chart.png`` go (written atomically).
-        ks: metric cutoffs.
-        dimensions: Matryoshka sizes to score as well (a per-dimension table for nDCG@10 and Recall@10).
-        split: the qrels split of a BEIR folder.
-        batch_size: encoding batch size.
-        progress: show progress bars.
+        ks, dimensions, batch_size, progress: as in ``evaluate_encoder`` (``dimensions`` adds a
+            per-dimension table for nDCG@10 and Recall@10); ``split``: the qrels split of a BEIR folder.
         load_options: keyword arguments for ``BiEncoder.load`` of the models given as paths (e.g.
             ``query_prompt``, ``passage_prompt``, ``max_seq_length``); None values are dropped.
         general_check: also score each model on the general-domain Lee similarity set
@@ -347,87 +449,19 @@ def compare_models(
     Example:
         >>> compare_models(["minilm", "runs/tuned/model"], "runs/prep/beir", "runs/eval")  # doctest: +SKIP
     """
-    from embedforge import __version__
-    from embedforge.model import BiEncoder
-
     dataset, source = _load_dataset(beir_dir_or_dataset, split)
     named = _named_models(encoders_or_paths)
-    ks = tuple(sorted({int(k) for k in ks}))
-    dims = sorted({int(d) for d in dimensions or ()})
+    ks, dims = tuple(sorted({int(k) for k in ks})), sorted({int(d) for d in dimensions or ()})
     options = {k: v for k, v in (load_options or {}).items() if v is not None}
-
-    models: dict[str, dict[str, Any]] = {}
-    model_config = []
-    reuse = reuse or {}
-    for i, (name, spec) in enumerate(named, 1):
-        if name in reuse:
-            result = models[name] = _reused(reuse[name], name, dataset, source, ks, dims)
-            model_config.append(
-                {
-                    "name": name,
-                    "source": f"{spec} (earlier result)",
-                    "dimension": result["dimension"],
-                    "prompts": result["prompts"],
-                }
-            )
-            continue
-        logger.info("evaluating model %d/%d: %s", i, len(named), name)
-        encoder = BiEncoder.load(spec, name=name, **options) if isinstance(spec, (str, os.PathLike)) else spec
-        result = evaluate_dataset(
-            encoder, dataset, ks=ks, dimensions=dims, batch_size=batch_size, progress=progress
-        )
-        result["model"] = name
-        if general_check:
-            result["general_check"] = _general_check(encoder)
-        models[name] = result
-        model_config.append(
-            {
-                "name": name,
-                "source": str(spec) if isinstance(spec, (str, os.PathLike)) else str(spec.name),
-                "dimension": result["dimension"],
-                "prompts": result["prompts"],
-            }
-        )
-        if encoder is not spec:  # free a model we loaded before loading the next
-            del encoder
-            gc.collect()
-
+    models, entries = _evaluate_all(
+        named, dataset, source, reuse or {}, options, general_check, ks, dims, batch_size=batch_size,
+        progress=progress,
+    )  # fmt: skip
     baseline = named[0][0]
+    results = {"baseline": baseline, "models": models, **_comparison(models, baseline, dims)}
     base = models[baseline]
-    deltas = {name: _deltas(r["metrics"], base["metrics"]) for name, r in models.items() if name != baseline}
-    per_dimension_deltas = {
-        name: {d: _deltas(r["per_dimension"][d], base["per_dimension"][d]) for d in dims}
-        for name, r in models.items()
-        if name != baseline and dims
-    }
-    results = {
-        "baseline": baseline,
-        "models": models,
-        "deltas": deltas,
-        "significance": _significance(models, baseline),
-        "per_dimension_deltas": per_dimension_deltas,
-        "config": {
-            "dataset": source,
-            "split": split,
-            "ks": list(ks),
-            "dimensions": dims,
-            "models": model_config,
-            "batch_size": batch_size,
-            "load_options": options,
-            "retrieval": f"exact inner product, top {max(max(ks), MRR_CUTOFF)}",
-            "num_queries": base["num_queries"],
-            "num_passages": base["num_passages"],
-            "embedforge_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        },
-    }
-
-    out = Path(out_dir)
-    write_json_atomic(out / RESULTS_FILE, results)
-    write_text_atomic(out / REPORT_FILE, render_report(results))
-    with atomic_write(out / CHART_FILE) as tmp:
-        tmp.write_bytes(render_chart(results))
-    logger.info("wrote %s, %s and %s to %s", RESULTS_FILE, REPORT_FILE, CHART_FILE, out)
+    results["config"] = _recorded_config(source, split, ks, dims, entries, batch_size, options, base)
+    _write_reports(Path(out_dir), results)
     return results
 
 
@@ -469,7 +503,7 @@ def _significance(models: Mapping[str, Any], baseline: str) -> dict[str, dict[st
     }
 
 
-def _general_check(encoder) -> dict[str, Any]:
+def _general_check(encoder: Encoder) -> dict[str, Any]:
     from embedforge.general_check import lee_check
 
     try:
@@ -479,7 +513,7 @@ def _general_check(encoder) -> dict[str, Any]:
         return {"skipped": str(error)}
 
 
-def run_eval(config, *, loaded: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_eval(config: EvalConfig, *, loaded: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``embedforge eval`` stage: ``compare_models`` driven by a ``config.EvalConfig``.
 
     ``loaded``: already loaded encoders for some of ``config.models`` (keyed by the same string, and named

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
+from embedforge.encoder import Encoder
+
 LEE_PACKAGE = "gensim==4.4.0"
 LEE_DOCS = "test/test_data/lee.cor"
 LEE_RATINGS = "test/test_data/similarities0-1.txt"
@@ -62,7 +64,7 @@ def similarity_correlation(vectors: np.ndarray, ratings: np.ndarray) -> dict[str
     }
 
 
-def lee_check(model) -> dict[str, float]:
-    """Score a loaded ``BiEncoder`` (or anything with ``encode_passages``) on the Lee set."""
+def lee_check(model: Encoder) -> dict[str, float]:
+    """Score an ``Encoder`` (a checkpoint, an ONNX export, a served model) on the Lee set."""
     docs, ratings = load_lee()
     return similarity_correlation(np.asarray(model.encode_passages(docs)), ratings)

@@ -44,6 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from embedforge.encoder import Encoder
 from embedforge.search import top_k
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def _check_args(queries, positives, corpus, num_negatives, margin, margin_type, 
 
 
 def mine_hard_negatives(
-    encoder,
+    encoder: Encoder,
     queries: Sequence[str],
     positives: Sequence[Sequence[str]],
     corpus: Mapping[str, str],
@@ -172,7 +173,7 @@ def mine_hard_negatives(
     """Mine up to ``num_negatives`` hard negatives per query from ``corpus`` with the margin rule.
 
     Args:
-        encoder: a :class:`~embedforge.model.BiEncoder` (its saved query/passage prompts are applied).
+        encoder: any ``encoder.Encoder`` (a checkpoint, an ONNX export, a served model); its prompts apply.
         queries: query texts.
         positives: for each query, the ids of its positive passages (all must be in ``corpus``).
         corpus: ``{passage id: text}``, the passages that may become negatives, plus the positives.

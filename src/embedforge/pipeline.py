@@ -300,6 +300,66 @@ RUNNERS: dict[str, Callable] = {
 }
 
 
+def _chosen_stages(corpus: str, stages: list[str] | None) -> list[str]:
+    """The stages to run, in pipeline order; unknown names and a missing corpus folder are refused."""
+    stages = list(stages or DEFAULT_STAGES)
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise RunError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    if not Path(corpus).is_dir():
+        raise RunError(f"corpus folder '{corpus}' does not exist")
+    return [s for s in STAGES if s in stages]
+
+
+def _machine_recipe(cuda: bool) -> str:
+    """The shipped recipe for this machine, announced with how to choose another."""
+    recipe = str(default_recipe(cuda))
+    print(
+        f"no recipe given: {recipe}, sized for this machine ({'CUDA GPU' if cuda else 'CPU, no CUDA device'}); "
+        "choose another with --config RECIPE or change a key with stage.key=value",
+        flush=True,
+    )
+    return recipe
+
+
+def _print_plan(pipe: Pipeline, recipe: str, chosen: list[str], cuda: bool) -> None:
+    """What the run will do and about how long it takes, and a note when the machine is busy."""
+    about, plans = estimate_run(pipe.corpus, pipe.config, chosen, cuda)
+    print(format_plan(recipe, about, plans), flush=True)
+    note = hasattr(os, "getloadavg") and busy_note(os.getloadavg()[0], os.cpu_count() or 1)
+    if note:
+        print(note, flush=True)
+
+
+def _run_stage(pipe: Pipeline, stage: str) -> dict:
+    """Run one stage unless its marker says it finished with the same key; its summary entry."""
+    cfg = pipe.config(stage)
+    inputs = pipe.inputs(stage)
+    key = pipe.key(stage, cfg, inputs)
+    folder = pipe.run / stage
+    marker = _read_marker(folder)
+    if marker.get("key") == key and marker.get("status") == "finished":
+        print(f"[{stage}] unchanged since {marker.get('finished')}: skipped", flush=True)
+        return {"skipped": True}
+    if stage == "finetune" and marker.get("key") == key and marker.get("status") == "started":
+        cfg.resume = True  # same config, interrupted: continue from the last checkpoint
+    print(f"[{stage}] running (key {key})", flush=True)
+    if stage != "export":
+        # export refuses a non-empty out folder that is not an export (a lone marker is enough) and swaps
+        # its finished folder into place, so its marker is written only once it finished
+        _write_marker(folder, {"key": key, "status": "started", "inputs": inputs, "config": config_dict(cfg)})
+    started = time.time()
+    if stage == "verify":
+        _run_verify(cfg, str(pipe.served()))
+    else:
+        RUNNERS[stage](cfg, pipe)
+    seconds = round(time.time() - started, 1)
+    finished = {"key": key, "status": "finished", "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "seconds": seconds, "inputs": inputs, "config": config_dict(cfg)}  # fmt: skip
+    _write_marker(folder, finished)
+    return {"seconds": seconds}
+
+
 def run_pipeline(
     corpus: str,
     run_dir: str,
@@ -308,64 +368,13 @@ def run_pipeline(
     stages: list[str] | None = None,
 ) -> dict:
     """Run the chosen stages in order, skipping those whose key is unchanged; returns a summary per stage."""
-    stages = list(stages or DEFAULT_STAGES)
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise RunError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
-    if not Path(corpus).is_dir():
-        raise RunError(f"corpus folder '{corpus}' does not exist")
+    chosen = _chosen_stages(corpus, stages)
     cuda = torch_cuda()
     if recipe is None:
-        recipe = str(default_recipe(cuda))
-        print(
-            f"no recipe given: {recipe}, sized for this machine ({'CUDA GPU' if cuda else 'CPU, no CUDA device'}); "
-            "choose another with --config RECIPE or change a key with stage.key=value",
-            flush=True,
-        )
+        recipe = _machine_recipe(cuda)
     pipe = Pipeline(corpus, run_dir, recipe, overrides)
-    about, plans = estimate_run(corpus, pipe.config, [s for s in STAGES if s in stages], cuda)
-    print(format_plan(recipe, about, plans), flush=True)
-    note = hasattr(os, "getloadavg") and busy_note(os.getloadavg()[0], os.cpu_count() or 1)
-    if note:
-        print(note, flush=True)
-    summary: dict[str, Any] = {}
-    for stage in [s for s in STAGES if s in stages]:
-        cfg = pipe.config(stage)
-        inputs = pipe.inputs(stage)
-        key = pipe.key(stage, cfg, inputs)
-        folder = pipe.run / stage
-        marker = _read_marker(folder)
-        if marker.get("key") == key and marker.get("status") == "finished":
-            print(f"[{stage}] unchanged since {marker.get('finished')}: skipped", flush=True)
-            summary[stage] = {"skipped": True}
-            continue
-        if stage == "finetune" and marker.get("key") == key and marker.get("status") == "started":
-            cfg.resume = True  # same config, interrupted: continue from the last checkpoint
-        print(f"[{stage}] running (key {key})", flush=True)
-        if stage != "export":
-            # export refuses a non-empty out folder that is not an export (a lone marker is enough) and swaps
-            # its finished folder into place, so its marker is written only once it finished
-            _write_marker(
-                folder, {"key": key, "status": "started", "inputs": inputs, "config": config_dict(cfg)}
-            )
-        started = time.time()
-        if stage == "verify":
-            _run_verify(cfg, str(pipe.served()))
-        else:
-            RUNNERS[stage](cfg, pipe)
-        seconds = round(time.time() - started, 1)
-        _write_marker(
-            folder,
-            {
-                "key": key,
-                "status": "finished",
-                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "seconds": seconds,
-                "inputs": inputs,
-                "config": config_dict(cfg),
-            },
-        )
-        summary[stage] = {"seconds": seconds}
+    _print_plan(pipe, recipe, chosen, cuda)
+    summary: dict[str, Any] = {stage: _run_stage(pipe, stage) for stage in chosen}
     if pipe._base is not None:
         summary["base_model_passages"] = {"embedded": pipe._base.misses, "reused": pipe._base.hits}
     report = write_run_report(pipe.run, summary)

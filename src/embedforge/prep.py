@@ -70,10 +70,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from embedforge.atomic import atomic_write
 from embedforge.config import PrepConfig, config_dict, config_hash
 from embedforge.corpus import Passage
+from embedforge.encoder import Encoder
 from embedforge.errors import EmbedforgeError
 from embedforge.formats import (
     BeirDataset,
@@ -294,7 +296,9 @@ def _heading_test_questions(passages, test_docs: set[str]) -> tuple[list[Pair], 
     return questions, bodies
 
 
-def _closest_positive(encoder, questions: list[Pair], texts: dict[str, str], batch_size: int) -> list[Pair]:
+def _closest_positive(
+    encoder: Encoder, questions: list[Pair], texts: dict[str, str], batch_size: int
+) -> list[Pair]:
     """Each question with its positives cut to the one passage ``encoder`` scores highest for it."""
     if not questions:
         return []
@@ -348,49 +352,50 @@ def _summary_row(name: str, s: dict) -> str:
     return f"| {name} | " + " | ".join(str(s.get(k, "")) for k in keys) + " |"
 
 
-def render_report(report: dict) -> str:
-    """The Markdown version of ``prep_report.json``."""
-    split, mining = report["split"], report["mining"]
-    user = split["questions"].get("user", {})
-    args = report["mining_args"]
-    rule = (
-        f"score > {args['margin']} x lowest positive score"
-        if args["margin_type"] == "perc"
-        else f"score > lowest positive score - {args['margin']}"
-    )
+def _split_lines(report: dict) -> list[str]:
+    """The report's split table, and what it left out."""
+    split, args = report["split"], report["mining_args"]
+    questions = split["questions"]
+    user = questions.get("user", {})
     lines = [
-        "# prep report",
-        "",
-        f"Config hash `{report['config_hash']}`; model `{args['model']}` with query prompt "
-        f"{args['query_prompt']!r} and passage prompt {args['passage_prompt']!r}; {report['seconds']} s.",
-        "",
         f"## Split by document (test_fraction {args['test_fraction']}, seed {args['seed']})",
         "",
         "| | train | test |",
         "|---|---|---|",
         f"| documents with questions | {split['documents']['train']} | {split['documents']['test']} |",
-        f"| questions | {split['questions']['train']} | {split['questions']['test']} "
-        f"+ {split['questions'].get('test_roundtrip_dropped', 0)} the round trip dropped |",
-        f"| heading -> body pairs (training only) | {split['questions'].get('heading_pairs', 0)} | - |",
+        f"| questions | {questions['train']} | {questions['test']} "
+        f"+ {questions.get('test_roundtrip_dropped', 0)} the round trip dropped |",
+        f"| heading -> body pairs (training only) | {questions.get('heading_pairs', 0)} | - |",
         f"| your questions (`user_questions`) | {user.get('train', 0)} | {user.get('test', 0)} |",
         f"| passages (mining corpus / BEIR corpus) | {split['passages']['train']} | {split['passages']['test']} |",
         f"| training records (unrolled) / qrels | {split['train_records']} | {split['test_qrels']} |",
         "",
-        *(
-            [
-                f"Your questions are the test set: the generated questions of the test documents "
-                f"({split['questions']['generated_test_unused']}) are not used.",
-                "",
-            ]
-            if user.get("test")
-            else []
-        ),
+    ]
+    if user.get("test"):
+        lines += [
+            f"Your questions are the test set: the generated questions of the test documents "
+            f"({questions['generated_test_unused']}) are not used.",
+            "",
+        ]
+    return lines + [
         f"Documents without questions (train side, negatives only): {split['documents']['without_questions']}. "
-        f"Questions dropped because their positives span both sides: {split['questions']['dropped_cross_split']}. "
+        f"Questions dropped because their positives span both sides: {questions['dropped_cross_split']}. "
         f"Questions whose `doc_id` disagrees with their positives: {split['doc_id_mismatches']}. "
         f"Training queries with more than {args['max_positives']} positives (cut): "
         f"{split['queries_with_positives_cut']}.",
         "",
+    ]
+
+
+def _mining_lines(report: dict) -> list[str]:
+    """The report's hard-negative section: the margin rule, what it skipped, the score distributions."""
+    mining, args = report["mining"], report["mining_args"]
+    rule = (
+        f"score > {args['margin']} x lowest positive score"
+        if args["margin_type"] == "perc"
+        else f"score > lowest positive score - {args['margin']}"
+    )
+    return [
         "## Hard negatives",
         "",
         f"{args['num_negatives']} per query from the train documents only; a candidate is a likely false "
@@ -409,6 +414,20 @@ def render_report(report: dict) -> str:
         _summary_row("lowest positive per query", mining["min_positive_scores"]),
         _summary_row("negatives", mining["negative_scores"]),
         "",
+    ]
+
+
+def render_report(report: dict) -> str:
+    """The Markdown version of ``prep_report.json``."""
+    args = report["mining_args"]
+    lines = [
+        "# prep report",
+        "",
+        f"Config hash `{report['config_hash']}`; model `{args['model']}` with query prompt "
+        f"{args['query_prompt']!r} and passage prompt {args['passage_prompt']!r}; {report['seconds']} s.",
+        "",
+        *_split_lines(report),
+        *_mining_lines(report),
         "## Query types",
         "",
         "| type | train | test |",
@@ -427,6 +446,132 @@ def render_report(report: dict) -> str:
 # --------------------------------------------------------------------------------------------------- run
 
 
+def _check_config(config: PrepConfig) -> None:
+    """Refuse settings prep cannot run with before anything is read."""
+    if not config.pairs:
+        raise ValueError("prep needs the pairs JSONL written by sdg (pairs=PATH)")
+    if config.max_positives < 1:
+        raise ValueError(f"max_positives must be >= 1, got {config.max_positives}")
+    if config.heading_passages < 1:
+        raise ValueError(f"heading_passages must be >= 1, got {config.heading_passages}")
+
+
+@dataclass
+class _Inputs:
+    """What prep read and checked: each source's questions with their documents, and the passages."""
+
+    pairs_path: Path
+    passages_path: Path
+    passages: dict[str, Passage]
+    pairs: list[Pair]
+    pair_docs: dict[str, set[str]]
+    extras: list[Pair]
+    extra_docs: dict[str, set[str]]
+    user: list[Pair]
+    user_docs: dict[str, set[str]]
+    mismatched: int
+
+    @property
+    def headings_only(self) -> bool:
+        """No question from any source: the section headings are the questions."""
+        return not self.pairs and not self.extras and not self.user
+
+
+def _read_inputs(config: PrepConfig) -> _Inputs:
+    """sdg's pairs, passages and round-trip drops, and the user's questions, each checked."""
+    pairs_path = Path(config.pairs)
+    passages_path = Path(config.passages) if config.passages else pairs_path.with_name("passages.jsonl")
+    # sdg with questions_per_passage 0 writes an empty pairs file: prep then works from the section headings
+    empty = pairs_path.is_file() and pairs_path.stat().st_size == 0
+    pairs, passages = [] if empty else read_pairs(pairs_path), read_passages(passages_path)
+    pair_docs, mismatched = _question_docs(pairs, passages, pairs_path)
+    extras = read_test_extras(pairs_path, config.test_roundtrip_top_k)
+    extra_docs, _ = _question_docs(extras, passages, pairs_path.with_name(DROPPED_FILE))
+    user = read_user_questions(config.user_questions, passages) if config.user_questions else []
+    user_docs = {q.question_id: {passages[p].doc_id for p in q.positive_ids} for q in user}
+    return _Inputs(
+        pairs_path, passages_path, passages, pairs, pair_docs, extras, extra_docs, user, user_docs, mismatched
+    )
+
+
+def _documents_to_split(inputs: _Inputs, config: PrepConfig) -> set[str]:
+    """Every document with a question (kept, or dropped by the round trip only); without questions, every
+    document with a usable section heading. Fewer than two cannot be split."""
+    if inputs.headings_only and not config.heading_pairs:
+        raise ValueError(
+            f"{inputs.pairs_path} holds no questions (sdg ran with questions_per_passage 0?): set "
+            "prep.heading_pairs=true to train and test on the documents' section headings"
+        )
+    if inputs.headings_only:
+        docs = {h.doc_id for h in heading_pairs(inputs.passages.values())}
+    else:
+        sources = (inputs.pair_docs, inputs.extra_docs, inputs.user_docs)
+        docs = {d for question_docs in sources for ds in question_docs.values() for d in ds}
+    if len(docs) < 2:
+        what, hint = (
+            (
+                "documents with usable section headings",
+                ": let sdg write questions (questions_per_passage > 0)",
+            )
+            if inputs.headings_only
+            else ("documents with questions", "")
+        )
+        raise ValueError(
+            f"prep needs at least 2 {what} to split into train and test, found {len(docs)} in "
+            f"{inputs.passages_path}{hint}"
+        )
+    return docs
+
+
+@dataclass
+class _Split:
+    """The document split, and the questions and passages each side gets."""
+
+    train_docs: list[str]
+    test_docs: list[str]
+    test_set: set[str]
+    train_pairs: list[Pair]  # the generated questions of the train documents
+    train_user: list[Pair]
+    test_user: list[Pair]
+    test_pairs: list[Pair]  # the test questions: generated, the test documents' headings, or the user's
+    test_extras: list[Pair]
+    test_passages: dict[str, Passage]
+    dropped: int
+    generated_unused: int
+
+
+def _split(inputs: _Inputs, config: PrepConfig) -> _Split:
+    """Split the documents and send each question to the side of its documents (both sides: dropped)."""
+    weights = (
+        _questions_per_document(inputs.user_docs or inputs.pair_docs) or None
+    )  # None: headings by document
+    documents = _documents_to_split(inputs, config)
+    train_docs, test_docs = split_documents(documents, config.test_fraction, config.seed, weights)
+    test_set = set(test_docs)
+    pairs, user = inputs.pairs, inputs.user
+    train_pairs = [p for p in pairs if not inputs.pair_docs[p.question_id] & test_set]
+    test_pairs = [p for p in pairs if inputs.pair_docs[p.question_id] <= test_set]
+    test_extras = [p for p in inputs.extras if inputs.extra_docs[p.question_id] <= test_set]
+    train_user = [q for q in user if not inputs.user_docs[q.question_id] & test_set]
+    test_user = [q for q in user if inputs.user_docs[q.question_id] <= test_set]
+    dropped = len(pairs) - len(train_pairs) - len(test_pairs) + len(user) - len(train_user) - len(test_user)
+    if dropped:
+        logger.warning("%d questions have positives in both train and test documents: dropped", dropped)
+    bodies: dict[str, str] = {}
+    if inputs.headings_only:
+        test_pairs, bodies = _heading_test_questions(inputs.passages, test_set)
+    generated_unused = 0
+    if user:  # the user's own questions are the test: the generated ones of the test documents go unused
+        generated_unused = len(test_pairs) + len(test_extras)
+        test_pairs, test_extras = test_user, []
+    whole = config.test_corpus == "all" or bool(user)
+    test_passages = _test_passages(inputs.passages, test_set, bodies, whole)
+    return _Split(
+        train_docs, test_docs, test_set, train_pairs, train_user, test_user, test_pairs, test_extras,
+        test_passages, dropped, generated_unused,
+    )  # fmt: skip
+
+
 def _test_passages(passages: dict, test_set: set[str], bodies: dict[str, str], whole: bool) -> dict:
     """What the test questions search: the whole corpus, as the users search it (the training documents'
     passages are distractors, never answers; your own questions always do), or the test documents alone;
@@ -438,102 +583,45 @@ def _test_passages(passages: dict, test_set: set[str], bodies: dict[str, str], w
     }
 
 
-def run_prep(config: PrepConfig, *, encoder=None) -> dict:
-    """Run the prep stage and return the report (also written to ``out/prep_report.{json,md}``).
+@dataclass
+class _TrainCorpus:
+    """The strings training embeds, the train documents' passages negatives come from, the heading pairs."""
 
-    ``encoder``: an already loaded mining model to use instead of loading ``config.model`` (the caller makes
-    sure it is that model with the configured prompts).
-    """
-    from embedforge.model import BiEncoder  # torch import only when the stage actually runs
+    texts: dict[str, str]  # every passage id (heading-free copies included) -> the string embedded
+    corpus: dict[str, str]  # the train documents' passages and the heading-free copies
+    doc_of: dict[str, str]
+    headings: list
 
-    started = time.time()
-    if not config.pairs:
-        raise ValueError("prep needs the pairs JSONL written by sdg (pairs=PATH)")
-    if config.max_positives < 1:
-        raise ValueError(f"max_positives must be >= 1, got {config.max_positives}")
-    if config.heading_passages < 1:
-        raise ValueError(f"heading_passages must be >= 1, got {config.heading_passages}")
-    pairs_path = Path(config.pairs)
-    passages_path = Path(config.passages) if config.passages else pairs_path.with_name("passages.jsonl")
-    out = Path(config.out)
-    # sdg with questions_per_passage 0 writes an empty pairs file: prep then works from the section headings
-    empty = pairs_path.is_file() and pairs_path.stat().st_size == 0
-    pairs, passages = [] if empty else read_pairs(pairs_path), read_passages(passages_path)
-    question_docs, mismatched = _question_docs(pairs, passages, pairs_path)
-    extras = read_test_extras(pairs_path, config.test_roundtrip_top_k)
-    extra_docs, _ = _question_docs(extras, passages, pairs_path.with_name(DROPPED_FILE))
-    user = read_user_questions(config.user_questions, passages) if config.user_questions else []
-    user_docs = {q.question_id: {passages[p].doc_id for p in q.positive_ids} for q in user}
 
-    headings_only = not pairs and not extras and not user
-    if headings_only and not config.heading_pairs:
-        raise ValueError(
-            f"{pairs_path} holds no questions (sdg ran with questions_per_passage 0?): set "
-            "prep.heading_pairs=true to train and test on the documents' section headings"
-        )
-    # split: the documents with a question (kept or dropped by the round trip), else with a usable heading
-    split_docs = (
-        {h.doc_id for h in heading_pairs(passages.values())}
-        if headings_only
-        else {
-            d for docs in [*question_docs.values(), *extra_docs.values(), *user_docs.values()] for d in docs
-        }
-    )
-    if len(split_docs) < 2:
-        what, hint = (
-            (
-                "documents with usable section headings",
-                ": let sdg write questions (questions_per_passage > 0)",
-            )
-            if headings_only
-            else ("documents with questions", "")
-        )
-        raise ValueError(
-            f"prep needs at least 2 {what} to split into train and test, found {len(split_docs)} in "
-            f"{passages_path}{hint}"
-        )
-    weights = _questions_per_document(user_docs or question_docs) or None  # None: split headings by document
-    train_docs, test_docs = split_documents(split_docs, config.test_fraction, config.seed, weights)
-    test_set = set(test_docs)
-    train_pairs = [p for p in pairs if not question_docs[p.question_id] & test_set]
-    test_pairs = [p for p in pairs if question_docs[p.question_id] <= test_set]
-    test_extras = [p for p in extras if extra_docs[p.question_id] <= test_set]
-    train_user = [q for q in user if not user_docs[q.question_id] & test_set]
-    test_user = [q for q in user if user_docs[q.question_id] <= test_set]
-    dropped = len(pairs) - len(train_pairs) - len(test_pairs) + len(user) - len(train_user) - len(test_user)
-    if dropped:
-        logger.warning("%d questions have positives in both train and test documents: dropped", dropped)
-    bodies: dict[str, str] = {}
-    if headings_only:
-        test_pairs, bodies = _heading_test_questions(passages, test_set)
-    generated_unused = 0
-    if user:  # the user's own questions are the test: the generated ones of the test documents go unused
-        generated_unused = len(test_pairs) + len(test_extras)
-        test_pairs, test_extras = test_user, []
-    test_passages = _test_passages(passages, test_set, bodies, config.test_corpus == "all" or bool(user))
-    test_questions = test_pairs + test_extras
+def _train_corpus(inputs: _Inputs, split: _Split, config: PrepConfig) -> _TrainCorpus:
+    """The training side's passages, with the heading-free copies of the heading pairs joined in."""
+    passages, test_set = inputs.passages, split.test_set
     texts = {pid: passage_text({"title": p.title, "text": p.text}) for pid, p in passages.items()}
-    train_corpus = {pid: texts[pid] for pid, p in passages.items() if p.doc_id not in test_set}
+    corpus = {pid: texts[pid] for pid, p in passages.items() if p.doc_id not in test_set}
     train_docs_all = {p.doc_id for p in passages.values()} - test_set
     headings = (
         heading_pairs(passages.values(), train_docs_all, config.heading_passages, config.heading_section)
         if config.heading_pairs
         else []
     )
-    if not (train_pairs or train_user or headings) or not test_pairs:
+    if not (split.train_pairs or split.train_user or headings) or not split.test_pairs:
         raise ValueError("the document split left no train or no test questions; add documents")
     doc_of = {pid: p.doc_id for pid, p in passages.items()}
     for h in headings:  # the heading-free copies join the training corpus (and may be others' negatives)
-        texts[h.body_id] = train_corpus[h.body_id] = passage_text({"title": h.title, "text": h.body})
+        texts[h.body_id] = corpus[h.body_id] = passage_text({"title": h.title, "text": h.body})
         doc_of[h.body_id] = h.doc_id
-    encoder = encoder or BiEncoder.load(
-        config.model, query_prompt=config.query_prompt, passage_prompt=config.passage_prompt
-    )
-    user_train = _closest_positive(encoder, train_user, texts, config.batch_size)
-    llm_train_pairs = train_pairs
-    train_pairs = (
-        train_pairs
-        + user_train
+    return _TrainCorpus(texts, corpus, doc_of, headings)
+
+
+def _train_queries(
+    encoder: Encoder, split: _Split, train: _TrainCorpus, batch_size: int
+) -> tuple[list[Pair], list]:
+    """The training queries (generated; the user's, with their closest passage; headings) and, for each,
+    the passages that may not be its negatives."""
+    headings = train.headings
+    queries = (
+        split.train_pairs
+        + _closest_positive(encoder, split.train_user, train.texts, batch_size)
         + [Pair(h.question_id, h.heading, [h.body_id, *h.more_ids], h.doc_id, "heading") for h in headings]
     )
     # the heading-free copies are positives only (a copy next to its source would waste a negative), and a
@@ -542,16 +630,33 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
     # its passages is a negative
     copies = frozenset(h.body_id for h in headings)
     exclude = (
-        [copies] * len(llm_train_pairs)
-        + [copies | set(q.positive_ids) for q in train_user]
+        [copies] * len(split.train_pairs)
+        + [copies | set(q.positive_ids) for q in split.train_user]
         + [copies | {h.source_id, *h.joined_ids} for h in headings]
     )
-    train_positives = [p.positive_ids[: config.max_positives] for p in train_pairs]
-    negatives, positive_scores, mining_stats = mine_hard_negatives(
+    return queries, exclude
+
+
+class _Mined(NamedTuple):
+    queries: list[Pair]
+    negatives: list
+    positive_scores: list
+    stats: dict
+    checks: dict
+
+
+def _mine(
+    encoder: Encoder, split: _Split, train: _TrainCorpus, config: PrepConfig, pairs_path: Path
+) -> _Mined:
+    """Mine hard negatives for the training queries, then check none leaks from a test document or is a
+    positive of its query (raising before anything is written)."""
+    queries, exclude = _train_queries(encoder, split, train, config.batch_size)
+    positives = [p.positive_ids[: config.max_positives] for p in queries]
+    negatives, positive_scores, stats = mine_hard_negatives(
         encoder,
-        [p.question for p in train_pairs],
-        train_positives,
-        train_corpus,
+        [p.question for p in queries],
+        positives,
+        train.corpus,
         num_negatives=config.num_negatives,
         margin=config.margin,
         margin_type=config.margin_type,
@@ -561,18 +666,24 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
         progress=True,
     )
     checks = {
-        "negatives_from_test_documents": sum(doc_of[n] in test_set for negs in negatives for n, _ in negs),
+        "negatives_from_test_documents": sum(
+            train.doc_of[n] in split.test_set for negs in negatives for n, _ in negs
+        ),
         "negatives_that_are_positives": sum(
-            n in set(pos) for negs, pos in zip(negatives, train_positives, strict=True) for n, _ in negs
+            n in set(pos) for negs, pos in zip(negatives, positives, strict=True) for n, _ in negs
         ),
     }
     if any(checks.values()):
         raise PrepError(
             f"prep: the negatives mined for {pairs_path} leak {checks} (a bug in mining); nothing was written "
-            f"to {out}"
+            f"to {Path(config.out)}"
         )
+    return _Mined(queries, negatives, positive_scores, stats, checks)
 
-    mining_args = {
+
+def _mining_args(config: PrepConfig, encoder: Encoder) -> dict:
+    """How the negatives were mined, recorded in train.json and the report."""
+    return {
         "model": config.model,
         "query_prompt": encoder.prompts["query"],
         "passage_prompt": encoder.prompts["passage"],
@@ -591,64 +702,81 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
         "seed": config.seed,
         "config_hash": config_hash(config),
     }
-    examples, scores = _unroll(train_pairs, config.max_positives, negatives, positive_scores, texts)
-    extra = {"mining": {"args": mining_args, "stats": mining_stats}}
+
+
+def _write_data(out: Path, mined: _Mined, split: _Split, texts: dict, mining_args: dict, max_positives: int):
+    """Write train.json (with its scores), train.jsonl and test_beir/; returns the training records."""
+    examples, scores = _unroll(mined.queries, max_positives, mined.negatives, mined.positive_scores, texts)
+    extra = {"mining": {"args": mining_args, "stats": mined.stats}}
     write_corpus_id_json(examples, out / TRAIN_JSON, extra=extra)
     _add_scores(out / TRAIN_JSON, scores)
     write_inline_jsonl(examples, out / TRAIN_JSONL)
+    test_questions = split.test_pairs + split.test_extras
     beir = BeirDataset(
-        corpus={pid: {"title": p.title, "text": p.text} for pid, p in test_passages.items()},
+        corpus={pid: {"title": p.title, "text": p.text} for pid, p in split.test_passages.items()},
         queries={p.question_id: p.question for p in test_questions},
         qrels={p.question_id: dict.fromkeys(p.positive_ids, 1) for p in test_questions},
     )
     write_beir(beir, out / TEST_BEIR)
+    return examples
 
-    docs_with_questions = set(train_docs) | test_set
-    all_docs = {p.doc_id for p in passages.values()}
-    report = {
+
+def _split_counts(
+    inputs: _Inputs, split: _Split, train: _TrainCorpus, mined: _Mined, records: int, config
+) -> dict:
+    """The report's ``split`` block: documents, questions and passages on each side."""
+    all_docs = {p.doc_id for p in inputs.passages.values()}
+    questions = {
+        "total": len(inputs.pairs),
+        "train": len(split.train_pairs),
+        "heading_pairs": len(train.headings),
+        "user": {"total": len(inputs.user), "train": len(split.train_user), "test": len(split.test_user)},
+        "test": len(split.test_pairs),
+        "generated_test_unused": split.generated_unused,
+        "test_roundtrip_dropped": len(split.test_extras),
+        "dropped_cross_split": split.dropped,
+    }
+    return {
+        "documents": {
+            "train": len(split.train_docs),
+            "test": len(split.test_docs),
+            "without_questions": len(all_docs - (set(split.train_docs) | split.test_set)),
+        },
+        "train_documents": split.train_docs,
+        "test_documents": split.test_docs,
+        "questions": questions,
+        "passages": {
+            "total": len(inputs.passages),
+            "train": len(train.corpus) - len(train.headings),
+            "test": len(split.test_passages),
+        },
+        "train_records": records,
+        "test_qrels": sum(len(p.positive_ids) for p in split.test_pairs + split.test_extras),
+        "doc_id_mismatches": inputs.mismatched,
+        "queries_with_positives_cut": sum(len(p.positive_ids) > config.max_positives for p in mined.queries),
+    }
+
+
+def _report(
+    config: PrepConfig, inputs: _Inputs, mining_args: dict, split_counts: dict, mined: _Mined, split
+) -> dict:
+    """``prep_report.json``: the config, the inputs, the split, the mining and its checks, the outputs."""
+    out = Path(config.out)
+    return {
         "config": config_dict(config),
         "config_hash": config_hash(config),
         "inputs": {
-            "pairs": str(pairs_path),
-            "passages": str(passages_path),
+            "pairs": str(inputs.pairs_path),
+            "passages": str(inputs.passages_path),
             "user_questions": config.user_questions or None,
         },
         "mining_args": mining_args,
-        "split": {
-            "documents": {
-                "train": len(train_docs),
-                "test": len(test_docs),
-                "without_questions": len(all_docs - docs_with_questions),
-            },
-            "train_documents": train_docs,
-            "test_documents": test_docs,
-            "questions": {
-                "total": len(pairs),
-                "train": len(llm_train_pairs),
-                "heading_pairs": len(headings),
-                "user": {"total": len(user), "train": len(train_user), "test": len(test_user)},
-                "test": len(test_pairs),
-                "generated_test_unused": generated_unused,
-                "test_roundtrip_dropped": len(test_extras),
-                "dropped_cross_split": dropped,
-            },
-            "passages": {
-                "total": len(passages),
-                "train": len(train_corpus) - len(headings),
-                "test": len(test_passages),
-            },
-            "train_records": len(examples),
-            "test_qrels": sum(len(p.positive_ids) for p in test_questions),
-            "doc_id_mismatches": mismatched,
-            "queries_with_positives_cut": sum(
-                len(p.positive_ids) > config.max_positives for p in train_pairs
-            ),
-        },
-        "mining": mining_stats,
-        "checks": checks,
+        "split": split_counts,
+        "mining": mined.stats,
+        "checks": mined.checks,
         "query_types": {
-            "train": dict(Counter(p.query_type or "unknown" for p in train_pairs)),
-            "test": dict(Counter(p.query_type or "unknown" for p in test_pairs)),
+            "train": dict(Counter(p.query_type or "unknown" for p in mined.queries)),
+            "test": dict(Counter(p.query_type or "unknown" for p in split.test_pairs)),
         },
         "outputs": {
             "train_json": str(out / TRAIN_JSON),
@@ -657,16 +785,40 @@ def run_prep(config: PrepConfig, *, encoder=None) -> dict:
             "report_json": str(out / REPORT_JSON),
             "report_md": str(out / REPORT_MD),
         },
-        "seconds": round(time.time() - started, 1),
     }
+
+
+def run_prep(config: PrepConfig, *, encoder: Encoder | None = None) -> dict:
+    """Run the prep stage and return the report (also written to ``out/prep_report.{json,md}``).
+
+    ``encoder``: an already loaded mining model to use instead of loading ``config.model`` (the caller makes
+    sure it is that model with the configured prompts).
+    """
+    from embedforge.model import BiEncoder  # torch import only when the stage actually runs
+
+    started = time.time()
+    _check_config(config)
+    inputs = _read_inputs(config)
+    split = _split(inputs, config)
+    train = _train_corpus(inputs, split, config)  # every input error is raised before the model loads
+    encoder = encoder or BiEncoder.load(
+        config.model, query_prompt=config.query_prompt, passage_prompt=config.passage_prompt
+    )
+    mined = _mine(encoder, split, train, config, inputs.pairs_path)
+    mining_args = _mining_args(config, encoder)
+    out = Path(config.out)
+    examples = _write_data(out, mined, split, train.texts, mining_args, config.max_positives)
+    counts = _split_counts(inputs, split, train, mined, len(examples), config)
+    report = _report(config, inputs, mining_args, counts, mined, split)
+    report["seconds"] = round(time.time() - started, 1)
     _write_text(out / REPORT_JSON, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     _write_text(out / REPORT_MD, render_report(report))
     logger.info(
         "prep: %d train records (%d queries), %d test queries over %d passages; report in %s",
         len(examples),
-        len(train_pairs),
-        len(test_pairs),
-        len(test_passages),
+        len(mined.queries),
+        len(split.test_pairs),
+        len(split.test_passages),
         out / REPORT_MD,
     )
     return report

@@ -19,7 +19,7 @@ from embedforge.matryoshka import unit_truncate
 
 
 class MemoEncoder:
-    """An encoder (``BiEncoder`` or alike) whose ``encode_passages`` computes each distinct text once.
+    """An ``Encoder`` whose ``encode_passages`` computes each distinct text once (the wrapped one's vectors).
 
     Args:
         load: builds the encoder (called on first use, and again after ``release``).
@@ -47,6 +47,27 @@ class MemoEncoder:
         """Drop the model, keep the vectors."""
         self._encoder = None
 
+    @property
+    def dimension(self) -> int:
+        return self.encoder.dimension
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return self.encoder.prompts
+
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 64,
+        dimensions: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Queries are not remembered: the wrapped encoder's vectors."""
+        return self.encoder.encode_queries(
+            texts, batch_size=batch_size, dimensions=dimensions, progress=progress
+        )
+
     def __getattr__(self, name):
         if name.startswith("_"):  # never route private lookups (e.g. during copying) to a model load
             raise AttributeError(name)
@@ -60,6 +81,7 @@ class MemoEncoder:
         dimensions: int | None = None,
         progress: bool = False,
     ) -> np.ndarray:
+        """Each distinct text embedded once; a ``dimensions`` request truncates the stored full-size rows."""
         texts = list(texts)
         missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
         self.hits += len(texts) - len(missing)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from embedforge.config import VerifyConfig
 from embedforge.errors import EmbedforgeError
 from embedforge.evaluate import (
     DEFAULT_KS,
@@ -195,6 +196,57 @@ def embed_all(
     return np.concatenate(parts)
 
 
+class ServedEncoder:
+    """A served model behind the ``Encoder`` protocol: the same calls as a checkpoint, answered over
+    ``/v1/embeddings`` in batches, ``concurrency`` requests at a time; ``client`` keeps its records of
+    every response. The server applies its own prompts; ``prompts`` says which (from /v1/metadata)."""
+
+    def __init__(self, client: EmbeddingsClient, concurrency: int = 4, prompts: dict[str, str] | None = None):
+        self.client = client
+        self.concurrency = concurrency
+        self.prompts = dict(prompts or {"query": "", "passage": ""})
+        self._dimension: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.client.model
+
+    @property
+    def dimension(self) -> int:
+        """The full size, asked once with a one-text request (kept out of ``client``'s records)."""
+        if self._dimension is None:
+            body = {"model": self.client.model, "input": ["dimension"], "input_type": "query"}
+            response = self.client.http.post("/v1/embeddings", json=body)
+            if response.status_code != 200:
+                raise VerifyError(
+                    f"POST /v1/embeddings answered {response.status_code}: {response.text[:500]}"
+                )
+            self._dimension = len(response.json()["data"][0]["embedding"])
+        return self._dimension
+
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        dimensions: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Query vectors from the server (``progress`` is accepted for the protocol; requests are logged)."""
+        return embed_all(self.client, list(texts), "query", dimensions, batch_size, self.concurrency)
+
+    def encode_passages(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        dimensions: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Passage vectors from the server, as ``encode_queries``."""
+        return embed_all(self.client, list(texts), "passage", dimensions, batch_size, self.concurrency)
+
+
 def _wait_ready(client: EmbeddingsClient, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -252,62 +304,30 @@ def metric_rows(
     return rows
 
 
-def verify(
-    url: str,
-    beir,
-    reference,
-    *,
-    reference_model: str | None = None,
-    model: str | None = None,
-    api_key: str | None = None,
-    dimensions: int | None = None,
-    ks: Sequence[int] | None = None,
-    tolerance_small_k: float = 0.03,
-    tolerance: float = 0.01,
-    batch_size: int = 32,
-    concurrency: int = 4,
-    encoding_format: str = "float",
-    timeout: float = 120.0,
-    split: str = "test",
-    out: str | os.PathLike | None = None,
-    evidence: str | None = None,
-) -> dict[str, Any]:
-    """Evaluate the served model on ``beir`` and compare with ``reference`` (an ``eval_results.json``).
+def _check(name: str, ok: bool | None, detail: str) -> dict[str, Any]:
+    """One row of the report's checks: passed (True), failed (False) or not compared (None)."""
+    return {"name": name, "ok": ok, "detail": detail}
 
-    ``evidence``: what the BEIR folder's questions are (``embedforge run`` says whether they are the user's
-    own or generated), named in ``decided_by``.
 
-    Returns:
-        ``{"passed", "url", "model", "reference", "checks": [{"name", "ok", "detail"}], "metrics":
-        [{"metric", "k", "served", "reference", "diff", "tolerance", "ok"}], "served_metrics", "seconds",
-        "table"}``; also written to ``out`` as JSON when given.
-    """
-    started = time.perf_counter()
-    ref = load_reference(reference, reference_model, dimensions)
-    dataset = read_beir(beir, split=split)
-    api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-    client = EmbeddingsClient(url, model or "", api_key, timeout, encoding_format)
-    checks: list[dict[str, Any]] = []
+def _prompt_check(served_prompts: dict[str, str] | None, ref: dict[str, Any]) -> dict[str, Any]:
+    """Does the server apply the reference model's prompts (when it says which, on /v1/metadata)?"""
+    if served_prompts is None or not ref.get("prompts"):
+        return _check("prompts", None, "not compared (no /v1/metadata prompts or none in the reference)")
+    same = {k: served_prompts.get(k, "") for k in ("query", "passage")} == {
+        k: ref["prompts"].get(k, "") for k in ("query", "passage")
+    }
+    return _check("prompts", same, f"served {served_prompts}, reference {ref['prompts']}")
 
-    def check(name: str, ok: bool | None, detail: str) -> None:
-        checks.append({"name": name, "ok": ok, "detail": detail})
 
-    rows: list[dict[str, Any]] = []
-    served_metrics: dict[str, float] = {}
-    paired = None
+def _embed_dataset(client: EmbeddingsClient, dataset, ref, config, checks: list) -> tuple | None:
+    """Embed the corpus and the judged queries through the server: ``(queries, passages, query ids,
+    passage ids)``, or None when the server could not be used (then the last check says why)."""
     try:
-        check("health", True, _wait_ready(client, timeout))
-        client.model = model or _served_model(client)
-
+        checks.append(_check("health", True, _wait_ready(client, config.timeout)))
+        client.model = config.model or _served_model(client)
         served_prompts = _served_prompts(client)
-        if served_prompts is None or not ref.get("prompts"):
-            check("prompts", None, "not compared (no /v1/metadata prompts or none in the reference)")
-        else:
-            same = {k: served_prompts.get(k, "") for k in ("query", "passage")} == {
-                k: ref["prompts"].get(k, "") for k in ("query", "passage")
-            }
-            check("prompts", same, f"served {served_prompts}, reference {ref['prompts']}")
-
+        checks.append(_prompt_check(served_prompts, ref))
+        encoder = ServedEncoder(client, config.concurrency, served_prompts)
         judged = [str(q) for q, docs in dataset.qrels.items() if docs]
         query_ids = [q for q in judged if q in dataset.queries]
         doc_ids = [str(d) for d in dataset.corpus]
@@ -317,84 +337,107 @@ def verify(
             len(query_ids),
             client.http.base_url,
         )
-        passages = embed_all(
-            client,
-            [passage_text(dataset.corpus[d]) for d in dataset.corpus],
-            "passage",
-            dimensions,
-            batch_size,
-            concurrency,
+        wanted = {"batch_size": config.batch_size, "dimensions": config.dimensions}
+        passages = encoder.encode_passages(
+            [passage_text(dataset.corpus[d]) for d in dataset.corpus], **wanted
         )
-        queries = embed_all(
-            client, [dataset.queries[q] for q in query_ids], "query", dimensions, batch_size, concurrency
-        )
-        check("requests", True, f"{client.requests} requests answered 200")
+        queries = encoder.encode_queries([dataset.queries[q] for q in query_ids], **wanted)
+        checks.append(_check("requests", True, f"{client.requests} requests answered 200"))
+        return queries, passages, query_ids, doc_ids
     except VerifyError as err:
-        check("requests", False, str(err))
+        checks.append(_check("requests", False, str(err)))
+        return None
     finally:
         client.close()
 
-    if not any(c["name"] == "requests" and c["ok"] is False for c in checks):
-        echoed = sorted(client.echoed)
-        check(
-            "model name",
-            echoed == [client.model],
-            f"requested '{client.model}', responses said {echoed}",
-        )
-        check(
-            "indices",
-            not client.index_problems,
-            "0..n-1 in every response" if not client.index_problems else "; ".join(client.index_problems[:5]),
-        )
-        check(
+
+def _response_checks(client: EmbeddingsClient, want: int | None) -> list[dict[str, Any]]:
+    """What every response had to get right: the echoed model, the indices, finite vectors, one dimension."""
+    echoed, dims_seen = sorted(client.echoed), sorted(client.dims)
+    problems = client.index_problems
+    return [
+        _check(
+            "model name", echoed == [client.model], f"requested '{client.model}', responses said {echoed}"
+        ),
+        _check(
+            "indices", not problems, "0..n-1 in every response" if not problems else "; ".join(problems[:5])
+        ),
+        _check(
             "finite",
             client.nonfinite == 0,
             "all vectors finite" if not client.nonfinite else f"{client.nonfinite} vectors with NaN/inf",
-        )
-        dims_seen = sorted(client.dims)
-        want = dimensions or (ref["dimension"] or None)
-        check(
+        ),
+        _check(
             "dimension",
             len(dims_seen) == 1 and (want is None or dims_seen[0] == want),
             f"responses {dims_seen}, expected {want}",
-        )
-        wanted_ks = sorted({int(k) for k in (ks or ref["ks"])})
-        depth = max(max(wanted_ks), MRR_CUTOFF)
-        run = retrieve(queries, passages, doc_ids, query_ids, top_k=depth)
-        served_metrics = compute_metrics(dataset.qrels, run, wanted_ks)
-        served_per_query = per_query_metrics(dataset.qrels, run, [10])  # the paired test's @10 metrics
-        paired = paired_decision(served_per_query, ref["per_query"], tolerance)
-        rows = metric_rows(served_metrics, ref["metrics"], wanted_ks, tolerance_small_k, tolerance)
-        if not rows:
-            check("metrics", False, f"no nDCG@k / Recall@k for k in {wanted_ks} in the reference")
+        ),
+    ]
 
-    metrics_ok, decided_by = decide(rows, paired)
+
+def _score(vectors: tuple, dataset, ref: dict[str, Any], config, checks: list) -> dict[str, Any]:
+    """Retrieval metrics of the served vectors against the reference's: the report's ``metrics`` rows, its
+    ``served_metrics`` and the ``paired`` per-query judgement."""
+    queries, passages, query_ids, doc_ids = vectors
+    wanted_ks = sorted({int(k) for k in (config.ks or ref["ks"])})
+    depth = max(max(wanted_ks), MRR_CUTOFF)
+    run = retrieve(queries, passages, doc_ids, query_ids, top_k=depth)
+    served_metrics = compute_metrics(dataset.qrels, run, wanted_ks)
+    served_per_query = per_query_metrics(dataset.qrels, run, [10])  # the paired test's @10 metrics
+    paired = paired_decision(served_per_query, ref["per_query"], config.tolerance)
+    rows = metric_rows(served_metrics, ref["metrics"], wanted_ks, config.tolerance_small_k, config.tolerance)
+    if not rows:
+        checks.append(_check("metrics", False, f"no nDCG@k / Recall@k for k in {wanted_ks} in the reference"))
+    return {"metrics": rows, "served_metrics": served_metrics, "paired": paired}
+
+
+def verify(config: VerifyConfig, evidence: str | None = None) -> dict[str, Any]:
+    """Evaluate the served model on ``config.beir`` and compare with ``config.reference`` (an
+    ``eval_results.json``).
+
+    ``evidence``: what the BEIR folder's questions are (``embedforge run`` says whether they are the user's
+    own or generated), named in ``decided_by``.
+
+    Returns:
+        ``{"passed", "url", "model", "reference", "checks": [{"name", "ok", "detail"}], "metrics":
+        [{"metric", "k", "served", "reference", "diff", "tolerance", "ok"}], "served_metrics", "seconds",
+        "table"}``; also written to ``config.out`` as JSON when given.
+    """
+    started = time.perf_counter()
+    ref = load_reference(config.reference, config.reference_model, config.dimensions)
+    dataset = read_beir(config.beir, split=config.split)
+    api_key = config.api_key if config.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    client = EmbeddingsClient(config.url, config.model or "", api_key, config.timeout, config.encoding_format)
+    checks: list[dict[str, Any]] = []
+    scored: dict[str, Any] = {"metrics": [], "served_metrics": {}, "paired": None}
+    vectors = _embed_dataset(client, dataset, ref, config, checks)
+    if vectors is not None:
+        checks += _response_checks(client, config.dimensions or (ref["dimension"] or None))
+        scored = _score(vectors, dataset, ref, config, checks)
+    metrics_ok, decided_by = decide(scored["metrics"], scored["paired"])
     if evidence:
         decided_by += f"; the queries: {evidence}"
-    passed = all(c["ok"] is not False for c in checks) and metrics_ok
     report = {
-        "passed": passed,
-        "url": _base_url(url),
+        "passed": all(c["ok"] is not False for c in checks) and metrics_ok,
+        "url": _base_url(config.url),
         "model": client.model,
-        "dimensions": dimensions,
+        "dimensions": config.dimensions,
         "reference": {k: ref[k] for k in ("path", "name", "dimension", "prompts")},
         "dataset": {
-            "beir": str(beir),
-            "split": split,
+            "beir": str(config.beir),
+            "split": config.split,
             "queries": len(dataset.qrels),
             "passages": len(dataset.corpus),
-        },
+        },  # fmt: skip
         "checks": checks,
-        "metrics": rows,
-        "served_metrics": served_metrics,
-        "paired": paired,
+        **scored,
         "decided_by": decided_by,
-        "tolerances": {"k<5": tolerance_small_k, "k>=5": tolerance},
+        "tolerances": {"k<5": config.tolerance_small_k, "k>=5": config.tolerance},
         "seconds": round(time.perf_counter() - started, 2),
     }
     report["table"] = format_report(report)
-    if out:
-        out = Path(out)
+    if config.out:
+        out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -483,28 +526,10 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_verify(config, evidence: str | None = None) -> dict[str, Any]:
-    """``embedforge verify`` driven by a ``config.VerifyConfig`` (``evidence``: see ``verify``)."""
+def run_verify(config: VerifyConfig, evidence: str | None = None) -> dict[str, Any]:
+    """``embedforge verify``: ``verify`` once the config names its BEIR folder and reference."""
     if not config.beir:
         raise ValueError("verify needs a BEIR folder: --beir DIR")
     if not config.reference:
         raise ValueError("verify needs the offline results: --reference runs/eval/eval_results.json")
-    return verify(
-        config.url,
-        config.beir,
-        config.reference,
-        reference_model=config.reference_model,
-        model=config.model,
-        api_key=config.api_key,
-        dimensions=config.dimensions,
-        ks=config.ks or None,
-        tolerance_small_k=config.tolerance_small_k,
-        tolerance=config.tolerance,
-        batch_size=config.batch_size,
-        concurrency=config.concurrency,
-        encoding_format=config.encoding_format,
-        timeout=config.timeout,
-        split=config.split,
-        out=config.out,
-        evidence=evidence,
-    )
+    return verify(config, evidence)

@@ -5,7 +5,8 @@
 * ``routes``: the routers (embeddings, models, health and metrics); ``api``: their errors and shared state.
 * ``metrics``: Prometheus metrics and the middleware that checks the API key and records each request.
 * ``app``: ``create_app`` wires the routers, middleware and batcher to one runtime.
-* ``server``: ``serve(model, host, port, **settings)`` with uvicorn, ``ServerThread`` for tests.
+* ``server``: ``run_serve(ServeConfig)`` (what ``embedforge serve`` runs) and ``serve(model, host, port,
+  **settings)`` with uvicorn, ``ServerThread`` for tests.
 
 Checking a served model against its offline evaluation is ``embedforge.verify``.
 """

@@ -1,4 +1,5 @@
-"""Run the embedding server with uvicorn: ``serve("runs/tuned/model", port=8000)`` or ``embedforge serve``.
+"""Run the embedding server with uvicorn: ``run_serve(ServeConfig(...))``, ``serve("runs/tuned/model", port=8000)``
+or ``embedforge serve``.
 
 uvicorn handles SIGINT/SIGTERM gracefully: it stops accepting connections, lets requests in flight finish
 (up to ``graceful_timeout`` seconds), then runs the app's lifespan shutdown, which drains the batcher.
@@ -52,20 +53,24 @@ def _uvicorn_config(app, cfg: ServeConfig):
     )
 
 
-def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, **settings: Any) -> None:
-    """Load ``model`` and serve it until interrupted; ``settings`` are ``ServeConfig`` keys.
-
-    Example:
-        >>> serve("runs/finetune/model", port=8000, max_batch_tokens=4096)  # doctest: +SKIP
-    """
+def run_serve(cfg: ServeConfig) -> None:
+    """``embedforge serve``: load the model ``cfg`` names and serve it until interrupted."""
     import uvicorn
 
     from embedforge.serve.app import create_app
 
-    cfg = _config(model, {**settings, "host": host, "port": port})
     runtime = load_serving_runtime(cfg)
     app = create_app(runtime, cfg)
     uvicorn.Server(_uvicorn_config(app, cfg)).run()
+
+
+def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, **settings: Any) -> None:
+    """``run_serve`` with a config made from ``model``, ``host``, ``port`` and ``settings`` (``ServeConfig`` keys).
+
+    Example:
+        >>> serve("runs/finetune/model", port=8000, max_batch_tokens=4096)  # doctest: +SKIP
+    """
+    run_serve(_config(model, {**settings, "host": host, "port": port}))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
