@@ -135,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--dimensions", type=int, help="request this Matryoshka size (sets dimensions)")
     verify.add_argument("--out", help="write the JSON report here (sets out)")
 
+    _add_run_parser(sub)
+
+    sdg = _stage_parser(sub, "sdg", "an LLM writes questions the passages answer; filtered, resumable")
+    sdg.add_argument("--corpus", metavar="DIR", help="folder of documents (sets corpus)")
+    sdg.add_argument("--out", metavar="DIR", help="output folder (sets out)")
+    sdg.add_argument("--backend", choices=["local", "openai"], help="generator backend (sets backend)")
+
+    sub.add_parser("demo", help="the end-to-end demo on the bundled corpus and model (what `make demo` runs)")
+
+    _add_platform_parser(sub)
+    return parser
+
+
+def _add_run_parser(sub) -> None:
+    """`embedforge run` and its options (the whole pipeline, optionally on a Ray cluster)."""
     run = sub.add_parser(
         "run",
         help="the whole pipeline on a folder of documents: sdg -> prep -> finetune -> eval [-> export -> verify]",
@@ -148,17 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="sdg,prep,finetune,eval",
         help="comma-separated subset of sdg,prep,finetune,eval,export,verify",
     )
+    run.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="generate and embed on a Ray cluster: host:port of its head, ray://host:10001, or auto "
+        "(overrides the recipe's ray key; needs pip install 'embedforge[ray]')",
+    )
     run.add_argument("overrides", nargs="*", metavar="stage.key=value", help="override a stage's config key")
-
-    sdg = _stage_parser(sub, "sdg", "an LLM writes questions the passages answer; filtered, resumable")
-    sdg.add_argument("--corpus", metavar="DIR", help="folder of documents (sets corpus)")
-    sdg.add_argument("--out", metavar="DIR", help="output folder (sets out)")
-    sdg.add_argument("--backend", choices=["local", "openai"], help="generator backend (sets backend)")
-
-    sub.add_parser("demo", help="the end-to-end demo on the bundled corpus and model (what `make demo` runs)")
-
-    _add_platform_parser(sub)
-    return parser
 
 
 def _add_platform_parser(sub) -> None:
@@ -345,7 +356,7 @@ def _run(args: argparse.Namespace) -> int:
     from embedforge.pipeline import run_pipeline
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    summary = run_pipeline(args.corpus, args.out, args.config, args.overrides, stages)
+    summary = run_pipeline(args.corpus, args.out, args.config, args.overrides, stages, ray=args.ray)
     eval_md = Path(args.out) / "eval" / "eval_report.md"
     if eval_md.exists():
         print(eval_md.read_text())

@@ -474,7 +474,9 @@ def _generate(pending, passages, config, resolved, generator, name, checkpoint, 
     from tqdm.auto import tqdm
 
     local = config.backend == "local"
-    per_round = max(1, config.batch_size * 4 if local else config.concurrency * 2)
+    # a generator spread over workers (``ray_backend.RayGenerator``) gets a round's worth per worker
+    workers = getattr(generator, "workers", 1)
+    per_round = max(1, config.batch_size * 4 if local else config.concurrency * 2) * workers
     consecutive_failures = 0
     seconds = 0.0
     bar = tqdm(total=len(pending), desc="sdg", unit="passage", disable=not progress)
