@@ -208,19 +208,17 @@ class Pipeline:
 def _run_sdg(cfg, pipe: Pipeline) -> dict:
     from embedforge.sdg import run_sdg
 
-    generator = None
-    if pipe.ray_workers and cfg.questions_per_passage:
+    make = None
+    if pipe.ray_workers:  # its actors hold the cluster's CPUs: sdg closes it before the round trip embeds
         import functools
 
         from embedforge.ray_backend import RayGenerator
         from embedforge.sdg.pipeline import make_generator
 
-        generator = RayGenerator(functools.partial(make_generator, cfg), pipe.ray_workers)
-    try:
-        return run_sdg(cfg, generator=generator, encoder=pipe.shared_base(cfg.embed_model))
-    finally:
-        if generator is not None:
-            generator.close()
+        def make(config, resolved):
+            return RayGenerator(functools.partial(make_generator, config, resolved), pipe.ray_workers)
+
+    return run_sdg(cfg, encoder=pipe.shared_base(cfg.embed_model), make=make)
 
 
 def _run_prep(cfg, pipe: Pipeline) -> dict:

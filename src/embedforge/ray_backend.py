@@ -119,6 +119,7 @@ class RayGenerator:
         self.factory = factory
         self.workers = max(1, workers)
         self._actors: list | None = None
+        self._retries = 0  # kept from the actors when they are closed
 
     def _pool(self) -> list:
         if self._actors is None:
@@ -134,8 +135,10 @@ class RayGenerator:
 
     @property
     def retries(self) -> int:
+        if self._actors is None:
+            return self._retries
         ray = _import_ray()
-        return sum(ray.get([a.retries.remote() for a in self._pool()]))
+        return sum(ray.get([a.retries.remote() for a in self._actors]))
 
     def generate(self, requests: Sequence) -> list:
         """Contiguous slices, one per actor, joined back in request order."""
@@ -147,8 +150,10 @@ class RayGenerator:
         return [result for part in ray.get(futures) for result in part]
 
     def close(self) -> None:
+        """Kill the actors: they hold the cluster's CPUs, which the embedding pool needs next."""
         if self._actors is not None:
             ray = _import_ray()
+            self._retries = self.retries
             for actor in self._actors:
                 ray.kill(actor)
             self._actors = None
