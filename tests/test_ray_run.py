@@ -134,13 +134,11 @@ def test_the_clusters_passage_and_query_vectors_match_one_process(runs):
     assert np.abs(spread.encode_queries(questions) - here.encode_queries(questions)).max() < 1e-5
 
 
-def test_an_unreachable_cluster_is_one_error_naming_it_and_nothing_is_written(runs, tmp_path, capsys):
-    local, _, _, _ = runs
-    corpus = local.parent / "corpus"
-    out = tmp_path / "run"
-    recipe = local.parent / "recipe.yaml"
-    argv = ["run", "--corpus", str(corpus), "--out", str(out), "--config", str(recipe)]
-    code = main([*argv, "--ray", "127.0.0.1:9"])
+def test_an_unreachable_cluster_is_one_error_naming_it_and_nothing_is_written(tmp_path, capsys):
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    corpus.mkdir()
+    (corpus / "violin.txt").write_text(DOCS["violin.txt"])
+    code = main(["run", "--corpus", str(corpus), "--out", str(out), "--ray", "127.0.0.1:9"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "cannot reach the Ray cluster at '127.0.0.1:9'" in lines[-1]
     assert not out.exists()
