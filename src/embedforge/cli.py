@@ -195,6 +195,12 @@ def _add_run_parser(sub) -> None:
         default="sdg,prep,finetune,eval",
         help="comma-separated subset of sdg,prep,finetune,eval,export,verify",
     )
+    run.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="generate and embed on a Ray cluster: host:port of its head, ray://host:10001, or auto "
+        "(overrides the recipe's ray key; needs pip install 'embedforge[ray]')",
+    )
     run.add_argument("overrides", nargs="*", metavar="stage.key=value", help="override a stage's config key")
 
 
@@ -393,7 +399,7 @@ def _run(args: argparse.Namespace) -> int:
     from embedforge.pipeline import run_pipeline
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    summary = run_pipeline(args.corpus, args.out, args.config, args.overrides, stages)
+    summary = run_pipeline(args.corpus, args.out, args.config, args.overrides, stages, ray=args.ray)
     eval_md = Path(args.out) / "eval" / "eval_report.md"
     if eval_md.exists():
         print(eval_md.read_text())

@@ -51,6 +51,25 @@ def _recipe_file(recipe: str | Path) -> Path:
     return path
 
 
+# top-level recipe keys besides the stage sections; ``ray: auto | HOST:PORT`` runs `embedforge run` on a cluster
+RECIPE_KEYS = {"name", "description", "ray"}
+
+
+def recipe_ray(recipe: str | Path | None) -> str | None:
+    """The recipe's ``ray`` address (``auto`` or ``host:port``), None when it has none."""
+    if not recipe:
+        return None
+    path = _recipe_file(recipe)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read recipe: {err}") from err
+    value = data.get("ray") if isinstance(data, dict) else None
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{path}: ray: must be auto or a cluster address host:port, got {value!r}")
+    return value.strip() if value else None
+
+
 def setting(default: Any, help: str, **kwargs) -> Any:
     """A dataclass field with its documentation attached."""
     if isinstance(default, (list, dict)):
@@ -553,7 +572,7 @@ def load_config(
             raise ConfigError(f"{recipe}: cannot read recipe: {err} (shipped recipes: {shipped})") from err
         if not isinstance(data, dict):
             raise ConfigError(f"{recipe}: a recipe must be a mapping of stage sections")
-        unknown_sections = sorted(set(data) - set(STAGE_CONFIGS) - {"name", "description"})
+        unknown_sections = sorted(set(data) - set(STAGE_CONFIGS) - RECIPE_KEYS)
         if unknown_sections:
             raise ConfigError(
                 f"{recipe}: unknown section(s) {unknown_sections}; known: {sorted(STAGE_CONFIGS)}"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from embedforge.atomic import write_json_atomic, write_text_atomic
-from embedforge.config import config_dict, default_recipe, load_config
+from embedforge.config import config_dict, default_recipe, load_config, recipe_ray
 from embedforge.errors import EmbedforgeError
 from embedforge.plan import busy_note, estimate_run, format_plan
 from embedforge.significance import verdict
@@ -80,8 +80,16 @@ def torch_cuda() -> bool:
 class Pipeline:
     """Builds each stage's config from the recipe and wires outputs to inputs."""
 
-    def __init__(self, corpus: str, run_dir: str, recipe: str | None, overrides: list[str] | None = None):
+    def __init__(
+        self,
+        corpus: str,
+        run_dir: str,
+        recipe: str | None,
+        overrides: list[str] | None = None,
+        ray_workers: int = 0,
+    ):
         self.corpus = corpus
+        self.ray_workers = ray_workers  # > 0: on a Ray cluster with this many CPUs (``ray_backend``)
         self.run = Path(run_dir)
         self.recipe = recipe
         self.overrides = overrides or []
@@ -104,11 +112,20 @@ class Pipeline:
         if model != self.base_model or any(o is not None for o in prompt_overrides):
             return None
         if self._base is None:
-            from embedforge.model import BiEncoder
             from embedforge.vector_memo import MemoEncoder
 
-            self._base = MemoEncoder(lambda: BiEncoder.load(self.base_model), name=self.base_model)
+            self._base = MemoEncoder(lambda: self.encoder(self.base_model), name=self.base_model)
         return self._base
+
+    def encoder(self, model: str, **options):
+        """``model`` loaded here, or on a Ray cluster its stand-in that embeds on the cluster's actors."""
+        if self.ray_workers:
+            from embedforge.ray_backend import RayEncoder
+
+            return RayEncoder(model, self.ray_workers, options=options)
+        from embedforge.model import BiEncoder
+
+        return BiEncoder.load(model, **options)
 
     def release_base(self) -> None:
         if self._base is not None:
@@ -191,7 +208,17 @@ class Pipeline:
 def _run_sdg(cfg, pipe: Pipeline) -> dict:
     from embedforge.sdg import run_sdg
 
-    return run_sdg(cfg, encoder=pipe.shared_base(cfg.embed_model))
+    make = None
+    if pipe.ray_workers:  # its actors hold the cluster's CPUs: sdg closes it before the round trip embeds
+        import functools
+
+        from embedforge.ray_backend import RayGenerator
+        from embedforge.sdg.pipeline import make_generator
+
+        def make(config, resolved):
+            return RayGenerator(functools.partial(make_generator, config, resolved), pipe.ray_workers)
+
+    return run_sdg(cfg, encoder=pipe.shared_base(cfg.embed_model), make=make)
 
 
 def _run_prep(cfg, pipe: Pipeline) -> dict:
@@ -211,7 +238,12 @@ def _run_eval(cfg, pipe: Pipeline) -> dict:
     from embedforge.evaluate import run_eval
 
     base = pipe.shared_base(pipe.base_model, cfg.query_prompt, cfg.passage_prompt, cfg.max_seq_length)
-    results = run_eval(cfg, loaded={pipe.base_model: base} if base is not None else None)
+    loaded = {pipe.base_model: base} if base is not None else {}
+    if pipe.ray_workers:  # the tuned model embeds the test corpus on the cluster too
+        options = {"query_prompt": cfg.query_prompt, "passage_prompt": cfg.passage_prompt}
+        tuned = [str(m) for m in cfg.models if str(m) not in loaded]
+        loaded |= {m: pipe.encoder(m, name=m, max_seq_length=cfg.max_seq_length, **options) for m in tuned}
+    results = run_eval(cfg, loaded=loaded)
     pipe.release_base()
     return {"table": results["table"]}
 
@@ -366,13 +398,17 @@ def run_pipeline(
     recipe: str | None = None,
     overrides: list[str] | None = None,
     stages: list[str] | None = None,
+    ray: str | None = None,
 ) -> dict:
-    """Run the chosen stages in order, skipping those whose key is unchanged; returns a summary per stage."""
+    """Run the chosen stages in order, skipping those whose key is unchanged; returns a summary per stage.
+
+    ``ray``: a Ray cluster address (or ``auto``; else the recipe's ``ray`` key) to generate and embed on; the
+    cluster is joined before any stage starts, so an unreachable one leaves the run folder as it was.
+    """
     chosen = _chosen_stages(corpus, stages)
     cuda = torch_cuda()
-    if recipe is None:
-        recipe = _machine_recipe(cuda)
-    pipe = Pipeline(corpus, run_dir, recipe, overrides)
+    recipe = recipe or _machine_recipe(cuda)
+    pipe = Pipeline(corpus, run_dir, recipe, overrides, ray_workers=_join_ray(ray or recipe_ray(recipe)))
     _print_plan(pipe, recipe, chosen, cuda)
     summary: dict[str, Any] = {stage: _run_stage(pipe, stage) for stage in chosen}
     if pipe._base is not None:
@@ -380,6 +416,17 @@ def run_pipeline(
     report = write_run_report(pipe.run, summary)
     summary["report"] = str(report)
     return summary
+
+
+def _join_ray(address: str | None) -> int:
+    """The cluster's CPU count once joined (0: no cluster, everything runs in this process)."""
+    if not address:
+        return 0
+    from embedforge.ray_backend import connect
+
+    workers = connect(address)
+    print(f"on the Ray cluster at {address}: generation and embedding over {workers} workers", flush=True)
+    return workers
 
 
 def _test_questions(run: Path) -> tuple[str, dict]:

@@ -21,6 +21,7 @@ Known local generators (``smollm2-135m``, the default, and ``qwen2.5-coder-0.5b`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -272,6 +273,11 @@ def generation_threads(default: int) -> int:
     return 1 if load > (os.cpu_count() or 1) else default
 
 
+def prompt_seed(seed: int, prompt: str) -> int:
+    """The sampling seed of one prompt: the run's seed and the prompt's text, not its place in a batch."""
+    return int.from_bytes(hashlib.sha256(f"{seed}|{prompt}".encode()).digest()[:8], "big")
+
+
 class LocalGenerator:
     """A chat model on this CPU through transformers, generating ``batch_size`` prompts per call.
 
@@ -280,7 +286,8 @@ class LocalGenerator:
         threads: torch CPU threads; 0 = auto (:func:`generation_threads`, checked before every call).
         batch_size: prompts per ``generate`` call.
         temperature: 0 = greedy (the default for small models); above 0 samples with top-p 0.95.
-        seed: torch seed set before each batch when sampling.
+        seed: with the prompt, seeds each row's sampling (``prompt_seed``): a reply does not depend on which
+            other prompts share its batch, so a run spread over workers samples what one process does.
         dtype: weights dtype, ``float32`` or ``bfloat16``; ``auto`` = bfloat16 where it is native (AMX).
     """
 
@@ -399,7 +406,7 @@ class LocalGenerator:
         rows = [_Row(r, [self._encode(t) for t in r.follow_ups]) for r in requests]
         eos = set(self._eos)
         stops = set(self.question_stop_ids()) if any(r.stop_at_question for r in requests) else set()
-        generator = torch.Generator().manual_seed(self.seed)
+        generators = [torch.Generator().manual_seed(prompt_seed(self.seed, p)) for p in prompts]
         active = list(range(len(rows)))  # row index of each line of the current batch
         from transformers import DynamicCache
 
@@ -420,7 +427,7 @@ class LocalGenerator:
                 for line, index in enumerate(active):
                     row = rows[index]
                     forced = bool(row.forced)
-                    token = row.forced.pop(0) if forced else self._pick(logits[line], row, generator)
+                    token = row.forced.pop(0) if forced else self._pick(logits[line], row, generators[index])
                     tokens.append(token)
                     row.step(token, forced, eos, stops)
                 keep = [line for line, index in enumerate(active) if not rows[index].done]

@@ -371,7 +371,9 @@ def _judge_requests(pairs: list[dict], passages: dict[str, Passage], config: Sdg
 # ------------------------------------------------------------------------------------------- the stage
 
 
-def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool = True) -> dict[str, Any]:
+def run_sdg(
+    config: SdgConfig, *, generator=None, encoder=None, progress: bool = True, make=None
+) -> dict[str, Any]:
     """Run the sdg stage; returns the report also written to ``OUT/sdg_report.json``.
 
     Args:
@@ -379,6 +381,7 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
         generator: use this generator instead of building one from the config (anything with
             ``generate(list[GenRequest]) -> list[GenResult]`` and a ``name``).
         encoder: a loaded ``BiEncoder`` to use instead of loading ``config.embed_model``.
+        make: builds the generator instead of ``make_generator`` (e.g. spread over Ray); closed after generation.
         progress: show a progress bar.
 
     Raises:
@@ -406,12 +409,8 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
     name = None
     try:
         if pending:
-            generator = generator or make_generator(config, resolved)
-        name = (
-            (getattr(generator, "name", None) or f"{config.backend}:{resolved.model}")
-            if plans
-            else "none (questions_per_passage 0)"
-        )
+            generator = generator or (make or make_generator)(config, resolved)
+        name = _generator_name(generator, config, resolved) if plans else "none (questions_per_passage 0)"
         if pending:
             generation_seconds = _generate(
                 pending, passages, config, resolved, generator, name, checkpoint, run_stats, progress
@@ -430,6 +429,10 @@ def run_sdg(config: SdgConfig, *, generator=None, encoder=None, progress: bool =
         )
     write_text_atomic(out / SDG_REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _generator_name(generator, config: SdgConfig, resolved: Resolved) -> str:
+    return getattr(generator, "name", None) or f"{config.backend}:{resolved.model}"
 
 
 def _passages_for(config: SdgConfig, out: Path) -> CorpusResult:
@@ -474,7 +477,9 @@ def _generate(pending, passages, config, resolved, generator, name, checkpoint, 
     from tqdm.auto import tqdm
 
     local = config.backend == "local"
-    per_round = max(1, config.batch_size * 4 if local else config.concurrency * 2)
+    # a generator spread over workers (``ray_backend.RayGenerator``) gets a round's worth per worker
+    workers = getattr(generator, "workers", 1)
+    per_round = max(1, config.batch_size * 4 if local else config.concurrency * 2) * workers
     consecutive_failures = 0
     seconds = 0.0
     bar = tqdm(total=len(pending), desc="sdg", unit="passage", disable=not progress)
