@@ -192,14 +192,16 @@ def test_int8_quality_is_as_reported_and_recomputes(minilm_export, beir_dir):
     # one quantization range per token row: the same text alone and batched gives the same vector
     assert quality["min_cosine_alone_vs_batched"] >= 0.99999
     # int8 is built from the fused graph (12 SkipLayerNorm = 2 per layer, one Attention per layer), checked
-    # against fp32; each attention's Q/K/V projection is int8 too, feeding MultiHeadAttention
+    # against fp32; each attention's Q, K and V projections are int8 too, feeding MultiHeadAttention
     fusion = quality["fusion"]
     assert fusion["used"] and fusion["max_abs_diff_vs_fp32"] <= 1e-4
     assert fusion["fused_ops"]["SkipLayerNormalization"] == 12 and fusion["fused_ops"]["BiasGelu"] == 6
     assert fusion["fused_ops"]["Attention"] == 6
     int8_ops = [n.op_type for n in onnx_lib.load(str(out / "model_int8.onnx")).graph.node]
     assert int8_ops.count("MultiHeadAttention") == 6 and "Softmax" not in int8_ops
-    assert int8_ops.count("MatMulIntegerToFloat") == 24 and "MatMul" not in int8_ops
+    # Q, K and V are three int8 projections of one quantized input: 6 x 3 + 18, from 24 quantized inputs
+    assert int8_ops.count("MatMulIntegerToFloat") == 36 and "MatMul" not in int8_ops
+    assert int8_ops.count("QuantizeLinear") == 24
     assert quality["quantized_ops"] == {"MatMul": 18, "Attention": 6}
     assert not list(out.glob("*fused*")), "the fused fp32 intermediate is not left in the export"
     assert report["exporter"]["attn_implementation"] == "eager"

@@ -57,11 +57,12 @@ def quantize_int8(src: Path, dst: Path, external: bool) -> dict[str, Any]:
     with quiet_exporter():
         counts = quantize_rowwise(src, dst, external)
     return {
-        "method": "embedforge.export.rowwise_int8 (MatMulIntegerToFloat, MultiHeadAttention)",
+        "method": "embedforge.export.rowwise_int8 (QuantizeLinear per row, MatMulIntegerToFloat, "
+        "MultiHeadAttention)",
         "quantized_ops": counts,
         "weights": "int8, one scale per output column",
-        "activations": "uint8, one range per token row computed at run time "
-        f"(symmetric for {sorted(SYMMETRIC_KINDS)}, else asymmetric)",
+        "activations": "uint8, one scale and zero point per token row computed at run time "
+        f"(zero point fixed at 128 for {sorted(SYMMETRIC_KINDS)}, else the row's own)",
     }
 
 
