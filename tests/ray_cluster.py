@@ -16,6 +16,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -40,7 +41,10 @@ def job_environment() -> dict[str, str]:
         "PYTHONPATH": os.pathsep.join(
             p for p in [str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")] if p
         ),
-        "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",  # a busy 2-core machine starts the dashboard slowly
+        # a busy 2-core machine starts Ray's Python parts slowly: the dashboard, and the agents a raylet
+        # waits for (by default 60 s and 15 s, after which the raylet aborts)
+        "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",
+        "RAY_agent_register_timeout_ms": "300000",
         "DASHBOARD_METRIC_PORT": str(free_port()),
         "AUTOSCALER_METRIC_PORT": str(free_port()),
     }
@@ -85,6 +89,8 @@ class RayCluster:
 
     def _start(self) -> None:
         from ray.cluster_utils import Cluster  # after the environment: Ray reads it on import
+
+        _patient_node_registration()
 
         head = {
             **_node_args(1, None),
@@ -150,6 +156,33 @@ class RayCluster:
             for c in psutil.net_connections("inet")
             if c.status == psutil.CONN_LISTEN and c.pid in pids
         )
+
+
+NODE_START_SECONDS = 180
+
+
+def _patient_node_registration() -> None:
+    """Give a starting node up to NODE_START_SECONDS to register with the GCS. Ray waits a fixed 30 s
+    (``ray._private.node.Node``), which a 2-core machine busy with other work can miss; Ray looks the
+    node up through ``services.get_node``, so that lookup retries here until the longer deadline."""
+    import ray._private.services as services
+
+    if getattr(services.get_node, "patient", False):
+        return
+    original = services.get_node
+
+    def get_node(*args, **kwargs):
+        deadline = time.monotonic() + NODE_START_SECONDS
+        while True:
+            try:
+                return original(*args, **kwargs)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    get_node.patient = True
+    services.get_node = get_node
 
 
 def _kill_processes_using(folder: Path) -> None:

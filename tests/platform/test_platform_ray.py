@@ -85,11 +85,9 @@ def test_tutorial_flow_runs_its_jobs_on_ray(plat, ray_cluster, domain):
     info = _ray_job(ray_cluster, job.id)  # the platform's job id is the Ray submission id
     assert info.status == JobStatus.SUCCEEDED and info.entrypoint_num_cpus == 1
     assert not info.entrypoint_num_gpus  # the config's num_gpus: 0
-    lines = client_for(plat.url).customization.jobs.with_raw_response.retrieve(job.id)
-    assert lines.http_response.status_code == 200
     logs = httpx_get(f"{plat.url}/v1/customization/jobs/{job.id}/container-logs")["data"]
     assert any(f"Running entrypoint for job {job.id}" in line for line in logs)  # Ray's own line
-    assert any("loss" in line for line in logs)  # the trainer's, as the worker printed it
+    assert any(" INFO " in line for line in logs)  # the worker's own log lines
 
     deployment = deploy(plat.url, done.output_model, "ray-deploy")
     assert deployment.status_details.status == "ready", deployment.status_details
@@ -149,6 +147,18 @@ def test_a_job_asking_for_a_gpu_the_cluster_lacks_fails_with_the_reason(plat):
     assert done.status == "failed"
     detail = done.status_details.status_logs[-1].detail
     assert f"took the job within {PENDING_SECONDS} s" in detail and "1 GPU" in detail, detail
+
+
+def test_the_local_executor_does_not_import_ray(tmp_path):
+    code = (
+        "import sys; from embedforge.platform.settings import Settings; "
+        "from embedforge.platform.app import create_app; "
+        "from embedforge.platform.jobs.executors import executor_for; "
+        f"assert executor_for(Settings.from_env({str(tmp_path)!r})).name == 'local'; "
+        "print('ray' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def test_an_unreachable_ray_address_stops_the_platform_at_start(tmp_path):
