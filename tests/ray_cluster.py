@@ -162,11 +162,15 @@ NODE_START_SECONDS = 180
 
 
 def _patient_node_registration() -> None:
-    """Give a starting node up to NODE_START_SECONDS to register with the GCS. Ray waits a fixed 30 s
+    """Give a starting node up to NODE_START_SECONDS to start its dashboard and register with the GCS.
+    Ray waits 60 s for the dashboard and a fixed 30 s for the registration
     (``ray._private.node.Node``), which a 2-core machine busy with other work can miss; Ray looks the
     node up through ``services.get_node``, so that lookup retries here until the longer deadline."""
+    import ray._private.ray_constants as constants
     import ray._private.services as services
 
+    # read when the dashboard starts; the environment variable counts only if set before Ray's import
+    constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S = NODE_START_SECONDS
     if getattr(services.get_node, "patient", False):
         return
     original = services.get_node

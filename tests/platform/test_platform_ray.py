@@ -231,3 +231,24 @@ def test_a_dead_worker_node_is_replaced_and_the_job_resumes_from_its_checkpoint(
         assert done.status_details.steps_completed == steps[-1] > checkpoint_step
     finally:
         ray_cluster.kill_node(replacement)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("EMBEDFORGE_EXECUTOR", "kubernetes"),
+        ("EMBEDFORGE_RAY_RESOURCES", "{trainer: 1"),
+        ("EMBEDFORGE_RAY_CPUS", "two"),
+        ("EMBEDFORGE_RAY_PENDING_SECONDS", "soon"),
+    ],
+)
+def test_bad_executor_settings_name_the_variable(monkeypatch, tmp_path, name, value):
+    from embedforge.platform.errors import BadRequest
+    from embedforge.platform.settings import Settings
+
+    monkeypatch.setenv("EMBEDFORGE_RAY_ADDRESS", "http://127.0.0.1:8265")
+    monkeypatch.setenv("EMBEDFORGE_EXECUTOR", "ray")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(BadRequest) as err:
+        Settings.from_env(tmp_path)
+    assert name in str(err.value)
