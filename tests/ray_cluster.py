@@ -37,6 +37,10 @@ def job_environment() -> dict[str, str]:
     this interpreter with this checkout's sources first (the way a node image would have them)."""
     return {
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray on Linux rewrites a loopback address (127.0.0.1:GCS_PORT in ray.init, as the dashboard agent
+        # connects) to the machine's network address, where a loopback-only GCS does not listen; with
+        # "multi-node clusters off" its node address is 127.0.0.1 (ray/_private/services.py)
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "PYTHONPATH": os.pathsep.join(
             p for p in [str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")] if p
@@ -171,6 +175,7 @@ def _patient_node_registration() -> None:
 
     # read when the dashboard starts; the environment variable counts only if set before Ray's import
     constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S = NODE_START_SECONDS
+    constants.ENABLE_RAY_CLUSTER = False  # as RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: loopback stays loopback
     if getattr(services.get_node, "patient", False):
         return
     original = services.get_node
