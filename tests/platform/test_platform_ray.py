@@ -181,7 +181,7 @@ def test_a_restarted_platform_reattaches_to_its_running_ray_job(
     platform_factory, ray_cluster, tiny_model, domain, tmp_path
 ):
     first = _ray_platform(platform_factory, ray_cluster, tiny_model, domain, data_dir=tmp_path / "data")
-    job = start_job(first.url, f"{NS}/tiny@v1", "good", "outlives", epochs=3, batch_size=8)
+    job = start_job(first.url, f"{NS}/tiny@v1", "good", "outlives", epochs=12, batch_size=8)
     wait_job(first.url, job.id, until=lambda j: (j.status_details.steps_completed or 0) >= 2)
     first.stop()
     assert _ray_job(ray_cluster, job.id).status == JobStatus.RUNNING  # the Ray job did not stop with it
