@@ -15,3 +15,13 @@ from embedforge.model import BiEncoder  # noqa: E402
 def minilm() -> BiEncoder:
     """The real default model (all-MiniLM-L6-v2 from its PyPI package), loaded once."""
     return BiEncoder.load("minilm")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real two-node Ray cluster on this machine, loopback only (tests/ray_cluster.py): one a session."""
+    from ray_cluster import RayCluster
+
+    cluster = RayCluster().start()
+    yield cluster
+    cluster.stop()
