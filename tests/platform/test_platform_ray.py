@@ -70,6 +70,18 @@ def _ray_job(ray_cluster, submission_id: str):
     return JobSubmissionClient(ray_cluster.address).get_job_info(submission_id)
 
 
+def _entrypoint_resources(ray_cluster, submission_id: str) -> dict:
+    """What the Ray job asked its node for: the resources of the actor that runs its entrypoint (Ray's
+    ``JobDetails`` leaves out the ``entrypoint_num_*`` a job was submitted with)."""
+    from ray.dashboard.modules.job.common import JOB_ACTOR_NAME_TEMPLATE
+    from ray.util.state import list_actors
+
+    name = JOB_ACTOR_NAME_TEMPLATE.format(job_id=submission_id)
+    actors = list_actors(address=ray_cluster.address, filters=[("name", "=", name)], detail=True)
+    assert len(actors) == 1, actors
+    return actors[0].required_resources
+
+
 def test_the_cluster_listens_on_loopback_only(ray_cluster):
     listening = ray_cluster.listeners()
     assert listening, "no listening socket found for the cluster's processes"
@@ -86,8 +98,8 @@ def test_tutorial_flow_runs_its_jobs_on_ray(plat, ray_cluster, domain):
     assert done.status_details.percentage_done == 100.0
     assert f"Ray job {job.id}" in [log.detail for log in done.status_details.status_logs]
     info = _ray_job(ray_cluster, job.id)  # the platform's job id is the Ray submission id
-    assert info.status == JobStatus.SUCCEEDED and info.entrypoint_num_cpus == 1
-    assert not info.entrypoint_num_gpus  # the config's num_gpus: 0
+    assert info.status == JobStatus.SUCCEEDED
+    assert _entrypoint_resources(ray_cluster, job.id) == {"CPU": 1.0}  # the config's num_gpus: 0, no GPU
     logs = httpx_get(f"{plat.url}/v1/customization/jobs/{job.id}/container-logs")["data"]
     assert any(f"Running entrypoint for job {job.id}" in line for line in logs)  # Ray's own line
     assert any(" INFO " in line for line in logs)  # the worker's own log lines
