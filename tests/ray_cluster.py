@@ -41,6 +41,9 @@ def job_environment() -> dict[str, str]:
         # connects) to the machine's network address, where a loopback-only GCS does not listen; with
         # "multi-node clusters off" its node address is 127.0.0.1 (ray/_private/services.py)
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # Ray's out-of-memory killer counts the whole machine's memory: on a shared machine it would kill the
+        # tests' workers for other processes' use
+        "RAY_memory_monitor_refresh_ms": "0",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "PYTHONPATH": os.pathsep.join(
             p for p in [str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")] if p
@@ -121,8 +124,10 @@ class RayCluster:
         return list(self.cluster.worker_nodes)
 
     def kill_node(self, node) -> None:
-        """Kill the node's processes at once (no graceful shutdown), as a machine that loses power."""
+        """Kill the node's processes at once (no graceful shutdown), as a machine that loses power; return
+        once the cluster counts it dead (until it misses its heartbeats Ray still places work on it)."""
         self.cluster.remove_node(node, allow_graceful=False)
+        self.cluster.wait_for_nodes(timeout=NODE_START_SECONDS)
 
     def _shutdown(self) -> None:
         if self.cluster is not None:

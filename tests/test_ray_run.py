@@ -1,13 +1,12 @@
-"""`embedforge run --ray`: on a real Ray cluster (in this process, on loopback) a run keeps the same questions,
-mines the same negatives and computes the same vectors as a local run with the same seed; an unreachable
-cluster is a one-line error naming it, with nothing written; the single-machine path never imports Ray."""
+"""`embedforge run --ray`: on a real Ray cluster (the session's two nodes on loopback, tests/ray_cluster.py)
+a run keeps the same questions, mines the same negatives and computes the same vectors as a local run with the
+same seed; nothing it starts listens beyond loopback; an unreachable cluster is a one-line error naming it,
+with nothing written; the single-machine path never imports Ray."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -50,26 +49,12 @@ finetune:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A one-node Ray cluster started by this process: 2 CPUs, no dashboard, usage stats off, its own temp
-    folder, and node address 127.0.0.2 (Ray rewrites 127.0.0.1 to the machine's own address)."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    # Ray's out-of-memory killer counts the whole machine's memory: on a shared machine it kills the test's
-    # workers for other processes' use
-    os.environ["RAY_memory_monitor_refresh_ms"] = "0"
-    temp = tempfile.mkdtemp(prefix="efray")  # short: Ray's socket paths live under it
-    options = dict(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.2", _temp_dir=temp)
-    for attempt in range(3):  # on a busy machine the raylet can miss Ray's fixed 30 s start-up window
-        try:
-            ray.init(address="local", logging_level="ERROR", log_to_driver=False, **options)
-            break
-        except Exception as error:  # Ray raises a bare Exception for it
-            ray.shutdown()
-            if "timed out during startup" not in str(error) or attempt == 2:
-                raise
-    yield
+def cluster(ray_cluster):
+    """This process joins the session's two-node loopback cluster (tests/ray_cluster.py) as its driver, as
+    ``embedforge run --ray`` does; leaving disconnects the driver and stops its actors, not the cluster."""
+    ray.init(address=ray_cluster.cluster.address, logging_level="ERROR", log_to_driver=False)
+    yield ray_cluster
     ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +76,20 @@ def runs(tmp_path_factory, cluster):
     finally:
         server.stop()
     return root / "local", root / "ray", on_ray, model
+
+
+def test_the_cluster_and_its_driver_listen_on_loopback_only(runs, cluster):
+    """After a run: the nodes' processes (the workers that ran the actors among them) and this process,
+    the driver, listen on 127.0.0.0/8 only."""
+    import psutil
+
+    listening = cluster.listeners() + sorted(
+        f"{c.laddr.ip}:{c.laddr.port}"
+        for c in psutil.Process().net_connections("inet")
+        if c.status == "LISTEN"
+    )
+    assert listening, "no listening socket found for the cluster's processes"
+    assert all(a.removeprefix("::ffff:").startswith("127.") for a in listening), listening
 
 
 def _jsonl(path: Path) -> list[dict]:
