@@ -33,7 +33,8 @@ from ray_cluster import free_port
 
 pytestmark = pytest.mark.slow
 TINY = "local/tiny-bert"
-PENDING_SECONDS = 60  # how long a job no node can take stays pending before it fails
+PENDING_SECONDS = 30  # how long a job no node can take stays pending before it fails (the GPU test waits it)
+REPLACEMENT_SECONDS = 300  # the dead-node test's retry waits this long for its replacement node to start
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,10 @@ def domain(tmp_path_factory):
     )
 
 
-def _ray_platform(platform_factory, ray_cluster, tiny_model, domain, data_dir=None, resources=None):
-    env = {"EMBEDFORGE_RAY_PENDING_SECONDS": str(PENDING_SECONDS)}
+def _ray_platform(
+    platform_factory, ray_cluster, tiny_model, domain, data_dir=None, resources=None, pending=PENDING_SECONDS
+):
+    env = {"EMBEDFORGE_RAY_PENDING_SECONDS": str(pending)}
     if resources:
         env["EMBEDFORGE_RAY_RESOURCES"] = json.dumps(resources)
     proc = platform_factory(
@@ -220,7 +223,9 @@ def test_a_dead_worker_node_is_replaced_and_the_job_resumes_from_its_checkpoint(
     platform_factory, ray_cluster, tiny_model, domain, tmp_path
 ):
     node = ray_cluster.add_node(resources={"spare": 1})
-    proc = _ray_platform(platform_factory, ray_cluster, tiny_model, domain, resources={"spare": 1})
+    proc = _ray_platform(
+        platform_factory, ray_cluster, tiny_model, domain, resources={"spare": 1}, pending=REPLACEMENT_SECONDS
+    )
     job = start_job(proc.url, f"{NS}/tiny@v1", "good", "survives-node", epochs=2, batch_size=8)
     workdir = proc.data_dir / "customization" / job.id
     saved = lambda j: any((workdir / "checkpoints").glob("checkpoint-*/trainer_state.json"))  # noqa: E731
