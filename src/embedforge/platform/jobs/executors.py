@@ -12,23 +12,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from embedforge.errors import EmbedforgeError
 from embedforge.platform.jobs.lifeline import platform_lifeline
+from embedforge.platform.jobs.resources import Resources
 from embedforge.platform.jobs.worker import failure_reason
 from embedforge.platform.settings import Settings
-
-
-@dataclass
-class Resources:
-    """What one job asks of the node it runs on (NeMo's ``num_gpus``; CPUs from the platform's config)."""
-
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
 
 
 def submission_id(job_id: str, attempt: int) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from embedforge.errors import EmbedforgeError
-from embedforge.platform.jobs.executors import Resources
+from embedforge.platform.jobs.resources import Resources
 from embedforge.platform.settings import Settings
 
 NODE_DIED = "JOB_SUPERVISOR_ACTOR_DIED"  # Ray's error_type when the node running the job went away

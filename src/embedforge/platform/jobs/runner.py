@@ -23,7 +23,8 @@ from embedforge.errors import EmbedforgeError
 from embedforge.platform.jobs import customization, evaluation
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.jobs.deployments import Deployments
-from embedforge.platform.jobs.executors import LocalExecutor, Resources, executor_for, spawn, submission_id
+from embedforge.platform.jobs.executors import LocalExecutor, executor_for, spawn, submission_id
+from embedforge.platform.jobs.resources import Resources
 from embedforge.platform.settings import Settings
 
 logger = logging.getLogger("embedforge.platform.jobs")
