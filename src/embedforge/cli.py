@@ -241,6 +241,15 @@ def _add_platform_parser(sub) -> None:
         help="model folders (target model_path, file:// artifacts) may also be under DIR "
         "(EMBEDFORGE_ALLOW_PATHS, os.pathsep-separated); by default only the data dir",
     )
+    pserve.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        help="where jobs run: child processes of the platform (local, the default) or a Ray cluster "
+        "(EMBEDFORGE_EXECUTOR)",
+    )
+    pserve.add_argument(
+        "--ray-address", help="the Ray cluster's dashboard, e.g. http://HOST:8265 (EMBEDFORGE_RAY_ADDRESS)"
+    )
 
 
 def _given(args: argparse.Namespace, names: list[str]) -> dict:
@@ -438,6 +447,8 @@ def _platform(args: argparse.Namespace) -> int:
         args.base_model,
         args.nim_port,
         args.allow_path,
+        args.executor,
+        args.ray_address,
     )
     return 0
 

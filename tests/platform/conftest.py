@@ -29,7 +29,14 @@ def platform_factory(tmp_path_factory, request):
     started: list[PlatformProcess] = []
 
     def make(
-        database="sqlite", api_key=None, data_dir=None, base_models=(), nim_port=False, allow_paths=()
+        database="sqlite",
+        api_key=None,
+        data_dir=None,
+        base_models=(),
+        nim_port=False,
+        allow_paths=(),
+        extra_args=(),
+        extra_env=None,
     ) -> PlatformProcess:
         folder = data_dir or tmp_path_factory.mktemp("platform")
         url = None
@@ -37,7 +44,9 @@ def platform_factory(tmp_path_factory, request):
             url = request.getfixturevalue("postgres").create_database(
                 f"platform_{next(_databases)}_{os.getpid()}"
             )
-        proc = PlatformProcess(folder, url, api_key, base_models, nim_port, allow_paths)
+        proc = PlatformProcess(
+            folder, url, api_key, base_models, nim_port, allow_paths, extra_args, extra_env
+        )
         started.append(proc)
         return proc
 

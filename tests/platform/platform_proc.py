@@ -22,7 +22,10 @@ class PlatformProcess:
         base_models=(),
         nim_port: bool = False,
         allow_paths=(),
+        extra_args=(),
+        extra_env=None,
     ):
+        self.extra_args, self.extra_env = list(extra_args), dict(extra_env or {})
         self.data_dir, self.database_url, self.api_key = data_dir, database_url, api_key
         self.base_models = list(base_models)
         self.allow_paths = list(allow_paths)
@@ -44,7 +47,8 @@ class PlatformProcess:
             cmd += ["--base-model", str(folder)]
         for folder in self.allow_paths:
             cmd += ["--allow-path", str(folder)]
-        env = {**os.environ, "EMBEDFORGE_API_KEY": self.api_key or ""}
+        cmd += self.extra_args
+        env = {**os.environ, "EMBEDFORGE_API_KEY": self.api_key or "", **self.extra_env}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

@@ -39,15 +39,29 @@ def upload_dataset(url: str, name: str, files: dict[str, Path], namespace: str =
 
 
 def create_config(
-    url: str, name: str = "minilm-embed-sft@v1", max_seq_length: int = 32, target: str = MINILM
+    url: str,
+    name: str = "minilm-embed-sft@v1",
+    max_seq_length: int = 32,
+    target: str = MINILM,
+    num_gpus: int = 1,
 ) -> str:
     client_for(url).customization.configs.create(
         name=name,
         namespace=NS,
         target=target,
         training_options=[
-            {"training_type": "sft", "finetuning_type": "all_weights", "num_gpus": 1, "micro_batch_size": 8},
-            {"training_type": "sft", "finetuning_type": "lora_merged", "num_gpus": 1, "micro_batch_size": 8},
+            {
+                "training_type": "sft",
+                "finetuning_type": "all_weights",
+                "num_gpus": num_gpus,
+                "micro_batch_size": 8,
+            },
+            {
+                "training_type": "sft",
+                "finetuning_type": "lora_merged",
+                "num_gpus": num_gpus,
+                "micro_batch_size": 8,
+            },
         ],
         training_precision="fp32",
         max_seq_length=max_seq_length,

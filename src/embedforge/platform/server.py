@@ -20,14 +20,24 @@ def serve(
     base_models: list[str] | None = None,
     nim_port: int | None = None,
     allow_paths: list[str] | None = None,
+    executor: str | None = None,
+    ray_address: str | None = None,
 ) -> None:
     import uvicorn
 
     from embedforge.platform.app import create_app
+    from embedforge.platform.jobs.executors import executor_for
 
     settings = Settings.from_env(
-        data_dir, database_url, base_models=base_models, nim_port=nim_port, allow_paths=allow_paths
+        data_dir,
+        database_url,
+        base_models=base_models,
+        nim_port=nim_port,
+        allow_paths=allow_paths,
+        executor=executor,
+        ray_address=ray_address,
     )
+    executor_for(settings).close()  # an unreachable Ray cluster is an error now, not at the first job
     settings.public_url = f"http://{host}:{port}"
     logging.getLogger("embedforge").setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the runner's health probes are not news
@@ -42,10 +52,15 @@ def serve(
         )
         nim = f"at /nim and at http://{host}:{settings.nim_port}/v1"
     print(
-        f"embedforge platform on http://{host}:{port} (NIM surface {nim}), data in {settings.data_dir}",
+        f"embedforge platform on http://{host}:{port} (NIM surface {nim}), data in {settings.data_dir}, "
+        f"jobs run {_where(settings)}",
         flush=True,
     )
     # accepted connections inherit TCP_NODELAY; without it, Nagle + delayed ACK add ~40 ms a request
     for sock in sockets:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     uvicorn.Server(config).run(sockets=sockets)
+
+
+def _where(settings: Settings) -> str:
+    return f"on the Ray cluster at {settings.ray_address}" if settings.executor == "ray" else "here"

@@ -138,11 +138,21 @@ def submit(
             "prompt_template": config.get("prompt_template") or "{prompt} {completion}",
         },
     }
-    work = {"finetune": values, "files_url": dataset["files_url"], "target": target}
+    work = _work(values, dataset, target, _training_option(config, hp))
     row = job_store.create(
         db, KIND, job_id, namespace, public_body["name"], public_body, {"work": work, **_empty_progress()}
     )
     return job_store.public(row)
+
+
+def _work(values: dict, dataset: dict, target: dict, option: dict) -> dict:
+    """What the runner needs to start the job: never shown in the job's body."""
+    return {
+        "finetune": values,
+        "files_url": dataset["files_url"],
+        "target": target,
+        "num_gpus": option.get("num_gpus", 1),  # what an executor reserves for the worker
+    }
 
 
 def _empty_progress() -> dict:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from embedforge.atomic import write_json_atomic
 from embedforge.platform.jobs import store as job_store
+from embedforge.platform.jobs.executors import terminate
 from embedforge.platform.jobs.worker import failure_reason
 from embedforge.platform.settings import Settings
 from embedforge.platform.store.models import Job
@@ -102,13 +103,8 @@ class Deployments:
         name = self._route_of.pop(job_id, None)
         if name is not None:
             self.routes.pop(name, None)
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            terminate(process, timeout=30)
 
     def stop_all(self) -> None:
         for job_id in list(self.processes):

@@ -11,9 +11,6 @@ continues from its last checkpoint), up to ``MAX_ATTEMPTS`` times.
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +19,12 @@ import psutil
 from sqlalchemy.orm import sessionmaker
 
 from embedforge.atomic import write_json_atomic
+from embedforge.errors import EmbedforgeError
 from embedforge.platform.jobs import customization, evaluation
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.jobs.deployments import Deployments
-from embedforge.platform.jobs.lifeline import platform_lifeline
-from embedforge.platform.jobs.worker import failure_reason
+from embedforge.platform.jobs.executors import LocalExecutor, executor_for, spawn, submission_id
+from embedforge.platform.jobs.resources import Resources
 from embedforge.platform.settings import Settings
 
 logger = logging.getLogger("embedforge.platform.jobs")
@@ -35,26 +33,12 @@ KINDS = {"customization": customization, "evaluation": evaluation}  # jobs that 
 SLOTS = {"customization": 1, "evaluation": 1}
 
 
-def spawn(module: str, workdir: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``python -m module WORKDIR`` logging to WORKDIR/worker.log, without the platform's API key (a child
-    server must not demand it) but with ``extra_env`` (a job's secrets); it holds the platform's lifeline,
-    so it exits when the platform dies."""
-    line = platform_lifeline()
-    env = {k: v for k, v in os.environ.items() if k != "EMBEDFORGE_API_KEY"} | line.child_env()
-    with open(workdir / "worker.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", module, str(workdir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            pass_fds=(line.read_fd,),
-            env={**env, "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})},
-        )
+__all__ = ["JobRunner", "spawn"]
 
 
 @dataclass
 class Worker:
-    process: subprocess.Popen
+    handle: object  # an executor's handle (executors.LocalHandle, ray_executor.RayHandle)
     workdir: Path
     last_line: str = ""
 
@@ -63,6 +47,7 @@ class JobRunner:
     def __init__(self, sessions: sessionmaker, settings: Settings):
         self.sessions, self.settings = sessions, settings
         self.workers: dict[str, Worker] = {}
+        self.executor = executor_for(settings)
         self.deployments = Deployments(settings, spawn)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="embedforge-job-runner", daemon=True)
@@ -70,6 +55,11 @@ class JobRunner:
 
     def workdir(self, kind: str, job_id: str) -> Path:
         return self.settings.data_dir / kind / job_id
+
+    def logs(self, row) -> list[str] | None:
+        """What the job's worker printed, or None before it has printed anything."""
+        workdir = self.workdir(row.kind, row.id)
+        return self.executor.logs(row, workdir) or LocalExecutor().logs(row, workdir)
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -82,44 +72,48 @@ class JobRunner:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
-        for worker in self.workers.values():
-            _terminate(worker.process)
+        if self.executor.name == "local":  # a Ray job outlives its platform; the next one re-attaches
+            for worker in self.workers.values():
+                worker.handle.stop()
         self.workers.clear()
         self.deployments.stop_all()
 
     def recover(self) -> None:
-        """Requeue the jobs a previous platform process left running (its workers died with it)."""
+        """Re-attach to the jobs a previous platform process left on a Ray cluster (they kept running);
+        requeue the others (a child process dies with its platform)."""
         with self.sessions() as db:
             self.deployments.recover(db)
             for row in job_store.active(db):
                 if row.kind not in KINDS:
                     continue
-                worker = _our_worker(row, self.workdir(row.kind, row.id))
+                workdir = self.workdir(row.kind, row.id)
+                worker = _our_worker(row, workdir)
                 if worker is not None:  # it outlived its platform (it should not: see lifeline)
                     worker.kill()
-                if row.status == "cancelling":
+                handle = self.executor.attach(row, workdir) if row.status != "created" else None
+                if handle is not None:  # the tick watches it, or stops it when it is being cancelled
+                    self.workers[row.id] = Worker(handle, workdir)
+                    job_store.set_status(
+                        db, row, None, "reattached", f"the platform restarted; {handle.label}"
+                    )
+                    logger.info("job %s: re-attached to %s", row.id, handle.label)
+                elif row.status == "cancelling":
                     job_store.set_status(
                         db, row, "cancelled", "cancelled", "the platform stopped while cancelling"
                     )
                 elif row.status in ("pending", "running"):
-                    if row.attempts >= MAX_ATTEMPTS:
-                        job_store.set_status(
-                            db,
-                            row,
-                            "failed",
-                            "failed",
-                            f"interrupted {row.attempts} times by platform restarts",
-                        )
-                        continue
-                    row.status = "created"
-                    job_store.set_status(
-                        db,
-                        row,
-                        "created",
-                        "resumed",
-                        "the platform restarted; continuing from the last checkpoint",
-                        resume=True,
-                    )
+                    self._requeue(db, row, "resumed", "the platform restarted")
+
+    def _requeue(self, db, row, log: str, why: str) -> None:
+        """Queue an interrupted job again, to continue from its last checkpoint; fail it once it has used
+        up its attempts."""
+        if row.attempts >= MAX_ATTEMPTS:
+            job_store.set_status(db, row, "failed", "failed", f"{why}; gave up after {row.attempts} attempts")
+            return
+        row.status = "created"
+        detail = f"{why}; continuing from the last checkpoint"
+        job_store.set_status(db, row, "created", log, detail, resume=True)
+        logger.warning("job %s: %s", row.id, detail)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.poll_seconds):
@@ -139,7 +133,7 @@ class JobRunner:
                 worker = self.workers.get(row.id)
                 if row.status == "cancelling":
                     if worker:
-                        _terminate(worker.process)
+                        worker.handle.stop()
                         self.workers.pop(row.id)
                     job_store.set_status(db, row, "cancelled", "cancelled", "the worker was stopped")
                     logger.info("job %s cancelled", row.id)
@@ -168,18 +162,33 @@ class JobRunner:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "error.json").unlink(missing_ok=True)
         write_json_atomic(workdir / "spec.json", kind.worker_spec(self.settings, row, workdir))
-        process = spawn("embedforge.platform.jobs.worker", workdir, kind.worker_env(db, row))
-        self.workers[row.id] = Worker(process, workdir)
-        row.worker_pid = process.pid
-        row.attempts += 1
-        message = "TrainingJobRunning" if row.kind == "customization" else "running"
-        started = _create_time(process.pid)
-        job_store.set_status(db, row, "running", message, f"worker pid {process.pid}", worker_started=started)
-        logger.info("job %s started: worker pid %d, attempt %d", row.id, process.pid, row.attempts)
+        attempt = row.attempts + 1
+        resources = Resources(float(row.details["work"].get("num_gpus") or 0), self.settings.ray_cpus)
+        try:
+            handle = self.executor.start(
+                "embedforge.platform.jobs.worker",
+                workdir,
+                kind.worker_env(db, row),
+                resources,
+                submission_id(row.id, attempt),
+            )
+        except EmbedforgeError as err:  # e.g. the Ray cluster stopped answering
+            job_store.set_status(db, row, "failed", "failed", str(err))
+            logger.error("job %s failed to start: %s", row.id, err)
+            return
+        self.workers[row.id] = Worker(handle, workdir)
+        row.worker_pid = handle.details.get("worker_pid")
+        row.attempts = attempt
+        ids = {k: v for k, v in handle.details.items() if k != "worker_pid"}
+        status, message = ("running", _running_message(row.kind)) if handle.running() else ("pending", None)
+        job_store.set_status(db, row, status, message, handle.label, worker_started=handle.started(), **ids)
+        logger.info("job %s started: %s, attempt %d", row.id, handle.label, row.attempts)
 
     def _watch(self, db, row, worker: Worker) -> None:
         kind = KINDS[row.kind]
-        code = worker.process.poll()
+        code = worker.handle.poll()
+        if code is None and row.status == "pending" and worker.handle.running():
+            job_store.set_status(db, row, "running", _running_message(row.kind), worker.handle.label)
         fields = kind.progress(row, worker.workdir)
         if fields:
             job_store.set_status(db, row, **fields)
@@ -190,6 +199,7 @@ class JobRunner:
         if code is None:
             return
         self.workers.pop(row.id)
+        self.executor.keep_logs(row, worker.workdir)
         db.refresh(row)
         if row.status == "cancelling":
             job_store.set_status(db, row, "cancelled", "cancelled", "the worker was stopped")
@@ -205,9 +215,16 @@ class JobRunner:
             job_store.set_status(db, row, "completed", _done_message(row.kind), None, **done, **extra)
             logger.info("job %s completed", row.id)
             return
-        reason = failure_reason(code, worker.workdir)
+        reason = worker.handle.reason(code)
+        if worker.handle.retryable(code):
+            self._requeue(db, row, "retrying", reason)
+            return
         job_store.set_status(db, row, "failed", "failed", reason)
         logger.error("job %s failed: %s", row.id, reason)
+
+
+def _running_message(kind: str) -> str:
+    return "TrainingJobRunning" if kind == "customization" else "running"
 
 
 def _done_message(kind: str) -> str:
@@ -221,23 +238,6 @@ def _progress_line(job_id: str, fields: dict) -> str:
     if fields.get("train_loss") is not None:
         parts.append(f"train_loss {fields['train_loss']:.4f}")
     return ", ".join(parts)
-
-
-def _terminate(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 def _our_worker(row, workdir: Path) -> psutil.Process | None:

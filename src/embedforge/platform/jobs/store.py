@@ -17,7 +17,12 @@ from embedforge.platform.store.models import Job, utcnow
 
 ACTIVE = ("created", "pending", "running", "cancelling")
 TERMINAL = ("completed", "failed", "cancelled", "ready")
-INTERNAL = ("work", "resume", "worker_started")  # details the runner keeps for itself, never shown
+INTERNAL = (
+    "work",
+    "resume",
+    "worker_started",
+    "submission_id",
+)  # details the runner keeps for itself, never shown
 
 
 def create(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -151,9 +151,9 @@ def delete_job(job_id: str, db: DB, cfg: Config) -> Response:
 
 
 @router.get("/jobs/{job_id}/container-logs")
-def job_logs(job_id: str, db: DB, cfg: Config) -> dict:
-    jobs.store.get(db, "customization", job_id)
-    log = cfg.data_dir / "customization" / job_id / "worker.log"
-    if not log.exists():
+def job_logs(job_id: str, db: DB, request: Request) -> dict:
+    """The worker's output, from wherever its executor runs it (its log file, or Ray's job logs)."""
+    lines = request.app.state.runner.logs(jobs.store.get(db, "customization", job_id))
+    if lines is None:
         raise NotFound(f"job {job_id} has no worker log yet")
-    return {"data": log.read_text(errors="replace").splitlines()[-500:]}
+    return {"data": lines[-500:]}
