@@ -248,6 +248,7 @@ class EvaluationJobCreate(Common):
     namespace: str = "default"
     config: str | EvalConfigCreate
     target: str | EvalTargetCreate
+    baseline_target: str | EvalTargetCreate | None = None  # embedforge: a second model, compared paired
 
 
 class EvalResultCreate(Common):

@@ -94,10 +94,15 @@ def live(body: EvaluationJobCreate, db: DB) -> dict:
 def create_job(body: EvaluationJobCreate, db: DB) -> dict:
     config = _resolve(db, body.config, CONFIG, "eval-config", "config")
     target = _resolve(db, body.target, TARGET, "eval-target", "target")
-    if config["type"] != target["type"]:
-        raise Unprocessable(["target", "type"], f"a {config['type']} config needs a {config['type']} target")
-    extra = {k: v for k, v in dump(body).items() if k not in ("config", "target", "namespace", "name")}
-    return evaluation.submit(db, body.namespace, body.name, config, target, extra)
+    baseline = None
+    if body.baseline_target is not None:
+        baseline = _resolve(db, body.baseline_target, TARGET, "eval-target", "baseline_target")
+    for field, chosen in (("target", target), ("baseline_target", baseline or target)):
+        if config["type"] != chosen["type"]:
+            raise Unprocessable([field, "type"], f"a {config['type']} config needs a {config['type']} target")
+    own = ("config", "target", "baseline_target", "namespace", "name")
+    extra = {k: v for k, v in dump(body).items() if k not in own}
+    return evaluation.submit(db, body.namespace, body.name, config, target, extra, baseline)
 
 
 @router.get("/jobs")
