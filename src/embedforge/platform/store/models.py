@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -25,7 +25,10 @@ class Entity(Base):
     """A namespace, dataset, model, target, config or datastore repo, unique by (kind, namespace, name)."""
 
     __tablename__ = "entities"
-    __table_args__ = (UniqueConstraint("kind", "namespace", "name", name="uq_entities_kind_ns_name"),)
+    __table_args__ = (
+        UniqueConstraint("kind", "namespace", "name", name="uq_entities_kind_ns_name"),
+        Index("ix_entities_kind_created_at", "kind", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(40), index=True)
@@ -40,6 +43,7 @@ class Job(Base):
     """A customization, evaluation or deployment: its request, its status and the worker running it."""
 
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_kind_created_at", "kind", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(20), index=True)
@@ -63,3 +67,14 @@ class Secret(Base):
     owner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     path: Mapped[str] = mapped_column(String(512), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class JobLease(Base):
+    """The platform process (``owner``) running a job's worker, until ``expires_at`` unless it renews:
+    another platform on the same database takes the job over only once the lease has expired."""
+
+    __tablename__ = "job_leases"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
