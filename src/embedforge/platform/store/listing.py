@@ -124,12 +124,17 @@ def page(
     sample = None if name in columns else _sample(session, query, model, name)
     key = _field(model, name, columns, typed=True, sample=sample)
     order = key.desc() if sort.startswith("-") else key.asc()
-    counted = query.add_columns(func.count().over().label("total"))  # one statement, one snapshot
-    rows = session.execute(
-        counted.order_by(order.nulls_last(), model.id).limit(size).offset((number - 1) * size)
-    ).all()
-    data = [public(row[0]) for row in rows]
-    total = rows[0].total if rows else session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page_ids = query.with_only_columns(model.id, func.count().over().label("total"))
+    page_ids = page_ids.order_by(order.nulls_last(), model.id).limit(size).offset((number - 1) * size)
+    for _ in range(3):  # a row deleted between the two statements: read the page again
+        ids = session.execute(page_ids).all()
+        rows = {
+            row.id: row for row in session.scalars(select(model).where(model.id.in_([i.id for i in ids])))
+        }
+        if len(rows) == len(ids):
+            break
+    data = [public(rows[i.id]) for i in ids if i.id in rows]
+    total = ids[0].total if ids else session.scalar(select(func.count()).select_from(query.subquery())) or 0
     return {
         "object": "list",
         "data": data,
