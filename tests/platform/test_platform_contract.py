@@ -84,7 +84,7 @@ class World:
 
     @cached_property
     def trained(self):
-        job = wait_job(self.url, self.start_job("trained").id)
+        job = wait_job(self.url, self.start_job("trained").id, timeout=1800)  # slow on a shared machine
         assert job.status == "completed", job.status_details
         return job
 
