@@ -5,7 +5,9 @@ each worker's progress into the database and logs one progress line per change, 
 jobs being cancelled, and (4) marks finished workers completed or failed (with the worker's error, or
 the signal that killed it). Workers die with the platform (``lifeline``); on the next start
 the jobs they left ``pending`` / ``running`` are queued again with ``resume`` (the finetune stage
-continues from its last checkpoint), up to ``MAX_ATTEMPTS`` times.
+continues from its last checkpoint), up to ``MAX_ATTEMPTS`` times. Several platforms may share one
+database: a runner holds a lease on each job it runs (``leases``) and leaves alone a job whose lease
+another one keeps renewing; a job whose lease expired is taken over like one left by a restart.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import psutil
 from sqlalchemy.orm import sessionmaker
 
 from embedforge.atomic import write_json_atomic
-from embedforge.platform.jobs import customization, evaluation
+from embedforge.platform.jobs import customization, evaluation, leases
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.jobs.deployments import Deployments
 from embedforge.platform.jobs.lifeline import platform_lifeline
@@ -63,6 +65,7 @@ class JobRunner:
     def __init__(self, sessions: sessionmaker, settings: Settings):
         self.sessions, self.settings = sessions, settings
         self.workers: dict[str, Worker] = {}
+        self.owner = leases.new_owner()  # this process's name on the job leases it holds
         self.deployments = Deployments(settings, spawn)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="embedforge-job-runner", daemon=True)
@@ -84,6 +87,9 @@ class JobRunner:
             self._thread.join(timeout=30)
         for worker in self.workers.values():
             _terminate(worker.process)
+        with self.sessions() as db:  # another platform may take the jobs over at once
+            for job_id in self.workers:
+                leases.release(db, job_id, self.owner)
         self.workers.clear()
         self.deployments.stop_all()
 
@@ -92,34 +98,24 @@ class JobRunner:
         with self.sessions() as db:
             self.deployments.recover(db)
             for row in job_store.active(db):
-                if row.kind not in KINDS:
-                    continue
-                worker = _our_worker(row, self.workdir(row.kind, row.id))
-                if worker is not None:  # it outlived its platform (it should not: see lifeline)
-                    worker.kill()
-                if row.status == "cancelling":
-                    job_store.set_status(
-                        db, row, "cancelled", "cancelled", "the platform stopped while cancelling"
-                    )
-                elif row.status in ("pending", "running"):
-                    if row.attempts >= MAX_ATTEMPTS:
-                        job_store.set_status(
-                            db,
-                            row,
-                            "failed",
-                            "failed",
-                            f"interrupted {row.attempts} times by platform restarts",
-                        )
-                        continue
-                    row.status = "created"
-                    job_store.set_status(
-                        db,
-                        row,
-                        "created",
-                        "resumed",
-                        "the platform restarted; continuing from the last checkpoint",
-                        resume=True,
-                    )
+                if row.kind in KINDS and not leases.held_elsewhere(db, row.id, self.owner):
+                    self._take_over(db, row)
+
+    def _take_over(self, db, row) -> None:
+        """A job whose runner is gone (this platform before a restart, or another whose lease expired):
+        queued again to resume, unless it was being cancelled or has been interrupted too often."""
+        worker = _our_worker(row, self.workdir(row.kind, row.id))
+        if worker is not None:  # it outlived its platform (it should not: see lifeline)
+            worker.kill()
+        if row.status == "cancelling":
+            job_store.set_status(db, row, "cancelled", "cancelled", "the platform stopped while cancelling")
+        elif row.status in ("pending", "running") and row.attempts >= MAX_ATTEMPTS:
+            reason = f"interrupted {row.attempts} times by platform restarts"
+            job_store.set_status(db, row, "failed", "failed", reason)
+        elif row.status in ("pending", "running"):
+            row.status = "created"
+            reason = "the platform running it stopped; continuing from the last checkpoint"
+            job_store.set_status(db, row, "created", "resumed", reason, resume=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.poll_seconds):
@@ -133,10 +129,21 @@ class JobRunner:
     def tick(self) -> None:
         with self._lock, self.sessions() as db:
             self.deployments.tick(db)
+            for job_id in leases.renew(db, self.owner, list(self.workers)):
+                logger.warning(
+                    "job %s: another platform took it over (this one stalled); worker stopped", job_id
+                )
+                _terminate(self.workers.pop(job_id).process)
             for row in job_store.active(db):
                 if row.kind not in KINDS:
                     continue
                 worker = self.workers.get(row.id)
+                if (
+                    worker is None
+                    and row.status != "created"
+                    and leases.held_elsewhere(db, row.id, self.owner)
+                ):
+                    continue  # another platform runs it (and cancels it)
                 if row.status == "cancelling":
                     if worker:
                         _terminate(worker.process)
@@ -147,21 +154,18 @@ class JobRunner:
                     self._watch(db, row, worker)
                 elif row.status == "created" and self._free_slot(row.kind):
                     self._start(db, row)
-                elif row.status in ("pending", "running"):  # a worker this runner never started
-                    job_store.set_status(
-                        db,
-                        row,
-                        "failed",
-                        "failed",
-                        "its worker is gone (not started by this platform process)",
-                    )
+                elif row.status in ("pending", "running"):  # its runner is gone: its lease expired
+                    self._take_over(db, row)
 
     def _free_slot(self, kind: str) -> bool:
         busy = sum(1 for job_id, w in self.workers.items() if w.workdir.parent.name == kind)
         return busy < SLOTS.get(kind, 1)
 
     def _start(self, db, row) -> None:
+        if not leases.acquire(db, row.id, self.owner):
+            return
         if not job_store.claim(db, row):
+            leases.release(db, row.id, self.owner)
             return
         kind = KINDS[row.kind]
         workdir = self.workdir(row.kind, row.id)
@@ -190,6 +194,7 @@ class JobRunner:
         if code is None:
             return
         self.workers.pop(row.id)
+        leases.release(db, row.id, self.owner)
         db.refresh(row)
         if row.status == "cancelling":
             job_store.set_status(db, row, "cancelled", "cancelled", "the worker was stopped")
