@@ -17,6 +17,9 @@ server, and at concurrency 32 every millisecond it takes is queueing time for al
 paths get the same model-server capacity and the p99 difference is the gateway's own.
 
     .venv/bin/python benchmarks/platform_overhead.py [--seconds 10] [--rounds 2] [--split-cores] [--out docs/bench/platform.json]
+
+``--store-scaling`` measures only the store: list and get p95 with 100 and with 10,000 datasets and jobs
+(``--store-rows``), written to docs/bench/platform_store.json (``benchmarks/platform_store.py``).
 """
 
 from __future__ import annotations
@@ -171,6 +174,28 @@ def entity_load(url: str, names: list[str], clients: int, seconds: float) -> dic
     return out
 
 
+def store_scaling(args) -> int:
+    """List and get latency with a small and a large store (``platform_store.run``)."""
+    import platform_store
+
+    small, large = (int(n) for n in args.store_rows.split(","))
+    work = Path(tempfile.mkdtemp(prefix="platform_store_"))
+    results = {
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": host.python_version()},
+        "args": vars(args),
+        "load_before": load(),
+        **platform_store.run(
+            start_platform, work, args.database_url, small, large, args.store_requests, args.rounds
+        ),
+        "load_after": load(),
+    }
+    print(json.dumps(results["calls"], indent=2))
+    out = Path(args.out if args.out != "docs/bench/platform.json" else "docs/bench/platform_store.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -188,7 +213,16 @@ def main() -> int:
         "--split-cores", action="store_true", help="model server on CPU 0, platform and driver on the rest"
     )
     parser.add_argument("--out", default="docs/bench/platform.json")
+    parser.add_argument(
+        "--store-scaling",
+        action="store_true",
+        help="only the store at --store-rows (benchmarks/platform_store.py)",
+    )
+    parser.add_argument("--store-rows", default="100,10000", help="the small and the large store's rows")
+    parser.add_argument("--store-requests", type=int, default=40, help="requests per call, store and round")
     args = parser.parse_args()
+    if args.store_scaling:
+        return store_scaling(args)
 
     work = Path(tempfile.mkdtemp(prefix="platform_bench_"))
     url, process = start_platform(work / "data", args.database_url)

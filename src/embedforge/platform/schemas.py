@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 
 FinetuningType = Literal["all_weights", "lora_merged", "lora"]
 TrainingType = Literal["sft", "dpo", "distillation", "grpo"]
@@ -43,10 +44,16 @@ class DatasetCreate(Common):
     limit: int | None = None
 
 
+class ProjectCreate(Common):
+    name: str = Name
+    namespace: str = "default"
+
+
 class ModelCreate(Common):
     name: str = Name
     namespace: str = "default"
-    base_model: str | None = None
+    base_model: str | dict[str, Any] | None = None
+    model_providers: list[str] | None = None
     peft: dict[str, Any] | None = None
     artifact: dict[str, Any] | None = None
     spec: dict[str, Any] | None = None
@@ -79,6 +86,13 @@ class TrainingOption(Strict):
     data_parallel_size: int | None = None
     expert_model_parallel_size: int | None = None
     use_sequence_parallel: bool = False
+
+
+class OptionRemoval(Strict):
+    """A training option a config update removes, named by its two types."""
+
+    training_type: TrainingType = "sft"
+    finetuning_type: FinetuningType
 
 
 class ConfigCreate(Common):
@@ -234,6 +248,29 @@ class EvaluationJobCreate(Common):
     namespace: str = "default"
     config: str | EvalConfigCreate
     target: str | EvalTargetCreate
+    baseline_target: str | EvalTargetCreate | None = None  # embedforge: a second model, compared paired
+
+
+class EvalResultCreate(Common):
+    """An evaluation result a client records itself (the evaluator stores its own the same way)."""
+
+    namespace: str = "default"
+    job: str
+    files_url: str | None = None
+    tasks: dict[str, Any] | None = None
+    groups: dict[str, Any] | None = None
+
+
+def update_schema(create: type[BaseModel], **extra: Any) -> type[BaseModel]:
+    """NeMo's PATCH body for a resource: every field of its create body, optional, plus ``extra`` (field ->
+    type); an unknown field is still a 422. Identity fields may be sent but must match the path."""
+    fields: dict[str, Any] = {
+        name: (info.annotation | None, FieldInfo.merge_field_infos(info, default=None))
+        for name, info in create.model_fields.items()
+    }
+    fields["schema_version"] = (str | None, None)
+    fields.update({name: (kind | None, None) for name, kind in extra.items()})
+    return create_model(f"{create.__name__.removesuffix('Create')}Update", __base__=Strict, **fields)
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

@@ -1,15 +1,16 @@
 """Evaluation jobs (type ``retriever``, ``beir`` tasks): embed a BEIR folder through the target's
 OpenAI/NIM-compatible ``/v1/embeddings`` URL and score retrieval with pytrec_eval.
 
-The worker reuses the deploy check's HTTP client (``embedforge.verify``) and the eval stage's retrieval and
-metrics (``embedforge.evaluate``); results come back in NeMo's shape:
-``tasks.<task>.metrics["retriever.ndcg_cut_10"].scores["ndcg_cut_10"].value``.
+The worker (``eval_worker``) reuses the deploy check's HTTP client (``embedforge.verify``) and the eval
+stage's retrieval and metrics (``embedforge.evaluate``); results come back in NeMo's shape:
+``tasks.<task>.metrics["retriever.ndcg_cut_10"].scores["ndcg_cut_10"].value``. A job may name a
+``baseline_target`` (embedforge's addition): the same tasks are scored for it, and the result adds its
+``baseline.tasks`` and a paired ``comparison`` of every metric.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from embedforge.platform.store import records, secret_store
 
 KIND = "evaluation"
 RESULT = "evaluation_result"  # the entity kind (and id prefix) of a finished job's scores
-KEYS_ENV = "EMBEDFORGE_ENDPOINT_KEYS"  # the worker's endpoint API keys, {"query": key, "index": key}
+KEYS_ENV = "EMBEDFORGE_ENDPOINT_KEYS"  # the worker's endpoint keys, {"query", "index", "baseline_query", ...}
+PER_QUERY_FILE = "per_query.json"  # in the job's folder: {task: {metric: {query_id: score}}}
 # pytrec_eval metric names NeMo uses -> embedforge.evaluate's names
 _METRIC = re.compile(r"^(recall|ndcg_cut|map_cut|P)_(\d+)$")
 _FAMILY = {"recall": "recall", "ndcg_cut": "ndcg", "map_cut": "map", "P": "precision"}
@@ -47,7 +49,16 @@ def check_config(config: dict, loc: list) -> None:
                 ) from err
 
 
-def submit(db: Session, namespace: str, name: str | None, config: dict, target: dict, body: dict) -> dict:
+def submit(
+    db: Session,
+    namespace: str,
+    name: str | None,
+    config: dict,
+    target: dict,
+    body: dict,
+    baseline: dict | None = None,
+) -> dict:
+    """Queue a job; ``baseline`` is a second target scored on the same tasks and compared with ``target``."""
     job_id = records.new_id("eval")
     tasks = dict.fromkeys(config["tasks"], "pending")  # NeMo: task name -> status
     public_body = {
@@ -58,13 +69,10 @@ def submit(db: Session, namespace: str, name: str | None, config: dict, target: 
         "target": target,
         "result": None,
         "output_files_url": f"hf://datasets/evaluation-results/{job_id}",
+        **({"baseline_target": baseline} if baseline else {}),
     }
-    details = {
-        "message": "queued",
-        "task_status": tasks,
-        "progress": 0.0,
-        "work": {"config": config, "target": target},
-    }
+    work = {"config": config, "target": target, **({"baseline": baseline} if baseline else {})}
+    details = {"message": "queued", "task_status": tasks, "progress": 0.0, "work": work}
     row = job_store.create(db, KIND, job_id, namespace, public_body["name"], public_body, details)
     return job_store.public(row)
 
@@ -74,6 +82,7 @@ def worker_spec(settings: Settings, row, workdir: Path) -> dict:
 
     config, target = row.details["work"]["config"], row.details["work"]["target"]
     pipeline = target["retriever"]["pipeline"]
+    baseline = row.details["work"].get("baseline")
     tasks = {}
     for name, task in config["tasks"].items():
         tasks[name] = {
@@ -85,6 +94,7 @@ def worker_spec(settings: Settings, row, workdir: Path) -> dict:
         "job_id": row.id,
         "tasks": tasks,
         **{f"{role}_endpoint": _without_key(endpoint) for role, endpoint in _endpoints(pipeline).items()},
+        **(_baseline_endpoints(baseline) if baseline else {}),
         "top_k": pipeline.get("top_k", 10),
         "progress_file": str(workdir / "progress.json"),
     }
@@ -99,15 +109,24 @@ def _endpoints(pipeline: dict) -> dict[str, dict]:
     }
 
 
+def _baseline_endpoints(baseline: dict) -> dict:
+    pipeline = baseline["retriever"]["pipeline"]
+    return {f"baseline_{role}_endpoint": _without_key(e) for role, e in _endpoints(pipeline).items()}
+
+
 def _without_key(endpoint: dict) -> dict:
     return {k: v for k, v in endpoint.items() if k != "api_key"}
 
 
 def worker_env(db: Session, row) -> dict[str, str]:
     """The endpoints' real API keys for the worker's environment: never in spec.json, never in a body."""
-    target = row.details["work"]["target"]
-    revealed = secret_store.reveal(db, target["id"], target)
-    keys = {role: ep.get("api_key") for role, ep in _endpoints(revealed["retriever"]["pipeline"]).items()}
+    keys = {}
+    for prefix, field in (("", "target"), ("baseline_", "baseline")):
+        target = row.details["work"].get(field)
+        if target:
+            revealed = secret_store.reveal(db, target["id"], target)
+            for role, ep in _endpoints(revealed["retriever"]["pipeline"]).items():
+                keys[prefix + role] = ep.get("api_key")
     return {KEYS_ENV: json.dumps(keys)}
 
 
@@ -137,7 +156,10 @@ def finish(db: Session, row, workdir: Path) -> dict:
             "tasks": result["tasks"],
             "groups": {},
             "custom_fields": {},
+            **{k: result[k] for k in ("baseline", "comparison") if k in result},
         }
+        if "baseline" in body:
+            body["baseline"] = {"target": row.body["baseline_target"].get("id"), **body["baseline"]}
         records.create(db, RESULT, row.namespace, result_id, body, RESULT)
     row.body = {**row.body, "result": result_id}
     db.commit()
@@ -160,74 +182,3 @@ def archive(workdir: Path, members: dict[str, bytes | Path], name: str) -> Path:
             elif member.is_file():
                 zf.write(member, arcname)
     return target
-
-
-# ------------------------------------------------------------------------------------ in the worker
-
-
-PER_QUERY_FILE = "per_query.json"  # in the job's folder: {task: {metric: {query_id: score}}}
-
-
-def keep_per_query(path: Path, task: str, per_query: dict, wanted: dict) -> None:
-    """Add a task's per-query scores of the asked metrics to ``path``: what a paired comparison of two
-    models needs (``embedforge.significance``), too large for the job's body or NeMo's results."""
-    from embedforge.atomic import write_json_atomic
-
-    kept = json.loads(path.read_text()) if path.exists() else {}
-    kept[task] = {metric: {q: v[key] for q, v in per_query.items()} for metric, (key, _) in wanted.items()}
-    write_json_atomic(path, kept)
-
-
-def evaluate_task(name: str, task: dict, spec: dict) -> dict:
-    """Embed the task's BEIR folder through the endpoints, retrieve top_k, score the asked metrics."""
-    from embedforge.atomic import write_json_atomic
-    from embedforge.evaluate import compute_metrics, per_query_metrics, retrieve
-    from embedforge.formats import passage_text, read_beir
-    from embedforge.verify import EmbeddingsClient, embed_all
-
-    dataset = read_beir(task["beir_dir"])
-    wanted = {name: metric_key(kind) for name, kind in task["metrics"].items()}
-    ks = sorted({k for _, k in wanted.values()})
-    keys = json.loads(os.environ.get(KEYS_ENV) or "{}")
-    clients = [
-        EmbeddingsClient(
-            _base(spec[f"{role}_endpoint"]["url"]),
-            spec[f"{role}_endpoint"]["model_id"],
-            keys.get(role) or None,
-            300.0,
-            "float",
-        )
-        for role in ("index", "query")
-    ]
-    try:
-        doc_ids = [str(d) for d in dataset.corpus]
-        passages = embed_all(
-            clients[0], [passage_text(dataset.corpus[d]) for d in dataset.corpus], "passage", None, 32, 4
-        )
-        query_ids = [str(q) for q, docs in dataset.qrels.items() if docs and q in dataset.queries]
-        queries = embed_all(clients[1], [dataset.queries[q] for q in query_ids], "query", None, 32, 4)
-    finally:
-        for client in clients:
-            client.close()
-    run = retrieve(queries, passages, doc_ids, query_ids, top_k=max(max(ks), int(spec["top_k"])))
-    values = compute_metrics(dataset.qrels, run, ks)
-    progress_file = Path(spec["progress_file"])
-    done = json.loads(progress_file.read_text()) if progress_file.exists() else []
-    write_json_atomic(progress_file, [*done, name])
-    keep_per_query(
-        progress_file.with_name(PER_QUERY_FILE), name, per_query_metrics(dataset.qrels, run, ks), wanted
-    )
-    return {
-        "metrics": {
-            f"retriever.{metric}": {"scores": {metric: {"value": values[key], "stats": {}}}}
-            for metric, (key, _) in wanted.items()
-        }
-    }
-
-
-def _base(url: str) -> str:
-    """``http://host/nim/v1/embeddings`` -> ``http://host/nim`` (the client adds ``/v1/embeddings``)."""
-    url = url.rstrip("/")
-    for suffix in ("/embeddings", "/v1"):
-        url = url.removesuffix(suffix)
-    return url

@@ -3,9 +3,11 @@
 Each poll it (1) claims ``created`` jobs while a slot is free and starts a worker for each, (2) reads
 each worker's progress into the database and logs one progress line per change, (3) stops workers of
 jobs being cancelled, and (4) marks finished workers completed or failed (with the worker's error, or
-the signal that killed it). Workers die with the platform (``lifeline``); on the next start
-the jobs they left ``pending`` / ``running`` are queued again with ``resume`` (the finetune stage
-continues from its last checkpoint), up to ``MAX_ATTEMPTS`` times.
+the signal that killed it). Each job it runs holds a lease (``leases``), so several platforms on one
+database run it once. Local workers die with their platform (``lifeline``); a job left ``pending`` /
+``running`` by a platform that stopped, or whose lease expired, is taken over: re-attached when it
+still runs on a Ray cluster, else queued again with ``resume`` (the finetune stage continues from its
+last checkpoint), up to ``MAX_ATTEMPTS`` times.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy.orm import sessionmaker
 
 from embedforge.atomic import write_json_atomic
 from embedforge.errors import EmbedforgeError
-from embedforge.platform.jobs import customization, evaluation
+from embedforge.platform.jobs import customization, evaluation, leases
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.jobs.deployments import Deployments
 from embedforge.platform.jobs.executors import LocalExecutor, executor_for, spawn, submission_id
@@ -48,6 +50,7 @@ class JobRunner:
         self.sessions, self.settings = sessions, settings
         self.workers: dict[str, Worker] = {}
         self.executor = executor_for(settings)
+        self.owner = leases.new_owner()  # this process's name on the job leases it holds
         self.deployments = Deployments(settings, spawn)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="embedforge-job-runner", daemon=True)
@@ -75,34 +78,36 @@ class JobRunner:
         if self.executor.name == "local":  # a Ray job outlives its platform; the next one re-attaches
             for worker in self.workers.values():
                 worker.handle.stop()
+        with self.sessions() as db:  # another platform may take the jobs over at once
+            for job_id in self.workers:
+                leases.release(db, job_id, self.owner)
         self.workers.clear()
         self.deployments.stop_all()
 
     def recover(self) -> None:
-        """Re-attach to the jobs a previous platform process left on a Ray cluster (they kept running);
-        requeue the others (a child process dies with its platform)."""
+        """Take over the jobs no live platform holds: re-attach to those still running on a Ray cluster
+        (they outlive their platform), requeue the others (a child process dies with its platform)."""
         with self.sessions() as db:
             self.deployments.recover(db)
             for row in job_store.active(db):
-                if row.kind not in KINDS:
-                    continue
-                workdir = self.workdir(row.kind, row.id)
-                worker = _our_worker(row, workdir)
-                if worker is not None:  # it outlived its platform (it should not: see lifeline)
-                    worker.kill()
-                handle = self.executor.attach(row, workdir) if row.status != "created" else None
-                if handle is not None:  # the tick watches it, or stops it when it is being cancelled
-                    self.workers[row.id] = Worker(handle, workdir)
-                    job_store.set_status(
-                        db, row, None, "reattached", f"the platform restarted; {handle.label}"
-                    )
-                    logger.info("job %s: re-attached to %s", row.id, handle.label)
-                elif row.status == "cancelling":
-                    job_store.set_status(
-                        db, row, "cancelled", "cancelled", "the platform stopped while cancelling"
-                    )
-                elif row.status in ("pending", "running"):
-                    self._requeue(db, row, "resumed", "the platform restarted")
+                if row.kind in KINDS and not leases.held_elsewhere(db, row.id, self.owner):
+                    self._take_over(db, row)
+
+    def _take_over(self, db, row) -> None:
+        """A job whose runner is gone (this platform before a restart, or another whose lease expired)."""
+        workdir = self.workdir(row.kind, row.id)
+        worker = _our_worker(row, workdir)
+        if worker is not None:  # it outlived its platform (it should not: see lifeline)
+            worker.kill()
+        handle = self.executor.attach(row, workdir) if row.status != "created" else None
+        if handle is not None and leases.acquire(db, row.id, self.owner):  # the tick watches it
+            self.workers[row.id] = Worker(handle, workdir)
+            job_store.set_status(db, row, None, "reattached", f"its platform stopped; {handle.label}")
+            logger.info("job %s: re-attached to %s", row.id, handle.label)
+        elif row.status == "cancelling":
+            job_store.set_status(db, row, "cancelled", "cancelled", "the platform stopped while cancelling")
+        elif row.status in ("pending", "running"):
+            self._requeue(db, row, "resumed", "the platform running it stopped")
 
     def _requeue(self, db, row, log: str, why: str) -> None:
         """Queue an interrupted job again, to continue from its last checkpoint; fail it once it has used
@@ -127,10 +132,17 @@ class JobRunner:
     def tick(self) -> None:
         with self._lock, self.sessions() as db:
             self.deployments.tick(db)
+            self._renew_leases(db)
             for row in job_store.active(db):
                 if row.kind not in KINDS:
                     continue
                 worker = self.workers.get(row.id)
+                if (
+                    worker is None
+                    and row.status != "created"
+                    and leases.held_elsewhere(db, row.id, self.owner)
+                ):
+                    continue  # another platform runs it (and cancels it)
                 if row.status == "cancelling":
                     if worker:
                         worker.handle.stop()
@@ -141,21 +153,25 @@ class JobRunner:
                     self._watch(db, row, worker)
                 elif row.status == "created" and self._free_slot(row.kind):
                     self._start(db, row)
-                elif row.status in ("pending", "running"):  # a worker this runner never started
-                    job_store.set_status(
-                        db,
-                        row,
-                        "failed",
-                        "failed",
-                        "its worker is gone (not started by this platform process)",
-                    )
+                elif row.status in ("pending", "running"):  # its runner is gone: its lease expired
+                    self._take_over(db, row)
+
+    def _renew_leases(self, db) -> None:
+        """Keep our jobs' leases alive; stop the workers of any another platform took over (this one
+        stalled past the lease)."""
+        for job_id in leases.renew(db, self.owner, list(self.workers)):
+            logger.warning("job %s: another platform took it over (this one stalled); worker stopped", job_id)
+            self.workers.pop(job_id).handle.stop()
 
     def _free_slot(self, kind: str) -> bool:
         busy = sum(1 for job_id, w in self.workers.items() if w.workdir.parent.name == kind)
         return busy < SLOTS.get(kind, 1)
 
     def _start(self, db, row) -> None:
+        if not leases.acquire(db, row.id, self.owner):
+            return
         if not job_store.claim(db, row):
+            leases.release(db, row.id, self.owner)
             return
         kind = KINDS[row.kind]
         workdir = self.workdir(row.kind, row.id)
@@ -173,6 +189,7 @@ class JobRunner:
                 submission_id(row.id, attempt),
             )
         except EmbedforgeError as err:  # e.g. the Ray cluster stopped answering
+            leases.release(db, row.id, self.owner)
             job_store.set_status(db, row, "failed", "failed", str(err))
             logger.error("job %s failed to start: %s", row.id, err)
             return
@@ -200,6 +217,7 @@ class JobRunner:
             return
         self.workers.pop(row.id)
         self.executor.keep_logs(row, worker.workdir)
+        leases.release(db, row.id, self.owner)
         db.refresh(row)
         if row.status == "cancelling":
             job_store.set_status(db, row, "cancelled", "cancelled", "the worker was stopped")

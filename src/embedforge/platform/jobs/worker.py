@@ -86,9 +86,9 @@ def run_customization(spec: dict) -> dict:
 
 
 def run_evaluation(spec: dict) -> dict:
-    from embedforge.platform.jobs.evaluation import evaluate_task
+    from embedforge.platform.jobs import eval_worker
 
-    return {"tasks": {name: evaluate_task(name, task, spec) for name, task in spec["tasks"].items()}}
+    return eval_worker.run(spec)
 
 
 def main(argv: list[str]) -> int:

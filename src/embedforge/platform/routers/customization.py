@@ -17,8 +17,16 @@ from sqlalchemy.orm.attributes import set_committed_value
 from embedforge.platform import jobs, paths
 from embedforge.platform.deps import DB, Config, Params, split_ref
 from embedforge.platform.errors import Conflict, NotFound, Unprocessable
-from embedforge.platform.routers import add_read_routes
-from embedforge.platform.schemas import ConfigCreate, CustomizationJobCreate, TargetCreate, dump
+from embedforge.platform.routers import add_read_routes, add_update_route
+from embedforge.platform.schemas import (
+    ConfigCreate,
+    CustomizationJobCreate,
+    OptionRemoval,
+    TargetCreate,
+    TrainingOption,
+    dump,
+    update_schema,
+)
 from embedforge.platform.store import listing, records
 from embedforge.platform.store.models import Job
 
@@ -31,12 +39,20 @@ def create_target(body: TargetCreate, db: DB, cfg: Config) -> dict:
     if not (body.model_path or body.model_uri):
         raise Unprocessable(["model_path"], "a target needs model_path (a local folder) or model_uri")
     check_target_paths(cfg, body.model_dump(), "")
-    data = {"status": "ready", **dump(body)}
+    data = {"status": "ready", "model_path": "", **dump(body)}  # NeMo always answers a model_path
     data.setdefault("base_model", f"{body.namespace}/{body.name}")
     return records.public(records.create(db, TARGET, body.namespace, body.name, data, "cust-target"))
 
 
 add_read_routes(router, "/targets", TARGET)
+
+
+def _target_update(_db, cfg, merged: dict, changes: dict) -> dict:
+    check_target_paths(cfg, merged, "")
+    return changes
+
+
+add_update_route(router, "/targets", TARGET, update_schema(TargetCreate), _target_update)
 
 
 def check_target_paths(cfg, target: dict, loc: str) -> None:
@@ -54,6 +70,7 @@ def _config_body(body: ConfigCreate, db: Session, loc: list) -> dict:
             raise Unprocessable([*loc, "target"], f"no customization target '{body.target}'")
     else:
         data["target"] = f"{body.target.namespace}/{body.target.name}"
+    data["training_options"] = _options(data["training_options"])
     data.setdefault("max_seq_length", body.max_seq_length)
     data.setdefault("training_precision", body.training_precision)
     return data
@@ -69,6 +86,40 @@ def create_config(body: ConfigCreate, db: DB, cfg: Config) -> dict:
 
 
 add_read_routes(router, "/configs", CONFIG)
+
+
+def _options(given: list[dict]) -> list[dict]:
+    """Training options with every field NeMo answers (defaults filled in)."""
+    return [TrainingOption.model_validate(o).model_dump(mode="json") for o in given]
+
+
+def _config_update(db, _cfg, merged: dict, changes: dict) -> dict:
+    """NeMo's config PATCH: fields replace, and ``add_training_options`` / ``remove_training_options``
+    edit the list (matched by training and finetuning type); the config keeps at least one option."""
+    if isinstance(changes.get("target"), str):
+        ns, name = split_ref(changes["target"], "target")
+        if records.find(db, TARGET, ns, name) is None:
+            raise Unprocessable(["target"], f"no customization target '{changes['target']}'")
+    elif "target" in changes:
+        raise Unprocessable(["target"], "give the target as 'namespace/name' (create an inline one first)")
+    options = _options(merged.get("training_options") or [])
+    removed = {(o["training_type"], o["finetuning_type"]) for o in changes.pop("remove_training_options", [])}
+    options = [o for o in options if (o["training_type"], o["finetuning_type"]) not in removed]
+    options += _options(changes.pop("add_training_options", []))
+    if not options:
+        raise Unprocessable(["training_options"], "a config needs at least one training option")
+    return {**changes, "training_options": options}
+
+
+add_update_route(
+    router,
+    "/configs",
+    CONFIG,
+    update_schema(
+        ConfigCreate, add_training_options=list[TrainingOption], remove_training_options=list[OptionRemoval]
+    ),
+    _config_update,
+)
 
 
 @router.post("/jobs")
@@ -109,8 +160,8 @@ def list_jobs(params: Params, db: DB) -> dict:
     most of a list's bytes, and a table of many jobs shows none of them."""
     if params.get("metrics") != "false":
         return jobs.store.list_public(db, "customization", params)
-    query = listing.lighter(db, select(Job).where(Job.kind == "customization"), Job, "metrics")
-    return listing.page(db, query, Job, params, _without_metrics, {"status": Job.status})
+    query, lighter = select(Job).where(Job.kind == "customization"), listing.lighter(db, Job, "metrics")
+    return listing.page(db, query, Job, params, _without_metrics, {"status": Job.status}, lighter)
 
 
 def _without_metrics(row: Job) -> dict:
@@ -156,4 +207,6 @@ def job_logs(job_id: str, db: DB, request: Request) -> dict:
     lines = request.app.state.runner.logs(jobs.store.get(db, "customization", job_id))
     if lines is None:
         raise NotFound(f"job {job_id} has no worker log yet")
-    return {"data": lines[-500:]}
+    lines = lines[-500:]
+    entry = {"object": "job_entry", "logs": {"worker.log": "\n".join(lines)}, "events": []}
+    return {"entries": {"worker": entry}, "data": lines}  # NeMo's JobLogs; ``data``: the lines, as before

@@ -13,10 +13,10 @@ from embedforge.platform.deps import DB, Config, Params, split_ref
 from embedforge.platform.errors import Conflict, NotFound, Unprocessable
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.jobs.deployments import KIND, LIVE, served_name
-from embedforge.platform.routers import add_read_routes
-from embedforge.platform.schemas import DeploymentConfigCreate, ModelDeploymentCreate, dump
-from embedforge.platform.store import records
-from embedforge.platform.store.models import Job
+from embedforge.platform.routers import add_read_routes, add_update_route, same_identity
+from embedforge.platform.schemas import DeploymentConfigCreate, ModelDeploymentCreate, dump, update_schema
+from embedforge.platform.store import records, secret_store
+from embedforge.platform.store.models import Job, utcnow
 
 router = APIRouter(prefix="/v1/deployment", tags=["deployment"])
 CONFIG = "deployment_config"
@@ -39,15 +39,29 @@ def _model_folder(db, cfg, model_ref: str, loc: list) -> Path:
     return folder
 
 
+NIM_DEFAULTS = {"image_name": "embedforge", "image_tag": "onnx", "gpu": 0}  # what serves here: CPU, ONNX
+
+
+def with_nim_defaults(config: dict) -> dict:
+    """A deployment config with the fields NeMo always answers in ``nim_deployment`` filled in."""
+    return {**config, "nim_deployment": {**NIM_DEFAULTS, **(config.get("nim_deployment") or {})}}
+
+
 @router.post("/configs")
 def create_config(body: DeploymentConfigCreate, db: DB, cfg: Config) -> dict:
     _model_folder(db, cfg, body.model, ["model"])
-    return records.public(
-        records.create(db, CONFIG, body.namespace, body.name, dump(body), "deployment-config")
-    )
+    data = with_nim_defaults(dump(body))
+    return records.public(records.create(db, CONFIG, body.namespace, body.name, data, "deployment-config"))
+
+
+def _config_update(db, cfg, merged: dict, changes: dict) -> dict:
+    if "model" in changes:
+        _model_folder(db, cfg, changes["model"], ["model"])
+    return with_nim_defaults(changes) if "nim_deployment" in changes else changes
 
 
 add_read_routes(router, "/configs", CONFIG)
+add_update_route(router, "/configs", CONFIG, update_schema(DeploymentConfigCreate), _config_update)
 
 
 def _public(row: Job) -> dict:
@@ -55,7 +69,7 @@ def _public(row: Job) -> dict:
         **row.body,
         "id": row.id,
         "status_details": {"status": row.status, "description": row.details.get("description", "")},
-        "url": row.details.get("url"),
+        "url": row.details.get("url") or "",  # NeMo's url is a string; empty until the server is up
         "deployed": row.status == "ready",
         "models": [row.details["served_model_name"]],
         "created_at": records.iso(row.created_at),
@@ -80,7 +94,7 @@ def create_deployment(body: ModelDeploymentCreate, db: DB, cfg: Config) -> dict:
             raise Unprocessable(["config"], f"no deployment config '{body.config}'")
         config = config_row.body
     else:
-        config = dump(body.config)
+        config = with_nim_defaults(dump(body.config))
     folder = _model_folder(db, cfg, config["model"], ["config", "model"])
     served = served_name(config["model"])
     precision = (config.get("nim_deployment") or {}).get("precision") or "fp32"
@@ -108,6 +122,28 @@ def get_deployment(namespace: str, name: str, db: DB) -> dict:
     row = _find(db, namespace, name)
     if row is None:
         raise NotFound(f"model deployment '{namespace}/{name}' not found")
+    return _public(row)
+
+
+DeploymentUpdate = update_schema(ModelDeploymentCreate)
+
+
+@router.patch("/model-deployments/{namespace}/{name}")
+def update_deployment(namespace: str, name: str, body: DeploymentUpdate, db: DB) -> dict:
+    """The deployment's own fields (description, custom fields, ...); what it serves is fixed while it
+    runs: a different ``config`` is a 422 (delete the deployment and create it again)."""
+    row = _find(db, namespace, name)
+    if row is None:
+        raise NotFound(f"model deployment '{namespace}/{name}' not found")
+    changes = dump(body)
+    same_identity(changes, namespace=namespace, name=name)
+    if "config" in changes and changes["config"] != row.body.get("config"):
+        raise Unprocessable(["config"], "a running deployment's config is fixed; delete and create it again")
+    changes, hidden = secret_store.split(changes)
+    secret_store.replace(db, row.id, hidden)
+    row.body = {**row.body, **changes}
+    row.updated_at = utcnow()
+    db.commit()
     return _public(row)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 from fastapi import APIRouter, Response
@@ -14,12 +15,20 @@ from embedforge.platform.deps import DB, Config, Params, split_ref
 from embedforge.platform.errors import Conflict, NotFound, Unprocessable
 from embedforge.platform.jobs import evaluation
 from embedforge.platform.jobs import store as job_store
-from embedforge.platform.routers import add_read_routes
-from embedforge.platform.schemas import EvalConfigCreate, EvalTargetCreate, EvaluationJobCreate, dump
+from embedforge.platform.routers import add_read_routes, add_update_route, same_identity
+from embedforge.platform.schemas import (
+    EvalConfigCreate,
+    EvalResultCreate,
+    EvalTargetCreate,
+    EvaluationJobCreate,
+    dump,
+    update_schema,
+)
 from embedforge.platform.store import records
 
 router = APIRouter(prefix="/v1/evaluation", tags=["evaluation"])
 CONFIG, TARGET = "evaluation_config", "evaluation_target"
+LIVE_SECONDS = 600  # how long a live evaluation's request waits for its job
 
 
 def _store(db, kind: str, prefix: str, body, loc: list) -> dict:
@@ -43,8 +52,15 @@ def create_target(body: EvalTargetCreate, db: DB) -> dict:
     return _store(db, TARGET, "eval-target", body, [])
 
 
+def _config_update(_db, _cfg, merged: dict, changes: dict) -> dict:
+    evaluation.check_config(merged, [])
+    return changes
+
+
 add_read_routes(router, "/configs", CONFIG)
 add_read_routes(router, "/targets", TARGET)
+add_update_route(router, "/configs", CONFIG, update_schema(EvalConfigCreate), _config_update)
+add_update_route(router, "/targets", TARGET, update_schema(EvalTargetCreate))
 
 
 def _resolve(db, value, kind: str, prefix: str, loc: str) -> dict:
@@ -57,14 +73,36 @@ def _resolve(db, value, kind: str, prefix: str, loc: str) -> dict:
     return _store(db, kind, prefix, value, [loc])
 
 
+@router.post("/live")
+def live(body: EvaluationJobCreate, db: DB) -> dict:
+    """NeMo's live evaluation: a job like any other, answered once it has ended (with its result inline)."""
+    job_id = create_job(body, db)["id"]
+    deadline = time.monotonic() + LIVE_SECONDS
+    while True:
+        db.expire_all()
+        row = job_store.get(db, evaluation.KIND, job_id)
+        if row.status in job_store.TERMINAL or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    public = job_store.public(row)
+    result_id = row.body.get("result")
+    result = records.public(records.get_by_id(db, evaluation.RESULT, result_id)) if result_id else None
+    return {"status": row.status, "status_details": public["status_details"], "result": result, "logs": None}
+
+
 @router.post("/jobs")
 def create_job(body: EvaluationJobCreate, db: DB) -> dict:
     config = _resolve(db, body.config, CONFIG, "eval-config", "config")
     target = _resolve(db, body.target, TARGET, "eval-target", "target")
-    if config["type"] != target["type"]:
-        raise Unprocessable(["target", "type"], f"a {config['type']} config needs a {config['type']} target")
-    extra = {k: v for k, v in dump(body).items() if k not in ("config", "target", "namespace", "name")}
-    return evaluation.submit(db, body.namespace, body.name, config, target, extra)
+    baseline = None
+    if body.baseline_target is not None:
+        baseline = _resolve(db, body.baseline_target, TARGET, "eval-target", "baseline_target")
+    for field, chosen in (("target", target), ("baseline_target", baseline or target)):
+        if config["type"] != chosen["type"]:
+            raise Unprocessable([field, "type"], f"a {config['type']} config needs a {config['type']} target")
+    own = ("config", "target", "baseline_target", "namespace", "name")
+    extra = {k: v for k, v in dump(body).items() if k not in own}
+    return evaluation.submit(db, body.namespace, body.name, config, target, extra, baseline)
 
 
 @router.get("/jobs")
@@ -158,6 +196,36 @@ def _zip(path: Path, filename: str) -> FileResponse:
 
 
 # ------------------------------------------------------------------------------------------ results
+
+
+@router.post("/results")
+def create_result(body: EvalResultCreate, db: DB) -> dict:
+    """A result recorded by a client (NeMo's create): its job must be an evaluation job here."""
+    _known_job(db, body.job)
+    result_id = records.new_id(evaluation.RESULT)
+    data = {"groups": {}, "tasks": {}, "custom_fields": {}, **dump(body), "id": result_id}
+    data["namespace"] = body.namespace
+    return records.public(records.create(db, evaluation.RESULT, body.namespace, result_id, data, "r"))
+
+
+def _known_job(db, job_id: str) -> None:
+    try:
+        job_store.get(db, evaluation.KIND, job_id)
+    except NotFound as err:
+        raise Unprocessable(["job"], f"no evaluation job '{job_id}'") from err
+
+
+ResultUpdate = update_schema(EvalResultCreate)
+
+
+@router.patch("/results/{result_id}")
+def update_result(result_id: str, body: ResultUpdate, db: DB) -> dict:
+    row = records.get_by_id(db, evaluation.RESULT, result_id)
+    changes = dump(body)
+    same_identity(changes, namespace=row.namespace, id=result_id)
+    if "job" in changes:
+        _known_job(db, changes["job"])
+    return records.public(records.patch(db, row, changes))
 
 
 @router.get("/results")

@@ -1,18 +1,24 @@
-"""NeMo list queries as SQL: ``filter[field]=value`` (repeated: any of the values), ``search[field]=text``, ``sort=[-]field``, ``page`` /
-``page_size``, answered as ``{object, data, pagination, sort, filter, search}``.
+"""NeMo list queries as SQL: ``filter[field]=value``, ``filter[field][gte]=...`` (eq, gt, gte, lt, lte),
+``search[field]=a,b`` (case-insensitive substring, any of the values), ``search[field][start|end]=...``
+(a range), ``sort=[-]field``, ``page`` / ``page_size``, answered as ``{object, data, pagination, sort,
+filter, search}``. Conditions on different fields must all hold; a field given several times
+(``filter[name]=a&filter[name]=b``) matches any of its values; a field may be a dotted path into the body
+(``config_snapshot.base_model``). An empty search text searches nothing.
 
 Filtering, counting, sorting and paging run in the database (the same SQLAlchemy expressions on SQLite
-and PostgreSQL), so a page costs one page of rows, not the whole table. A field is a column where the
-row has one (typed: ``created_at`` sorts as a time) and a top-level field of the JSON body otherwise,
-compared as text and sorted by the type its values have (numbers as numbers). Missing values sort last;
-ties break by id, so pages never overlap. A search is NeMo's substring match, case-insensitive; several
-fields must all match, a field given several times matches any of its texts; a field may be a dotted path
-into the body (``config_snapshot.base_model``).
+and PostgreSQL), so a page costs one page of rows, not the whole table; the page and the total come from
+one statement (a window count), so they agree even while other clients write. A field is a column where the
+row has one (typed: ``created_at`` sorts as a time) and a field of the JSON body otherwise, compared as
+text and sorted by the type its values have (numbers as numbers). Missing values sort last; ties break by
+id, so pages never overlap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import operator
+import re
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, Select, String, cast, func, or_, select, type_coerce
@@ -21,55 +27,83 @@ from sqlalchemy.orm import Session, defer, with_expression
 
 from embedforge.platform.errors import BadRequest
 
+_CONDITION = re.compile(r"^(filter|search)\[([^\[\]]+)\](?:\[([a-z]+)\])?$")
+_OPERATORS = {"eq": operator.eq, "gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
+_RANGE = {"start": "gte", "end": "lte"}  # search[field][start|end]
+TIMES = ("created_at", "updated_at")
 
-def list_query(params: dict[str, str]) -> tuple[dict[str, str], str, int, int]:
-    """Split a NeMo list query string into (filters, sort, page, page_size)."""
-    filters = {
-        k[len("filter[") : -1]: v for k, v in params.items() if k.startswith("filter[") and k.endswith("]")
-    }
+
+class Condition:
+    """One ``filter[...]`` or ``search[...]`` key of a list query: its field, operator and values."""
+
+    def __init__(self, kind: str, name: str, given_op: str | None, values: list[str]):
+        self.kind, self.name, self.given_op, self.values = kind, name, given_op, values
+        self.op = _RANGE.get(given_op, given_op) if kind == "search" and given_op else given_op
+        if self.op is not None and self.op not in _OPERATORS:
+            raise BadRequest(
+                f"{kind}[{name}][{given_op}]: unknown operator '{given_op}' (eq, gt, gte, lt, lte; start, end)"
+            )
+
+    def words(self) -> list[str]:
+        """A search's texts: every value split at commas, empty texts dropped."""
+        return [w for v in self.values for w in v.split(",") if w.strip()]
+
+
+def conditions(params: dict) -> list[Condition]:
+    """The query's conditions, in NeMo's bracket syntax (a repeated key's values arrive as a list)."""
+    found = []
+    for key, value in params.items():
+        match = _CONDITION.match(key)
+        if match:
+            values = [value] if isinstance(value, str) else list(value)
+            found.append(Condition(*match.groups(), values))
+    return found
+
+
+def _answered(found: list[Condition], kind: str) -> dict[str, Any]:
+    """The conditions of one kind as the list answer echoes them (``{field: value}``, ranges as dicts)."""
+    shown: dict[str, Any] = {}
+    for c in (c for c in found if c.kind == kind):
+        if c.given_op is not None:
+            shown[c.name] = {**(shown.get(c.name) or {}), c.given_op: c.values[-1]}
+        elif kind == "search" and c.words():
+            shown[c.name] = c.words()
+        elif kind == "filter":
+            shown[c.name] = c.values[0] if len(c.values) == 1 else c.values
+    return shown
+
+
+def list_query(params: dict) -> tuple[dict[str, Any], str, int, int]:
+    """Split a NeMo list query string into (filters as given, sort, page, page_size)."""
     sort = params.get("sort") or "-created_at"
     try:
         page = max(1, int(params.get("page") or 1))
         page_size = min(1000, max(1, int(params.get("page_size") or 100)))
     except ValueError as err:
         raise BadRequest(f"page and page_size must be integers: {err}") from err
-    return filters, sort, page, page_size
+    return _answered(conditions(params), "filter"), sort, page, page_size
 
 
-def search_terms(params: dict) -> dict[str, list[str]]:
-    """``search[field]=text`` of a NeMo list query as {field: texts} (a repeated field: any may match)."""
-    terms = {}
-    for key, value in params.items():
-        texts = [t for t in ([value] if isinstance(value, str) else value) if t.strip()]
-        if key.startswith("search[") and key.endswith("]") and texts:
-            terms[key[len("search[") : -1]] = texts
-    return terms
-
-
-def _searched(query: Select, model, columns: dict, terms: dict[str, list[str]]) -> Select:
-    """Rows where every searched field contains one of its texts, case-insensitively."""
-    for name, texts in terms.items():
-        text_of = func.lower(cast(_field(model, name, columns), String))
-        query = query.where(or_(*(text_of.contains(t.lower(), autoescape=True) for t in texts)))
-    return query
-
-
-def lighter(session: Session, query: Select, model, key: str) -> Select:
-    """``query`` loading ``model.details`` without its top-level ``key``: the database drops it, so its
-    bytes are neither decoded nor sent (a job's loss curves, in a list that shows none)."""
+def lighter(session: Session, model, key: str) -> list:
+    """Loader options reading ``model.details`` without its top-level ``key`` into ``lighter_details``:
+    the database drops it, so its bytes are neither decoded nor sent (a job's loss curves, in a list that
+    shows none)."""
     if session.get_bind().dialect.name == "postgresql":
         expression = cast(model.details, JSONB).op("-")(key)
     else:
         expression = func.json_remove(model.details, f"$.{key}")
-    lighter_details = with_expression(model.lighter_details, type_coerce(expression, JSON))
-    return query.options(defer(model.details), lighter_details)
+    return [defer(model.details), with_expression(model.lighter_details, type_coerce(expression, JSON))]
+
+
+def _body_value(model, name: str):
+    return model.body[tuple(name.split("."))] if "." in name else model.body[name]
 
 
 def _field(model, name: str, columns: dict, typed: bool = False, sample: Any = None):
     """The SQL expression for ``name``: its column, or the body field (as text, or as its type)."""
     if name in columns:
         return columns[name]
-    value = model.body[tuple(name.split("."))] if "." in name else model.body[name]
+    value = _body_value(model, name)
     if typed and isinstance(sample, bool):
         return value.as_boolean()
     if typed and isinstance(sample, int | float):
@@ -77,40 +111,81 @@ def _field(model, name: str, columns: dict, typed: bool = False, sample: Any = N
     return value.as_string()
 
 
+def _bound(name: str, value: str, columns: dict):
+    """A comparison's bound: a time for a time column (named in the 400 if it is not one), else text."""
+    if name not in TIMES or name not in columns:
+        return value
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as err:
+        raise BadRequest(f"{name}: '{value}' is not an ISO 8601 time") from err
+    return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _condition(model, columns: dict, c: Condition):
+    """One filter or search condition as SQL (None: a search with no text, which selects everything)."""
+    text = cast(_field(model, c.name, columns), String)
+    if c.op is not None:
+        field = columns[c.name] if c.name in columns else text
+        return or_(*(_OPERATORS[c.op](field, _bound(c.name, v, columns)) for v in c.values))
+    if c.kind == "filter":
+        return text.in_(c.values)
+    words = c.words()
+    return or_(*(text.ilike("%" + _escaped(w) + "%", escape="\\") for w in words)) if words else None
+
+
+def _escaped(word: str) -> str:
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _sample(session: Session, query: Select, model, name: str) -> Any:
     """A non-null value the field has among the query's rows: it decides how the field sorts."""
-    value = model.body[name].as_string()
-    row = session.scalars(query.where(value.is_not(None)).limit(1)).first()
-    return None if row is None else row.body.get(name)
+    row = session.scalars(query.where(_body_value(model, name).as_string().is_not(None)).limit(1)).first()
+    value = None if row is None else row.body
+    for part in name.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _page_rows(session: Session, page_ids: Select, model, options: Sequence) -> tuple[list, dict]:
+    """The page's (id, total) rows and its rows by id, read again if a row vanished in between."""
+    for _ in range(3):
+        ids = session.execute(page_ids).all()
+        wanted = select(model).options(*options).where(model.id.in_([i.id for i in ids]))
+        rows = {row.id: row for row in session.scalars(wanted)}
+        if len(rows) == len(ids):
+            break
+    return ids, rows
 
 
 def page(
     session: Session,
     query: Select,
     model,
-    params: dict[str, str],
+    params: dict,
     public: Callable[[Any], dict],
     columns: dict | None = None,
+    options: Sequence = (),
 ) -> dict[str, Any]:
-    """One page of ``query``'s rows (of ``model``, whose ``columns`` are addressable by name) as NeMo's list."""
+    """One page of ``query``'s rows (of ``model``, whose ``columns`` are addressable by name) as NeMo's
+    list; the rows are loaded with ``options`` (e.g. ``lighter``)."""
     columns = {c: getattr(model, c) for c in ("id", "namespace", "name", "created_at", "updated_at")} | (
         columns or {}
     )
+    found = conditions(params)
     filters, sort, number, size = list_query(params)
-    for name, value in filters.items():  # a field given several times: any of its values
-        values = [value] if isinstance(value, str) else value
-        query = query.where(cast(_field(model, name, columns), String).in_(values))
-    terms = search_terms(params)
-    query = _searched(query, model, columns, terms)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    for condition in found:
+        clause = _condition(model, columns, condition)
+        query = query if clause is None else query.where(clause)
     name = sort.lstrip("-")
     sample = None if name in columns else _sample(session, query, model, name)
     key = _field(model, name, columns, typed=True, sample=sample)
     order = key.desc() if sort.startswith("-") else key.asc()
-    rows = session.scalars(
-        query.order_by(order.nulls_last(), model.id).limit(size).offset((number - 1) * size)
-    )
-    data = [public(row) for row in rows]
+    page_ids = query.with_only_columns(model.id, func.count().over().label("total"))
+    page_ids = page_ids.order_by(order.nulls_last(), model.id).limit(size).offset((number - 1) * size)
+    ids, rows = _page_rows(session, page_ids, model, options)
+    data = [public(rows[i.id]) for i in ids if i.id in rows]
+    total = ids[0].total if ids else session.scalar(select(func.count()).select_from(query.subquery())) or 0
     return {
         "object": "list",
         "data": data,
@@ -123,5 +198,5 @@ def page(
         },
         "sort": sort,
         "filter": filters,
-        "search": terms,
+        "search": _answered(found, "search"),
     }

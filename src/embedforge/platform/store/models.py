@@ -69,3 +69,14 @@ class Secret(Base):
     owner_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     path: Mapped[str] = mapped_column(String(512), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class JobLease(Base):
+    """The platform process (``owner``) running a job's worker, until ``expires_at`` unless it renews:
+    another platform on the same database takes the job over only once the lease has expired."""
+
+    __tablename__ = "job_leases"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,4 +1,5 @@
-"""Reading and writing entity rows as NVIDIA's JSON bodies: create (409 on a taken name), get, list, delete."""
+"""Reading and writing entity rows as NVIDIA's JSON bodies: create (409 on a taken name), get, list, patch,
+delete."""
 
 from __future__ import annotations
 
@@ -82,6 +83,13 @@ def update(session: Session, row: Entity, changes: dict) -> Entity:
     row.updated_at = utcnow()
     session.commit()
     return row
+
+
+def patch(session: Session, row: Entity, changes: dict) -> Entity:
+    """Merge a PATCH body's top-level fields into the row; a key it carries replaces the stored one."""
+    changes, hidden = secret_store.split(changes)
+    secret_store.replace(session, row.id, hidden)
+    return update(session, row, changes)
 
 
 def delete(session: Session, row: Entity) -> None:

@@ -53,6 +53,14 @@ def stage(session: Session, owner_id: str, found: dict[str, str]) -> None:
         session.add(Secret(owner_id=owner_id, path=path, value=value))
 
 
+def replace(session: Session, owner_id: str, found: dict[str, str]) -> None:
+    """New values for some of the owner's secret paths (an update): the old ones at those paths go."""
+    if found:
+        session.execute(delete(Secret).where(Secret.owner_id == owner_id, Secret.path.in_(list(found))))
+        session.flush()
+    stage(session, owner_id, found)
+
+
 def reveal(session: Session, owner_id: str, body: dict) -> dict:
     """A copy of ``body`` (the owner's stored body or a part of it) with the real values put back; a
     masked field whose value is gone (its owner was deleted) becomes null rather than the mask."""
