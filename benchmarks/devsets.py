@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embedforge.atomic import atomic_write, write_json_atomic
+from embedforge.data.formats import BeirDataset, write_beir
+from embedforge.data.markup import html_to_text
 from embedforge.demo_data import fetch_debian_package
-from embedforge.formats import BeirDataset, write_beir
-from embedforge.markup import html_to_text
 from embedforge.perlfaq_data import build_perlfaq
 
 ROOT = Path(__file__).resolve().parents[1]

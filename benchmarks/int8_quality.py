@@ -29,12 +29,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from embedforge.data.formats import passage_text, read_beir
 from embedforge.export import export_onnx
 from embedforge.export.checks import _LONG_TEXT, PROBE_TEXTS
 from embedforge.export.encoder import OnnxEncoder
 from embedforge.export.quantize import fuse_for_onnxruntime
 from embedforge.export.rowwise_int8 import quantize_rowwise
-from embedforge.formats import passage_text, read_beir
 
 GRAPHS = ("fp32", "int8_per_tensor", "int8_per_row")
 

@@ -120,7 +120,7 @@ def give_questions(beir: Path, run: Path, seed: int, share: float) -> str:
     import random
 
     from embedforge.atomic import write_json_atomic, write_text_atomic
-    from embedforge.formats import read_beir
+    from embedforge.data.formats import read_beir
 
     if not 0 < share < 1:
         raise QualityBenchError(f"--user-questions must be between 0 and 1, got {share}")

@@ -103,7 +103,7 @@ def bench_embedding(texts: list[str], model: str, workers: int) -> dict:
 
 def generation_requests(k: int) -> tuple:
     from embedforge.config import SdgConfig
-    from embedforge.corpus import Passage
+    from embedforge.data.corpus import Passage
     from embedforge.sdg.pipeline import _UnitWork, plan_units, resolve
 
     config = SdgConfig(questions_per_passage=2, multi_hop_share=0.0)

@@ -68,7 +68,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from embedforge.config import SdgConfig
-    from embedforge.corpus import load_corpus
+    from embedforge.data.corpus import load_corpus
     from embedforge.demo_data import fetch_postgres_manual
     from embedforge.model import BiEncoder
     from embedforge.sdg import run_sdg

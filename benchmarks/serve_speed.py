@@ -74,7 +74,7 @@ def build_texts(n: int, seed: int) -> tuple[list[str], str]:
         html_dir = cand.parent
         break
     if html_dir is not None:
-        from embedforge.corpus import load_corpus
+        from embedforge.data.corpus import load_corpus
 
         names = sorted(p.name for p in html_dir.glob("*.html"))
         rng.shuffle(names)

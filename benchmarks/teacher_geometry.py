@@ -30,7 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from embedforge.atomic import write_json_atomic
-from embedforge.records import iter_jsonl
+from embedforge.data.records import iter_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,4 +1,4 @@
-"""Tests for embedforge.corpus (reading, HTML cleaning, sentence splitting, chunking) and the demo dataset builder."""
+"""Tests for embedforge.data.corpus (reading, HTML cleaning, sentence splitting, chunking) and the demo dataset builder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from embedforge.corpus import (
+from embedforge.data.corpus import (
     Document,
     chunk_document,
     estimate_tokens,
@@ -17,7 +17,7 @@ from embedforge.corpus import (
     read_documents,
     split_sentences,
 )
-from embedforge.markup import man_to_text, plain_to_text
+from embedforge.data.markup import man_to_text, plain_to_text
 
 # ------------------------------------------------------------------------------------------------ sentences
 
@@ -242,7 +242,7 @@ def folder(tmp_path):
 
 
 def test_read_documents_reads_formats_and_reports_skips(folder, caplog):
-    with caplog.at_level(logging.WARNING, logger="embedforge.corpus"):
+    with caplog.at_level(logging.WARNING, logger="embedforge.data.corpus"):
         docs, skipped = read_documents(folder)
     by_id = {d.doc_id: d for d in docs}
     assert sorted(by_id) == ["guide.md", "notes.rst", "plain.txt", "sub/page.html"]

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from embedforge.config import STAGE_CONFIGS, load_config
+from embedforge.data.formats import BeirDataset, write_beir
 from embedforge.demo import (
     REAL_DIR,
     RECIPE,
@@ -18,7 +19,6 @@ from embedforge.demo import (
 )
 from embedforge.evaluate import compare_models
 from embedforge.export import export_onnx
-from embedforge.formats import BeirDataset, write_beir
 from embedforge.model import BiEncoder
 from embedforge.pipeline import MARKER
 from tiny_models import tiny_bert

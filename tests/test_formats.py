@@ -1,4 +1,4 @@
-"""Tests for embedforge.formats: round trips, auto-detection, located errors, atomic writes."""
+"""Tests for embedforge.data.formats: round trips, auto-detection, located errors, atomic writes."""
 
 import json
 from pathlib import Path
@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedforge import formats
 from embedforge.atomic import atomic_write
-from embedforge.formats import (
+from embedforge.data import formats
+from embedforge.data.formats import (
     BeirDataset,
     DataFormatError,
     TrainingExample,

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from embedforge.config import PrepConfig
-from embedforge.corpus import Passage
-from embedforge.formats import passage_id
+from embedforge.data.corpus import Passage
+from embedforge.data.formats import passage_id
 from embedforge.heading_pairs import BODY_SUFFIX, heading_pairs
 from embedforge.prep import run_prep
 

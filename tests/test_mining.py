@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedforge import formats
 from embedforge.cli import main as cli_main
 from embedforge.config import FinetuneConfig, PrepConfig, config_hash, load_config
+from embedforge.data import formats
 from embedforge.mining import margin_threshold, mine_hard_negatives, score_summary, select_negatives
 from embedforge.prep import read_pairs, read_passages, run_prep, split_documents
 from embedforge.train import finetune

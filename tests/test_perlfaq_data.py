@@ -8,8 +8,8 @@ import json
 import pytest
 
 from embedforge import perlfaq_data
-from embedforge.corpus import load_corpus
-from embedforge.formats import read_beir
+from embedforge.data.corpus import load_corpus
+from embedforge.data.formats import read_beir
 from embedforge.perlfaq_data import PodSection, build_perlfaq, collect, parse_pod, pod_inline
 
 FAQ = """=head1 NAME

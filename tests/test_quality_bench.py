@@ -173,7 +173,7 @@ def test_a_seed_summary_reads_markers_both_evaluations_and_peak_memory(tmp_path)
 
 
 def test_user_questions_are_a_seeded_share_of_the_real_ones_and_the_rest_are_held_out(tmp_path):
-    from embedforge.formats import BeirDataset, write_beir
+    from embedforge.data.formats import BeirDataset, write_beir
 
     queries = {f"q{i}": f"How do I do thing {i}?" for i in range(10)}
     qrels = {q: {f"perlfaq4/{i:03d}.txt": 1} for i, q in enumerate(queries)}

@@ -11,7 +11,7 @@ import pytest
 
 from embedforge.cli import main as cli_main
 from embedforge.config import ConfigError, SdgConfig, load_config
-from embedforge.corpus import Passage
+from embedforge.data.corpus import Passage
 from embedforge.sdg import GeneratorError, GenRequest, OpenAIGenerator, SdgError, run_sdg
 from embedforge.sdg import generators as G
 from embedforge.sdg.checkpoint import CHECKPOINT_FILE

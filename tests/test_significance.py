@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from embedforge.data.formats import BeirDataset, DataFormatError
 from embedforge.eval_report import format_table
 from embedforge.evaluate import compare_models
-from embedforge.formats import BeirDataset, DataFormatError
 from embedforge.significance import bootstrap_ci, paired_comparison, sign_flip_p, verdict, within_tolerance
 
 # nDCG@10 of 8 hand-made queries for a baseline and a tuned model

@@ -9,8 +9,8 @@ from sentence_transformers import SentenceTransformer
 
 from domain_fixture import make_domain_fixture
 from embedforge.config import FinetuneConfig
+from embedforge.data.formats import TrainingExample
 from embedforge.evaluate import compare_models
-from embedforge.formats import TrainingExample
 from embedforge.model import BiEncoder
 from embedforge.train import (
     GroupContrastiveLoss,
@@ -219,7 +219,7 @@ def test_validation_rows_get_the_training_loss_as_val_loss(domain, tmp_path):
     against a hand computation with the model the run kept (its best checkpoint)."""
     import torch
 
-    from embedforge.formats import read_training_data
+    from embedforge.data.formats import read_training_data
 
     out = tmp_path / "run"
     summary = finetune(

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from embedforge.config import PrepConfig
-from embedforge.formats import passage_id, passage_text
+from embedforge.data.formats import passage_id, passage_text
+from embedforge.data.records import DataFormatError
 from embedforge.model import BiEncoder
 from embedforge.prep import run_prep
-from embedforge.records import DataFormatError
 
 # per document: (title, [passage texts]); every document answers one user question with one of its passages
 DOCS = {

@@ -12,9 +12,9 @@ from transformers import BertConfig, BertModel
 from domain_fixture import make_domain_fixture
 from embedforge.cli import main
 from embedforge.config import VerifyConfig
+from embedforge.data.formats import read_beir
 from embedforge.encoder import Encoder
 from embedforge.evaluate import compare_models, evaluate_dataset
-from embedforge.formats import read_beir
 from embedforge.model import BiEncoder
 from embedforge.serve import TorchRuntime
 from embedforge.serve.app import create_app

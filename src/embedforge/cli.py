@@ -279,7 +279,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from embedforge import formats
+    from embedforge.data import formats
 
     if args.data_command == "validate":
         summary = formats.validate(args.path)

@@ -34,12 +34,12 @@ import pytrec_eval
 from embedforge import search
 from embedforge.atomic import atomic_write, write_json_atomic, write_text_atomic
 from embedforge.config import EvalConfig
-from embedforge.encoder import Encoder
-from embedforge.eval_report import CHART_FILE, REPORT_FILE, format_table, render_chart, render_report
-from embedforge.formats import (
+from embedforge.data.formats import (
     DataFormatError,
     passage_text,  # the one join of title and text, re-exported for callers
 )
+from embedforge.encoder import Encoder
+from embedforge.eval_report import CHART_FILE, REPORT_FILE, format_table, render_chart, render_report
 from embedforge.matryoshka import unit_truncate
 from embedforge.metrics import (  # the metric vocabulary; DEFAULT_KS and MRR_CUTOFF re-exported for callers
     DEFAULT_KS,
@@ -298,7 +298,7 @@ def _deltas(tuned: Mapping[str, float], base: Mapping[str, float]) -> dict[str, 
 
 def _load_dataset(beir_dir_or_dataset, split: str):
     if isinstance(beir_dir_or_dataset, (str, os.PathLike)):
-        from embedforge.formats import read_beir
+        from embedforge.data.formats import read_beir
 
         return read_beir(beir_dir_or_dataset, split=split), str(beir_dir_or_dataset)
     return beir_dir_or_dataset, f"<in-memory {type(beir_dir_or_dataset).__name__}>"

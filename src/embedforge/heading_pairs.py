@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from embedforge.corpus import Passage
+from embedforge.data.corpus import Passage
 
 MIN_BODY_WORDS = 8
 BODY_SUFFIX = "#body"  # id of the heading-free copy of a passage: "<passage id>#body"

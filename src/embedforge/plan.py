@@ -73,7 +73,7 @@ def _user_questions(path: str) -> int:
 
 def _count(corpus: str, sdg: Any, prep: Any) -> _Counts:
     """Documents, passages and questions per split, from the chunked corpus and the sdg and prep configs."""
-    from embedforge.corpus import load_corpus
+    from embedforge.data.corpus import load_corpus
 
     chunked = load_corpus(
         corpus,

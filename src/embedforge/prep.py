@@ -74,10 +74,8 @@ from typing import NamedTuple
 
 from embedforge.atomic import atomic_write
 from embedforge.config import PrepConfig, config_dict, config_hash
-from embedforge.corpus import Passage
-from embedforge.encoder import Encoder
-from embedforge.errors import EmbedforgeError
-from embedforge.formats import (
+from embedforge.data.corpus import Passage
+from embedforge.data.formats import (
     BeirDataset,
     TrainingExample,
     passage_text,
@@ -85,16 +83,18 @@ from embedforge.formats import (
     write_corpus_id_json,
     write_inline_jsonl,
 )
+from embedforge.data.records import DataFormatError, json_kind
+
+# the public record checks under the short names the readers below use
+from embedforge.data.records import ident_field as _ident
+from embedforge.data.records import iter_jsonl as _iter_jsonl
+from embedforge.data.records import required_field as _required
+from embedforge.data.records import text_field as _text
+from embedforge.encoder import Encoder
+from embedforge.errors import EmbedforgeError
 from embedforge.heading_pairs import heading_pairs
 from embedforge.layout import SDG_DROPPED_FILE as DROPPED_FILE
 from embedforge.mining import mine_hard_negatives
-from embedforge.records import DataFormatError, json_kind
-
-# the public record checks under the short names the readers below use
-from embedforge.records import ident_field as _ident
-from embedforge.records import iter_jsonl as _iter_jsonl
-from embedforge.records import required_field as _required
-from embedforge.records import text_field as _text
 
 logger = logging.getLogger(__name__)
 

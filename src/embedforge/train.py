@@ -46,8 +46,8 @@ from embedforge import distill, train_memory
 from embedforge.anchor import anchored_loss, load_texts
 from embedforge.atomic import atomic_write, write_json_atomic
 from embedforge.config import ConfigError, FinetuneConfig, config_dict, config_hash
+from embedforge.data.formats import TrainingExample, passage_id, read_training_data
 from embedforge.distill import DistilledLoss, TeacherScores
-from embedforge.formats import TrainingExample, passage_id, read_training_data
 from embedforge.inbatch import ID_COLUMN, InBatchNegativesLoss, id_rows
 from embedforge.model import PASSAGE, QUERY, BiEncoder
 from embedforge.precision import bf16_is_native

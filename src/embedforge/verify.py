@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from embedforge.config import VerifyConfig
+from embedforge.data.formats import passage_text, read_beir
 from embedforge.errors import EmbedforgeError
 from embedforge.evaluate import (
     DEFAULT_KS,
@@ -44,7 +45,6 @@ from embedforge.evaluate import (
     per_query_metrics,
     retrieve,
 )
-from embedforge.formats import passage_text, read_beir
 from embedforge.significance import paired_comparison, within_tolerance
 
 logger = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from tutorial import (
 )
 
 from domain_fixture import make_domain_fixture
+from embedforge.data.formats import read_beir
 from embedforge.evaluate import evaluate_dataset
-from embedforge.formats import read_beir
 from embedforge.model import BiEncoder
 
 pytestmark = pytest.mark.slow

@@ -184,7 +184,7 @@ def _build(encoder, tokenizer, config, source: str, dims: list[int], tmp: Path) 
     write_json_atomic(tmp / EXPORT_FILE, info)
     beir = None
     if variants and config.beir:
-        from embedforge.formats import read_beir
+        from embedforge.data.formats import read_beir
 
         data = read_beir(config.beir, split=config.beir_split)
         beir = {"dataset": str(config.beir), "split": config.beir_split, "data": data}

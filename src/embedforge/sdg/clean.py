@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 
-from embedforge.corpus import split_sentences
+from embedforge.data.corpus import split_sentences
 
 SCORE_KEYS = ("relevance", "accuracy", "context_support", "clarity", "overall")
 

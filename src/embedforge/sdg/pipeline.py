@@ -34,10 +34,10 @@ from typing import Any
 
 from embedforge.atomic import write_text_atomic
 from embedforge.config import ConfigError, SdgConfig
-from embedforge.corpus import CorpusResult, Passage, load_corpus
+from embedforge.data.corpus import CorpusResult, Passage, load_corpus
+from embedforge.data.records import DataFormatError
 from embedforge.errors import EmbedforgeError
 from embedforge.layout import SDG_PASSAGES_FILE, SDG_REPORT_FILE
-from embedforge.records import DataFormatError
 from embedforge.registry import DEFAULT_GENERATOR
 from embedforge.sdg import prompts as P
 from embedforge.sdg.checkpoint import Checkpoint

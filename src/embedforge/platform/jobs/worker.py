@@ -36,7 +36,7 @@ def failure_reason(code: int, workdir: Path, who: str = "the worker process") ->
 
 def merged_jsonl(dataset_dir: Path, split: str, out: Path) -> Path | None:
     """Check every ``split/*.jsonl`` of the dataset with embedforge's reader; write them as one file."""
-    from embedforge.formats import DataFormatError, read_inline_jsonl, write_inline_jsonl
+    from embedforge.data.formats import DataFormatError, read_inline_jsonl, write_inline_jsonl
 
     folder = dataset_dir / split
     sources = sorted(folder.rglob("*.jsonl")) if folder.is_dir() else []
@@ -67,7 +67,7 @@ def drop_incomplete_checkpoints(folder: Path) -> list[str]:
 
 def run_customization(spec: dict) -> dict:
     from embedforge.config import FinetuneConfig, build_config
-    from embedforge.formats import DataFormatError
+    from embedforge.data.formats import DataFormatError
     from embedforge.train import finetune
 
     values = dict(spec["finetune"])

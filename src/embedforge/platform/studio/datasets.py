@@ -59,7 +59,7 @@ async def delete_dataset(api: Api, namespace: str, name: str):
 
 def check_jsonl(filename: str, content: bytes) -> dict | None:
     """The first bad row of an upload as {file, line, field, message}, or None when every row reads."""
-    from embedforge.formats import DataFormatError, read_inline_jsonl
+    from embedforge.data.formats import DataFormatError, read_inline_jsonl
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(filename).name

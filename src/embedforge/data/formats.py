@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedforge.atomic import atomic_write
-from embedforge.dataset import (  # re-exported: the data the formats hold
+from embedforge.data.dataset import (  # re-exported: the data the formats hold
     BeirDataset,
     PassageIds,
     TrainingExample,
@@ -36,8 +36,7 @@ from embedforge.dataset import (  # re-exported: the data the formats hold
     passage_id,
     passage_text,
 )
-from embedforge.errors import EmbedforgeError
-from embedforge.records import (  # DataFormatError is re-exported: readers catch it from here
+from embedforge.data.records import (  # DataFormatError is re-exported: readers catch it from here
     DataFormatError,
     ident_field,
     iter_jsonl,
@@ -47,6 +46,7 @@ from embedforge.records import (  # DataFormatError is re-exported: readers catc
     required_field,
     text_field,
 )
+from embedforge.errors import EmbedforgeError
 
 FORMATS = ("inline", "corpus_id", "beir", "triplets")
 QRELS_HEADER = "query-id\tcorpus-id\tscore"

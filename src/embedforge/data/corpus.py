@@ -24,7 +24,7 @@ document that needs cleaning beyond dropping boilerplate should be cleaned befor
 
 Example::
 
-    from embedforge.corpus import load_corpus
+    from embedforge.data.corpus import load_corpus
     result = load_corpus("docs/", max_tokens=200)
     print(len(result.documents), len(result.passages), result.skipped)
 """
@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedforge.markup import html_to_text, man_to_text, markdown_to_text, plain_to_text, rst_to_text
+from embedforge.data.markup import html_to_text, man_to_text, markdown_to_text, plain_to_text, rst_to_text
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from embedforge.records import DataFormatError, json_kind, text_field
+from embedforge.data.records import DataFormatError, json_kind, text_field
 
 
 @dataclass
