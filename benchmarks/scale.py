@@ -85,7 +85,7 @@ def timed(fn):
 def bench_embedding(texts: list[str], model: str, workers: int) -> dict:
     import numpy as np
 
-    from embedforge.model import BiEncoder
+    from embedforge.models.bi_encoder import BiEncoder
     from embedforge.ray_backend import RayEncoder
 
     local, local_s = timed(lambda: BiEncoder.load(model).encode_passages(texts))

@@ -503,7 +503,7 @@ def main() -> int:
     print(f"{len(texts)} texts from {source}, {len(batches)} batches of {args.batch}", flush=True)
 
     from embedforge.export import export_onnx
-    from embedforge.registry import resolve_model
+    from embedforge.models.registry import resolve_model
 
     work = Path(tempfile.mkdtemp(prefix="serve_speed_"))
     export_dir = work / "export"

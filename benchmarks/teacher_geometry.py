@@ -51,7 +51,7 @@ def domain_texts(run: Path) -> list[str]:
 def teacher_vectors(texts: list[str], teacher: str, cache: Path) -> np.ndarray:
     if cache.is_file():
         return np.load(cache)
-    from embedforge.model import BiEncoder
+    from embedforge.models.bi_encoder import BiEncoder
 
     started = time.time()
     model = BiEncoder.load(teacher).model
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--cache", type=Path, help="teacher vectors (.npy); default OUT/teacher_vectors.npy")
     args = parser.parse_args()
-    from embedforge.model import BiEncoder
+    from embedforge.models.bi_encoder import BiEncoder
 
     torch.manual_seed(0)
     random.seed(0)

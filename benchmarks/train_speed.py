@@ -57,7 +57,7 @@ def run_plain(train: str, out: str) -> dict:
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from embedforge.registry import resolve_model
+    from embedforge.models.registry import resolve_model
 
     s = SETTINGS
     rows = {"anchor": [], "positive": [], **{f"negative_{i}": [] for i in range(1, s["n_passages"])}}

@@ -8,7 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from embedforge.model import BiEncoder  # noqa: E402
+from embedforge.models.bi_encoder import BiEncoder  # noqa: E402
 
 
 @pytest.fixture(scope="session")

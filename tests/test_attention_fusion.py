@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from embedforge.export import export_onnx
 from embedforge.export.attention_fusion import fuse_attention
-from embedforge.model import BiEncoder
+from embedforge.models.bi_encoder import BiEncoder
 from tiny_models import tiny_bert
 
 TEXTS = ["a", "the cat sat on the mat and the dog sat by the door", "x y z", "the"]

@@ -19,7 +19,7 @@ from embedforge.demo import (
 )
 from embedforge.evaluate import compare_models
 from embedforge.export import export_onnx
-from embedforge.model import BiEncoder
+from embedforge.models.bi_encoder import BiEncoder
 from embedforge.pipeline import MARKER
 from tiny_models import tiny_bert
 

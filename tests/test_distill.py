@@ -11,7 +11,7 @@ from embedforge import distill
 from embedforge.config import ConfigError, FinetuneConfig
 from embedforge.distill import DistilledLoss, TeacherScores, screen_negatives
 from embedforge.inbatch import id_rows, text_key
-from embedforge.model import BiEncoder
+from embedforge.models.bi_encoder import BiEncoder
 from embedforge.train import GroupContrastiveLoss, finetune
 from tiny_models import tiny_bert
 

@@ -21,7 +21,7 @@ from embedforge.evaluate import (
     retrieve,
     run_eval,
 )
-from embedforge.matryoshka import unit_truncate
+from embedforge.models.matryoshka import unit_truncate
 
 # ------------------------------------------------------------------------------------------- tiny data
 
@@ -68,7 +68,7 @@ QRELS = {
 
 @pytest.fixture(scope="module")
 def minilm():
-    from embedforge.model import BiEncoder
+    from embedforge.models.bi_encoder import BiEncoder
 
     return BiEncoder.load("minilm")
 
@@ -243,7 +243,7 @@ def _write_beir(folder: Path) -> None:
 
 
 def test_compare_models_writes_reports(minilm, tmp_path):
-    from embedforge.model import BiEncoder
+    from embedforge.models.bi_encoder import BiEncoder
 
     beir = tmp_path / "beir"
     _write_beir(beir)

@@ -22,14 +22,14 @@ from transformers import LlamaForCausalLM, LlamaModel, MistralForCausalLM
 from domain_fixture import make_domain_fixture
 from embedforge.evaluate import compare_models
 from embedforge.inbatch import InBatchNegativesLoss, false_negative_mask, id_rows
-from embedforge.llama_bidirectional import (
+from embedforge.models.bi_encoder import BiEncoder
+from embedforge.models.llama_bidirectional import (
     LlamaBidirectionalConfig,
     LlamaBidirectionalModel,
     MistralBidirectionalModel,
     smollm2_to_hf,
     to_bidirectional,
 )
-from embedforge.model import BiEncoder
 from tiny_models import tiny_decoder_config as tiny
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from embedforge.model import BiEncoder
-from embedforge.registry import KNOWN_MODELS, ModelNotFoundError, describe_known_models, resolve_model
+from embedforge.models.bi_encoder import BiEncoder
+from embedforge.models.registry import KNOWN_MODELS, ModelNotFoundError, describe_known_models, resolve_model
 from tiny_models import tiny_bert
 
 TEXTS = ["How do I reclaim disk space after deleting rows?", "VACUUM FULL rewrites the table.", "short"]

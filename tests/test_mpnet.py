@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
-from embedforge.registry import KNOWN_MODELS, resolve_model
+from embedforge.models.registry import KNOWN_MODELS, resolve_model
 
 
 def test_mpnet_builds_from_parts_and_encodes_768d_unit_vectors(tmp_path, monkeypatch):

@@ -122,7 +122,7 @@ def test_a_ray_run_mines_the_same_negatives_as_a_local_run(runs):
 
 
 def test_the_clusters_passage_and_query_vectors_match_one_process(runs):
-    from embedforge.model import BiEncoder
+    from embedforge.models.bi_encoder import BiEncoder
     from embedforge.ray_backend import RayEncoder
 
     local, _, _, model = runs

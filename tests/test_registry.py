@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from embedforge import registry
-from embedforge.registry import EMBEDDING, GENERATOR, KNOWN_MODELS, KnownModel, ModelNotFoundError
+from embedforge.models import registry
+from embedforge.models.registry import EMBEDDING, GENERATOR, KNOWN_MODELS, KnownModel, ModelNotFoundError
 from embedforge.sdg.generators import locate_local_model
 
 

@@ -629,7 +629,7 @@ def test_local_generator_writes_real_questions_in_batches(smollm):
 def test_local_generator_default_dtype_is_bf16_exactly_where_native_and_writes_real_questions():
     import torch
 
-    from embedforge.precision import bf16_is_native
+    from embedforge.models.precision import bf16_is_native
 
     generator = G.LocalGenerator("smollm2-135m", batch_size=4)
     assert generator.model.dtype == (torch.bfloat16 if bf16_is_native() else torch.float32)

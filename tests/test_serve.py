@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from embedforge.cli import main as cli_main
 from embedforge.export import OnnxEncoder
-from embedforge.model import BiEncoder
+from embedforge.models.bi_encoder import BiEncoder
 from embedforge.serve import OnnxRuntime, TorchRuntime, load_runtime
 from embedforge.serve.app import MISSING_INPUT_TYPE, create_app
 from embedforge.serve.server import ServerThread, free_port

@@ -11,7 +11,7 @@ from domain_fixture import make_domain_fixture
 from embedforge.config import FinetuneConfig
 from embedforge.data.formats import TrainingExample
 from embedforge.evaluate import compare_models
-from embedforge.model import BiEncoder
+from embedforge.models.bi_encoder import BiEncoder
 from embedforge.train import (
     GroupContrastiveLoss,
     build_training_rows,

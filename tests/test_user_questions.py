@@ -9,7 +9,7 @@ import pytest
 from embedforge.config import PrepConfig
 from embedforge.data.formats import passage_id, passage_text
 from embedforge.data.records import DataFormatError
-from embedforge.model import BiEncoder
+from embedforge.models.bi_encoder import BiEncoder
 from embedforge.prep import run_prep
 
 # per document: (title, [passage texts]); every document answers one user question with one of its passages

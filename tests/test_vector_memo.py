@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from embedforge.vector_memo import MemoEncoder
+from embedforge.models.vector_memo import MemoEncoder
 
 TEXTS = [
     "VACUUM reclaims storage occupied by dead tuples.",

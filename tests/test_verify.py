@@ -13,13 +13,13 @@ from domain_fixture import make_domain_fixture
 from embedforge.cli import main
 from embedforge.config import VerifyConfig
 from embedforge.data.formats import read_beir
-from embedforge.encoder import Encoder
 from embedforge.evaluate import compare_models, evaluate_dataset
-from embedforge.model import BiEncoder
+from embedforge.models.bi_encoder import BiEncoder
+from embedforge.models.encoder import Encoder
+from embedforge.models.vector_memo import MemoEncoder
 from embedforge.serve import TorchRuntime
 from embedforge.serve.app import create_app
 from embedforge.serve.server import ServerThread
-from embedforge.vector_memo import MemoEncoder
 from embedforge.verify import EmbeddingsClient, ServedEncoder, load_reference, tolerance_for, verify
 
 

@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from embedforge.registry import describe_known_models
+    from embedforge.models.registry import describe_known_models
 
     for row in describe_known_models():
         print(f"{row['name']:<20} {row['kind']:<10} {row['path']}\n{'':<31} {row['description']}")

@@ -48,8 +48,8 @@ from torch import nn
 from embedforge.atomic import atomic_write
 from embedforge.config import ConfigError, FinetuneConfig
 from embedforge.inbatch import id_rows, text_key
-from embedforge.model import BiEncoder
-from embedforge.registry import resolve_model
+from embedforge.models.bi_encoder import BiEncoder
+from embedforge.models.registry import resolve_model
 
 logger = logging.getLogger(__name__)
 

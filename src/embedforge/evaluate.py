@@ -38,9 +38,7 @@ from embedforge.data.formats import (
     DataFormatError,
     passage_text,  # the one join of title and text, re-exported for callers
 )
-from embedforge.encoder import Encoder
 from embedforge.eval_report import CHART_FILE, REPORT_FILE, format_table, render_chart, render_report
-from embedforge.matryoshka import unit_truncate
 from embedforge.metrics import (  # the metric vocabulary; DEFAULT_KS and MRR_CUTOFF re-exported for callers
     DEFAULT_KS,
     MRR_CUTOFF,
@@ -49,6 +47,8 @@ from embedforge.metrics import (  # the metric vocabulary; DEFAULT_KS and MRR_CU
     metric_names,
 )
 from embedforge.metrics import TREC_FAMILIES as _FAMILIES
+from embedforge.models.encoder import Encoder
+from embedforge.models.matryoshka import unit_truncate
 from embedforge.significance import paired_comparison
 
 logger = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ def _evaluate_spec(
     spec, name: str, dataset, options: Mapping[str, Any], general_check: bool, **evaluate
 ) -> dict:
     """Evaluate one model, loading it first when given as a folder or a known name."""
-    from embedforge.model import BiEncoder
+    from embedforge.models.bi_encoder import BiEncoder
 
     encoder = BiEncoder.load(spec, name=name, **options) if isinstance(spec, (str, os.PathLike)) else spec
     result = evaluate_dataset(encoder, dataset, **evaluate)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from embedforge.encoder import Encoder
+from embedforge.models.encoder import Encoder
 
 LEE_PACKAGE = "gensim==4.4.0"
 LEE_DOCS = "test/test_data/lee.cor"

@@ -27,7 +27,7 @@ than against a query's lowest positive, works on texts not ids, and cannot exclu
 
 Example::
 
-    from embedforge.model import BiEncoder
+    from embedforge.models.bi_encoder import BiEncoder
     from embedforge.mining import mine_hard_negatives
     enc = BiEncoder.load("minilm")
     negatives, positive_scores, stats = mine_hard_negatives(
@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from embedforge.encoder import Encoder
+from embedforge.models.encoder import Encoder
 from embedforge.search import top_k
 
 logger = logging.getLogger(__name__)

@@ -112,7 +112,7 @@ class Pipeline:
         if model != self.base_model or any(o is not None for o in prompt_overrides):
             return None
         if self._base is None:
-            from embedforge.vector_memo import MemoEncoder
+            from embedforge.models.vector_memo import MemoEncoder
 
             self._base = MemoEncoder(lambda: self.encoder(self.base_model), name=self.base_model)
         return self._base
@@ -123,7 +123,7 @@ class Pipeline:
             from embedforge.ray_backend import RayEncoder
 
             return RayEncoder(model, self.ray_workers, options=options)
-        from embedforge.model import BiEncoder
+        from embedforge.models.bi_encoder import BiEncoder
 
         return BiEncoder.load(model, **options)
 

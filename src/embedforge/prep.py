@@ -90,11 +90,11 @@ from embedforge.data.records import ident_field as _ident
 from embedforge.data.records import iter_jsonl as _iter_jsonl
 from embedforge.data.records import required_field as _required
 from embedforge.data.records import text_field as _text
-from embedforge.encoder import Encoder
 from embedforge.errors import EmbedforgeError
 from embedforge.heading_pairs import heading_pairs
 from embedforge.layout import SDG_DROPPED_FILE as DROPPED_FILE
 from embedforge.mining import mine_hard_negatives
+from embedforge.models.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -794,7 +794,7 @@ def run_prep(config: PrepConfig, *, encoder: Encoder | None = None) -> dict:
     ``encoder``: an already loaded mining model to use instead of loading ``config.model`` (the caller makes
     sure it is that model with the configured prompts).
     """
-    from embedforge.model import BiEncoder  # torch import only when the stage actually runs
+    from embedforge.models.bi_encoder import BiEncoder  # torch import only when the stage actually runs
 
     started = time.time()
     _check_config(config)

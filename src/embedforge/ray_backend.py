@@ -166,7 +166,7 @@ class _EmbedActor:
     """One encoder per actor, loaded once; a Ray Data batch in, its vectors out (with their row numbers)."""
 
     def __init__(self, model: str, options: dict, kind: str):
-        from embedforge.model import BiEncoder
+        from embedforge.models.bi_encoder import BiEncoder
 
         self.encoder = BiEncoder.load(model, **options)
         self.encode = self.encoder.encode_queries if kind == "query" else self.encoder.encode_passages
@@ -204,7 +204,7 @@ class RayEncoder:
         if attribute.startswith("_"):
             raise AttributeError(attribute)
         if self._local is None:
-            from embedforge.model import BiEncoder
+            from embedforge.models.bi_encoder import BiEncoder
 
             self._local = BiEncoder.load(self.model, name=self.name, **self.options)
         return getattr(self._local, attribute)
@@ -218,7 +218,7 @@ class RayEncoder:
         return self._encode(texts, "query", **kwargs)
 
     def _encode(self, texts, kind, *, batch_size=64, dimensions=None, progress=False) -> np.ndarray:
-        from embedforge.matryoshka import unit_truncate
+        from embedforge.models.matryoshka import unit_truncate
 
         texts = list(texts)
         if not texts:

@@ -49,8 +49,8 @@ from embedforge.config import ConfigError, FinetuneConfig, config_dict, config_h
 from embedforge.data.formats import TrainingExample, passage_id, read_training_data
 from embedforge.distill import DistilledLoss, TeacherScores
 from embedforge.inbatch import ID_COLUMN, InBatchNegativesLoss, id_rows
-from embedforge.model import PASSAGE, QUERY, BiEncoder
-from embedforge.precision import bf16_is_native
+from embedforge.models.bi_encoder import PASSAGE, QUERY, BiEncoder
+from embedforge.models.precision import bf16_is_native
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from tutorial import (
 from domain_fixture import make_domain_fixture
 from embedforge.data.formats import read_beir
 from embedforge.evaluate import evaluate_dataset
-from embedforge.model import BiEncoder
+from embedforge.models.bi_encoder import BiEncoder
 
 pytestmark = pytest.mark.slow
 

@@ -63,12 +63,12 @@ def _save_tokenizer(tokenizer, folder: Path) -> None:
 
 def _load(model) -> tuple[Any, str, str | None]:
     """(BiEncoder, source label, model folder or None) for a known name, a folder or a loaded BiEncoder."""
-    from embedforge.model import BiEncoder
+    from embedforge.models.bi_encoder import BiEncoder
 
     if isinstance(model, BiEncoder):
         places = [model.name, getattr(model.model[0].auto_model, "name_or_path", None)]
         return model, str(model.name), next((str(p) for p in places if p and Path(str(p)).is_dir()), None)
-    from embedforge.registry import resolve_model
+    from embedforge.models.registry import resolve_model
 
     return BiEncoder.load(model), str(model), resolve_model(model)
 

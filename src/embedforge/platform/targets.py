@@ -85,7 +85,7 @@ def register_model(sessions: sessionmaker, public_name: str, folder: Path, body:
 def register_base_models(sessions: sessionmaker, settings: Settings) -> None:
     """Register MiniLM and the operator's ``--base-model`` folders; each becomes a folder jobs and
     deployments may read (``Settings.allowed_roots``)."""
-    from embedforge.registry import resolve_model
+    from embedforge.models.registry import resolve_model
 
     try:
         minilm = Path(resolve_model("minilm")).resolve()

@@ -141,7 +141,7 @@ def _filter(config, resolved, corpus, candidates, encoder, progress) -> tuple[li
 
     need_vectors = candidates and (config.dedup_threshold < 1.0 or config.roundtrip_top_k > 0)
     if need_vectors and encoder is None:
-        from embedforge.model import BiEncoder
+        from embedforge.models.bi_encoder import BiEncoder
 
         encoder = BiEncoder.load(config.embed_model)
     vectors = encoder.encode_queries([p["question"] for p in candidates]) if need_vectors else None

@@ -16,7 +16,7 @@ Both take a list of :class:`GenRequest` and return one :class:`GenResult` per re
   complete.
 
 Known local generators (``smollm2-135m``, the default, and ``qwen2.5-coder-0.5b``) are entries of
-``embedforge.registry``: they ship inside PyPI packages and are located there without importing them.
+``embedforge.models.registry``: they ship inside PyPI packages and are located there without importing them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embedforge.errors import EmbedforgeError
-from embedforge.registry import DEFAULT_GENERATOR, GENERATOR, ModelNotFoundError, known, known_names
+from embedforge.models.registry import DEFAULT_GENERATOR, GENERATOR, ModelNotFoundError, known, known_names
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class LocalGenerator:
         if dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32 or bfloat16, got {dtype!r}")
         if dtype == "auto":
-            from embedforge.precision import bf16_is_native
+            from embedforge.models.precision import bf16_is_native
 
             dtype = "bfloat16" if bf16_is_native() else "float32"
         self.threads = threads

@@ -38,7 +38,7 @@ from embedforge.data.corpus import CorpusResult, Passage, load_corpus
 from embedforge.data.records import DataFormatError
 from embedforge.errors import EmbedforgeError
 from embedforge.layout import SDG_PASSAGES_FILE, SDG_REPORT_FILE
-from embedforge.registry import DEFAULT_GENERATOR
+from embedforge.models.registry import DEFAULT_GENERATOR
 from embedforge.sdg import prompts as P
 from embedforge.sdg.checkpoint import Checkpoint
 from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_reply, parse_scores

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from embedforge.matryoshka import unit_truncate
+from embedforge.models.matryoshka import unit_truncate
 
 logger = logging.getLogger(__name__)
 
@@ -230,8 +230,8 @@ class TorchRuntime(EmbeddingRuntime):
         import torch
 
         from embedforge.export import display_name
-        from embedforge.model import BiEncoder
-        from embedforge.registry import KNOWN_MODELS, resolve_model
+        from embedforge.models.bi_encoder import BiEncoder
+        from embedforge.models.registry import KNOWN_MODELS, resolve_model
 
         if threads:
             torch.set_num_threads(threads)

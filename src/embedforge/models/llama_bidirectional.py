@@ -5,7 +5,7 @@ as ``architectures: ["LlamaBidirectionalModel"]``, ``model_type: "llama_bidirec"
 a first-class Hugging Face model without ``trust_remote_code``:
 
 * :class:`LlamaBidirectionalConfig` / :class:`LlamaBidirectionalModel` (and the Mistral pair, ``mistral_bidirec``)
-  are registered with ``AutoConfig`` / ``AutoModel`` by :func:`register` (run when ``embedforge.model`` is
+  are registered with ``AutoConfig`` / ``AutoModel`` by :func:`register` (run when ``embedforge.models.bi_encoder`` is
   imported, so ``BiEncoder.load`` and sentence-transformers' ``Transformer`` module both resolve them);
 * attention is bidirectional with a padding-only mask: every attention module has ``is_causal = False`` and the
   mask comes from transformers' own ``create_bidirectional_mask`` (the 4D mask is handed to the stock Llama
@@ -251,7 +251,7 @@ def smollm2_to_hf(out_dir: str | Path, num_layers: int | None = None, gguf: Path
 
     register()
     if gguf is None:
-        from embedforge.registry import GENERATOR, known
+        from embedforge.models.registry import GENERATOR, known
 
         gguf = known("smollm2-135m", GENERATOR).path()
     out = Path(out_dir)

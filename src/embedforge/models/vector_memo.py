@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from embedforge.matryoshka import unit_truncate
+from embedforge.models.matryoshka import unit_truncate
 
 
 class MemoEncoder:

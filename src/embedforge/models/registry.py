@@ -172,7 +172,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             kind=EMBEDDING,
             description="SmolLM2-135M-Instruct (576 dims, 30 layers, Apache-2.0) as a bidirectional "
             "llama_bidirec encoder, built from the package's GGUF on first use",
-            build="embedforge.llama_bidirectional:build_smollm2_bidirectional",
+            build="embedforge.models.llama_bidirectional:build_smollm2_bidirectional",
             **_SMOLLM2_GGUF,
         ),
         KnownModel(

@@ -24,14 +24,14 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from embedforge.llama_bidirectional import (
+from embedforge.models.llama_bidirectional import (
     DECODER_TYPES,
     is_bidirectional,
     prepare_decoder_tokenizer,
     register,
     to_bidirectional,
 )
-from embedforge.registry import resolve_model
+from embedforge.models.registry import resolve_model
 
 logger = logging.getLogger(__name__)
 register()  # llama_bidirec / mistral_bidirec checkpoints load through AutoConfig/AutoModel, no remote code
