@@ -94,7 +94,7 @@ def batch_part(folder: Path, graphs: dict[str, Path]) -> dict:
 
 def quality_part(folder: Path, graphs: dict[str, Path], beir: str) -> dict:
     from embedforge.evaluate import evaluate_dataset
-    from embedforge.significance import paired_comparison
+    from embedforge.measures.significance import paired_comparison
 
     dataset = read_beir(beir, split="test")
     scores, out = {}, {"beir": beir, "queries": len(dataset.qrels), "passages": len(dataset.corpus)}

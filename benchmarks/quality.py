@@ -155,7 +155,7 @@ def evaluate_seed(run: Path, beir: Path, base_name: str, base_results: dict, nam
 
 def summarize_seed(seed: int, run: Path, base_results: dict, first_sdg_key: str | None) -> dict:
     """One seed's numbers from its run folder and its real-question results."""
-    from embedforge.significance import paired_comparison
+    from embedforge.measures.significance import paired_comparison
 
     markers = {s: _marker(run, s) for s in STAGES}
     real = _json(run / "perlfaq" / RESULTS)

@@ -39,7 +39,7 @@ def score_seed(q, devset, run: Path, base_results: dict, seed: int) -> dict:
     """The tuned model on the set's real questions (base reused), then this seed's numbers."""
     from embedforge.atomic import write_json_atomic
     from embedforge.evaluate import compare_models
-    from embedforge.significance import paired_comparison
+    from embedforge.measures.significance import paired_comparison
 
     out, key = run / "real", q._marker(run, "finetune")["key"]
     if not ((out / "source.json").exists() and q._json(out / "source.json") == {"key": key}):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from embedforge.general_check import lee_check, load_lee, similarity_correlation
+from embedforge.measures.general_check import lee_check, load_lee, similarity_correlation
 
 
 def test_lee_data_loads_as_50_documents_and_a_ratings_matrix():

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedforge.errors import EmbedforgeError
-from embedforge.general_check import load_lee
+from embedforge.measures.general_check import load_lee
 from embedforge.pipeline import MARKER, describe_test_set, run_pipeline, write_run_report
 from embedforge.serve.server import free_port
 from sdg_stub import StubServer
@@ -631,7 +631,7 @@ def test_leaking_negatives_end_prep_with_one_line_and_write_nothing(first_run, t
 
 def test_the_report_keeps_the_base_model_when_too_few_questions_tell_a_gain(tmp_path):
     # 8 held-out questions, the tuned model ahead on 5: p 0.09 and a wide interval, so no claim of a gain
-    from embedforge.significance import paired_comparison
+    from embedforge.measures.significance import paired_comparison
 
     base = {f"q{i}": s for i, s in enumerate([0.5, 0.2, 0.8, 0.4, 0.6, 0.3, 0.9, 0.55])}
     tuned = {f"q{i}": s for i, s in enumerate([0.7, 0.5, 0.8, 0.6, 0.55, 0.5, 0.9, 0.8])}

@@ -12,6 +12,7 @@ import pytest
 from embedforge.cli import main as cli_main
 from embedforge.config import ConfigError, SdgConfig, load_config
 from embedforge.data.corpus import Passage
+from embedforge.measures.search import positive_ranks
 from embedforge.sdg import GeneratorError, GenRequest, OpenAIGenerator, SdgError, run_sdg
 from embedforge.sdg import generators as G
 from embedforge.sdg.checkpoint import CHECKPOINT_FILE
@@ -19,7 +20,6 @@ from embedforge.sdg.clean import clean_question, extractive_answer, parse_json_r
 from embedforge.sdg.filters import dedup_mask, rank_histogram
 from embedforge.sdg.pipeline import generation_signature, plan_units, resolve
 from embedforge.sdg.prompts import OPENINGS, plain_messages, plan_unit
-from embedforge.search import positive_ranks
 from sdg_stub import StubServer
 
 PAIR_KEYS = {

@@ -12,7 +12,13 @@ from scipy import stats
 from embedforge.data.formats import BeirDataset, DataFormatError
 from embedforge.eval_report import format_table
 from embedforge.evaluate import compare_models
-from embedforge.significance import bootstrap_ci, paired_comparison, sign_flip_p, verdict, within_tolerance
+from embedforge.measures.significance import (
+    bootstrap_ci,
+    paired_comparison,
+    sign_flip_p,
+    verdict,
+    within_tolerance,
+)
 
 # nDCG@10 of 8 hand-made queries for a baseline and a tuned model
 BASE = {"q1": 0.50, "q2": 0.63, "q3": 1.00, "q4": 0.00, "q5": 0.39, "q6": 0.43, "q7": 1.00, "q8": 0.30}

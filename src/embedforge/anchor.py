@@ -31,7 +31,7 @@ from sentence_transformers.util import batch_to_device
 from torch import nn
 from torch.nn import functional as F
 
-from embedforge.general_check import LEE_PACKAGE, gensim_root
+from embedforge.measures.general_check import LEE_PACKAGE, gensim_root
 
 BUILTIN = "wikipedia"
 WIKI_SAMPLE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"

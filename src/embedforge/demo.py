@@ -28,7 +28,8 @@ from embedforge.config import RECIPES_DIR, config_hash, load_config
 from embedforge.eval_report import format_table
 from embedforge.evaluate import RESULTS_FILE, run_eval
 from embedforge.export import EXPORT_FILE, format_summary
-from embedforge.metrics import PRIMARY_METRIC
+from embedforge.measures.metrics import PRIMARY_METRIC
+from embedforge.measures.significance import verdict
 from embedforge.perlfaq_data import build_perlfaq
 from embedforge.pipeline import (
     MARKER,
@@ -39,7 +40,6 @@ from embedforge.pipeline import (
     verify_report_path,
     verify_served,
 )
-from embedforge.significance import verdict
 
 RECIPE = RECIPES_DIR / "demo_cpu.yaml"
 REAL_DIR = "real_questions"  # RUN_DIR/real_questions: base vs tuned on the FAQ's questions

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from embedforge.metrics import DEFAULT_KS, PRIMARY_METRIC, SIGNIFICANCE_METRICS, delta, metric_names
-from embedforge.significance import verdict
+from embedforge.measures.metrics import DEFAULT_KS, PRIMARY_METRIC, SIGNIFICANCE_METRICS, delta, metric_names
+from embedforge.measures.significance import verdict
 
 REPORT_FILE, CHART_FILE = "eval_report.md", "eval_chart.png"
 CHART_METRICS = ("ndcg@10", "recall@10", "map@10", "mrr@10")

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import pytrec_eval
 
-from embedforge import search
 from embedforge.atomic import atomic_write, write_json_atomic, write_text_atomic
 from embedforge.config import EvalConfig
 from embedforge.data.formats import (
@@ -39,17 +38,18 @@ from embedforge.data.formats import (
     passage_text,  # the one join of title and text, re-exported for callers
 )
 from embedforge.eval_report import CHART_FILE, REPORT_FILE, format_table, render_chart, render_report
-from embedforge.metrics import (  # the metric vocabulary; DEFAULT_KS and MRR_CUTOFF re-exported for callers
+from embedforge.measures import search
+from embedforge.measures.metrics import (  # the metric vocabulary; DEFAULT_KS and MRR_CUTOFF re-exported for callers
     DEFAULT_KS,
     MRR_CUTOFF,
     SIGNIFICANCE_METRICS,
     delta,
     metric_names,
 )
-from embedforge.metrics import TREC_FAMILIES as _FAMILIES
+from embedforge.measures.metrics import TREC_FAMILIES as _FAMILIES
+from embedforge.measures.significance import paired_comparison
 from embedforge.models.encoder import Encoder
 from embedforge.models.matryoshka import unit_truncate
-from embedforge.significance import paired_comparison
 
 logger = logging.getLogger(__name__)
 
@@ -504,7 +504,7 @@ def _significance(models: Mapping[str, Any], baseline: str) -> dict[str, dict[st
 
 
 def _general_check(encoder: Encoder) -> dict[str, Any]:
-    from embedforge.general_check import lee_check
+    from embedforge.measures.general_check import lee_check
 
     try:
         return lee_check(encoder)

@@ -44,8 +44,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from embedforge.measures.search import top_k
 from embedforge.models.encoder import Encoder
-from embedforge.search import top_k
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Any
 from embedforge.atomic import write_json_atomic, write_text_atomic
 from embedforge.config import config_dict, default_recipe, load_config, recipe_ray
 from embedforge.errors import EmbedforgeError
+from embedforge.measures.significance import verdict
 from embedforge.plan import busy_note, estimate_run, format_plan
-from embedforge.significance import verdict
 
 logger = logging.getLogger(__name__)
 

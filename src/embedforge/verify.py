@@ -45,7 +45,7 @@ from embedforge.evaluate import (
     per_query_metrics,
     retrieve,
 )
-from embedforge.significance import paired_comparison, within_tolerance
+from embedforge.measures.significance import paired_comparison, within_tolerance
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from tutorial import NS, client_for, retriever_target, wait_deployment, wait_evaluation
 
-from embedforge.significance import paired_comparison
+from embedforge.measures.significance import paired_comparison
 
 METRICS = ("ndcg_cut_5", "recall_5")
 WORDS = ["the cat", "a dog", "the bird", "a fish", "the cow", "a bee", "the fox", "a yak", "the hen", "a gnu"]

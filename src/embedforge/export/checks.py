@@ -263,7 +263,7 @@ def beir_scores(encoder: OnnxEncoder, dataset) -> tuple[dict[str, float], dict[s
 def paired_vs_fp32(fp32: dict[str, float], other: dict[str, float], tolerance: float) -> dict[str, Any]:
     """The copy's per-query nDCG@10 minus fp32's: mean, paired 95% CI, p, and whether the CI shows the copy
     within ``tolerance`` of fp32 (``significance.within_tolerance``; on a few dozen queries it cannot)."""
-    from embedforge.significance import paired_comparison, within_tolerance
+    from embedforge.measures.significance import paired_comparison, within_tolerance
 
     result = paired_comparison(fp32, other)
     return {k: result[k] for k in ("n", "diff", "ci95", "p")} | within_tolerance(result, tolerance)

@@ -20,7 +20,7 @@ from embedforge.atomic import write_text_atomic
 from embedforge.config import config_dict, config_hash
 from embedforge.data.formats import passage_text
 from embedforge.layout import SDG_DROPPED_FILE, SDG_PAIRS_FILE, SDG_PASSAGES_FILE
-from embedforge.search import positive_ranks
+from embedforge.measures.search import positive_ranks
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ retrieve, score; with a baseline target, score it on the same queries and compar
 
 The comparison is paired (both models answer the same queries): for each metric the baseline's and the
 target's means, the mean difference with its bootstrap 95% CI, the relative change (and its interval,
-the CI over the baseline's mean) and the sign-flip p-value, from ``embedforge.significance``.
+the CI over the baseline's mean) and the sign-flip p-value, from ``embedforge.measures.significance``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def metrics_block(means: dict[str, float]) -> dict:
 
 def compare(base: dict[str, float], model: dict[str, float]) -> dict:
     """One metric's paired comparison, in the result's field names."""
-    from embedforge.significance import paired_comparison
+    from embedforge.measures.significance import paired_comparison
 
     c = paired_comparison(base, model)
     low, high = c["ci95"]
@@ -109,7 +109,7 @@ def _client(spec: dict, prefix: str, role: str):
 
 def keep_per_query(path: Path, task: str, per_query: dict) -> None:
     """Add a task's per-query scores (``{metric: {query_id: score}}``) to ``path``: what a paired comparison
-    of two models needs (``embedforge.significance``), too large for the job's body or NeMo's results."""
+    of two models needs (``embedforge.measures.significance``), too large for the job's body or NeMo's results."""
     from embedforge.atomic import write_json_atomic
 
     kept = json.loads(path.read_text()) if path.exists() else {}

@@ -189,7 +189,7 @@ async def passage_vectors(api, deployment: dict, sha: str, passages: list[str]) 
 
 async def search(api, deployment: dict, dataset: str, query: str) -> list[dict]:
     """The top passages of ``dataset`` for ``query`` under the ``deployment``'s model, with cosine scores."""
-    from embedforge.search import top_k
+    from embedforge.measures.search import top_k
 
     sha, passages = await corpus(api, dataset)
     if not passages:

@@ -2,7 +2,7 @@
 
 The compare view lines up completed jobs whose task reads the same dataset and gives each metric's
 difference to the first job with its paired 95% bootstrap interval and sign-flip p-value
-(``embedforge.significance``) over the per-query scores the evaluator keeps; a job without them (run by
+(``embedforge.measures.significance``) over the per-query scores the evaluator keeps; a job without them (run by
 an older platform) gets the difference of means alone.
 """
 
@@ -97,7 +97,7 @@ def comparison(jobs: list[dict], scores: dict[str, list[dict]], per_query: dict[
 
 def difference(group: dict, metric: str, base: str, other: str) -> dict:
     """``other`` minus ``base`` on ``metric``, with the paired test when both kept per-query scores."""
-    from embedforge.significance import paired_comparison
+    from embedforge.measures.significance import paired_comparison
 
     values = group["metrics"][metric]
     out = {"diff": values[other] - values[base]}
