@@ -9,8 +9,8 @@ import pytest
 from embedforge.config import PrepConfig
 from embedforge.data.corpus import Passage
 from embedforge.data.formats import passage_id
-from embedforge.heading_pairs import BODY_SUFFIX, heading_pairs
-from embedforge.prep import run_prep
+from embedforge.prep.heading_pairs import BODY_SUFFIX, heading_pairs
+from embedforge.prep.run import run_prep
 
 
 def _p(doc, title, section, text):

@@ -609,7 +609,7 @@ def test_a_failed_verify_inside_run_ends_in_one_line_naming_the_report(run_copy,
 
 
 def test_leaking_negatives_end_prep_with_one_line_and_write_nothing(first_run, tmp_path, capsys, monkeypatch):
-    from embedforge import prep
+    from embedforge.prep import run as prep
 
     _, run, _, _ = first_run
     test_ids = [json.loads(line)["_id"] for line in (run / "prep" / "test_beir" / "corpus.jsonl").open()]

@@ -10,7 +10,7 @@ from embedforge.config import PrepConfig
 from embedforge.data.formats import passage_id, passage_text
 from embedforge.data.records import DataFormatError
 from embedforge.models.bi_encoder import BiEncoder
-from embedforge.prep import run_prep
+from embedforge.prep.run import run_prep
 
 # per document: (title, [passage texts]); every document answers one user question with one of its passages
 DOCS = {

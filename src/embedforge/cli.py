@@ -332,7 +332,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _prep(args: argparse.Namespace) -> int:
-    from embedforge.prep import run_prep
+    from embedforge.prep.run import run_prep
 
     config = load_config(
         "prep", args.config, args.overrides, **_given(args, ["pairs", "passages", "out", "model"])

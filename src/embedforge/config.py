@@ -269,7 +269,7 @@ class PrepConfig:
         False,
         "also train on section heading -> section body pairs of the train documents (no LLM). Never in the "
         "test set, except when sdg wrote no questions: then the test documents' headings are the test "
-        "questions; embedforge.heading_pairs",
+        "questions; embedforge.prep.heading_pairs",
     )
     heading_passages: int = setting(
         1,
@@ -286,7 +286,7 @@ class PrepConfig:
         'JSONL of your own questions (search logs, tickets): {"question": ..., "document": path in the corpus '
         'folder, or a list of them}, optional "id". Split with the documents: those on test documents are '
         "the test set (instead of the generated questions), the rest train with their document's closest "
-        "passage; embedforge.prep",
+        "passage; embedforge.prep.run",
     )
     test_roundtrip_top_k: int | None = setting(
         None,

@@ -222,7 +222,7 @@ def _run_sdg(cfg, pipe: Pipeline) -> dict:
 
 
 def _run_prep(cfg, pipe: Pipeline) -> dict:
-    from embedforge.prep import run_prep
+    from embedforge.prep.run import run_prep
 
     return run_prep(cfg, encoder=pipe.shared_base(cfg.model, cfg.query_prompt, cfg.passage_prompt))
 

@@ -91,7 +91,7 @@ def _count(corpus: str, sdg: Any, prep: Any) -> _Counts:
     train_queries = kept - test_queries
     asks = sdg.questions_per_passage > 0  # 0: no LLM; prep trains and tests on the section headings
     if prep.heading_pairs:  # one pair per informative section heading
-        from embedforge.heading_pairs import heading_pairs
+        from embedforge.prep.heading_pairs import heading_pairs
 
         sections = len(heading_pairs(chunked.passages)) * docs / max(n_docs, 1)
         train_queries += round(sections * (1 - prep.test_fraction))

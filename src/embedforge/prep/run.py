@@ -91,10 +91,10 @@ from embedforge.data.records import iter_jsonl as _iter_jsonl
 from embedforge.data.records import required_field as _required
 from embedforge.data.records import text_field as _text
 from embedforge.errors import EmbedforgeError
-from embedforge.heading_pairs import heading_pairs
 from embedforge.layout import SDG_DROPPED_FILE as DROPPED_FILE
-from embedforge.mining import mine_hard_negatives
 from embedforge.models.encoder import Encoder
+from embedforge.prep.heading_pairs import heading_pairs
+from embedforge.prep.mining import mine_hard_negatives
 
 logger = logging.getLogger(__name__)
 

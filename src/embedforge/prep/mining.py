@@ -28,7 +28,7 @@ than against a query's lowest positive, works on texts not ids, and cannot exclu
 Example::
 
     from embedforge.models.bi_encoder import BiEncoder
-    from embedforge.mining import mine_hard_negatives
+    from embedforge.prep.mining import mine_hard_negatives
     enc = BiEncoder.load("minilm")
     negatives, positive_scores, stats = mine_hard_negatives(
         enc, ["how do I vacuum a table?"], [["p1"]], {"p1": "VACUUM reclaims storage ...", "p2": "..."}
