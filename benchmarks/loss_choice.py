@@ -33,7 +33,7 @@ def main() -> int:
     from domain_fixture import make_domain_fixture
     from embedforge.config import FinetuneConfig
     from embedforge.evaluate import compare_models
-    from embedforge.train import finetune
+    from embedforge.finetune import finetune
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

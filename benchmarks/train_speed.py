@@ -28,7 +28,7 @@ SETTINGS = {"batch": 32, "max_seq_length": 64, "epochs": 1, "lr": 5e-5, "n_passa
 
 def run_embedforge(train: str, out: str) -> dict:
     from embedforge.config import FinetuneConfig
-    from embedforge.train import finetune
+    from embedforge.finetune import finetune
 
     s = SETTINGS
     summary = finetune(

@@ -12,7 +12,7 @@ import json
 import torch
 import torch.distributed as dist
 
-from embedforge.inbatch import InBatchNegativesLoss, text_key
+from embedforge.finetune.inbatch import InBatchNegativesLoss, text_key
 
 
 def main() -> None:

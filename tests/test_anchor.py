@@ -9,9 +9,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
 from domain_fixture import make_domain_fixture
-from embedforge.anchor import AnchoredLoss, builtin_texts, load_texts, wiki_prose
 from embedforge.config import FinetuneConfig
-from embedforge.train import finetune
+from embedforge.finetune.anchor import AnchoredLoss, builtin_texts, load_texts, wiki_prose
+from embedforge.finetune.trainer import finetune
 from tiny_models import tiny_bert
 
 PROSE = " ".join(["Perl borrows features from other languages, including C, shell scripting and awk."] * 4)

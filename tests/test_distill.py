@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from embedforge import distill
 from embedforge.config import ConfigError, FinetuneConfig
-from embedforge.distill import DistilledLoss, TeacherScores, screen_negatives
-from embedforge.inbatch import id_rows, text_key
+from embedforge.finetune import distill
+from embedforge.finetune.distill import DistilledLoss, TeacherScores, screen_negatives
+from embedforge.finetune.inbatch import id_rows, text_key
+from embedforge.finetune.trainer import GroupContrastiveLoss, finetune
 from embedforge.models.bi_encoder import BiEncoder
-from embedforge.train import GroupContrastiveLoss, finetune
 from tiny_models import tiny_bert
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"

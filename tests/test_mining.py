@@ -10,9 +10,9 @@ import pytest
 from embedforge.cli import main as cli_main
 from embedforge.config import FinetuneConfig, PrepConfig, config_hash, load_config
 from embedforge.data import formats
+from embedforge.finetune.trainer import finetune
 from embedforge.prep.mining import margin_threshold, mine_hard_negatives, score_summary, select_negatives
 from embedforge.prep.run import read_pairs, read_passages, run_prep, split_documents
-from embedforge.train import finetune
 
 # ------------------------------------------------------------------------------ the margin rule, by hand
 

@@ -11,8 +11,7 @@ from domain_fixture import make_domain_fixture
 from embedforge.config import FinetuneConfig
 from embedforge.data.formats import TrainingExample
 from embedforge.evaluate import compare_models
-from embedforge.models.bi_encoder import BiEncoder
-from embedforge.train import (
+from embedforge.finetune.trainer import (
     GroupContrastiveLoss,
     build_training_rows,
     finetune,
@@ -21,6 +20,7 @@ from embedforge.train import (
     resolve_bf16,
     set_attention_dropout,
 )
+from embedforge.models.bi_encoder import BiEncoder
 from tiny_models import tiny_bert
 
 PROBE = ["replace the intake filter on the Ridge pump", "The coolant loop was drained at the north site."]
@@ -303,7 +303,7 @@ def test_a_bad_config_or_bad_data_fails_before_the_previous_run_is_touched(domai
 def test_a_failed_swap_keeps_the_previous_model(minilm, tmp_path, monkeypatch):
     import os
 
-    from embedforge import train
+    from embedforge.finetune import trainer
 
     target = tmp_path / "model"
     target.mkdir()
@@ -338,12 +338,12 @@ def test_a_failed_swap_keeps_the_previous_model(minilm, tmp_path, monkeypatch):
         "config_hash": "x",
     }
     with pytest.raises(OSError, match="simulated crash"):
-        train._save_model(minilm, target, summary)
+        trainer._save_model(minilm, target, summary)
     assert failed, "the model was never moved into place"
     assert (target / "old.txt").read_text() == "the previous model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left beside it
     monkeypatch.undo()
-    train._save_model(minilm, target, summary)
+    trainer._save_model(minilm, target, summary)
     assert not (target / "old.txt").exists() and (target / "embedforge.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 

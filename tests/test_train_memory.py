@@ -5,10 +5,10 @@ import re
 import pytest
 
 from domain_fixture import make_domain_fixture
-from embedforge import train_memory
 from embedforge.config import ConfigError, FinetuneConfig
-from embedforge.train import finetune
-from embedforge.train_memory import check_fits, step_bytes
+from embedforge.finetune import train_memory
+from embedforge.finetune.train_memory import check_fits, step_bytes
+from embedforge.finetune.trainer import finetune
 
 GIB = 2**30
 MINILM = dict(hidden=384, layers=6, parameters=22_713_216)

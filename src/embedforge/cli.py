@@ -301,7 +301,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from embedforge.train import finetune
+    from embedforge.finetune.trainer import finetune
 
     given = _given(args, ["train_data", "val_data", "base_model", "output_dir", "resume"])
     config = load_config("finetune", args.config, args.overrides, **given)

@@ -169,7 +169,7 @@ class FinetuneConfig:
     gradient_checkpointing: bool = setting(False, "trade compute for memory (large models)")
     dataloader_workers: int = setting(0, "DataLoader worker processes")
     log_every: int = setting(10, "log the loss every N steps")
-    # teacher distillation (embedforge.distill)
+    # teacher distillation (embedforge.finetune.distill)
     distill_teacher: str | None = setting(
         None,
         "teacher that scores every training group once before training (a known name such as mpnet, or a "
@@ -203,7 +203,7 @@ class FinetuneConfig:
         0.0,
         "weight of a term that keeps general English text where the base model embedded it: anchor_weight x "
         "mean(1 - cos(tuned, base)) over anchor_batch anchor texts a step (Learning without Forgetting, Li & "
-        "Hoiem 2016); 0 = off; embedforge.anchor",
+        "Hoiem 2016); 0 = off; embedforge.finetune.anchor",
     )
     anchor_texts: str = setting(
         "wikipedia",

@@ -228,7 +228,7 @@ def _run_prep(cfg, pipe: Pipeline) -> dict:
 
 
 def _run_finetune(cfg, pipe: Pipeline) -> dict:
-    from embedforge.train import finetune
+    from embedforge.finetune.trainer import finetune
 
     pipe.release_base()  # its passage vectors stay for eval; its weights need not sit beside training
     return finetune(cfg)

@@ -154,7 +154,7 @@ def _prep_plan(sdg: Any, prep: Any, n: _Counts, measured: bool) -> StagePlan:
 
 
 def _finetune_plan(tune: Any, n: _Counts, measured: bool) -> StagePlan:
-    from embedforge.train import plan_batches
+    from embedforge.finetune.trainer import plan_batches
 
     embed, text = SECONDS["embed"], SECONDS["train_text"]
     rows = max(1, round(n.train_queries * (1 - (0 if tune.val_data else tune.validation_split))))

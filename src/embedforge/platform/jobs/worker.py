@@ -1,6 +1,6 @@
 """A job's worker process: ``python -m embedforge.platform.jobs.worker WORKDIR`` runs WORKDIR/spec.json.
 
-It runs the same stage functions as the CLI (``embedforge.train.finetune``, the evaluator's retrieval),
+It runs the same stage functions as the CLI (``embedforge.finetune.trainer.finetune``, the evaluator's retrieval),
 never in the API process. An expected failure is written to WORKDIR/error.json (one line naming file,
 line and field) and the process exits 2; success writes WORKDIR/result.json.
 """
@@ -68,7 +68,7 @@ def drop_incomplete_checkpoints(folder: Path) -> list[str]:
 def run_customization(spec: dict) -> dict:
     from embedforge.config import FinetuneConfig, build_config
     from embedforge.data.formats import DataFormatError
-    from embedforge.train import finetune
+    from embedforge.finetune.trainer import finetune
 
     values = dict(spec["finetune"])
     out = Path(values["output_dir"])

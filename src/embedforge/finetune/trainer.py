@@ -42,13 +42,13 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from embedforge import distill, train_memory
-from embedforge.anchor import anchored_loss, load_texts
 from embedforge.atomic import atomic_write, write_json_atomic
 from embedforge.config import ConfigError, FinetuneConfig, config_dict, config_hash
 from embedforge.data.formats import TrainingExample, passage_id, read_training_data
-from embedforge.distill import DistilledLoss, TeacherScores
-from embedforge.inbatch import ID_COLUMN, InBatchNegativesLoss, id_rows
+from embedforge.finetune import distill, train_memory
+from embedforge.finetune.anchor import anchored_loss, load_texts
+from embedforge.finetune.distill import DistilledLoss, TeacherScores
+from embedforge.finetune.inbatch import ID_COLUMN, InBatchNegativesLoss, id_rows
 from embedforge.models.bi_encoder import PASSAGE, QUERY, BiEncoder
 from embedforge.models.precision import bf16_is_native
 

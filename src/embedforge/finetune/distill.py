@@ -47,7 +47,7 @@ from torch import nn
 
 from embedforge.atomic import atomic_write
 from embedforge.config import ConfigError, FinetuneConfig
-from embedforge.inbatch import id_rows, text_key
+from embedforge.finetune.inbatch import id_rows, text_key
 from embedforge.models.bi_encoder import BiEncoder
 from embedforge.models.registry import resolve_model
 
