@@ -64,8 +64,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from embedforge.atomic import write_json_atomic
-    from embedforge.eval_report import format_table
     from embedforge.evaluate import compare_models
+    from embedforge.evaluate.report import format_table
     from embedforge.perlfaq_data import build_perlfaq
 
     paths = build_perlfaq(args.cache_dir)

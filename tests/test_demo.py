@@ -17,7 +17,7 @@ from embedforge.demo import (
     verify_on_real_questions,
     write_demo_report,
 )
-from embedforge.evaluate import compare_models
+from embedforge.evaluate.retrieval import compare_models
 from embedforge.export import export_onnx
 from embedforge.models.bi_encoder import BiEncoder
 from embedforge.pipeline import MARKER

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from embedforge import evaluate as ev
-from embedforge.eval_report import format_table
-from embedforge.evaluate import (
+from embedforge.evaluate import retrieval as ev
+from embedforge.evaluate.report import format_table
+from embedforge.evaluate.retrieval import (
     compare_models,
     compute_metrics,
     evaluate_encoder,

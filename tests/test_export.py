@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 from embedforge import export as ex
 from embedforge.cli import main as cli_main
 from embedforge.data.formats import BeirDataset, passage_text, read_beir, write_beir
-from embedforge.evaluate import evaluate_encoder
+from embedforge.evaluate.retrieval import evaluate_encoder
 from embedforge.export import ExportError, OnnxEncoder, export_onnx
 from embedforge.export.graph import convert_opset, opset_of
 from embedforge.models.bi_encoder import POOLING_MODES, BiEncoder

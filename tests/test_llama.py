@@ -20,7 +20,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import LlamaForCausalLM, LlamaModel, MistralForCausalLM
 
 from domain_fixture import make_domain_fixture
-from embedforge.evaluate import compare_models
+from embedforge.evaluate.retrieval import compare_models
 from embedforge.finetune.inbatch import InBatchNegativesLoss, false_negative_mask, id_rows
 from embedforge.models.bi_encoder import BiEncoder
 from embedforge.models.llama_bidirectional import (

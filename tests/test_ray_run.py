@@ -155,7 +155,7 @@ def test_a_recipes_ray_key_must_be_an_address(tmp_path, capsys):
 
 def test_the_single_machine_path_never_imports_ray():
     code = (
-        "import sys, embedforge.pipeline, embedforge.cli, embedforge.sdg, embedforge.evaluate, embedforge.prep.run;"
+        "import sys, embedforge.pipeline, embedforge.cli, embedforge.sdg, embedforge.evaluate.retrieval, embedforge.prep.run;"
         "print('ray' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from embedforge.data.formats import BeirDataset, DataFormatError
-from embedforge.eval_report import format_table
-from embedforge.evaluate import compare_models
+from embedforge.evaluate.report import format_table
+from embedforge.evaluate.retrieval import compare_models
 from embedforge.measures.significance import (
     bootstrap_ci,
     paired_comparison,

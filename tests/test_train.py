@@ -10,7 +10,7 @@ from sentence_transformers import SentenceTransformer
 from domain_fixture import make_domain_fixture
 from embedforge.config import FinetuneConfig
 from embedforge.data.formats import TrainingExample
-from embedforge.evaluate import compare_models
+from embedforge.evaluate.retrieval import compare_models
 from embedforge.finetune.trainer import (
     GroupContrastiveLoss,
     build_training_rows,

@@ -13,7 +13,7 @@ from domain_fixture import make_domain_fixture
 from embedforge.cli import main
 from embedforge.config import VerifyConfig
 from embedforge.data.formats import read_beir
-from embedforge.evaluate import compare_models, evaluate_dataset
+from embedforge.evaluate.retrieval import compare_models, evaluate_dataset
 from embedforge.models.bi_encoder import BiEncoder
 from embedforge.models.encoder import Encoder
 from embedforge.models.vector_memo import MemoEncoder

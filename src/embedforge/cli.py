@@ -317,7 +317,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from embedforge.evaluate import run_eval
+    from embedforge.evaluate.retrieval import run_eval
 
     given = _given(args, ["beir", "models", "out"])
     if args.dims:

@@ -25,8 +25,8 @@ from typing import Any
 
 from embedforge.atomic import write_json_atomic, write_text_atomic
 from embedforge.config import RECIPES_DIR, config_hash, load_config
-from embedforge.eval_report import format_table
-from embedforge.evaluate import RESULTS_FILE, run_eval
+from embedforge.evaluate.report import format_table
+from embedforge.evaluate.retrieval import RESULTS_FILE, run_eval
 from embedforge.export import EXPORT_FILE, format_summary
 from embedforge.measures.metrics import PRIMARY_METRIC
 from embedforge.measures.significance import verdict

@@ -235,7 +235,7 @@ def _run_finetune(cfg, pipe: Pipeline) -> dict:
 
 
 def _run_eval(cfg, pipe: Pipeline) -> dict:
-    from embedforge.evaluate import run_eval
+    from embedforge.evaluate.retrieval import run_eval
 
     base = pipe.shared_base(pipe.base_model, cfg.query_prompt, cfg.passage_prompt, cfg.max_seq_length)
     loaded = {pipe.base_model: base} if base is not None else {}

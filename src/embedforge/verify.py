@@ -37,7 +37,7 @@ import numpy as np
 from embedforge.config import VerifyConfig
 from embedforge.data.formats import passage_text, read_beir
 from embedforge.errors import EmbedforgeError
-from embedforge.evaluate import (
+from embedforge.evaluate.retrieval import (
     DEFAULT_KS,
     MRR_CUTOFF,
     SIGNIFICANCE_METRICS,

@@ -26,7 +26,7 @@ from tutorial import (
 
 from domain_fixture import make_domain_fixture
 from embedforge.data.formats import read_beir
-from embedforge.evaluate import evaluate_dataset
+from embedforge.evaluate.retrieval import evaluate_dataset
 from embedforge.models.bi_encoder import BiEncoder
 
 pytestmark = pytest.mark.slow

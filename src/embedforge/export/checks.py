@@ -253,7 +253,7 @@ PAIRED_TOLERANCE = 0.01  # NVIDIA's deploy tolerance for nDCG@k at k >= 5, as ve
 
 def beir_scores(encoder: OnnxEncoder, dataset) -> tuple[dict[str, float], dict[str, float]]:
     """(mean nDCG@10 and Recall@10, per-query nDCG@10) on a BEIR dataset."""
-    from embedforge.evaluate import evaluate_dataset
+    from embedforge.evaluate.retrieval import evaluate_dataset
 
     result = evaluate_dataset(encoder, dataset, ks=(1, 5, 10), progress=False)
     per_query = {q: float(v["ndcg@10"]) for q, v in result["per_query"].items()}

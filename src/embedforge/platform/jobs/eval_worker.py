@@ -74,7 +74,7 @@ def score(task: dict, spec: dict, prefix: str = "") -> tuple[dict[str, float], d
     """One target's scores on a task through ``{prefix}index_endpoint`` and ``{prefix}query_endpoint``:
     ({metric: mean}, {metric: {query_id: score}}) for the metrics the task asks for."""
     from embedforge.data.formats import passage_text, read_beir
-    from embedforge.evaluate import compute_metrics, per_query_metrics, retrieve
+    from embedforge.evaluate.retrieval import compute_metrics, per_query_metrics, retrieve
     from embedforge.verify import embed_all
 
     dataset = read_beir(task["beir_dir"])

@@ -2,7 +2,7 @@
 OpenAI/NIM-compatible ``/v1/embeddings`` URL and score retrieval with pytrec_eval.
 
 The worker (``eval_worker``) reuses the deploy check's HTTP client (``embedforge.verify``) and the eval
-stage's retrieval and metrics (``embedforge.evaluate``); results come back in NeMo's shape:
+stage's retrieval and metrics (``embedforge.evaluate.retrieval``); results come back in NeMo's shape:
 ``tasks.<task>.metrics["retriever.ndcg_cut_10"].scores["ndcg_cut_10"].value``. A job may name a
 ``baseline_target`` (embedforge's addition): the same tasks are scored for it, and the result adds its
 ``baseline.tasks`` and a paired ``comparison`` of every metric.
@@ -25,7 +25,7 @@ KIND = "evaluation"
 RESULT = "evaluation_result"  # the entity kind (and id prefix) of a finished job's scores
 KEYS_ENV = "EMBEDFORGE_ENDPOINT_KEYS"  # the worker's endpoint keys, {"query", "index", "baseline_query", ...}
 PER_QUERY_FILE = "per_query.json"  # in the job's folder: {task: {metric: {query_id: score}}}
-# pytrec_eval metric names NeMo uses -> embedforge.evaluate's names
+# pytrec_eval metric names NeMo uses -> embedforge.evaluate.retrieval's names
 _METRIC = re.compile(r"^(recall|ndcg_cut|map_cut|P)_(\d+)$")
 _FAMILY = {"recall": "recall", "ndcg_cut": "ndcg", "map_cut": "map", "P": "precision"}
 

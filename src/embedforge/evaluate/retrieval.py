@@ -37,7 +37,7 @@ from embedforge.data.formats import (
     DataFormatError,
     passage_text,  # the one join of title and text, re-exported for callers
 )
-from embedforge.eval_report import CHART_FILE, REPORT_FILE, format_table, render_chart, render_report
+from embedforge.evaluate.report import CHART_FILE, REPORT_FILE, format_table, render_chart, render_report
 from embedforge.measures import search
 from embedforge.measures.metrics import (  # the metric vocabulary; DEFAULT_KS and MRR_CUTOFF re-exported for callers
     DEFAULT_KS,
