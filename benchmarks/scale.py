@@ -86,7 +86,7 @@ def bench_embedding(texts: list[str], model: str, workers: int) -> dict:
     import numpy as np
 
     from embedforge.models.bi_encoder import BiEncoder
-    from embedforge.ray_backend import RayEncoder
+    from embedforge.pipeline.ray_backend import RayEncoder
 
     local, local_s = timed(lambda: BiEncoder.load(model).encode_passages(texts))
     spread, ray_s = timed(lambda: RayEncoder(model, workers).encode_passages(texts))
@@ -116,7 +116,7 @@ def generation_requests(k: int) -> tuple:
 def bench_generation(k: int, workers: int) -> dict:
     import functools
 
-    from embedforge.ray_backend import RayGenerator
+    from embedforge.pipeline.ray_backend import RayGenerator
     from embedforge.sdg.pipeline import make_generator
 
     config, requests = generation_requests(k)
@@ -139,7 +139,7 @@ def driver_rss(n: int, model: str) -> dict:
     """Run in a fresh process (``--rss-only``): join the parent's cluster, embed ``n`` passages, report RSS."""
     import ray
 
-    from embedforge.ray_backend import RayEncoder
+    from embedforge.pipeline.ray_backend import RayEncoder
 
     ray.init(address=os.environ["EMBEDFORGE_SCALE_GCS"], logging_level="ERROR", log_to_driver=False)
     texts = passages(n)

@@ -20,7 +20,7 @@ from embedforge.demo import (
 from embedforge.evaluate.retrieval import compare_models
 from embedforge.export import export_onnx
 from embedforge.models.bi_encoder import BiEncoder
-from embedforge.pipeline import MARKER
+from embedforge.pipeline.run import MARKER
 from tiny_models import tiny_bert
 
 # eight questions, each with one answer among sixteen Perl-FAQ-like documents

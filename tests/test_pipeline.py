@@ -19,7 +19,7 @@ import pytest
 
 from embedforge.errors import EmbedforgeError
 from embedforge.measures.general_check import load_lee
-from embedforge.pipeline import MARKER, describe_test_set, run_pipeline, write_run_report
+from embedforge.pipeline.run import MARKER, describe_test_set, run_pipeline, write_run_report
 from embedforge.serve.server import free_port
 from sdg_stub import StubServer
 
@@ -402,8 +402,8 @@ def test_a_stage_whose_input_stage_never_finished_is_refused(run_copy):
 
 
 def test_the_plan_counts_the_corpus_and_the_training_steps(first_run):
-    from embedforge.pipeline import STAGES, Pipeline
-    from embedforge.plan import estimate_run, format_plan
+    from embedforge.pipeline.plan import estimate_run, format_plan
+    from embedforge.pipeline.run import STAGES, Pipeline
 
     corpus, run, recipe, _ = first_run
     pipe = Pipeline(str(corpus), str(run), str(recipe))
@@ -425,8 +425,8 @@ def test_the_plan_counts_the_corpus_and_the_training_steps(first_run):
 def test_the_plan_adds_a_teachers_or_the_anchors_cost_to_finetune(first_run):
     import dataclasses
 
-    from embedforge.pipeline import Pipeline
-    from embedforge.plan import SECONDS, estimate_run
+    from embedforge.pipeline.plan import SECONDS, estimate_run
+    from embedforge.pipeline.run import Pipeline
 
     corpus, run, recipe, _ = first_run
     pipe = Pipeline(str(corpus), str(run), str(recipe))
@@ -452,8 +452,8 @@ def test_the_plan_adds_a_teachers_or_the_anchors_cost_to_finetune(first_run):
 def test_the_plan_prices_the_round_trip_at_the_embed_models_rate(first_run):
     import dataclasses
 
-    from embedforge.pipeline import Pipeline
-    from embedforge.plan import SECONDS, estimate_run
+    from embedforge.pipeline.plan import SECONDS, estimate_run
+    from embedforge.pipeline.run import Pipeline
 
     corpus, run, recipe, _ = first_run
     pipe = Pipeline(str(corpus), str(run), str(recipe))
@@ -549,7 +549,7 @@ def test_a_run_with_the_users_questions_tests_on_them_and_reruns_when_they_chang
 
 
 def test_the_plan_warns_when_other_work_fills_the_cores():
-    from embedforge.plan import busy_note
+    from embedforge.pipeline.plan import busy_note
 
     assert busy_note(1.5, 2) is None and busy_note(2.0, 2) is None
     note = busy_note(11.2, 2)

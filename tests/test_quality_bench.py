@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from embedforge.errors import EmbedforgeError
-from embedforge.pipeline import MARKER, Pipeline, run_pipeline
+from embedforge.pipeline.run import MARKER, Pipeline, run_pipeline
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
 spec = importlib.util.spec_from_file_location("quality_bench", SCRIPT)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from embedforge.cli import main
-from embedforge.pipeline import run_pipeline
+from embedforge.pipeline.run import run_pipeline
 from sdg_stub import StubServer
 from test_pipeline import DOCS
 from tiny_models import tiny_bert
@@ -123,7 +123,7 @@ def test_a_ray_run_mines_the_same_negatives_as_a_local_run(runs):
 
 def test_the_clusters_passage_and_query_vectors_match_one_process(runs):
     from embedforge.models.bi_encoder import BiEncoder
-    from embedforge.ray_backend import RayEncoder
+    from embedforge.pipeline.ray_backend import RayEncoder
 
     local, _, _, model = runs
     texts = [p["text"] for p in _jsonl(local / "sdg" / "passages.jsonl")]
@@ -155,7 +155,7 @@ def test_a_recipes_ray_key_must_be_an_address(tmp_path, capsys):
 
 def test_the_single_machine_path_never_imports_ray():
     code = (
-        "import sys, embedforge.pipeline, embedforge.cli, embedforge.sdg, embedforge.evaluate.retrieval, embedforge.prep.run;"
+        "import sys, embedforge.pipeline.run, embedforge.cli, embedforge.sdg, embedforge.evaluate.retrieval, embedforge.prep.run;"
         "print('ray' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

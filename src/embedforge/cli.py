@@ -405,7 +405,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from embedforge.pipeline import run_pipeline
+    from embedforge.pipeline.run import run_pipeline
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     summary = run_pipeline(args.corpus, args.out, args.config, args.overrides, stages, ray=args.ray)

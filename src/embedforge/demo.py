@@ -31,7 +31,7 @@ from embedforge.export import EXPORT_FILE, format_summary
 from embedforge.measures.metrics import PRIMARY_METRIC
 from embedforge.measures.significance import verdict
 from embedforge.perlfaq_data import build_perlfaq
-from embedforge.pipeline import (
+from embedforge.pipeline.run import (
     MARKER,
     STAGES,
     corpus_fingerprint,

@@ -477,7 +477,7 @@ def _generate(pending, passages, config, resolved, generator, name, checkpoint, 
     from tqdm.auto import tqdm
 
     local = config.backend == "local"
-    # a generator spread over workers (``ray_backend.RayGenerator``) gets a round's worth per worker
+    # a generator spread over workers (``pipeline.ray_backend.RayGenerator``) gets a round's worth per worker
     workers = getattr(generator, "workers", 1)
     per_round = max(1, config.batch_size * 4 if local else config.concurrency * 2) * workers
     consecutive_failures = 0

@@ -28,7 +28,7 @@ from embedforge.atomic import write_json_atomic, write_text_atomic
 from embedforge.config import config_dict, default_recipe, load_config, recipe_ray
 from embedforge.errors import EmbedforgeError
 from embedforge.measures.significance import verdict
-from embedforge.plan import busy_note, estimate_run, format_plan
+from embedforge.pipeline.plan import busy_note, estimate_run, format_plan
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Pipeline:
     def encoder(self, model: str, **options):
         """``model`` loaded here, or on a Ray cluster its stand-in that embeds on the cluster's actors."""
         if self.ray_workers:
-            from embedforge.ray_backend import RayEncoder
+            from embedforge.pipeline.ray_backend import RayEncoder
 
             return RayEncoder(model, self.ray_workers, options=options)
         from embedforge.models.bi_encoder import BiEncoder
@@ -212,7 +212,7 @@ def _run_sdg(cfg, pipe: Pipeline) -> dict:
     if pipe.ray_workers:  # its actors hold the cluster's CPUs: sdg closes it before the round trip embeds
         import functools
 
-        from embedforge.ray_backend import RayGenerator
+        from embedforge.pipeline.ray_backend import RayGenerator
         from embedforge.sdg.pipeline import make_generator
 
         def make(config, resolved):
@@ -422,7 +422,7 @@ def _join_ray(address: str | None) -> int:
     """The cluster's CPU count once joined (0: no cluster, everything runs in this process)."""
     if not address:
         return 0
-    from embedforge.ray_backend import connect
+    from embedforge.pipeline.ray_backend import connect
 
     workers = connect(address)
     print(f"on the Ray cluster at {address}: generation and embedding over {workers} workers", flush=True)
