@@ -4,7 +4,7 @@ Why: a recipe tuned on one set (the Perl FAQ, Markdown with headings) may not he
 here is a documentation folder in its native format, the folder ``embedforge run --corpus`` reads, plus a
 BEIR folder of the FAQ's human-written questions, each with its answer as the one relevant document among
 the answers and the sections of the rest of the documentation (the distractors). As in
-``embedforge.perlfaq_data``, every answer is a file of its own without its question heading, so no question
+``embedforge.demo.perlfaq_data``, every answer is a file of its own without its question heading, so no question
 ever reaches the pipeline.
 
 - ``perlfaq``: Debian ``perl-doc``, the Perl FAQ against 29 core manual pages (Markdown and text).
@@ -37,8 +37,8 @@ from pathlib import Path
 from embedforge.atomic import atomic_write, write_json_atomic
 from embedforge.data.formats import BeirDataset, write_beir
 from embedforge.data.markup import html_to_text
-from embedforge.demo_data import fetch_debian_package
-from embedforge.perlfaq_data import build_perlfaq
+from embedforge.demo.debian import fetch_debian_package
+from embedforge.demo.perlfaq_data import build_perlfaq
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_WORDS = 15  # shorter answers and sections ("See below.") are no one's answer

@@ -6,7 +6,7 @@
 Parts, each against the fp32 graph of the same export:
 
 * ``batch``: min cosine of the probe texts embedded alone vs all in one batch vs each beside a long passage;
-* ``quality``: nDCG@10 on a BEIR folder (the Perl FAQ's 298 real questions: ``embedforge.perlfaq_data``)
+* ``quality``: nDCG@10 on a BEIR folder (the Perl FAQ's 298 real questions: ``embedforge.demo.perlfaq_data``)
   with the paired 95% CI and p of the per-query difference (``significance``);
 * ``speed``: one thread, the same 8 passages, the graphs timed in turn in each of ``--rounds`` rounds,
   CPU time of the calling thread (steady on a shared machine), median: ratios;

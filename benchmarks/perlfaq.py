@@ -1,4 +1,4 @@
-"""Retrieval quality on questions people wrote: the Perl FAQ benchmark (``embedforge.perlfaq_data``).
+"""Retrieval quality on questions people wrote: the Perl FAQ benchmark (``embedforge.demo.perlfaq_data``).
 
 Builds (once, cached) the document folder ``embedforge run --corpus`` reads and the BEIR folder with the
 FAQ's real questions, then evaluates the given models on it (default: base MiniLM and base MPNet) with
@@ -64,9 +64,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from embedforge.atomic import write_json_atomic
+    from embedforge.demo.perlfaq_data import build_perlfaq
     from embedforge.evaluate import compare_models
     from embedforge.evaluate.report import format_table
-    from embedforge.perlfaq_data import build_perlfaq
 
     paths = build_perlfaq(args.cache_dir)
     manifest = json.loads(paths.manifest.read_text())

@@ -3,7 +3,7 @@
 For each seed S: ``embedforge run --corpus <perlfaq docs> --out RUN_DIR/seedS --config RECIPE --stages
 sdg,prep,finetune,eval`` with every stage seed (sdg, prep, finetune) set to S, in a subprocess (its own peak
 memory). Then the base model, MPNet and each seed's tuned model are scored on the FAQ's 298 real questions
-(``embedforge.perlfaq_data``) with paired 95% bootstrap CIs and sign-flip p-values; the base and MPNet once,
+(``embedforge.demo.perlfaq_data``) with paired 95% bootstrap CIs and sign-flip p-values; the base and MPNet once,
 reused for every seed. Reports mean, sample std, min and max over seeds, and whether the claim holds:
 
 - mean real-question nDCG@10 gain over the base model >= +10%, and every seed's CI lower bound > 0;
@@ -375,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     from embedforge.atomic import write_json_atomic
     from embedforge.config import load_config
+    from embedforge.demo.perlfaq_data import PerlfaqPaths, build_perlfaq
     from embedforge.evaluate import compare_models
-    from embedforge.perlfaq_data import PerlfaqPaths, build_perlfaq
 
     run_dir, seeds = Path(args.run_dir), list(dict.fromkeys(args.seeds))
     runs = {s: run_dir / f"seed{s}" for s in seeds}

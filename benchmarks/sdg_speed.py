@@ -69,7 +69,7 @@ def main() -> int:
 
     from embedforge.config import SdgConfig
     from embedforge.data.corpus import load_corpus
-    from embedforge.demo_data import fetch_postgres_manual
+    from embedforge.demo.debian import fetch_postgres_manual
     from embedforge.models.bi_encoder import BiEncoder
     from embedforge.sdg import run_sdg
     from embedforge.sdg.clean import clean_question

@@ -8,7 +8,7 @@ import pytest
 
 from embedforge.config import STAGE_CONFIGS, load_config
 from embedforge.data.formats import BeirDataset, write_beir
-from embedforge.demo import (
+from embedforge.demo.run import (
     REAL_DIR,
     RECIPE,
     evaluate_real_questions,

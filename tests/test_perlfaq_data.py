@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from embedforge import perlfaq_data
 from embedforge.data.corpus import load_corpus
 from embedforge.data.formats import read_beir
-from embedforge.perlfaq_data import PodSection, build_perlfaq, collect, parse_pod, pod_inline
+from embedforge.demo import perlfaq_data
+from embedforge.demo.perlfaq_data import PodSection, build_perlfaq, collect, parse_pod, pod_inline
 
 FAQ = """=head1 NAME
 

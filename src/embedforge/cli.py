@@ -454,7 +454,7 @@ def _platform(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from embedforge.demo import main as demo_main
+    from embedforge.demo.run import main as demo_main
 
     return demo_main()
 

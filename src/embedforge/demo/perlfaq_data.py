@@ -31,7 +31,7 @@ from pathlib import Path
 
 from embedforge.atomic import atomic_write, write_json_atomic
 from embedforge.data.formats import BeirDataset, write_beir
-from embedforge.demo_data import fetch_debian_package
+from embedforge.demo.debian import fetch_debian_package
 
 PACKAGE = "perl-doc"
 FAQ_PODS = tuple(f"perlfaq{i}" for i in range(1, 10))

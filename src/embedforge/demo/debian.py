@@ -1,7 +1,7 @@
 """Documentation corpora from Debian packages, fetched without root.
 
 :func:`fetch_debian_package` downloads a package with ``apt-get download``, unpacks it with ``dpkg-deb -x``
-into a cache folder and returns a folder inside it: ``embedforge.perlfaq_data`` uses it for ``perl-doc``
+into a cache folder and returns a folder inside it: ``embedforge.demo.perlfaq_data`` uses it for ``perl-doc``
 (the corpus of ``make demo`` and of the real-question benchmark). :func:`fetch_postgres_manual` does it for
 the PostgreSQL 15 manual's HTML pages (``postgresql-doc-15``, the corpus of ``benchmarks/sdg_speed.py``).
 Each runs once: later calls find the extracted files and return at once. Extraction goes through
@@ -9,7 +9,7 @@ Each runs once: later calls find the extracted files and return at once. Extract
 
 Example::
 
-    from embedforge.demo_data import fetch_postgres_manual
+    from embedforge.demo.debian import fetch_postgres_manual
     html = fetch_postgres_manual()  # .cache/demo/postgresql-doc-15/usr/share/doc/postgresql-doc-15/html
 """
 

@@ -1,6 +1,6 @@
 """`make demo`: the main job end to end, ``embedforge run`` on the Perl documentation, scored on real questions.
 
-Debian's ``perl-doc`` (fetched into .cache/perlfaq without root, see ``embedforge.perlfaq_data``) -> its
+Debian's ``perl-doc`` (fetched into .cache/perlfaq without root, see ``embedforge.demo.perlfaq_data``) -> its
 ``docs/`` folder (the FAQ's answers without their question headings, plus 29 core manual pages) -> the local
 SmolLM2-135M generator writes questions and section headings become heading -> body pairs -> hard
 negatives mined from training pages -> MiniLM fine-tuned -> base vs tuned on held-out pages -> the tuned model
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,12 +24,12 @@ from typing import Any
 
 from embedforge.atomic import write_json_atomic, write_text_atomic
 from embedforge.config import RECIPES_DIR, config_hash, load_config
+from embedforge.demo.perlfaq_data import build_perlfaq
 from embedforge.evaluate.report import format_table
 from embedforge.evaluate.retrieval import RESULTS_FILE, run_eval
 from embedforge.export import EXPORT_FILE, format_summary
 from embedforge.measures.metrics import PRIMARY_METRIC
 from embedforge.measures.significance import verdict
-from embedforge.perlfaq_data import build_perlfaq
 from embedforge.pipeline.run import (
     MARKER,
     STAGES,
@@ -194,7 +193,3 @@ def main(run_dir: str = "runs/demo", cache_dir: str = ".cache/perlfaq") -> int:
     print(f"on questions people wrote: {real_question_verdict(real)}.")
     print(f"demo finished in {time.time() - started:.0f} s")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
