@@ -12,7 +12,7 @@ record and the field, so a user can fix the data without reading this code. Ever
 ``atomic_write``: a failed or interrupted conversion leaves the old output (or nothing), never half a file.
 
 Deliberately not here: chunking documents (corpus.py), mining negatives (mining.py), repeating negatives
-up to a count (train.py), downloads. JSONL and TSV are streamed line by line; corpus-ID JSON is one JSON
+up to a count (finetune/trainer.py), downloads. JSONL and TSV are streamed line by line; corpus-ID JSON is one JSON
 document and is loaded whole, as upstream does. Mining scores on corpus-ID docs are dropped on read (a
 ``TrainingExample`` has no place for them); a ``"mining"`` block survives only if passed back via ``extra``.
 """

@@ -12,7 +12,7 @@ What it does:
 * ``compare_models`` evaluates several models on one BEIR set, the first being the baseline, and writes
   ``eval_results.json``, ``eval_report.md`` and ``eval_chart.png`` with absolute and relative deltas.
 
-What it deliberately does not do: read or validate dataset files (``formats``), train (``train``) or
+What it deliberately does not do: read or validate dataset files (``formats``), train (``finetune``) or
 check a served endpoint against the checkpoint (``serve``). It does not drop documents whose id equals the
 query id (BEIR's ``ignore_identical_ids``); embedforge's corpus and query ids never collide.
 """

@@ -210,7 +210,7 @@ class DistilledLoss(nn.Module):
     """Contrastive loss + ``weight`` x a distillation term, both from one forward pass.
 
     ``contrastive`` is any loss with ``compute_loss_from_embeddings`` (the group or in-batch loss of
-    ``train.make_loss``); it gets the id labels as before. Returns the two terms as a dict, which
+    ``trainer.make_loss``); it gets the id labels as before. Returns the two terms as a dict, which
     sentence-transformers' trainer sums and logs separately, or their sum when ``components`` is false
     (``MatryoshkaLoss`` adds up plain tensors).
     """

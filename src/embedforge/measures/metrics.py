@@ -1,6 +1,6 @@
 """The retrieval metrics' vocabulary: their names, cut-offs and the headline metric, and a metric's change.
 
-Shared by the eval stage, which computes the metrics (``evaluate``), and its reports (``eval_report``,
+Shared by the eval stage, which computes the metrics (``evaluate.retrieval``), and its reports (``evaluate.report``,
 the demo), so the reports read the names without importing the stage that computes them.
 """
 

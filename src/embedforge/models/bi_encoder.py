@@ -9,7 +9,7 @@ LangChain, LlamaIndex, TEI and infinity load), adding what embedforge needs ever
   training, eval, export and serving all apply the identical prefix;
 * Matryoshka truncation at encode time: truncate first, then re-normalise.
 
-It deliberately does not train (see ``train``) or serve (see ``serve``).
+It deliberately does not train (see ``finetune``) or serve (see ``serve``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ interrupted run resumes: finished stages are skipped, sdg continues from its own
 its last checkpoint; a changed setting re-runs that stage and everything after it, even when the later
 stages run in a later invocation; and a moved run folder is still the same run.
 
-This module only wires and skips stages; the work is in ``sdg``, ``prep``, ``train``, ``evaluate``,
+This module only wires and skips stages; the work is in ``sdg``, ``prep``, ``finetune``, ``evaluate``,
 ``export`` and ``verify``.
 """
 

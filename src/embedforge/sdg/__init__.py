@@ -12,7 +12,7 @@
 Modules: ``prompts`` (plans and prompt text), ``generators`` (OpenAI-compatible HTTP and local GGUF),
 ``clean`` (output cleaning, JSON and score parsing), ``pipeline`` (the stage and its filters).
 
-Not here: splitting into train/test and mining negatives (``prep``), training (``train``).
+Not here: splitting into train/test and mining negatives (``prep``), training (``finetune``).
 """
 
 from embedforge.sdg.generators import (
