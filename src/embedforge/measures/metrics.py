@@ -1,7 +1,7 @@
 """The retrieval metrics' vocabulary: their names, cut-offs and the headline metric, and a metric's change.
 
-Shared by the eval stage, which computes the metrics (``evaluate.retrieval``), and its reports (``evaluate.report``,
-the demo), so the reports read the names without importing the stage that computes them.
+Shared by the eval stage, which computes the metrics (``evaluate.retrieval``), and its reports
+(``evaluate.report``, the demo), so the reports read the names without importing the code that computes them.
 """
 
 from __future__ import annotations
