@@ -1,10 +1,11 @@
 """The one interface every embedder offers, so eval, mining, prep and verify take any of them.
 
-A PyTorch checkpoint (``models.bi_encoder.BiEncoder``), an ONNX export (``export.encoder.OnnxEncoder``),
-a model served over HTTP (``verify.ServedEncoder``) and the run's passage memo
+A PyTorch checkpoint (``models.bi_encoder.BiEncoder``), an ONNX export (``export.encoder.OnnxEncoder``), a
+model served over HTTP (``verify.ServedEncoder``) and the run's passage memo
 (``models.vector_memo.MemoEncoder``) all embed queries and passages with their own prompts applied and return
-unit-norm float32 rows, one per text, in input order. Code that scores retrieval needs nothing else, so it is written once against ``Encoder``
-(PEP 544 structural typing: an embedder satisfies it by having these members, without inheriting).
+unit-norm float32 rows, one per text, in input order. Code that scores retrieval needs nothing else, so it is
+written once against ``Encoder`` (PEP 544 structural typing: an embedder satisfies it by having these members,
+without inheriting).
 """
 
 from __future__ import annotations
