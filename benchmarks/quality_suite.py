@@ -59,6 +59,7 @@ def score_seed(q, devset, run: Path, base_results: dict, seed: int) -> dict:
     prep = q._json(run / "prep" / "prep_report.json")["split"]
     return {
         "seed": seed,
+        "sdg_seed": q._marker(run, "sdg")["config"].get("seed"),
         "real": {
             k: test[k]
             for k in ("n", "base", "model", "diff", "rel", "ci95", "p", "better", "worse", "significant")
@@ -94,6 +95,12 @@ def aggregate_suite(sets: dict[str, dict]) -> dict:
     return {"mean_gain": mean, "checks": checks, "holds": all(checks.values())}
 
 
+def _seed(s: dict) -> str:
+    """The seed, and the seed whose generated questions it reused (``--shared-sdg``)."""
+    sdg = s.get("sdg_seed")
+    return str(s["seed"]) if sdg in (None, s["seed"]) else f"{s['seed']} (sdg of {sdg})"
+
+
 def _ci(pair: list[float]) -> str:
     return f"[{pair[0]:+.3f}, {pair[1]:+.3f}]"
 
@@ -115,7 +122,7 @@ def render(summary: dict) -> str:
         for s in data["seeds"]:
             r, h, g, t = s["real"], s["held_out"], s["general"], s["stage_seconds"]
             lines.append(
-                f"| {name} | {s['seed']} | {r['n']} | {r['base']:.4f} -> {r['model']:.4f} | **{r['rel']:+.1%}** "
+                f"| {name} | {_seed(s)} | {r['n']} | {r['base']:.4f} -> {r['model']:.4f} | **{r['rel']:+.1%}** "
                 f"| {_ci(r['ci95'])} | {r['p']:.3g} | {r['better']} / {r['worse']} | {h['rel']:+.1%} ({_ci(h['ci95'])}, "
                 f"n {h['n']}) | {'yes' if s['agree'] else '**no**'} | {g['base']:.4f} -> {g['tuned']:.4f} "
                 f"| {s['training']['train']} + {s['training']['heading_pairs']} "
@@ -142,6 +149,20 @@ def render(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _run_seeds(q, args, devset, set_dir: Path, seeds: list[int]):
+    """Run (unless ``--summarize-only``) each seed's ``embedforge run``; with ``--shared-sdg`` the later seeds
+    reuse the first seed's generated questions and vary the split, mining and training only."""
+    first = set_dir / f"seed{seeds[0]}"
+    for s in seeds:
+        run = set_dir / f"seed{s}"
+        if not args.summarize_only:
+            if args.shared_sdg and s != seeds[0]:
+                q.share_sdg(first, run)
+            sdg_seed = seeds[0] if args.shared_sdg else s
+            q.run_seed(devset.docs, run, args.recipe, q.seed_overrides(s, sdg_seed, args.overrides))
+        yield s, run
+
+
 def run_suite(q, args, argv: list[str]) -> int:
     """``quality.py --suite``: every set, every seed, then the table."""
     from devsets import SETS, build_devset
@@ -160,12 +181,10 @@ def run_suite(q, args, argv: list[str]) -> int:
         if not base_file.exists():
             compare_models([base_name], devset.beir, base_file.parent, progress=False)
         base_results = q._json(base_file)
-        per_seed = []
-        for s in seeds:
-            run = run_dir / name / f"seed{s}"
-            if not args.summarize_only:
-                q.run_seed(devset.docs, run, args.recipe, q.seed_overrides(s, s, args.overrides))
-            per_seed.append(score_seed(q, devset, run, base_results, s))
+        per_seed = [
+            score_seed(q, devset, run, base_results, s)
+            for s, run in _run_seeds(q, args, devset, run_dir / name, seeds)
+        ]
         sets[name] = {"queries": len(q._json(base_file)["models"][base_name]["per_query"]), "seeds": per_seed}
         sets[name]["aggregate"] = aggregate_set(per_seed)
     summary = {
