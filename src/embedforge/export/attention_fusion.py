@@ -22,6 +22,8 @@ caught there, not here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -62,6 +64,83 @@ def _projection(model, transpose, out_map) -> tuple[str, np.ndarray, np.ndarray,
     return matmul.input[0], weight, bias.reshape(-1), head_size, path
 
 
+@dataclass
+class _Layer:
+    """One matched self-attention block: what the fused node needs and the nodes it replaces."""
+
+    x: str
+    q: tuple
+    k: tuple
+    v: tuple
+    scale: float
+    num_heads: int
+    output: str
+    nodes: list
+
+
+def _match_layer(model, softmax, out_map, in_map) -> _Layer | None:
+    """The attention block around ``softmax`` when it has exactly the pattern above, else None."""
+    scores = model.match_parent_path(softmax, ["Add", "Mul", "MatMul"], [0, None, None], out_map)
+    consumers = in_map.get(softmax.output[0], [])
+    if scores is None or len(consumers) != 1 or consumers[0].op_type != "MatMul":
+        return None
+    add, mul, qk = scores
+    scale = next((s for s in (_constant(model, i) for i in mul.input) if s is not None), None)
+    context = consumers[0]
+    q_t = model.match_parent(qk, "Transpose", 0, out_map)
+    k_t = model.match_parent(qk, "Transpose", 1, out_map)
+    v_t = model.match_parent(context, "Transpose", 1, out_map)
+    tail = model.match_child_path(context, ["Transpose", "Reshape"])
+    if scale is None or scale.size != 1 or None in (q_t, k_t, v_t, tail):
+        return None
+    if [_perm(q_t), _perm(k_t), _perm(v_t), _perm(tail[0])] != [_Q_PERM, _K_PERM, _Q_PERM, _Q_PERM]:
+        return None
+    q, k, v = (_projection(model, t, out_map) for t in (q_t, k_t, v_t))
+    if q is None or k is None or v is None or not q[0] == k[0] == v[0]:
+        return None
+    hidden, head_size = q[1].shape[1], q[3]
+    if k[1].shape[1] != hidden or v[1].shape[1] != hidden or hidden % head_size or k[3] != head_size:
+        return None
+    nodes = [softmax, add, mul, qk, q_t, k_t, v_t, context, *tail, *q[4], *k[4], *v[4]]
+    return _Layer(q[0], q, k, v, float(scale.reshape(-1)[0]), hidden // head_size, tail[1].output[0], nodes)
+
+
+def _add_mask_cast(model, attention_mask: str) -> None:
+    """``Attention`` takes the padding mask as int32; one cast serves every layer."""
+    model.add_node(
+        helper.make_node(
+            "Cast", [attention_mask], [MASK_INDEX], to=onnx.TensorProto.INT32, name="ef_mask_int32"
+        )
+    )
+
+
+def _add_attention(model, layer: _Layer, name: str) -> None:
+    """One ``Attention`` node with Q, K and V packed into a single weight and bias, writing the block's output."""
+    weight = np.concatenate([layer.q[1], layer.k[1], layer.v[1]], axis=1).astype(np.float32)
+    bias = np.concatenate([layer.q[2], layer.k[2], layer.v[2]]).astype(np.float32)
+    model.add_initializer(numpy_helper.from_array(weight, f"{name}_qkv_weight"))
+    model.add_initializer(numpy_helper.from_array(bias, f"{name}_qkv_bias"))
+    model.add_node(
+        helper.make_node(
+            "Attention",
+            [layer.x, f"{name}_qkv_weight", f"{name}_qkv_bias", MASK_INDEX],
+            [layer.output],
+            name=name,
+            domain="com.microsoft",
+            num_heads=layer.num_heads,
+            scale=layer.scale,
+        )
+    )
+
+
+def _drop_replaced(model, dead: list) -> None:
+    model.remove_nodes(dead)
+    model.prune_graph()  # the 4-D mask subgraph and the separate Q/K/V weights are now unused
+    if not any(op.domain == "com.microsoft" for op in model.model.opset_import):
+        model.model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    model.topological_sort()
+
+
 def fuse_attention(model, attention_mask: str = "attention_mask") -> int:
     """Rewrite every matching self-attention block of ``model`` (an onnxruntime ``OnnxModel``) in place.
 
@@ -71,55 +150,14 @@ def fuse_attention(model, attention_mask: str = "attention_mask") -> int:
     in_map = model.input_name_to_nodes()
     fused, dead = 0, []
     for softmax in model.get_nodes_by_op_type("Softmax"):
-        scores = model.match_parent_path(softmax, ["Add", "Mul", "MatMul"], [0, None, None], out_map)
-        consumers = in_map.get(softmax.output[0], [])
-        if scores is None or len(consumers) != 1 or consumers[0].op_type != "MatMul":
-            continue
-        add, mul, qk = scores
-        scale = next((s for s in (_constant(model, i) for i in mul.input) if s is not None), None)
-        context = consumers[0]
-        q_t = model.match_parent(qk, "Transpose", 0, out_map)
-        k_t = model.match_parent(qk, "Transpose", 1, out_map)
-        v_t = model.match_parent(context, "Transpose", 1, out_map)
-        tail = model.match_child_path(context, ["Transpose", "Reshape"])
-        if scale is None or scale.size != 1 or None in (q_t, k_t, v_t, tail):
-            continue
-        if [_perm(q_t), _perm(k_t), _perm(v_t), _perm(tail[0])] != [_Q_PERM, _K_PERM, _Q_PERM, _Q_PERM]:
-            continue
-        q, k, v = (_projection(model, t, out_map) for t in (q_t, k_t, v_t))
-        if q is None or k is None or v is None or not q[0] == k[0] == v[0]:
-            continue
-        hidden, head_size = q[1].shape[1], q[3]
-        if k[1].shape[1] != hidden or v[1].shape[1] != hidden or hidden % head_size or k[3] != head_size:
+        layer = _match_layer(model, softmax, out_map, in_map)
+        if layer is None:
             continue
         if fused == 0:
-            model.add_node(
-                helper.make_node(
-                    "Cast", [attention_mask], [MASK_INDEX], to=onnx.TensorProto.INT32, name="ef_mask_int32"
-                )
-            )
-        name = f"ef_attention_{fused}"
-        weight = np.concatenate([q[1], k[1], v[1]], axis=1).astype(np.float32)
-        bias = np.concatenate([q[2], k[2], v[2]]).astype(np.float32)
-        model.add_initializer(numpy_helper.from_array(weight, f"{name}_qkv_weight"))
-        model.add_initializer(numpy_helper.from_array(bias, f"{name}_qkv_bias"))
-        model.add_node(
-            helper.make_node(
-                "Attention",
-                [q[0], f"{name}_qkv_weight", f"{name}_qkv_bias", MASK_INDEX],
-                [tail[1].output[0]],
-                name=name,
-                domain="com.microsoft",
-                num_heads=hidden // head_size,
-                scale=float(scale.reshape(-1)[0]),
-            )
-        )
-        dead += [softmax, add, mul, qk, q_t, k_t, v_t, context, *tail, *q[4], *k[4], *v[4]]
+            _add_mask_cast(model, attention_mask)
+        _add_attention(model, layer, f"ef_attention_{fused}")
+        dead += layer.nodes
         fused += 1
     if fused:
-        model.remove_nodes(dead)
-        model.prune_graph()  # the 4-D mask subgraph and the separate Q/K/V weights are now unused
-        if not any(op.domain == "com.microsoft" for op in model.model.opset_import):
-            model.model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-        model.topological_sort()
+        _drop_replaced(model, dead)
     return fused

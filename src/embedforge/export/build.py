@@ -143,29 +143,20 @@ def export_onnx(model, out_dir: str | Path, config=None, **overrides) -> dict[st
     return info
 
 
-def _build(encoder, tokenizer, config, source: str, dims: list[int], tmp: Path) -> dict[str, Any]:
-    """Everything inside the temp folder: trace, head, manifest, parity, copies and their reports."""
-    started = time.perf_counter()
-    dimension = int(encoder.dimension)
+def _trace(encoder, tokenizer, config, source: str, dimension: int, tmp: Path) -> tuple[dict, int]:
+    """Write the tokenizer and the fp32 graph with its embedding head; return the trace facts and the opset."""
     _save_tokenizer(tokenizer, tmp)
     logger.info("exporting %s to ONNX (opset %d, pooling %s)", source, config.opset, encoder.pooling)
     graph = tmp / MODEL_FILES["fp32"]
     traced = trace_backbone(
         encoder, graph, opset=config.opset, attn_implementation=config.attn_implementation
     )
-    opset = append_head(graph, dimension, config.opset)
-    timings = {"trace": round(time.perf_counter() - started, 1)}
-    if opset != config.opset:
-        logger.warning("the exporter produced opset %d (asked for %d)", opset, config.opset)
-    info = _manifest(encoder, tokenizer, config, source, dims, opset, traced)
-    write_json_atomic(tmp / EXPORT_FILE, info)
+    return traced, append_head(graph, dimension, config.opset)
 
-    mark = time.perf_counter()
-    fp32 = OnnxEncoder(tmp, "fp32")
-    check_tokenizer(encoder, fp32, info)
-    checked_dims = parity_dims(dims, dimension)
-    parity = info["parity"] = parity_check(encoder, fp32, checked_dims, config.parity_tolerance)
-    timings["parity"] = round(time.perf_counter() - mark, 1)
+
+def _require_parity(info: dict, config) -> None:
+    """Refuse an fp32 graph that does not embed like the PyTorch model it came from."""
+    parity = info["parity"]
     logger.info(
         "parity fp32 vs PyTorch: max abs diff %.2e (tolerance %.0e)",
         parity["max_abs_diff"],
@@ -178,17 +169,43 @@ def _build(encoder, tokenizer, config, source: str, dims: list[int], tmp: Path) 
             info,
         )
 
+
+def _fp32_beir(fp32, config) -> dict:
+    """The BEIR split the copies are scored on, with the fp32 graph's scores as their reference."""
+    from embedforge.data.formats import read_beir
+
+    data = read_beir(config.beir, split=config.beir_split)
+    beir = {"dataset": str(config.beir), "split": config.beir_split, "data": data}
+    beir["fp32"], beir["fp32_per_query"] = beir_scores(fp32, data)
+    return beir
+
+
+def _require_close(variant: str, report: dict, info: dict, config) -> None:
+    """Refuse a smaller copy that drifted too far from fp32 to stand in for it."""
+    if report["mean_cosine_to_fp32"] < config.min_quantized_cosine:
+        raise ExportError(
+            f"{variant} copy is too far from fp32: mean cosine {report['mean_cosine_to_fp32']:.4f} "
+            f"< {config.min_quantized_cosine}",
+            info,
+        )
+    if variant == "fp16" and not info["parity"]["fp16"]["passed"]:
+        raise ExportError(
+            f"fp16 parity check failed: max abs diff {info['parity']['fp16']['max_abs_diff']:.3e} "
+            f"> tolerance {config.fp16_tolerance:.1e}",
+            info,
+        )
+
+
+def _write_and_measure_variants(
+    encoder, fp32, tmp: Path, info: dict, config, traced: dict, checked_dims, timings
+):
+    """Write the smaller copies, then measure each against fp32 into ``info`` (the first one's time includes
+    writing them all)."""
     mark = time.perf_counter()
     variants = add_variants(tmp, fp32, config, traced["external_data"])
     info["files"].update({variant: MODEL_FILES[variant] for variant in variants})
     write_json_atomic(tmp / EXPORT_FILE, info)
-    beir = None
-    if variants and config.beir:
-        from embedforge.data.formats import read_beir
-
-        data = read_beir(config.beir, split=config.beir_split)
-        beir = {"dataset": str(config.beir), "split": config.beir_split, "data": data}
-        beir["fp32"], beir["fp32_per_query"] = beir_scores(fp32, data)
+    beir = _fp32_beir(fp32, config) if variants and config.beir else None
     fp32_speed = round(measure_speed(fp32), 1) if variants and config.speed else None
     for variant, method in variants.items():
         other = OnnxEncoder(tmp, variant)
@@ -201,18 +218,29 @@ def _build(encoder, tokenizer, config, source: str, dims: list[int], tmp: Path) 
         mark = time.perf_counter()
         logger.info("%s: mean cosine to fp32 %.5f", variant, report["mean_cosine_to_fp32"])
         del other
-        if report["mean_cosine_to_fp32"] < config.min_quantized_cosine:
-            raise ExportError(
-                f"{variant} copy is too far from fp32: mean cosine {report['mean_cosine_to_fp32']:.4f} "
-                f"< {config.min_quantized_cosine}",
-                info,
-            )
-        if variant == "fp16" and not info["parity"]["fp16"]["passed"]:
-            raise ExportError(
-                f"fp16 parity check failed: max abs diff {info['parity']['fp16']['max_abs_diff']:.3e} "
-                f"> tolerance {config.fp16_tolerance:.1e}",
-                info,
-            )
+        _require_close(variant, report, info, config)
+
+
+def _build(encoder, tokenizer, config, source: str, dims: list[int], tmp: Path) -> dict[str, Any]:
+    """Everything inside the temp folder: trace, head, manifest, parity, copies and their reports."""
+    started = time.perf_counter()
+    dimension = int(encoder.dimension)
+    traced, opset = _trace(encoder, tokenizer, config, source, dimension, tmp)
+    timings = {"trace": round(time.perf_counter() - started, 1)}
+    if opset != config.opset:
+        logger.warning("the exporter produced opset %d (asked for %d)", opset, config.opset)
+    info = _manifest(encoder, tokenizer, config, source, dims, opset, traced)
+    write_json_atomic(tmp / EXPORT_FILE, info)
+
+    mark = time.perf_counter()
+    fp32 = OnnxEncoder(tmp, "fp32")
+    check_tokenizer(encoder, fp32, info)
+    checked_dims = parity_dims(dims, dimension)
+    info["parity"] = parity_check(encoder, fp32, checked_dims, config.parity_tolerance)
+    timings["parity"] = round(time.perf_counter() - mark, 1)
+    _require_parity(info, config)
+
+    _write_and_measure_variants(encoder, fp32, tmp, info, config, traced, checked_dims, timings)
     info["timings_s"] = timings
     return info
 

@@ -77,20 +77,10 @@ def _training_option(config: dict, hp: dict) -> dict:
     )
 
 
-def submit(
-    db: Session,
-    settings: Settings,
-    body: CustomizationJobCreate,
-    config: dict,
-    config_ref: str,
-    dataset: dict,
-    target: dict,
-) -> dict:
-    """Check the request, store the job as ``created`` and return its public form."""
+def _checked_values(config: dict, hp: dict, target: dict) -> dict:
+    """The finetune values for ``hp``, refusing with a 422 what the trainer would refuse later."""
     from embedforge.config import FinetuneConfig, build_config
 
-    hp = dump(body.hyperparameters)
-    hp.setdefault("finetuning_type", body.hyperparameters.finetuning_type)
     if hp.get("training_type", "sft") != "sft":
         raise Unprocessable(
             ["hyperparameters", "training_type"], "embedding customization supports training_type 'sft' only"
@@ -105,20 +95,38 @@ def submit(
         build_config(FinetuneConfig, {**values, "train_data": "x", "output_dir": "x"}, "hyperparameters")
     except (EmbedforgeError, ValueError) as err:
         raise Unprocessable(["hyperparameters"], str(err)) from err
+    return values
+
+
+def _check_dataset(dataset: dict) -> None:
     if not str(dataset.get("files_url", "")).startswith("hf://datasets/"):
         raise Unprocessable(
             ["dataset"], f"dataset files_url must be hf://datasets/ns/name, got {dataset.get('files_url')}"
         )
-    job_id = records.new_id("cust")
-    namespace = body.namespace
-    output_model = None
-    if body.output_model:
-        out_ns, _, out_name = body.output_model.rpartition("/")
-        output_model = f"{out_ns or namespace}/{out_name.split('@')[0]}@{job_id}"
-    public_body = {
+
+
+def _output_model(body: CustomizationJobCreate, job_id: str) -> str | None:
+    """``namespace/name@job_id``: the requested name, versioned by the job that will write it."""
+    if not body.output_model:
+        return None
+    out_ns, _, out_name = body.output_model.rpartition("/")
+    return f"{out_ns or body.namespace}/{out_name.split('@')[0]}@{job_id}"
+
+
+def _public_body(
+    body: CustomizationJobCreate,
+    job_id: str,
+    config: dict,
+    config_ref: str,
+    dataset: dict,
+    target: dict,
+    hp: dict,
+) -> dict:
+    """The job as clients see it: references by name, defaults filled in, and the config it ran with."""
+    return {
         **{k: v for k, v in dump(body).items() if k not in ("config", "dataset", "hyperparameters")},
         "name": body.name or job_id,
-        "namespace": namespace,
+        "namespace": body.namespace,
         "config": config_ref,
         "dataset": f"{dataset['namespace']}/{dataset['name']}",
         "hyperparameters": {
@@ -129,7 +137,7 @@ def submit(
             "learning_rate": 1e-5,
             **hp,
         },
-        "output_model": output_model,
+        "output_model": _output_model(body, job_id),
         "config_snapshot": {
             "base_model": target.get("base_model"),
             "max_seq_length": config.get("max_seq_length"),
@@ -138,9 +146,33 @@ def submit(
             "prompt_template": config.get("prompt_template") or "{prompt} {completion}",
         },
     }
+
+
+def submit(
+    db: Session,
+    settings: Settings,
+    body: CustomizationJobCreate,
+    config: dict,
+    config_ref: str,
+    dataset: dict,
+    target: dict,
+) -> dict:
+    """Check the request, store the job as ``created`` and return its public form."""
+    hp = dump(body.hyperparameters)
+    hp.setdefault("finetuning_type", body.hyperparameters.finetuning_type)
+    values = _checked_values(config, hp, target)
+    _check_dataset(dataset)
+    job_id = records.new_id("cust")
+    public_body = _public_body(body, job_id, config, config_ref, dataset, target, hp)
     work = _work(values, dataset, target, _training_option(config, hp))
     row = job_store.create(
-        db, KIND, job_id, namespace, public_body["name"], public_body, {"work": work, **_empty_progress()}
+        db,
+        KIND,
+        job_id,
+        body.namespace,
+        public_body["name"],
+        public_body,
+        {"work": work, **_empty_progress()},
     )
     return job_store.public(row)
 
