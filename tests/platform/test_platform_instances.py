@@ -1,6 +1,8 @@
 """Two platform processes on one PostgreSQL database and one data folder: a job runs once, on whichever
 instance leases it first; when that instance is killed, its lease expires and the other takes the job
-over and resumes it. Leases last 15 s here (``EMBEDFORGE_LEASE_SECONDS``) so the takeover is quick."""
+over and resumes it. A deployment is served by one instance and reached through either; the other
+relaunches it once its instance dies. Leases last 15 s here (``EMBEDFORGE_LEASE_SECONDS``) so the
+takeover is quick."""
 
 from __future__ import annotations
 
@@ -8,11 +10,15 @@ import os
 import signal
 import time
 
+import httpx
 import pytest
 from platform_proc import PlatformProcess
-from tutorial import NS, client_for, create_config, start_job, upload_dataset, wait_job
+from sqlalchemy import select
+from tutorial import NS, client_for, create_config, start_job, upload_dataset, wait_deployment, wait_job
 
 from domain_fixture import make_domain_fixture
+from embedforge.platform.store import make_engine
+from embedforge.platform.store.models import JobLease
 
 TINY = "local/tiny-bert"
 
@@ -65,3 +71,73 @@ def test_a_killed_instances_job_is_taken_over_when_its_lease_expires(pair):
     assert "resumed" in messages and "failed" not in messages and running.status == "running"
     client_for(survivor.url).customization.jobs.cancel(job.id)  # 50 epochs: no need to watch them all
     assert wait_job(survivor.url, job.id).status == "cancelled"
+
+
+def _embed(proc, texts: list[str]) -> httpx.Response:
+    return httpx.post(f"{proc.url}/nim/v1/embeddings", json={"model": TINY, "input": texts}, timeout=60)
+
+
+def _lease(proc, job_id: str) -> tuple[int, object] | None:
+    """The pid of the instance holding the job's lease, and when the lease expires."""
+    engine = make_engine(proc.database_url)
+    try:
+        with engine.connect() as db:
+            lease = db.execute(select(JobLease).where(JobLease.job_id == job_id)).first()
+    finally:
+        engine.dispose()
+    return None if lease is None else (int(lease.owner.split(":")[1]), lease.expires_at)
+
+
+def _deployment(proc) -> dict:
+    return httpx.get(f"{proc.url}/v1/deployment/model-deployments/{NS}/shared", timeout=30).json()
+
+
+def _poll(condition, what: str, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_deployment_is_served_through_both_instances_and_relaunched_when_its_instance_dies(pair):
+    client_for(pair[0].url).deployment.model_deployments.create(
+        name="shared", namespace=NS, config={"model": TINY}
+    )
+    deployment = wait_deployment(pair[0].url, "shared")
+    assert deployment["status_details"]["status"] == "ready", deployment["status_details"]
+    holder = _lease(pair[0], deployment["id"])[0]  # whichever instance polled first runs the server
+    runs, other = pair if holder == pair[0].process.pid else pair[::-1]
+    assert runs.process.pid == holder and f"{NS}/shared starting on" not in other.log_text()
+    texts = ["vacuum pump", "the filter"]
+    direct, proxied = _embed(runs, texts), _embed(other, texts)  # other has no server: it proxies
+    assert direct.status_code == proxied.status_code == 200, proxied.text
+    assert proxied.json()["data"] == direct.json()["data"]
+    assert httpx.get(f"{other.url}/nim/v1/models").json()["data"][0]["id"] == TINY
+
+    renewals = set()  # the server's instance renews its lease every poll; the other polls as often
+
+    def polled_and_still_ready():
+        holder, expires = _lease(runs, deployment["id"])
+        assert holder == runs.process.pid and _deployment(other)["status_details"]["status"] == "ready"
+        assert _embed(other, texts).status_code == 200
+        renewals.add(expires)
+        return len(renewals) >= 5
+
+    _poll(polled_and_still_ready, "five renewals of the lease", timeout=120)
+    assert f"{NS}/shared starting on" not in other.log_text()  # no second server
+
+    runs.stop(signal.SIGKILL)  # its server dies with it (lifeline); the other relaunches it after the lease
+
+    def relaunched():  # the takeover is logged once the row is back to created; then it must become ready
+        taken = f"{NS}/shared: its platform stopped; launching it again" in other.log_text()
+        return taken and _deployment(other)["status_details"]["status"] == "ready"
+
+    _poll(relaunched, "the other instance to relaunch the deployment")
+    assert _lease(other, deployment["id"])[0] == other.process.pid
+    again = _embed(other, texts).json()["data"]
+    for before, after in zip(direct.json()["data"], again, strict=True):
+        assert after["embedding"] == pytest.approx(before["embedding"], abs=1e-6)
+    log = (other.data_dir / "deployment" / deployment["id"] / "worker.log").read_text()
+    assert log.count("to ONNX") == 1  # the kept export was served again

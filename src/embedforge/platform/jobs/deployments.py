@@ -1,8 +1,10 @@
 """Deployments: a child process per deployment (export once, then ``embedforge serve`` on a free loopback
 port), watched by the job runner: created -> pending -> ready | failed; ``deleting`` stops it.
 
-The routing table (served model name -> server URL) lives here, so the NIM gateway answers from memory.
-On start-up, deployments that were pending or ready are launched again from their kept export.
+A deployment's server runs on the platform that launched it, which holds the deployment's lease
+(``leases``) and renews it every poll; its route (served model name -> server URL) lives in the row, so
+every platform on the database proxies to it. A pending or ready deployment that no live platform holds
+(its platform stopped or died) is launched again from its kept export, by whichever platform takes it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from embedforge.atomic import write_json_atomic
+from embedforge.platform.jobs import leases
 from embedforge.platform.jobs import store as job_store
 from embedforge.platform.jobs.executors import terminate
 from embedforge.platform.jobs.worker import failure_reason
@@ -32,12 +35,18 @@ def served_name(model_ref: str) -> str:
     return model_ref.split("@", 1)[0]
 
 
+def routes(db: Session) -> dict[str, str]:
+    """Served model name -> server URL of every ready deployment, whichever platform runs it."""
+    name = Job.details["served_model_name"].as_string()
+    url = Job.details["url"].as_string()
+    query = select(name, url).where(Job.kind == KIND, Job.status == "ready")
+    return {served: base for served, base in db.execute(query) if served and base}
+
+
 class Deployments:
-    def __init__(self, settings: Settings, spawn):
-        self.settings, self.spawn = settings, spawn
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.routes: dict[str, str] = {}  # served model name -> server URL, only while ready
-        self._route_of: dict[str, str] = {}  # deployment id -> served model name
+    def __init__(self, settings: Settings, spawn, owner: str):
+        self.settings, self.spawn, self.owner = settings, spawn, owner
+        self.processes: dict[str, subprocess.Popen] = {}  # the servers this platform runs, by deployment id
 
     def workdir(self, job_id: str) -> Path:
         return self.settings.data_dir / KIND / job_id
@@ -46,44 +55,63 @@ class Deployments:
         return list(db.scalars(select(Job).where(Job.kind == KIND, Job.status.in_(LIVE))))
 
     def recover(self, db: Session) -> None:
+        """At start: finish deletions and relaunch the deployments no live platform holds."""
         for row in self.rows(db):
             if row.status == "deleting":
-                db.delete(row)
-                db.commit()
+                self._delete(db, row)
             elif row.status in ("pending", "ready"):
-                job_store.set_status(
-                    db, row, "created", "restarting", "the platform restarted", description="restarting"
-                )
+                self._take_over(db, row, "the platform restarted")
 
     def tick(self, db: Session) -> None:
+        self._renew(db)
         for row in self.rows(db):
             process = self.processes.get(row.id)
             if row.status == "deleting":
-                self._stop(row.id)
-                db.delete(row)
-                db.commit()
-                logger.info("deployment %s/%s deleted", row.namespace, row.name)
+                self._delete(db, row)
             elif row.status == "created":
                 self._launch(db, row)
-            elif process is None:
-                job_store.set_status(
-                    db, row, "failed", "failed", "its server is gone", description="its server is gone"
-                )
+            elif process is None:  # another platform's server, or one whose platform is gone
+                self._take_over(db, row, "its platform stopped")
             elif process.poll() is not None:
-                self._stop(row.id)
+                self._stop(db, row.id)
                 reason = _reason(process.returncode, self.workdir(row.id))
                 job_store.set_status(db, row, "failed", "failed", reason, description=reason)
                 logger.error("deployment %s/%s failed: %s", row.namespace, row.name, reason)
             elif row.status == "pending" and _ready(row.details["url"]):
-                self.routes[row.details["served_model_name"]] = row.details["url"]
-                self._route_of[row.id] = row.details["served_model_name"]
                 job_store.set_status(db, row, "ready", "ready", None, description="the model is served")
                 logger.info("deployment %s/%s ready at %s", row.namespace, row.name, row.details["url"])
+
+    def _renew(self, db: Session) -> None:
+        """Keep our servers' leases alive; stop any server another platform took over (this one stalled
+        past its lease and the other launched its own)."""
+        for job_id in leases.renew(db, self.owner, list(self.processes)):
+            logger.warning("deployment %s: another platform took it over; its server here stopped", job_id)
+            terminate(self.processes.pop(job_id), timeout=30)
+
+    def _take_over(self, db: Session, row: Job, why: str) -> None:
+        """Queue a deployment whose server is gone to be launched again, unless a live platform holds it
+        (taking its lease first, so two platforms never both relaunch it)."""
+        if not leases.acquire(db, row.id, self.owner):
+            return
+        job_store.set_status(db, row, "created", "restarting", why, description="restarting")
+        logger.warning("deployment %s/%s: %s; launching it again", row.namespace, row.name, why)
+
+    def _delete(self, db: Session, row: Job) -> None:
+        """Stop the server and drop the row, on the platform that runs it (or any, once none does)."""
+        if row.id not in self.processes and not leases.acquire(db, row.id, self.owner):
+            return
+        self._stop(db, row.id)
+        db.delete(row)
+        db.commit()
+        logger.info("deployment %s/%s deleted", row.namespace, row.name)
 
     def _launch(self, db: Session, row: Job) -> None:
         from embedforge.serve.server import free_port
 
+        if not leases.acquire(db, row.id, self.owner):
+            return
         if not job_store.claim(db, row):
+            leases.release(db, row.id, self.owner)
             return
         workdir = self.workdir(row.id)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -98,18 +126,16 @@ class Deployments:
         )
         logger.info("deployment %s/%s starting on %s", row.namespace, row.name, url)
 
-    def _stop(self, job_id: str) -> None:
+    def _stop(self, db: Session, job_id: str) -> None:
         process = self.processes.pop(job_id, None)
-        name = self._route_of.pop(job_id, None)
-        if name is not None:
-            self.routes.pop(name, None)
         if process is not None:
             terminate(process, timeout=30)
+        leases.release(db, job_id, self.owner)
 
-    def stop_all(self) -> None:
+    def stop_all(self, db: Session) -> None:
+        """Stop our servers and release their leases: another platform relaunches them at once."""
         for job_id in list(self.processes):
-            self._stop(job_id)
-        self.routes.clear()
+            self._stop(db, job_id)
 
 
 def _ready(url: str) -> bool:

@@ -1,4 +1,5 @@
-"""Job leases: several platform processes on one database run each job once.
+"""Job leases: several platform processes on one database run each job (and each deployment's server)
+once.
 
 A runner that starts a job's worker takes the job's lease (its owner id and an expiry ``ttl`` seconds
 ahead) and renews the leases of its workers on every poll. Another runner leaves a job alone while its

@@ -51,7 +51,7 @@ class JobRunner:
         self.workers: dict[str, Worker] = {}
         self.executor = executor_for(settings)
         self.owner = leases.new_owner()  # this process's name on the job leases it holds
-        self.deployments = Deployments(settings, spawn)
+        self.deployments = Deployments(settings, spawn, self.owner)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="embedforge-job-runner", daemon=True)
         self._lock = threading.Lock()
@@ -81,8 +81,8 @@ class JobRunner:
         with self.sessions() as db:  # another platform may take the jobs over at once
             for job_id in self.workers:
                 leases.release(db, job_id, self.owner)
+            self.deployments.stop_all(db)
         self.workers.clear()
-        self.deployments.stop_all()
 
     def recover(self) -> None:
         """Take over the jobs no live platform holds: re-attach to those still running on a Ray cluster

@@ -1,16 +1,30 @@
 """The NIM surface under ``/nim``: ``/v1/embeddings`` routed by ``model`` to its ready deployment, and
-``/v1/models`` listing the served names. Errors are OpenAI-shaped; the deployment's own answers (errors
-included) pass through unchanged."""
+``/v1/models`` listing the served names. The routes are read from the database, so every platform on it
+reaches a deployment whichever platform runs its server. Errors are OpenAI-shaped; the deployment's own
+answers (errors included) pass through unchanged."""
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from embedforge.platform.jobs import deployments
+
 router = APIRouter(tags=["inference"])
+
+
+def ready_routes(request: Request) -> dict[str, str]:
+    """A sync dependency, so the query runs in FastAPI's thread pool rather than on the event loop; its
+    session closes at once, so no connection is held while the deployment answers."""
+    with request.app.state.sessions() as db:
+        return deployments.routes(db)
+
+
+Routes = Annotated[dict, Depends(ready_routes)]
 
 
 def openai_error(
@@ -21,13 +35,12 @@ def openai_error(
 
 
 @router.post("/v1/embeddings")
-async def embeddings(request: Request) -> Response:
+async def embeddings(request: Request, routes: Routes) -> Response:
     raw = await request.body()
     try:
         model = json.loads(raw).get("model")
     except (json.JSONDecodeError, AttributeError):
         return openai_error(400, "the body must be a JSON object with 'model' and 'input'")
-    routes = request.app.state.runner.deployments.routes
     base = routes.get(model) if isinstance(model, str) else None
     if base is None:
         served = ", ".join(sorted(routes)) or "none"
@@ -41,9 +54,9 @@ async def embeddings(request: Request) -> Response:
 
 
 @router.get("/v1/models")
-def models(request: Request) -> dict:
+def models(routes: Routes) -> dict:
     now = int(time.time())
-    names = sorted(request.app.state.runner.deployments.routes)
+    names = sorted(routes)
     return {
         "object": "list",
         "data": [{"id": n, "object": "model", "created": now, "owned_by": "embedforge"} for n in names],
