@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -36,9 +37,10 @@ def seed(database_url: str, rows: int) -> list[str]:
     sessions = store.session_factory(engine)
     jobs = [f"cust-bench{i:017d}" for i in range(rows)]
     with sessions() as db:
+        first = utcnow()
         for start in range(0, rows, 1000):
-            now = utcnow()
             for i in range(start, min(rows, start + 1000)):
+                now = first + timedelta(milliseconds=i)  # rows made through the API have distinct times
                 name = f"set-{i:05d}"
                 body = {"name": name, "namespace": NS, "files_url": f"hf://datasets/{NS}/{name}", "limit": i}
                 db.add(
