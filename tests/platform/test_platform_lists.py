@@ -105,3 +105,23 @@ def test_a_filter_given_several_times_selects_any_of_its_values(listed):
         "set-07",
     ]
     assert _names(listed.url, [("filter[name]", "set-07"), ("filter[name]", "set-7")]) == ["set-07"]
+
+
+def test_a_true_or_false_body_field_filters_and_searches_as_the_words_on_both_engines(platform):
+    client = client_for(platform.url)
+    for name, flag in (("flag-on", True), ("flag-off", False), ("flag-text", "true"), ("flag-one", 1)):
+        client.datasets.create(
+            name=name, namespace="flags", files_url="hf://datasets/f/x", custom_fields={"reviewed": flag}
+        )
+
+    def names(params: dict) -> list[str]:
+        body = httpx.get(
+            f"{platform.url}/v1/datasets", params={"filter[namespace]": "flags", "sort": "name", **params}
+        )
+        assert body.status_code == 200, body.text
+        return [d["name"] for d in body.json()["data"]]
+
+    assert names({"filter[custom_fields.reviewed]": "true"}) == ["flag-on", "flag-text"]
+    assert names({"filter[custom_fields.reviewed]": "false"}) == ["flag-off"]
+    assert names({"filter[custom_fields.reviewed]": "1"}) == ["flag-one"]
+    assert names({"search[custom_fields.reviewed]": "fal"}) == ["flag-off"]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Select, String, cast, func, or_, select, type_coerce
+from sqlalchemy import JSON, Select, String, case, cast, func, or_, select, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, defer, with_expression
 
@@ -100,14 +100,14 @@ def _body_value(model, name: str):
     return model.body[tuple(name.split("."))] if "." in name else model.body[name]
 
 
-def _field(model, name: str, columns: dict, typed: bool = False, sample: Any = None):
-    """The SQL expression for ``name``: its column, or the body field (as text, or as its type)."""
+def _sort_key(model, name: str, columns: dict, sample: Any):
+    """What ``name`` sorts by: its column, or the body field as the type of a value it has (``sample``)."""
     if name in columns:
         return columns[name]
     value = _body_value(model, name)
-    if typed and isinstance(sample, bool):
+    if isinstance(sample, bool):
         return value.as_boolean()
-    if typed and isinstance(sample, int | float):
+    if isinstance(sample, int | float):
         return value.as_float()
     return value.as_string()
 
@@ -129,10 +129,22 @@ def _bound(name: str, value: str, columns: dict):
     return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _condition(model, columns: dict, c: Condition):
+def _text(model, name: str, columns: dict, dialect: str):
+    """The field as text, alike on both engines: a String column as it is (its index stays usable), a body
+    field's JSON ``true``/``false`` as those words (SQLite's JSON_EXTRACT alone gives 1/0)."""
+    if name in columns:
+        column = columns[name]
+        return column if isinstance(column.type, String) else cast(column, String)
+    text = _body_value(model, name).as_string()
+    if dialect != "sqlite":
+        return text
+    kind = func.json_type(model.body, "$" + "".join(f'."{part}"' for part in name.split(".")))
+    return case((kind == "true", "true"), (kind == "false", "false"), else_=text)
+
+
+def _condition(model, columns: dict, c: Condition, dialect: str):
     """One filter or search condition as SQL (None: a search with no text, which selects everything)."""
-    field = _field(model, c.name, columns)
-    text = field if isinstance(getattr(field, "type", None), String) else cast(field, String)  # keeps an index
+    text = _text(model, c.name, columns, dialect)
     if c.op is not None:
         field = columns[c.name] if c.name in columns else text
         return or_(*(_OPERATORS[c.op](field, _bound(c.name, v, columns)) for v in c.values))
@@ -184,11 +196,11 @@ def page(
     found = conditions(params)
     filters, sort, number, size = list_query(params)
     for condition in found:
-        clause = _condition(model, columns, condition)
+        clause = _condition(model, columns, condition, session.get_bind().dialect.name)
         query = query if clause is None else query.where(clause)
     name = sort.lstrip("-")
     sample = None if name in columns else _sample(session, query, model, name)
-    key = _field(model, name, columns, typed=True, sample=sample)
+    key = _sort_key(model, name, columns, sample)
     order = key.desc() if sort.startswith("-") else key.asc()
     matching = select(func.count()).select_from(query.with_only_columns(model.id).subquery())
     page_ids = query.with_only_columns(model.id, matching.scalar_subquery().label("total"))
