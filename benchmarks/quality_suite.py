@@ -90,7 +90,7 @@ def aggregate_set(seeds: list[dict]) -> dict:
 def aggregate_suite(sets: dict[str, dict]) -> dict:
     mean = statistics.fmean(s["aggregate"]["mean_gain"] for s in sets.values())
     checks = {f"mean over sets >= +{SUITE_GAIN:.0%}": mean >= SUITE_GAIN} | {
-        f"{name}: all criteria": s["aggregate"]["holds"] for name, s in sets.items()
+        f"every criterion on {name}": s["aggregate"]["holds"] for name, s in sets.items()
     }
     return {"mean_gain": mean, "checks": checks, "holds": all(checks.values())}
 
@@ -140,7 +140,7 @@ def render(summary: dict) -> str:
         + (
             "**the claim holds**."
             if suite["holds"]
-            else f"**the claim does not hold** ({'; '.join(failed)})."
+            else f"**the claim does not hold**; not met: {'; '.join(failed)}."
         ),
         "",
         "Raw: `docs/bench/suite.json`.",
