@@ -7,11 +7,11 @@ filter, search}``. Conditions on different fields must all hold; a field given s
 
 Filtering, counting, sorting and paging run in the database (the same SQLAlchemy expressions on SQLite
 and PostgreSQL), so a page costs one page of rows, not the whole table. The page and the total come from
-one statement (a count subquery beside the page's ids), so they agree even while other clients write;
-unlike a window count, it lets the database walk an index for the page instead of sorting every matching
-row. A field is a column where the row has one (typed: ``created_at`` sorts as a time) and a field of the
-JSON body otherwise, compared as text and sorted by the type its values have (numbers as numbers). Missing
-values sort last; ties break by id, so pages never overlap.
+one statement, so they agree even while other clients write (``_total``: a count subquery, which lets the
+page walk an index, or for a substring search, which reads every row anyway, a count in the same pass). A
+field is a column where the row has one (typed: ``created_at`` sorts as a time) and a field of the JSON body
+otherwise, compared as text and sorted by the type its values have (numbers as numbers). Missing values
+sort last; ties break by id, so pages never overlap.
 """
 
 from __future__ import annotations
@@ -167,6 +167,15 @@ def _sample(session: Session, query: Select, model, name: str) -> Any:
     return value
 
 
+def _total(query: Select, model, found: list[Condition]):
+    """The count of the query's rows, as a column of the page's statement (one snapshot for both). A
+    substring search reads every row anyway, so one pass counts as it scans (a window count); otherwise a
+    count subquery, which leaves the page free to walk an index instead of sorting every matching row."""
+    if any(c.kind == "search" and c.op is None and c.words() for c in found):
+        return func.count().over()
+    return select(func.count()).select_from(query.with_only_columns(model.id).subquery()).scalar_subquery()
+
+
 def _page_rows(session: Session, page_ids: Select, model, options: Sequence) -> tuple[list, dict]:
     """The page's (id, total) rows and its rows by id, read again if a row vanished in between (another
     client deleted it); after three tries, the caller leaves the vanished rows out of the page and its count."""
@@ -202,8 +211,7 @@ def page(
     sample = None if name in columns else _sample(session, query, model, name)
     key = _sort_key(model, name, columns, sample)
     order = key.desc() if sort.startswith("-") else key.asc()
-    matching = select(func.count()).select_from(query.with_only_columns(model.id).subquery())
-    page_ids = query.with_only_columns(model.id, matching.scalar_subquery().label("total"))
+    page_ids = query.with_only_columns(model.id, _total(query, model, found).label("total"))
     order = order.nulls_last() if _nullable(key) else order  # a NOT NULL column keeps its index order
     page_ids = page_ids.order_by(order, model.id).limit(size).offset((number - 1) * size)
     ids, rows = _page_rows(session, page_ids, model, options)
