@@ -2,13 +2,16 @@
 
 Why: on a CPU the operating system's OOM killer ends a run that outgrows RAM with no message (signal 9),
 minutes into training. all-mpnet-base-v2 with the CPU recipe (64 queries a step, 1 positive + 1 negative
-each, 256 tokens) needs about 26 GB; MiniLM needs about 7. The estimate is the activations autograd keeps
-for the backward pass, 72 bytes per token per hidden unit per layer (Korthikanti et al. 2022,
+each, 256 tokens) needs about 28 GB; MiniLM needs about 8. The estimate is the activations autograd keeps
+for the backward pass, 80 bytes per token per hidden unit per layer (Korthikanti et al. 2022,
 arXiv:2205.05198, count 34·s·b·h at 2-byte precision, 68 bytes at fp32, leaving out the attention-score
-matrices fused attention does not keep; 72 fits MiniLM's measured peak), plus 16 bytes per parameter
-(weights, gradients, two AdamW moments) and 1 GiB for the rest. Measured: MiniLM peaked at 7.2 GB at the
-recipe's batch (estimate 7.2 GB); MPNet was killed by the OOM killer at 24.4 GB (estimate 25.9 GB). The
-check refuses only what will not fit in the memory available now, and says which setting to change.
+matrices fused attention does not keep), for the step's queries, passages and anchor texts, plus 16 bytes
+per parameter (weights, gradients, two AdamW moments) and 1 GiB for the rest. 80 is the smallest round
+value at or above every measured MiniLM peak: 7.2 GB at 64 queries x 2 passages x 256 tokens (estimate
+7.9), 10.1 GB with 3 passages (10.9), and 21.4 GB at 128 queries x 2 passages of dense 384-token HTML plus
+16 anchor texts (estimate 21.4; 72 bytes, without the anchor texts, said 18.4 and let the run be killed).
+MPNet was killed by the OOM killer at 24.4 GB (estimate 28.5). An estimate errs high, never low: the check
+refuses only what will not fit in the memory available now, and says which setting to change.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import psutil
 
 from embedforge.config import ConfigError
 
-ACTIVATION_BYTES = 72  # per token x hidden unit x layer, fp32
+ACTIVATION_BYTES = 80  # per token x hidden unit x layer, fp32 (see above)
 PARAM_BYTES = 16  # fp32 weights + gradients + AdamW's two moments
 RUNTIME_BYTES = 1 << 30  # interpreter, libraries, tokenizers, data
 QUERY_TOKENS = 32  # queries pad to the longest in the batch: short questions
@@ -31,10 +34,19 @@ def available_bytes() -> int:
 
 
 def step_bytes(
-    *, hidden: int, layers: int, parameters: int, forward_batch: int, n_passages: int, max_seq_length: int
+    *,
+    hidden: int,
+    layers: int,
+    parameters: int,
+    forward_batch: int,
+    n_passages: int,
+    max_seq_length: int,
+    extra_texts: int = 0,
 ) -> int:
-    """Peak bytes of one training forward + backward over ``forward_batch`` queries and their passages."""
-    tokens = forward_batch * (QUERY_TOKENS + n_passages * max_seq_length)
+    """Peak bytes of one training forward + backward over ``forward_batch`` queries and their passages, plus
+    ``extra_texts`` more texts of up to ``max_seq_length`` tokens that also keep activations (the anchor
+    batch: its loss goes through the model being trained)."""
+    tokens = forward_batch * (QUERY_TOKENS + n_passages * max_seq_length) + extra_texts * max_seq_length
     return ACTIVATION_BYTES * tokens * hidden * layers + PARAM_BYTES * parameters + RUNTIME_BYTES
 
 
@@ -48,11 +60,12 @@ def check_fits(
     n_passages: int,
     max_seq_length: int,
     available: int | None,
+    extra_texts: int = 0,
 ) -> int:
     """The estimate in bytes; ConfigError naming the settings to change when it exceeds ``available``."""
     estimate = partial(
         step_bytes, hidden=hidden, layers=layers, parameters=parameters, n_passages=n_passages,
-        max_seq_length=max_seq_length,
+        max_seq_length=max_seq_length, extra_texts=extra_texts,
     )  # fmt: skip
     need = estimate(forward_batch=forward_batch)
     if available is None or need <= available:

@@ -431,6 +431,7 @@ def _check_memory(model, config: FinetuneConfig, plan: dict[str, int]) -> None:
             n_passages=config.n_passages,
             max_seq_length=model.max_seq_length,  # the loaded model's, set from the config
             available=train_memory.available_bytes(),
+            extra_texts=config.anchor_batch if config.anchor_weight else 0,
         )
 
 
