@@ -84,7 +84,19 @@ def aggregate_set(seeds: list[dict]) -> dict:
         ),
         "held-out verdict agrees in sign": all(s["agree"] for s in seeds),
     }
-    return {"mean_gain": statistics.fmean(gains), "checks": checks, "holds": all(checks.values())}
+    return {
+        "mean_gain": statistics.fmean(gains),
+        "smallest_clear_gain": statistics.fmean(smallest_clear_gain(s["real"]) for s in seeds),
+        "checks": checks,
+        "holds": all(checks.values()),
+    }
+
+
+def smallest_clear_gain(test: dict) -> float:
+    """The relative gain a seed needs for its 95% CI to clear 0, given this set's questions and their spread:
+    the CI's half-width over the base score. What a set of a few dozen questions can show at all."""
+    low, high = test["ci95"]
+    return (high - low) / 2 / test["base"]
 
 
 def aggregate_suite(sets: dict[str, dict]) -> dict:
@@ -128,10 +140,18 @@ def render(summary: dict) -> str:
                 f"| {s['training']['train']} + {s['training']['heading_pairs']} "
                 f"| {'/'.join(str(round(t[k] or 0)) for k in ('sdg', 'prep', 'finetune', 'eval'))} |"
             )
-    lines += ["", "| set | mean gain | criteria not met |", "|---|---:|---|"]
+    lines += [
+        "",
+        "| set | seeds | mean gain | gain a seed needs for its CI to clear 0 | criteria not met |",
+        "|---|---:|---:|---:|---|",
+    ]
     for name, data in summary["sets"].items():
-        failed = [c for c, ok in data["aggregate"]["checks"].items() if not ok]
-        lines.append(f"| {name} | {data['aggregate']['mean_gain']:+.1%} | {'; '.join(failed) or 'none'} |")
+        agg = data["aggregate"]
+        failed = [c for c, ok in agg["checks"].items() if not ok]
+        lines.append(
+            f"| {name} | {len(data['seeds'])} | {agg['mean_gain']:+.1%} | {agg['smallest_clear_gain']:+.1%} "
+            f"| {'; '.join(failed) or 'none'} |"
+        )
     suite = summary["aggregate"]
     failed = [c for c, ok in suite["checks"].items() if not ok]
     lines += [

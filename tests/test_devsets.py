@@ -86,7 +86,13 @@ def test_a_part_writes_answers_without_their_questions_and_distractor_sections_t
 
 def seed(rel, low, significant, held_diff, held_significant, drop=0.0):
     return {
-        "real": {"rel": rel, "diff": rel / 2, "ci95": [low, low + 0.05], "significant": significant},
+        "real": {
+            "rel": rel,
+            "diff": rel / 2,
+            "base": 0.5,
+            "ci95": [low, low + 0.05],
+            "significant": significant,
+        },
         "held_out": {"diff": held_diff, "significant": held_significant},
         "agree": suite.sign({"diff": held_diff, "significant": held_significant})
         == suite.sign({"diff": rel, "significant": significant}),
@@ -98,6 +104,7 @@ def test_a_set_holds_only_when_every_seed_gains_and_its_own_report_agrees():
     good = [seed(0.06, 0.01, True, 0.03, True), seed(0.07, 0.02, True, 0.02, True)]
     verdict = suite.aggregate_set(good)
     assert verdict["holds"] and verdict["mean_gain"] == pytest.approx(0.065)
+    assert verdict["smallest_clear_gain"] == pytest.approx(0.025 / 0.5)  # the CI's half-width over the base
     # the run's report claims a gain the real questions do not show: the set fails on agreement alone
     claims = [seed(0.06, 0.01, True, 0.03, True), seed(0.07, -0.01, False, 0.04, True)]
     failed = suite.aggregate_set(claims)["checks"]
