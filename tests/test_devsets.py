@@ -101,9 +101,14 @@ def seed(rel, low, significant, held_diff, held_significant, drop=0.0):
 
 
 def test_a_set_holds_only_when_every_seed_gains_and_its_own_report_agrees():
-    good = [seed(0.06, 0.01, True, 0.03, True), seed(0.07, 0.02, True, 0.02, True)]
+    good = [
+        seed(0.06, 0.01, True, 0.03, True),
+        seed(0.07, 0.02, True, 0.02, True),
+        seed(0.065, 0.01, True, 0.02, True),
+    ]
     verdict = suite.aggregate_set(good)
     assert verdict["holds"] and verdict["mean_gain"] == pytest.approx(0.065)
+    assert not suite.aggregate_set(good[:2])["checks"]["3 seeds"]  # two seeds are not the claim
     assert verdict["smallest_clear_gain"] == pytest.approx(0.025 / 0.5)  # the CI's half-width over the base
     # the run's report claims a gain the real questions do not show: the set fails on agreement alone
     claims = [seed(0.06, 0.01, True, 0.03, True), seed(0.07, -0.01, False, 0.04, True)]
