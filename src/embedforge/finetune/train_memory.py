@@ -16,8 +16,6 @@ refuses only what will not fit in the memory available now, and says which setti
 
 from __future__ import annotations
 
-from functools import partial
-
 import psutil
 
 from embedforge.config import ConfigError
@@ -50,33 +48,19 @@ def step_bytes(
     return ACTIVATION_BYTES * tokens * hidden * layers + PARAM_BYTES * parameters + RUNTIME_BYTES
 
 
-def check_fits(
-    *,
-    model_name: str,
-    hidden: int,
-    layers: int,
-    parameters: int,
-    forward_batch: int,
-    n_passages: int,
-    max_seq_length: int,
-    available: int | None,
-    extra_texts: int = 0,
-) -> int:
-    """The estimate in bytes; ConfigError naming the settings to change when it exceeds ``available``."""
-    estimate = partial(
-        step_bytes, hidden=hidden, layers=layers, parameters=parameters, n_passages=n_passages,
-        max_seq_length=max_seq_length, extra_texts=extra_texts,
-    )  # fmt: skip
-    need = estimate(forward_batch=forward_batch)
+def check_fits(*, model_name: str, available: int | None, **step: int) -> int:
+    """The estimate in bytes of a step (``step``: ``step_bytes``'s arguments); ConfigError naming the settings
+    to change when it exceeds ``available``."""
+    need = step_bytes(**step)
     if available is None or need <= available:
         return need
-    fits = forward_batch
-    while fits > 1 and estimate(forward_batch=fits) > 0.8 * available:
+    batch, fits = step["forward_batch"], step["forward_batch"]
+    while fits > 1 and step_bytes(**{**step, "forward_batch": fits}) > 0.8 * available:
         fits //= 2
     raise ConfigError(
-        f"finetune: {model_name} at {forward_batch} queries per forward pass ({n_passages} passages each, up "
-        f"to {max_seq_length} tokens) needs about {need / 2**30:.1f} GiB; {available / 2**30:.1f} GiB is "
-        f"available. Set finetune.cached_loss=true micro_batch_size={fits} (GradCache: the same in-batch "
+        f"finetune: {model_name} at {batch} queries per forward pass ({step['n_passages']} passages each, up "
+        f"to {step['max_seq_length']} tokens) needs about {need / 2**30:.1f} GiB; {available / 2**30:.1f} GiB "
+        f"is available. Set finetune.cached_loss=true micro_batch_size={fits} (GradCache: the same in-batch "
         f"negatives in less memory), or micro_batch_size={fits} (gradient accumulation), or a lower "
         "max_seq_length"
     )
