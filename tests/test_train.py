@@ -423,3 +423,30 @@ def test_freeze_bottom_covers_decoders_and_names_the_layer_count():
     assert frozen == expected
     with pytest.raises(ConfigError, match="has 3 layers"):
         freeze_bottom(llama, 4)
+
+
+def test_the_gradcache_loss_equals_the_in_batch_loss_with_its_masking_and_gradients(minilm):
+    import torch
+
+    from embedforge.finetune.inbatch import CachedInBatchNegativesLoss, InBatchNegativesLoss, id_rows
+
+    columns = {
+        "anchor": ["q1", "q2", "q1", "q3", "q4"],
+        "positive": ["a", "b", "c", "d", "e"],
+        "negative_1": ["x", "a", "y", "b", "z"],  # a and b are also other rows' positives: masked
+    }
+    labels = torch.tensor(id_rows(columns))
+    torch.manual_seed(0)
+    embeddings = [torch.nn.functional.normalize(torch.randn(5, 8), dim=-1) for _ in range(3)]
+    embeddings[2][1], embeddings[2][3] = embeddings[1][0], embeddings[1][1]  # the same text, the same vector
+    plain = [e.clone().requires_grad_() for e in embeddings]
+    expected = InBatchNegativesLoss(minilm.model, scale=20.0).compute_loss_from_embeddings(plain, labels)
+    expected.backward()
+    cached = CachedInBatchNegativesLoss(minilm.model, scale=20.0, mini_batch_size=2)
+    reps = [[e[:3].clone().requires_grad_(), e[3:].clone().requires_grad_()] for e in embeddings]
+    value = cached.calculate_loss(reps, labels, with_backward=True)
+    torch.testing.assert_close(value, expected.detach())
+    for rep, reference in zip(reps, plain, strict=True):
+        torch.testing.assert_close(torch.cat([r.grad for r in rep]), reference.grad)
+    unmasked = cached.calculate_loss([[e] for e in embeddings], None)
+    assert unmasked > value + 0.01  # without the ids the duplicates count as negatives

@@ -65,3 +65,29 @@ def test_finetune_refuses_before_the_previous_run_is_touched(domain, tmp_path, m
         finetune(config)
     assert [p.name for p in tmp_path.iterdir()] == ["train_log.jsonl"]
     assert (tmp_path / "train_log.jsonl").read_text() == '{"step": 4, "loss": 0.5}\n'
+
+
+def test_a_step_too_large_for_the_recipe_runs_as_gradcache_mini_batches(domain, tmp_path, monkeypatch):
+    available = int(2.2 * GIB)  # MiniLM's weights and runtime fit, a whole step of 2 passages does not
+    monkeypatch.setattr(train_memory, "available_bytes", lambda: available)
+    config = FinetuneConfig(
+        train_data=str(domain["train"]), output_dir=str(tmp_path), max_steps=1, n_passages=2
+    )
+    summary = finetune(config)
+    plan = summary["plan"]
+    assert "GiB is available" in plan["memory_switch"]
+    assert summary["config"]["cached_loss"] is True
+    assert 1 <= plan["cache_mini_batch_size"] < plan["global_batch_size"]
+    assert plan["micro_batch_size"] == plan["global_batch_size"]  # one optimizer step sees every row
+    assert summary["config"]["micro_batch_size"] == plan["cache_mini_batch_size"]
+    assert summary["steps"] == 1 and summary["train_loss"] > 0
+    assert (tmp_path / "model" / "config.json").exists()
+
+
+def test_a_chosen_batch_setting_is_refused_not_changed(domain, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_memory, "available_bytes", lambda: int(2.2 * GIB))
+    config = FinetuneConfig(
+        train_data=str(domain["train"]), output_dir=str(tmp_path), max_steps=1, n_passages=2, cached_loss=True
+    )
+    with pytest.raises(ConfigError, match="GiB is available"):
+        finetune(config)

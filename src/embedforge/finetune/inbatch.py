@@ -15,6 +15,10 @@ different processes. ``InBatchNegativesLoss`` removes a candidate from a query's
   NVIDIA's corpus ids are made: id = hash of the text), or
 * the positive of another row with the same query text (an unrolled multi-positive query).
 
+``CachedInBatchNegativesLoss`` is the same loss computed GradCache's way (Gao et al. 2021,
+arXiv:2101.06983): embeddings first without a graph, then the loss and its gradients in chunks of rows, then
+each mini-batch's forward again with those gradients. Same value and gradients, a fraction of the memory.
+
 The ids travel to the loss in the training dataset's ``label`` column (sentence-transformers hands that column
 to the loss untokenised): per row ``[query key, positive key, negative keys...]``, 60-bit text hashes.
 """
@@ -24,7 +28,10 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from sentence_transformers.sentence_transformer.losses import (
+    CachedMultipleNegativesRankingLoss,
+    MultipleNegativesRankingLoss,
+)
 from sentence_transformers.util import all_gather, all_gather_with_grad, get_rank
 
 ID_COLUMN = "label"  # the column sentence-transformers passes to the loss as ``labels``
@@ -61,6 +68,31 @@ def false_negative_mask(local_ids: torch.Tensor, all_ids: torch.Tensor, offset: 
     return mask
 
 
+def _candidates(queries: torch.Tensor, docs: list[torch.Tensor], labels: torch.Tensor, gather: bool):
+    """Every row's passages as one candidate matrix (gathered from every process when ``gather``), the
+    rows' ids, the candidates' ids and this process's first row among all rows."""
+    ids = labels.to(device=queries.device, dtype=torch.long)
+    offset, all_ids = 0, ids
+    if gather:
+        docs = [all_gather_with_grad(d) for d in docs]
+        all_ids = all_gather(ids)
+        offset = get_rank() * queries.size(0)
+    return torch.cat(docs, dim=0), ids, all_ids, offset
+
+
+def _masked_cross_entropy(loss, queries, candidates, ids, all_ids, first: int) -> torch.Tensor:
+    """Mean cross-entropy of ``queries`` (rows ``first``... of all rows) against the candidates, each row's
+    positive the target, its false negatives removed from the softmax."""
+    scores = loss.similarity_fct(queries, candidates) * loss.scale
+    scores = scores.masked_fill(false_negative_mask(ids, all_ids, first), float("-inf"))
+    target = torch.arange(first, first + queries.size(0), device=queries.device)
+    return torch.nn.functional.cross_entropy(scores, target)
+
+
+def _has_ids(labels: torch.Tensor | None, columns: int) -> bool:
+    return labels is not None and labels.dim() == 2 and labels.size(1) == columns
+
+
 class InBatchNegativesLoss(MultipleNegativesRankingLoss):
     """sentence-transformers' MNRL (query -> all batch passages, positive first) with false negatives masked.
 
@@ -68,16 +100,34 @@ class InBatchNegativesLoss(MultipleNegativesRankingLoss):
     """
 
     def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor], labels: torch.Tensor | None):
-        if labels is None or labels.dim() != 2 or labels.size(1) != len(embeddings):
+        if not _has_ids(labels, len(embeddings)):
             return super().compute_loss_from_embeddings(embeddings, labels)
-        queries, docs = embeddings[0], list(embeddings[1:])
-        ids = labels.to(device=queries.device, dtype=torch.long)
-        offset, all_ids = 0, ids
-        if self.gather_across_devices:
-            docs = [all_gather_with_grad(d) for d in docs]
-            all_ids = all_gather(ids)
-            offset = get_rank() * queries.size(0)
-        scores = self.similarity_fct(queries, torch.cat(docs, dim=0)) * self.scale
-        scores = scores.masked_fill(false_negative_mask(ids, all_ids, offset), float("-inf"))
-        target = torch.arange(offset, offset + queries.size(0), device=queries.device)
-        return torch.nn.functional.cross_entropy(scores, target)
+        queries = embeddings[0]
+        candidates, ids, all_ids, offset = _candidates(
+            queries, embeddings[1:], labels, self.gather_across_devices
+        )
+        return _masked_cross_entropy(self, queries, candidates, ids, all_ids, offset)
+
+
+class CachedInBatchNegativesLoss(CachedMultipleNegativesRankingLoss):
+    """sentence-transformers' GradCache MNRL with ``InBatchNegativesLoss``'s false-negative masking.
+
+    Only the query -> passage direction (the default); without id labels it is the parent's loss.
+    """
+
+    def calculate_loss(self, reps: list[list[torch.Tensor]], labels=None, *, with_backward: bool = False):
+        if not _has_ids(labels, len(reps)):
+            return super().calculate_loss(reps, labels, with_backward=with_backward)
+        queries = torch.cat(reps[0])
+        docs = [torch.cat(r) for r in reps[1:]]
+        candidates, ids, all_ids, offset = _candidates(queries, docs, labels, self.gather_across_devices)
+        rows, total = queries.size(0), []
+        for begin in range(0, rows, self.mini_batch_size):
+            end = min(begin + self.mini_batch_size, rows)
+            chunk = (queries[begin:end], candidates, ids[begin:end], all_ids, offset + begin)
+            part = _masked_cross_entropy(self, *chunk) * (end - begin) / rows
+            if with_backward:
+                part.backward()
+                part = part.detach()
+            total.append(part)
+        return sum(total)

@@ -11,7 +11,8 @@ value at or above every measured MiniLM peak: 7.2 GB at 64 queries x 2 passages 
 7.9), 10.1 GB with 3 passages (10.9), and 21.4 GB at 128 queries x 2 passages of dense 384-token HTML plus
 16 anchor texts (estimate 21.4; 72 bytes, without the anchor texts, said 18.4 and let the run be killed).
 MPNet was killed by the OOM killer at 24.4 GB (estimate 28.5). An estimate errs high, never low: the check
-refuses only what will not fit in the memory available now, and says which setting to change.
+stops only what will not fit in the memory available now: the trainer then runs the same step as GradCache
+mini-batches (``largest_batch``), or, when the batch settings were chosen by hand, refuses naming the fix.
 """
 
 from __future__ import annotations
@@ -48,19 +49,34 @@ def step_bytes(
     return ACTIVATION_BYTES * tokens * hidden * layers + PARAM_BYTES * parameters + RUNTIME_BYTES
 
 
+class StepTooLarge(ConfigError):
+    """A step that does not fit in the memory available; ``fits`` is the largest forward batch that does."""
+
+    def __init__(self, message: str, fits: int):
+        super().__init__(message)
+        self.fits = fits
+
+
+def largest_batch(available: int, **step: int) -> int:
+    """The forward batch, halved from ``step``'s, whose step takes at most 80% of ``available`` (0: none)."""
+    fits = step["forward_batch"]
+    while fits >= 1 and step_bytes(**{**step, "forward_batch": fits}) > 0.8 * available:
+        fits //= 2
+    return fits
+
+
 def check_fits(*, model_name: str, available: int | None, **step: int) -> int:
-    """The estimate in bytes of a step (``step``: ``step_bytes``'s arguments); ConfigError naming the settings
-    to change when it exceeds ``available``."""
+    """The estimate in bytes of a step (``step``: ``step_bytes``'s arguments); StepTooLarge naming the
+    settings to change when it exceeds ``available``."""
     need = step_bytes(**step)
     if available is None or need <= available:
         return need
-    batch, fits = step["forward_batch"], step["forward_batch"]
-    while fits > 1 and step_bytes(**{**step, "forward_batch": fits}) > 0.8 * available:
-        fits //= 2
-    raise ConfigError(
-        f"finetune: {model_name} at {batch} queries per forward pass ({step['n_passages']} passages each, up "
-        f"to {step['max_seq_length']} tokens) needs about {need / 2**30:.1f} GiB; {available / 2**30:.1f} GiB "
-        f"is available. Set finetune.cached_loss=true micro_batch_size={fits} (GradCache: the same in-batch "
-        f"negatives in less memory), or micro_batch_size={fits} (gradient accumulation), or a lower "
-        "max_seq_length"
+    fits = largest_batch(available, **step)
+    raise StepTooLarge(
+        f"finetune: {model_name} at {step['forward_batch']} queries per forward pass ({step['n_passages']} "
+        f"passages each, up to {step['max_seq_length']} tokens) needs about {need / 2**30:.1f} GiB; "
+        f"{available / 2**30:.1f} GiB is available. Set finetune.cached_loss=true micro_batch_size="
+        f"{max(fits, 1)} (GradCache: the same in-batch negatives in less memory), or micro_batch_size="
+        f"{max(fits, 1)} (gradient accumulation), or a lower max_seq_length",
+        fits,
     )

@@ -27,7 +27,7 @@ import random
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -36,7 +36,6 @@ from sentence_transformers import SentenceTransformerTrainer, SentenceTransforme
 from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.sentence_transformer.losses import (
-    CachedMultipleNegativesRankingLoss,
     MatryoshkaLoss,
     MultipleNegativesRankingLoss,
 )
@@ -48,7 +47,7 @@ from embedforge.data.formats import TrainingExample, passage_id, read_training_d
 from embedforge.finetune import distill, train_memory
 from embedforge.finetune.anchor import anchored_loss, load_texts
 from embedforge.finetune.distill import DistilledLoss, TeacherScores
-from embedforge.finetune.inbatch import ID_COLUMN, InBatchNegativesLoss, id_rows
+from embedforge.finetune.inbatch import ID_COLUMN, CachedInBatchNegativesLoss, InBatchNegativesLoss, id_rows
 from embedforge.models.bi_encoder import PASSAGE, QUERY, BiEncoder
 from embedforge.models.precision import bf16_is_native
 
@@ -206,7 +205,7 @@ def make_loss(
     # in-batch negatives from every process (DDP); a single process has nothing to gather
     gather = config.gather_across_devices and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if config.cached_loss:
-        loss = CachedMultipleNegativesRankingLoss(
+        loss = CachedInBatchNegativesLoss(
             model, scale=scale, mini_batch_size=micro_batch, gather_across_devices=gather
         )
     elif config.in_batch_negatives:  # MNRL + masking of same-passage false negatives (see inbatch)
@@ -417,22 +416,36 @@ def _load_for_training(config: FinetuneConfig) -> BiEncoder:
     return encoder
 
 
-def _check_memory(model, config: FinetuneConfig, plan: dict[str, int]) -> None:
-    """On a CPU the OOM killer ends a run that does not fit without a word: refuse it before it starts."""
+def _fit_in_memory(model, config: FinetuneConfig, plan: dict, n_rows: int) -> tuple[FinetuneConfig, dict]:
+    """On a CPU the OOM killer ends a run that does not fit without a word: check before it starts. A step
+    too large for the memory available, with the batch settings left to the recipe, runs as GradCache
+    mini-batches (``cached_loss``: the same loss, negatives and false-negative masking, less memory, about
+    a third more compute); otherwise it is refused with the settings to change."""
     shape = model[0].auto_model.config
     hidden, layers = getattr(shape, "hidden_size", None), getattr(shape, "num_hidden_layers", None)
-    if not torch.cuda.is_available() and hidden and layers:
+    if torch.cuda.is_available() or not (hidden and layers):
+        return config, plan
+    step = {
+        "hidden": hidden,
+        "layers": layers,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "forward_batch": plan["cache_mini_batch_size"],
+        "n_passages": config.n_passages,
+        "max_seq_length": model.max_seq_length,  # the loaded model's, set from the config
+        "extra_texts": config.anchor_batch if config.anchor_weight else 0,
+    }
+    try:
         train_memory.check_fits(
-            model_name=str(config.base_model),
-            hidden=hidden,
-            layers=layers,
-            parameters=sum(p.numel() for p in model.parameters()),
-            forward_batch=plan["cache_mini_batch_size"],
-            n_passages=config.n_passages,
-            max_seq_length=model.max_seq_length,  # the loaded model's, set from the config
-            available=train_memory.available_bytes(),
-            extra_texts=config.anchor_batch if config.anchor_weight else 0,
+            model_name=str(config.base_model), available=train_memory.available_bytes(), **step
         )
+    except train_memory.StepTooLarge as short:
+        chosen = config.cached_loss or config.micro_batch_size or config.distill_teacher
+        if chosen or short.fits < 1:
+            raise
+        logger.warning("%s: running it as GradCache mini-batches of %d queries instead", short, short.fits)
+        config = replace(config, cached_loss=True, micro_batch_size=short.fits)
+        plan = {**plan_batches(config, n_rows), "memory_switch": str(short)}
+    return config, plan
 
 
 def _column_prompts(encoder: BiEncoder, columns: dict) -> dict[str, str]:
@@ -489,7 +502,7 @@ def _training_arguments(
 
 def _train_dataset(rows: TrainingRows, config: FinetuneConfig, teacher: TeacherScores | None) -> Dataset:
     columns = dict(rows.columns)
-    if (config.in_batch_negatives and not config.cached_loss) or teacher is not None:
+    if config.in_batch_negatives or config.cached_loss or teacher is not None:
         # passage/query keys: false-negative masking and teacher-score lookup
         columns[ID_COLUMN] = id_rows(rows.columns)
     return Dataset.from_dict(columns)
@@ -549,7 +562,7 @@ def finetune(config: FinetuneConfig) -> dict:
     anchors = load_texts(config.anchor_texts, config.anchor_count) if config.anchor_weight else None
     encoder = _load_for_training(config)
     model, bf16 = encoder.model, resolve_bf16(config.bf16)
-    _check_memory(model, config, plan)
+    config, plan = _fit_in_memory(model, config, plan, rows.stats["rows"])
 
     out = Path(config.output_dir)
     checkpoints, log_path = out / "checkpoints", out / "train_log.jsonl"
