@@ -48,6 +48,9 @@ def test_a_step_that_does_not_fit_is_refused_with_a_micro_batch_that_does():
     assert step_bytes(**MPNET, **{**RECIPE, "forward_batch": fits}) <= 0.8 * available
     assert step_bytes(**MPNET, **{**RECIPE, "forward_batch": fits * 2}) > 0.8 * available
     assert check_fits(model_name="mpnet", **MPNET, **RECIPE, available=None) > 0  # unknown memory: no check
+    tight = int(step_bytes(**MINILM, **RECIPE) / 0.95)  # the step would take 95% of what is free
+    with pytest.raises(ConfigError, match="GiB is available"):
+        check_fits(model_name="minilm", **MINILM, **RECIPE, available=tight)
 
 
 @pytest.fixture(scope="module")

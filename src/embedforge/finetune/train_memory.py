@@ -24,6 +24,7 @@ from embedforge.config import ConfigError
 ACTIVATION_BYTES = 80  # per token x hidden unit x layer, fp32 (see above)
 PARAM_BYTES = 16  # fp32 weights + gradients + AdamW's two moments
 RUNTIME_BYTES = 1 << 30  # interpreter, libraries, tokenizers, data
+HEADROOM = 0.9  # a step may take 90% of what is available: other processes grow while it runs
 QUERY_TOKENS = 32  # queries pad to the longest in the batch: short questions
 
 
@@ -69,7 +70,7 @@ def check_fits(*, model_name: str, available: int | None, **step: int) -> int:
     """The estimate in bytes of a step (``step``: ``step_bytes``'s arguments); StepTooLarge naming the
     settings to change when it exceeds ``available``."""
     need = step_bytes(**step)
-    if available is None or need <= available:
+    if available is None or need <= HEADROOM * available:
         return need
     fits = largest_batch(available, **step)
     raise StepTooLarge(
