@@ -53,9 +53,9 @@ def step_bytes(
 class StepTooLarge(ConfigError):
     """A step that does not fit in the memory available; ``fits`` is the largest forward batch that does."""
 
-    def __init__(self, message: str, fits: int):
-        super().__init__(message)
-        self.fits = fits
+    def __init__(self, shortfall: str, fix: str, fits: int):
+        super().__init__(f"{shortfall}. {fix}")
+        self.shortfall, self.fits = shortfall, fits
 
 
 def largest_batch(available: int, **step: int) -> int:
@@ -76,8 +76,8 @@ def check_fits(*, model_name: str, available: int | None, **step: int) -> int:
     raise StepTooLarge(
         f"finetune: {model_name} at {step['forward_batch']} queries per forward pass ({step['n_passages']} "
         f"passages each, up to {step['max_seq_length']} tokens) needs about {need / 2**30:.1f} GiB; "
-        f"{available / 2**30:.1f} GiB is available. Set finetune.cached_loss=true micro_batch_size="
-        f"{max(fits, 1)} (GradCache: the same in-batch negatives in less memory), or micro_batch_size="
-        f"{max(fits, 1)} (gradient accumulation), or a lower max_seq_length",
+        f"{available / 2**30:.1f} GiB is available",
+        f"Set finetune.cached_loss=true micro_batch_size={max(fits, 1)} (GradCache: the same in-batch negatives "
+        f"in less memory), or micro_batch_size={max(fits, 1)} (gradient accumulation), or a lower max_seq_length",
         fits,
     )

@@ -442,9 +442,13 @@ def _fit_in_memory(model, config: FinetuneConfig, plan: dict, n_rows: int) -> tu
         chosen = config.cached_loss or config.micro_batch_size or config.distill_teacher
         if chosen or short.fits < 1:
             raise
-        logger.warning("%s: running it as GradCache mini-batches of %d queries instead", short, short.fits)
+        logger.warning(
+            "%s: running it as GradCache mini-batches (cached_loss=true micro_batch_size=%d)",
+            short.shortfall,
+            short.fits,
+        )
         config = replace(config, cached_loss=True, micro_batch_size=short.fits)
-        plan = {**plan_batches(config, n_rows), "memory_switch": str(short)}
+        plan = {**plan_batches(config, n_rows), "memory_switch": short.shortfall}
     return config, plan
 
 
