@@ -390,7 +390,9 @@ def run_levels(name: str, call, batches, levels, args, pid: int) -> list[dict]:
     return out
 
 
-def bench_http_peer(name: str, cmd: list[str], env: dict, ready: str, caller, batches, levels, args, work):
+def bench_http_peer(
+    name: str, cmd: list[str], env: dict, ready: str, caller, batches, levels, args, work, cwd: Path = ROOT
+):
     """Start a peer's server, run the levels against it over HTTP, stop it; a start that fails is recorded."""
     from embedforge.serve.server import free_port
 
@@ -400,7 +402,7 @@ def bench_http_peer(name: str, cmd: list[str], env: dict, ready: str, caller, ba
     log = work / f"{name}.log"
     res: dict = {"command": " ".join(cmd), "levels": []}
     with open(log, "w") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         try:
             t0 = time.monotonic()
             wait_http(proc, url + ready, log)
@@ -414,20 +416,29 @@ def bench_http_peer(name: str, cmd: list[str], env: dict, ready: str, caller, ba
             res["reason"] = str(exc)
         finally:
             stop_process(proc)
+    res["log_warnings"] = log_warnings(log)
     print(f"  {name}: {res['status']}", flush=True)
     return res
 
 
-def infinity_optimum_dir(st_dir: Path, file_name: str, work: Path) -> Path:
-    """The model with one ONNX file, the int8 one, as ``onnx/model_quantized.onnx``.
+def log_warnings(log: Path, limit: int = 10) -> list[str]:
+    """A peer's logged warnings, each with the three lines after it (its logger wraps long messages)."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    found = [i for i, line in enumerate(lines) if "WARNING" in line]
+    return [" ".join(x.strip() for x in lines[i : i + 4]) for i in found[:limit]]
 
-    infinity's optimum engine picks the ONNX file itself: on a CPU the one whose name contains "quantize",
-    else the last one listed, so a copy holding only the int8 file makes its choice the intended one.
+
+def infinity_optimum_dir(st_dir: Path, file_name: str, work: Path) -> Path:
+    """The model with one ONNX file, the int8 one, as ``model_quantized.onnx`` at its top.
+
+    infinity's optimum engine picks the ONNX file itself (on a CPU the one whose name contains "quantize",
+    else the last one listed), so the copy holds only the int8 file. It passes the file's path as listed
+    under ``--model-id`` to optimum-onnx, which matches it against bare file names: served as ``--model-id
+    .`` from this directory, the path listed is the bare name.
     """
     out = work / "infinity_optimum_model"
     shutil.copytree(st_dir, out, ignore=shutil.ignore_patterns("onnx"))
-    (out / "onnx").mkdir()
-    shutil.copy(st_dir / file_name, out / "onnx/model_quantized.onnx")
+    shutil.copy(st_dir / file_name, out / "model_quantized.onnx")
     return out
 
 
@@ -438,15 +449,19 @@ def try_infinity(engine: str, model_dir: Path, batches, levels, args, work: Path
     if not exe.exists():
         tail = log.read_text()[-600:] if log.exists() else "no install log"
         return {"status": "not installed (make bench-peers)", "reason": tail}
-    cmd = [str(exe), "v2", "--model-id", str(model_dir), "--port", "{port}", "--host", "127.0.0.1"]
+    model_id = "." if engine == "optimum" else str(model_dir)  # see infinity_optimum_dir
+    cmd = [str(exe), "v2", "--model-id", model_id, "--port", "{port}", "--host", "127.0.0.1"]
     cmd += ["--engine", engine, "--device", "cpu", "--batch-size", "32"]
     # HF_HUB_CACHE: where the optimum engine writes the graph it optimizes at start
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(work / "infinity_hf_cache")}
     env["INFINITY_ANONYMOUS_USAGE_STATS"] = "0"
     caller = functools.partial(
-        http_caller, model=str(model_dir), path="/embeddings", extra={"encoding_format": "base64"}
+        http_caller, model=model_id, path="/embeddings", extra={"encoding_format": "base64"}
     )
-    return bench_http_peer(f"infinity-{engine}", cmd, env, "/health", caller, batches, levels, args, work)
+    res = bench_http_peer(
+        f"infinity-{engine}", cmd, env, "/health", caller, batches, levels, args, work, cwd=model_dir
+    )
+    return {"model_dir": str(model_dir), **res}
 
 
 def run_peer_script(args, *argv: str) -> dict:

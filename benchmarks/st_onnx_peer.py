@@ -14,8 +14,6 @@ embedforge pins transformers 5, so this script runs with another interpreter (``
 Nothing is read from a model hub: the model is a local directory and HF_HUB_OFFLINE is set.
 """
 
-from __future__ import annotations
-
 import argparse
 import base64
 import json
@@ -90,7 +88,10 @@ def inprocess(args: argparse.Namespace) -> dict:
 
 
 def make_app(model: str, file_name: str):
-    """``POST /v1/embeddings`` as a user writes it: a sync endpoint (FastAPI's thread pool) calling encode."""
+    """``POST /v1/embeddings`` as a user writes it: a sync endpoint (FastAPI's thread pool) calling encode.
+
+    Annotations stay evaluated (no ``from __future__ import annotations``): FastAPI reads the local model.
+    """
     import numpy as np
     from fastapi import FastAPI
     from pydantic import BaseModel
