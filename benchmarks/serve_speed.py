@@ -339,7 +339,7 @@ def quantization_config_for_cpu(cpuinfo: str | None = None) -> str:
     return "avx512" if "avx512f" in flags else "avx2"
 
 
-def wait_http(proc: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> None:
+def wait_http(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
     """Poll ``url`` until it answers 200; a process that exits or a timeout raises with the log's tail."""
     import httpx
 
@@ -405,13 +405,15 @@ def bench_http_peer(
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         try:
             t0 = time.monotonic()
-            wait_http(proc, url + ready, log)
+            wait_http(proc, url + ready, log, args.peer_start_timeout)
             res["startup_s"] = round(time.monotonic() - t0, 2)
             res["rss_idle_kb"] = proc_status(proc.pid).get("VmRSS")
             res["levels"] = run_levels(name, caller(url), batches, levels, args, proc.pid)
             res["vmhwm_kb"] = proc_status(proc.pid).get("VmHWM")
             res["status"] = "ok"
-        except (RuntimeError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            res["status"], res["reason"] = "not ready in time", str(exc)
+        except RuntimeError as exc:
             res["status"] = "failed under load" if "startup_s" in res else "failed to start"
             res["reason"] = str(exc)
         finally:
@@ -639,6 +641,9 @@ def main() -> int:
         help="export_dynamic_quantized_onnx_model config (default: the one this CPU's flags fit)",
     )
     parser.add_argument("--skip-st-onnx", action="store_true")
+    parser.add_argument(
+        "--peer-start-timeout", type=float, default=600, help="seconds a peer's server may take to start"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--fixed-requests", type=int, default=100, help="repeats of the median request at c=1"
