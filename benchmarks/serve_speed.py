@@ -25,7 +25,10 @@ read after each level; the in-process sentence-transformers ONNX peer samples it
   conflict with ours, so it runs from its own venv (``--st-venv``) through ``benchmarks/st_onnx_peer.py``.
 * infinity-torch / infinity-optimum: ``infinity_emb v2 --engine torch|optimum --device cpu --batch-size
   32`` from its own venv (``--infinity-venv``); the optimum engine serves the same int8 ONNX file as the
-  sentence-transformers peer. A peer that cannot start is recorded with the reason, not measured.
+  sentence-transformers peer (as ``--model-id .`` from a copy holding only that file: see
+  ``infinity_optimum_dir``). A peer's logged warnings are kept (``log_warnings``: infinity 0.0.78's start-up
+  graph optimization fails with optimum 2.1 and it serves the graph as given). A peer that cannot start is
+  recorded with the reason, not measured.
 
 ``make bench-peers`` builds both venvs (``benchmarks/peers-st-onnx.txt``, ``benchmarks/peers-infinity.txt``).
 
