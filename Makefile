@@ -54,6 +54,18 @@ test: $(STAMP) postgres chromium
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_speed.py
 
+# benchmarks/serve_speed.py's peers, each in its own venv: their pins (transformers < 4.58) conflict with ours.
+ST_VENV ?= /tmp/stvenv
+INF_VENV ?= /tmp/infvenv
+.PHONY: bench-peers
+bench-peers: $(STAMP)
+	test -x $(ST_VENV)/bin/python || $(PY) -m venv $(ST_VENV)
+	$(ST_VENV)/bin/pip install -q torch==$(TORCH_VERSION)
+	$(ST_VENV)/bin/pip install -q -r benchmarks/peers-st-onnx.txt
+	test -x $(INF_VENV)/bin/python || $(PY) -m venv $(INF_VENV)
+	$(INF_VENV)/bin/pip install -q torch==$(TORCH_VERSION)
+	$(INF_VENV)/bin/pip install -q -r benchmarks/peers-infinity.txt > /tmp/infinstall.log 2>&1 || { tail -20 /tmp/infinstall.log; exit 1; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/ruff format --check src tests benchmarks tools

@@ -1,26 +1,43 @@
 """Serving speed on this CPU: `embedforge serve` over HTTP (ONNX fp32 and int8) against in-process ONNX
-Runtime, in-process sentence-transformers (PyTorch) and, when it installs offline, infinity-emb.
+Runtime and against the peers a user would pick for CPU serving: sentence-transformers (PyTorch, and its ONNX
+int8 backend in-process and behind a minimal FastAPI server) and infinity-emb (torch and optimum/ONNX engines).
 
-One run, one model (``minilm``), one set of texts (passages of the cached PostgreSQL manual, else generated
-sentences). Every "request" is a batch of ``--batch`` texts (input_type passage, truncate END). For each
-system and each concurrency level (1, 8, 32 by default) ``concurrency`` client threads send requests
-back-to-back for at most ``--seconds`` seconds or ``--max-requests`` requests; throughput is texts / wall
-time, latency is per request (p50/p99).
+One run, one model (``minilm``, the bundled local copy: nothing comes from a model hub), one set of texts
+(passages of the cached PostgreSQL manual, else generated sentences). Every "request" is a batch of
+``--batch`` texts (input_type passage, truncate END, base64). For each system and each concurrency level
+(1, 8, 32 by default) ``concurrency`` client threads send requests back-to-back for at most ``--seconds``
+seconds or ``--max-requests`` requests; throughput is texts / wall time, latency is per request (p50/p99).
+Memory: every server's RSS (VmRSS) is sampled from /proc/PID/status while the load runs and its peak (VmHWM)
+read after each level; the in-process sentence-transformers ONNX peer samples its own process.
 
 * server-fp32 / server-int8: ``python -m embedforge.cli serve EXPORT --port N precision=...`` as a
-  subprocess, clients are threads with one ``httpx.Client`` each. The server's RSS is sampled from
-  /proc/PID/status while the load runs (VmRSS) and its peak (VmHWM) is read after each level. Then one
-  ``--rss-seconds`` run at concurrency 8 samples RSS every 0.5 s: memory is flat when the mean of the last
-  10 s is close to the mean of the first 10 s.
+  subprocess, clients are threads with one ``httpx.Client`` each. Then one ``--rss-seconds`` run at
+  concurrency 8 samples RSS every 0.5 s: memory is flat when the mean of the last 10 s is close to the mean
+  of the first 10 s.
 * ort-fp32 / ort-int8: the server's own runtime (``load_runtime(EXPORT, precision=...)``) called in-process
   with the same batches (``embed_texts``: tokenize, pad, run), the same client threads without HTTP.
 * st-torch: ``SentenceTransformer(resolve_model("minilm")).encode(batch, batch_size=len(batch))``.
+* st-onnx-int8 / st-onnx-int8-http: sentence-transformers' ONNX backend as its docs show it: the model
+  exported with ``backend="onnx"`` and quantized by ``export_dynamic_quantized_onnx_model(model, CONFIG)``
+  (CONFIG from this CPU's flags: avx512_vnni, avx512, avx2 or arm64; ``--st-quantization``), loaded with
+  ``model_kwargs={"file_name": "onnx/model_qint8_CONFIG.onnx"}``; in-process, and behind FastAPI's
+  ``POST /v1/embeddings`` on uvicorn (127.0.0.1). It needs optimum-onnx, whose pins (transformers < 4.58)
+  conflict with ours, so it runs from its own venv (``--st-venv``) through ``benchmarks/st_onnx_peer.py``.
+* infinity-torch / infinity-optimum: ``infinity_emb v2 --engine torch|optimum --device cpu --batch-size
+  32`` from its own venv (``--infinity-venv``); the optimum engine serves the same int8 ONNX file as the
+  sentence-transformers peer (as ``--model-id .`` from a copy holding only that file: see
+  ``infinity_optimum_dir``). A peer's logged warnings are kept (``log_warnings``: infinity 0.0.78's start-up
+  graph optimization fails with optimum 2.1 and it serves the graph as given). A peer that cannot start is
+  recorded with the reason, not measured.
 
-Ratios (the serving targets): at concurrency 32, server / in-process ORT throughput (>= 0.85); int8
-server / sentence-transformers torch throughput (>= 2); p99 at concurrency 1 / the median of one in-process
-call of the same request (<= 1.5): one request of median length is sent ``--fixed-requests`` times one after the
-other, to the server and in-process, so the ratio measures what serving adds, not how request lengths vary
-(the mixed-request p99 of both is reported too).
+``make bench-peers`` builds both venvs (``benchmarks/peers-st-onnx.txt``, ``benchmarks/peers-infinity.txt``).
+
+Targets (``targets`` in the output; ratios within this run; the best peer is the peer with the highest
+throughput at that level): `embedforge serve` int8 >= 1.5x the best peer's throughput at concurrency 32, and
+its p99 at concurrency 1 <= 1.2x the best peer's. Other ratios (``ratios``): server / in-process ORT
+throughput at concurrency 32 (>= 0.85); int8 server / sentence-transformers torch (>= 2); p99 at concurrency
+1 / the median of one in-process call of the same request (<= 1.5): one request of median length is sent
+``--fixed-requests`` times one after the other, to the server and in-process.
 
     .venv/bin/python benchmarks/serve_speed.py [--texts 512] [--seconds 8] [--rss-seconds 60]
         [--out docs/bench/serve_speed.json]
@@ -32,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -229,25 +247,23 @@ class Server:
         self.log.close()
 
 
-def http_caller(url: str, model: str) -> Callable[[list[str]], None]:
+OUR_REQUEST = {"input_type": "passage", "truncate": "END", "encoding_format": "base64"}
+
+
+def http_caller(
+    url: str, model: str, path: str = "/v1/embeddings", extra: dict | None = None
+) -> Callable[[list[str]], None]:
+    """One ``httpx.Client`` per client thread posting a batch; ``extra``: the body's other fields."""
     import httpx
 
     local = threading.local()
+    fields = OUR_REQUEST if extra is None else extra
 
     def call(batch: list[str]) -> None:
         client = getattr(local, "client", None)
         if client is None:
             client = local.client = httpx.Client(timeout=120)
-        r = client.post(
-            url + "/v1/embeddings",
-            json={
-                "input": batch,
-                "model": model,
-                "input_type": "passage",
-                "truncate": "END",
-                "encoding_format": "base64",
-            },
-        )
+        r = client.post(url + path, json={"input": batch, "model": model, **fields})
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {r.text[:150]}")
         if len(r.json()["data"]) != len(batch):
@@ -269,23 +285,7 @@ def bench_server(export: Path, precision: str, batches, levels, args, work: Path
         res["rss_idle_kb"] = proc_status(srv.proc.pid).get("VmRSS")
         model = httpx.get(srv.url + "/v1/models").json()["data"][0]["id"]
         call = http_caller(srv.url, model)
-        for b in batches[:5]:  # warm-up
-            call(b)
-        for c in levels:
-            samples: list[int] = []
-            sampler = lambda samples=samples: samples.append(proc_status(srv.proc.pid).get("VmRSS", 0))  # noqa: E731
-            r = drive(call, batches, c, args.seconds, args.max_requests, sampler)
-            st = proc_status(srv.proc.pid)
-            r["rss_max_sampled_kb"] = max(samples) if samples else None
-            r["vmhwm_kb_after"] = st.get("VmHWM")
-            r["server_threads_os"] = st.get("Threads")
-            r["load"] = load()
-            res["levels"].append(r)
-            print(
-                f"  {name} c={c}: {r['texts_per_s']} texts/s p50 {r['p50_ms']} ms "
-                f"p99 {r['p99_ms']} ms err {r['errors']} HWM {st.get('VmHWM')} kB",
-                flush=True,
-            )
+        res["levels"] = run_levels(name, call, batches, levels, args, srv.proc.pid)
         r = drive(call, [args.fixed_batch], 1, 10**9, args.fixed_requests)
         res["fixed_c1"] = {k: r[k] for k in ("requests", "errors", "p50_ms", "p99_ms", "mean_ms")}
         print(f"  {name} fixed request c=1: p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms", flush=True)
@@ -321,89 +321,269 @@ def bench_server(export: Path, precision: str, batches, levels, args, work: Path
     return res
 
 
-# ---------------------------------------------------------------------------------------------- infinity
+# ------------------------------------------------------------------------------------------------- peers
+
+PEER_SCRIPT = ROOT / "benchmarks/st_onnx_peer.py"
+PEER_PREFIXES = ("st-", "infinity-")  # the systems the targets compare `embedforge serve` against
 
 
-def try_infinity(model_dir: str, batches, levels, args, work: Path) -> dict:
-    """Serve the same model with infinity-emb from /tmp/infvenv if it installed (else record why not)."""
+def quantization_config_for_cpu(cpuinfo: str | None = None) -> str:
+    """The ``export_dynamic_quantized_onnx_model`` config that fits this CPU (its /proc/cpuinfo flags)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = set(cpuinfo.split())
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "arm64"
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    return "avx512" if "avx512f" in flags else "avx2"
+
+
+def wait_http(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
+    """Poll ``url`` until it answers 200; a process that exits or a timeout raises with the log's tail."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}: {log.read_text()[-800:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready in {timeout:.0f} s: {log.read_text()[-800:]}")
+        time.sleep(0.5)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def run_levels(name: str, call, batches, levels, args, pid: int) -> list[dict]:
+    """Warm up, then every concurrency level with process ``pid``'s RSS sampled while the load runs."""
+    for b in batches[:5]:
+        call(b)
+    out = []
+    for c in levels:
+        samples: list[int] = []
+        sampler = lambda samples=samples: samples.append(proc_status(pid).get("VmRSS", 0))  # noqa: E731
+        r = drive(call, batches, c, args.seconds, args.max_requests, sampler)
+        st = proc_status(pid)
+        r["rss_max_sampled_kb"] = max(samples) if samples else None
+        r["vmhwm_kb_after"] = st.get("VmHWM")
+        r["server_threads_os"] = st.get("Threads")
+        r["load"] = load()
+        out.append(r)
+        print(
+            f"  {name} c={c}: {r['texts_per_s']} texts/s p50 {r['p50_ms']} ms "
+            f"p99 {r['p99_ms']} ms err {r['errors']} HWM {st.get('VmHWM')} kB",
+            flush=True,
+        )
+    return out
+
+
+def bench_http_peer(
+    name: str, cmd: list[str], env: dict, ready: str, caller, batches, levels, args, work, cwd: Path = ROOT
+):
+    """Start a peer's server, run the levels against it over HTTP, stop it; a start that fails is recorded."""
+    from embedforge.serve.server import free_port
+
+    port = free_port()
+    cmd = [part.replace("{port}", str(port)) for part in cmd]
+    url = f"http://127.0.0.1:{port}"
+    log = work / f"{name}.log"
+    res: dict = {"command": " ".join(cmd), "levels": []}
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        try:
+            t0 = time.monotonic()
+            wait_http(proc, url + ready, log, args.peer_start_timeout)
+            res["startup_s"] = round(time.monotonic() - t0, 2)
+            res["rss_idle_kb"] = proc_status(proc.pid).get("VmRSS")
+            res["levels"] = run_levels(name, caller(url), batches, levels, args, proc.pid)
+            res["vmhwm_kb"] = proc_status(proc.pid).get("VmHWM")
+            res["status"] = "ok"
+        except TimeoutError as exc:
+            res["status"], res["reason"] = "not ready in time", str(exc)
+        except RuntimeError as exc:
+            res["status"] = "failed under load" if "startup_s" in res else "failed to start"
+            res["reason"] = str(exc)
+        finally:
+            stop_process(proc)
+    res["log_warnings"] = log_warnings(log)
+    print(f"  {name}: {res['status']}", flush=True)
+    return res
+
+
+def log_warnings(log: Path, limit: int = 10) -> list[str]:
+    """A peer's logged warnings, each with the three lines after it (its logger wraps long messages)."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    found = [i for i, line in enumerate(lines) if "WARNING" in line]
+    return [" ".join(x.strip() for x in lines[i : i + 4]) for i in found[:limit]]
+
+
+def infinity_optimum_dir(st_dir: Path, file_name: str, work: Path) -> Path:
+    """The model with one ONNX file, the int8 one, as ``model_quantized.onnx`` at its top.
+
+    infinity's optimum engine picks the ONNX file itself (on a CPU the one whose name contains "quantize",
+    else the last one listed), so the copy holds only the int8 file. It passes the file's path as listed
+    under ``--model-id`` to optimum-onnx, which matches it against bare file names: served as ``--model-id
+    .`` from this directory, the path listed is the bare name.
+    """
+    out = work / "infinity_optimum_model"
+    shutil.copytree(st_dir, out, ignore=shutil.ignore_patterns("onnx"))
+    shutil.copy(st_dir / file_name, out / "model_quantized.onnx")
+    return out
+
+
+def try_infinity(engine: str, model_dir: Path, batches, levels, args, work: Path) -> dict:
+    """infinity-emb (its own venv, ``--infinity-venv``) serving the model with ``engine`` (torch or optimum)."""
     exe = Path(args.infinity_venv) / "bin/infinity_emb"
     log = Path(args.infinity_install_log)
     if not exe.exists():
         tail = log.read_text()[-600:] if log.exists() else "no install log"
-        return {"status": "did not install offline", "reason": tail}
-    import httpx
+        return {"status": "not installed (make bench-peers)", "reason": tail}
+    model_id = "." if engine == "optimum" else str(model_dir)  # see infinity_optimum_dir
+    cmd = [str(exe), "v2", "--model-id", model_id, "--port", "{port}", "--host", "127.0.0.1"]
+    cmd += ["--engine", engine, "--device", "cpu", "--batch-size", "32"]
+    # HF_HUB_CACHE: where the optimum engine writes the graph it optimizes at start
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(work / "infinity_hf_cache")}
+    env["INFINITY_ANONYMOUS_USAGE_STATS"] = "0"
+    caller = functools.partial(
+        http_caller, model=model_id, path="/embeddings", extra={"encoding_format": "base64"}
+    )
+    res = bench_http_peer(
+        f"infinity-{engine}", cmd, env, "/health", caller, batches, levels, args, work, cwd=model_dir
+    )
+    return {"model_dir": str(model_dir), **res}
 
-    from embedforge.serve.server import free_port
 
-    port = free_port()
-    cmd = [
-        str(exe),
-        "v2",
-        "--model-id",
-        model_dir,
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--engine",
-        "torch",
-        "--device",
-        "cpu",
-        "--batch-size",
-        "32",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
-    logf = open(work / "infinity.log", "w")
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
-    res: dict = {"command": " ".join(cmd), "levels": []}
+def run_peer_script(args, *argv: str) -> dict:
+    """Run ``st_onnx_peer.py`` with the sentence-transformers ONNX venv; its last stdout line is JSON."""
+    py = Path(args.st_venv) / "bin/python"
+    r = subprocess.run([str(py), str(PEER_SCRIPT), *argv], capture_output=True, text=True, cwd=ROOT)
+    sys.stderr.write(r.stderr[-2000:] if r.returncode else "")
+    if r.returncode:
+        raise RuntimeError(f"{PEER_SCRIPT.name} {argv[0]} exited with {r.returncode}: {r.stderr[-800:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def bench_st_onnx(model_dir: Path, batches, levels, args, work: Path) -> dict:
+    """sentence-transformers' ONNX int8 backend: exported, then in-process and behind FastAPI."""
+    py = Path(args.st_venv) / "bin/python"
+    if not py.exists():
+        return {"status": "not installed (make bench-peers)", "reason": f"{py} not found"}
+    out = work / "st_onnx_model"
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                logf.flush()
-                return {"status": "failed to start", "reason": (work / "infinity.log").read_text()[-800:]}
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                return {"status": "did not become ready in 180 s"}
-            time.sleep(0.5)
-        models = httpx.get(url + "/models").json()
-        model = models["data"][0]["id"]
-        local = threading.local()
-
-        def call(batch):
-            client = getattr(local, "client", None) or httpx.Client(timeout=120)
-            local.client = client
-            r = client.post(url + "/embeddings", json={"input": batch, "model": model})
-            if r.status_code != 200:
-                raise RuntimeError(f"HTTP {r.status_code}: {r.text[:150]}")
-
-        for b in batches[:5]:
-            call(b)
-        for c in levels:
-            r = drive(call, batches, c, args.seconds, args.max_requests)
-            st = proc_status(proc.pid)
-            r["vmhwm_kb_after"] = st.get("VmHWM")
-            r["load"] = load()
-            res["levels"].append(r)
+        export = run_peer_script(
+            args, "export", "--model", str(model_dir), "--out", str(out), "--config", args.st_quantization
+        )
+    except RuntimeError as exc:
+        return {"status": "export failed", "reason": str(exc)}
+    print(
+        f"  sentence-transformers ONNX export ({export['quantization_config']}): {export['seconds']} s",
+        flush=True,
+    )
+    batches_file = work / "batches.json"
+    batches_file.write_text(json.dumps(batches))
+    res: dict = {"status": "ok", "export": export, "model_dir": str(out), "systems": {}}
+    try:
+        inproc = run_peer_script(
+            args, "inprocess", "--model", str(out), "--file-name", export["file_name"], "--batches",
+            str(batches_file), "--levels", ",".join(map(str, levels)), "--seconds", str(args.seconds),
+            "--max-requests", str(args.max_requests),
+        )  # fmt: skip
+        inproc["runtime"] = (
+            f"SentenceTransformer(dir, backend='onnx', model_kwargs={{'file_name': {export['file_name']!r}}}).encode"
+        )
+        res["systems"]["st-onnx-int8"] = inproc
+        for r in inproc["levels"]:
             print(
-                f"  infinity c={c}: {r['texts_per_s']} texts/s p50 {r['p50_ms']} p99 {r['p99_ms']}",
+                f"  st-onnx-int8 c={r['concurrency']}: {r['texts_per_s']} texts/s p99 {r['p99_ms']} ms",
                 flush=True,
             )
-        res["status"] = "ok"
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        logf.close()
+    except RuntimeError as exc:
+        res["inprocess_error"] = str(exc)
+    cmd = [
+        str(py),
+        str(PEER_SCRIPT),
+        "serve",
+        "--model",
+        str(out),
+        "--file-name",
+        export["file_name"],
+        "--port",
+        "{port}",
+    ]
+    caller = functools.partial(http_caller, model="st-onnx-int8")
+    http = bench_http_peer(
+        "st-onnx-int8-http", cmd, dict(os.environ), "/health", caller, batches, levels, args, work
+    )
+    res["systems"]["st-onnx-int8-http"] = http
     return res
+
+
+# ----------------------------------------------------------------------------------------------- targets
+
+
+def level_value(results: dict, name: str, c: int, key: str):
+    for r in results["systems"].get(name, {}).get("levels", []):
+        if r["concurrency"] == c and r["requests"]:
+            return r[key]
+    return None
+
+
+def best_peer(results: dict, c: int) -> str | None:
+    """The peer with the highest throughput at concurrency ``c`` (peers: sentence-transformers, infinity)."""
+    peers = [n for n in results["systems"] if n.startswith(PEER_PREFIXES)]
+    measured = [n for n in peers if level_value(results, n, c, "texts_per_s")]
+    return max(measured, key=lambda n: level_value(results, n, c, "texts_per_s"), default=None)
+
+
+def peer_targets(results: dict, levels: list[int], ours: str = "server-int8") -> dict:
+    """The serving targets, as ratios within this run: ``ours`` against the best peer at each level."""
+    top, low = max(levels), min(levels)
+    out: dict = {}
+    peer, mine = best_peer(results, top), level_value(results, ours, top, "texts_per_s")
+    theirs = level_value(results, peer, top, "texts_per_s") if peer else None
+    value = round(mine / theirs, 3) if mine and theirs else None
+    out[f"{ours}_throughput_vs_best_peer_at_c{top}"] = {
+        "value": value,
+        "target": ">= 1.5",
+        "met": value is not None and value >= 1.5,
+        "best_peer": peer,
+        "texts_per_s": {ours: mine, peer: theirs},
+    }
+    peer, mine = best_peer(results, low), level_value(results, ours, low, "p99_ms")
+    theirs = level_value(results, peer, low, "p99_ms") if peer else None
+    value = round(mine / theirs, 3) if mine and theirs else None
+    peers = [
+        n
+        for n in results["systems"]
+        if n.startswith(PEER_PREFIXES) and level_value(results, n, low, "p99_ms")
+    ]
+    out[f"{ours}_p99_vs_best_peer_at_c{low}"] = {
+        "value": value,
+        "target": "<= 1.2",
+        "met": value is not None and value <= 1.2,
+        "best_peer": peer,
+        "p99_ms": {ours: mine, peer: theirs},
+        "lowest_peer_p99_ms": min((level_value(results, n, low, "p99_ms"), n) for n in peers)
+        if peers
+        else None,
+    }
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -456,6 +636,17 @@ def main() -> int:
     parser.add_argument("--infinity-venv", default="/tmp/infvenv")
     parser.add_argument("--infinity-install-log", default="/tmp/infinstall.log")
     parser.add_argument("--skip-infinity", action="store_true")
+    parser.add_argument("--infinity-engines", default="torch,optimum", help="comma list of infinity engines")
+    parser.add_argument("--st-venv", default="/tmp/stvenv", help="venv with sentence-transformers[onnx]")
+    parser.add_argument(
+        "--st-quantization",
+        default=quantization_config_for_cpu(),
+        help="export_dynamic_quantized_onnx_model config (default: the one this CPU's flags fit)",
+    )
+    parser.add_argument("--skip-st-onnx", action="store_true")
+    parser.add_argument(
+        "--peer-start-timeout", type=float, default=600, help="seconds a peer's server may take to start"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--fixed-requests", type=int, default=100, help="repeats of the median request at c=1"
@@ -601,14 +792,35 @@ def main() -> int:
         results["systems"][name] = res
     torch.set_num_threads(default_threads)
 
-    # -- (d) infinity-emb
-    if args.skip_infinity:
-        results["infinity"] = {"status": "skipped"}
-    else:
-        results["infinity"] = try_infinity(str(resolve_model("minilm")), batches, levels, args, work)
-        if results["infinity"].get("levels"):
-            results["systems"]["infinity-emb"] = results["infinity"]
-    print("infinity:", results["infinity"].get("status"), flush=True)
+    # -- (d) sentence-transformers' ONNX int8 backend (own venv), in-process and behind FastAPI
+    model_dir = resolve_model("minilm")
+    results["load_before_st_onnx"] = load()
+    st_onnx = (
+        {"status": "skipped"} if args.skip_st_onnx else bench_st_onnx(model_dir, batches, levels, args, work)
+    )
+    results["systems"].update({k: v for k, v in st_onnx.pop("systems", {}).items() if v.get("levels")})
+    results["st_onnx"] = st_onnx
+    print("sentence-transformers ONNX:", st_onnx["status"], st_onnx.get("reason", "")[-300:], flush=True)
+
+    # -- (e) infinity-emb (own venv): its torch engine and its optimum (ONNX) engine on the same int8 graph
+    results["infinity"] = {}
+    for engine in args.infinity_engines.split(",") if not args.skip_infinity else []:
+        if engine == "optimum" and st_onnx.get("status") != "ok":
+            results["infinity"][engine] = {
+                "status": "no int8 ONNX model: the sentence-transformers export did not run"
+            }
+            continue
+        served = (
+            model_dir
+            if engine == "torch"
+            else infinity_optimum_dir(Path(st_onnx["model_dir"]), st_onnx["export"]["file_name"], work)
+        )
+        results["load_before_infinity_" + engine] = load()
+        res = try_infinity(engine, served, batches, levels, args, work)
+        results["infinity"][engine] = {k: v for k, v in res.items() if k != "levels"}
+        if res.get("levels"):
+            results["systems"][f"infinity-{engine}"] = res
+        print(f"infinity {engine}:", res["status"], res.get("reason", "")[-300:], flush=True)
 
     # -- ratios
     def tps(name: str, c: int):
@@ -664,6 +876,7 @@ def main() -> int:
         "target": ">= 2",
     }
     results["ratios"] = ratios
+    results["targets"] = peer_targets(results, levels)
     results["load_after"] = load()
     results["total_seconds"] = round(time.monotonic() - t_all, 1)
 
@@ -672,6 +885,7 @@ def main() -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     chart(results, levels, out.with_suffix(".png"))
     print(json.dumps(ratios, indent=2))
+    print("targets against the best peer:", json.dumps(results["targets"], indent=2))
     print(f"wrote {out} and {out.with_suffix('.png')} in {results['total_seconds']} s")
     shutil.rmtree(work, ignore_errors=True)
     return 0
