@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import sessionmaker
 
 from embedforge.atomic import write_json_atomic
@@ -95,19 +96,38 @@ class JobRunner:
 
     def _take_over(self, db, row) -> None:
         """A job whose runner is gone (this platform before a restart, or another whose lease expired)."""
+        if row.status == "created" or not self._lease_orphan(db, row):
+            return
         workdir = self.workdir(row.kind, row.id)
         worker = _our_worker(row, workdir)
         if worker is not None:  # it outlived its platform (it should not: see lifeline)
             worker.kill()
-        handle = self.executor.attach(row, workdir) if row.status != "created" else None
-        if handle is not None and leases.acquire(db, row.id, self.owner):  # the tick watches it
+        handle = self.executor.attach(row, workdir)
+        if handle is not None:  # the tick watches it, under the lease just taken
             self.workers[row.id] = Worker(handle, workdir)
             job_store.set_status(db, row, None, "reattached", f"its platform stopped; {handle.label}")
             logger.info("job %s: re-attached to %s", row.id, handle.label)
-        elif row.status == "cancelling":
+            return
+        if row.status == "cancelling":
             job_store.set_status(db, row, "cancelled", "cancelled", "the platform stopped while cancelling")
-        elif row.status in ("pending", "running"):
+        else:
             self._requeue(db, row, "resumed", "the platform running it stopped")
+        leases.release(db, row.id, self.owner)  # any platform may start the queued job
+
+    def _lease_orphan(self, db, row) -> bool:
+        """Take the lease of a job whose runner seems gone, then read the row again: that runner may have
+        finished the job, and let its lease go, since this poll read the row."""
+        if not leases.acquire(db, row.id, self.owner):
+            return False
+        try:
+            db.refresh(row)
+        except InvalidRequestError:  # finished and deleted meanwhile
+            db.rollback()
+        else:
+            if row.status in ("pending", "running", "cancelling"):
+                return True
+        leases.release(db, row.id, self.owner)
+        return False
 
     def _requeue(self, db, row, log: str, why: str) -> None:
         """Queue an interrupted job again, to continue from its last checkpoint; fail it once it has used
@@ -217,8 +237,15 @@ class JobRunner:
             return
         self.workers.pop(row.id)
         self.executor.keep_logs(row, worker.workdir)
-        leases.release(db, row.id, self.owner)
         db.refresh(row)
+        try:
+            self._finish(db, row, worker, code)
+        finally:  # only once the job's end is written: another platform must not take it over before
+            leases.release(db, row.id, self.owner)
+
+    def _finish(self, db, row, worker: Worker, code: int) -> None:
+        """Write the end of a job whose worker exited with CODE: cancelled, completed, queued or failed."""
+        kind = KINDS[row.kind]
         if row.status == "cancelling":
             job_store.set_status(db, row, "cancelled", "cancelled", "the worker was stopped")
             return
