@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import sessionmaker
 
 from embedforge.atomic import write_json_atomic
@@ -34,6 +33,7 @@ logger = logging.getLogger("embedforge.platform.jobs")
 MAX_ATTEMPTS = 3
 KINDS = {"customization": customization, "evaluation": evaluation}  # jobs that run one worker to its end
 SLOTS = {"customization": 1, "evaluation": 1}
+ORPHANED = ("pending", "running", "cancelling")  # statuses a job whose runner is gone is taken over in
 
 
 __all__ = ["JobRunner", "spawn"]
@@ -96,7 +96,7 @@ class JobRunner:
 
     def _take_over(self, db, row) -> None:
         """A job whose runner is gone (this platform before a restart, or another whose lease expired)."""
-        if row.status == "created" or not self._lease_orphan(db, row):
+        if row.status == "created" or not leases.take_current(db, row, self.owner, ORPHANED):
             return
         workdir = self.workdir(row.kind, row.id)
         worker = _our_worker(row, workdir)
@@ -113,21 +113,6 @@ class JobRunner:
         else:
             self._requeue(db, row, "resumed", "the platform running it stopped")
         leases.release(db, row.id, self.owner)  # any platform may start the queued job
-
-    def _lease_orphan(self, db, row) -> bool:
-        """Take the lease of a job whose runner seems gone, then read the row again: that runner may have
-        finished the job, and let its lease go, since this poll read the row."""
-        if not leases.acquire(db, row.id, self.owner):
-            return False
-        try:
-            db.refresh(row)
-        except InvalidRequestError:  # finished and deleted meanwhile
-            db.rollback()
-        else:
-            if row.status in ("pending", "running", "cancelling"):
-                return True
-        leases.release(db, row.id, self.owner)
-        return False
 
     def _requeue(self, db, row, log: str, why: str) -> None:
         """Queue an interrupted job again, to continue from its last checkpoint; fail it once it has used
