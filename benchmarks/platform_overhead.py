@@ -2,13 +2,14 @@
 directly, and entity-store list/get latency under many concurrent clients. (Not named platform.py: a
 script of that name would shadow the standard library's ``platform`` module.)
 
-One platform (a fresh data dir, SQLite unless ``--database-url``), one deployment of MiniLM (the ONNX export
-``embedforge serve`` runs). Embeddings: requests of ``--batch`` texts (the serving benchmark's texts and load
-driver, ``benchmarks/serve_speed.py``) from 32 client threads, alternating direct and through the gateway
-``--rounds`` times so a shared machine's drift hits both alike; targets: gateway throughput >= 0.9x direct,
-p99 overhead <= 5 ms. At concurrency 32 a request's latency is mostly its wait in the model server's queue,
-so the per-request cost of the gateway is also measured alone: ``--single`` one-text requests at
-concurrency 1, direct and through the gateway interleaved one by one. Entity store: ``--entities`` datasets registered, then 50 client threads alternate
+One platform (a fresh data dir; SQLite unless ``--database-url`` or ``--database postgresql``), one
+deployment of MiniLM (the ONNX export ``embedforge serve`` runs). Embeddings: requests of ``--batch`` texts
+(the serving benchmark's texts and load driver, ``benchmarks/serve_speed.py``) from 32 client threads,
+alternating direct and through the gateway ``--rounds`` times so a shared machine's drift hits both alike;
+targets: gateway throughput >= 0.9x direct, p99 overhead <= 5 ms. At concurrency 32 a request's latency is
+mostly its wait in the model server's queue, so the per-request cost of the gateway is also measured alone:
+``--single`` one-text requests at concurrency 1, direct and through the gateway interleaved one by one.
+Entity store: ``--entities`` datasets registered, then 50 client threads alternate
 ``GET /v1/datasets?filter[namespace]=...`` (a page of 100) and ``GET /v1/datasets/{ns}/{name}``.
 
 With ``--split-cores`` the model server (the deployment's process tree) runs on CPU 0 and the platform and
@@ -20,11 +21,16 @@ paths get the same model-server capacity and the p99 difference is the gateway's
 
 ``--store-scaling`` measures only the store: list and get p95 with 100 and with 10,000 datasets and jobs
 (``--store-rows``), written to docs/bench/platform_store.json (``benchmarks/platform_store.py``).
+
+``--database postgresql`` runs either measurement on PostgreSQL: a throwaway server from Debian's binaries
+(the one the platform tests start, ``tests/platform/pg_server.py``) on 127.0.0.1, removed at the end; the
+results go to ``..._postgresql.json`` unless ``--out`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform as host
@@ -41,6 +47,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "platform"))
 from serve_speed import build_texts, drive, http_caller, load  # noqa: E402
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
@@ -174,7 +181,33 @@ def entity_load(url: str, names: list[str], clients: int, seconds: float) -> dic
     return out
 
 
-def store_scaling(args) -> int:
+@contextlib.contextmanager
+def database(args):
+    """The database URL the platforms get: ``--database-url``, None for SQLite, or a throwaway local
+    PostgreSQL server's, stopped and deleted on exit."""
+    if args.database_url or args.database == "sqlite":
+        yield args.database_url
+        return
+    from pg_server import Postgres
+
+    server = Postgres()
+    try:
+        url = server.start()
+        print(f"PostgreSQL on 127.0.0.1:{server.port}", flush=True)
+        yield url
+    finally:
+        server.stop()
+
+
+def out_path(args, default: str) -> Path:
+    """``--out`` if given, else DEFAULT (``..._postgresql.json`` when the platforms use PostgreSQL)."""
+    if args.out:
+        return Path(args.out)
+    postgres = args.database == "postgresql" or (args.database_url or "").startswith("postgresql")
+    return Path(default.replace(".json", "_postgresql.json") if postgres else default)
+
+
+def store_scaling(args, database_url: str | None) -> int:
     """List and get latency with a small and a large store (``platform_store.run``)."""
     import platform_store
 
@@ -185,47 +218,21 @@ def store_scaling(args) -> int:
         "args": vars(args),
         "load_before": load(),
         **platform_store.run(
-            start_platform, work, args.database_url, small, large, args.store_requests, args.rounds
+            start_platform, work, database_url, small, large, args.store_requests, args.rounds
         ),
         "load_after": load(),
     }
     print(json.dumps(results["calls"], indent=2))
-    out = Path(args.out if args.out != "docs/bench/platform.json" else "docs/bench/platform_store.json")
+    out = out_path(args, "docs/bench/platform_store.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--precision", choices=["fp32", "int8"], default="int8")
-    parser.add_argument(
-        "--single", type=int, default=300, help="one-text requests at concurrency 1, per path"
-    )
-    parser.add_argument("--entities", type=int, default=200)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--database-url")
-    parser.add_argument(
-        "--split-cores", action="store_true", help="model server on CPU 0, platform and driver on the rest"
-    )
-    parser.add_argument("--out", default="docs/bench/platform.json")
-    parser.add_argument(
-        "--store-scaling",
-        action="store_true",
-        help="only the store at --store-rows (benchmarks/platform_store.py)",
-    )
-    parser.add_argument("--store-rows", default="100,10000", help="the small and the large store's rows")
-    parser.add_argument("--store-requests", type=int, default=40, help="requests per call, store and round")
-    args = parser.parse_args()
-    if args.store_scaling:
-        return store_scaling(args)
-
+def overhead(args, database_url: str | None) -> int:
+    """Embeddings direct vs through the gateway, then the entity store under many clients."""
     work = Path(tempfile.mkdtemp(prefix="platform_bench_"))
-    url, process = start_platform(work / "data", args.database_url)
+    url, process = start_platform(work / "data", database_url)
     results: dict = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": host.python_version()},
         "args": vars(args),
@@ -271,9 +278,45 @@ def main() -> int:
         k: results[k] for k in ("throughput_ratio", "p99_overhead_ms", "single", "entities") if k in results
     }
     print(json.dumps(summary, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    out = out_path(args, "docs/bench/platform.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--precision", choices=["fp32", "int8"], default="int8")
+    parser.add_argument(
+        "--single", type=int, default=300, help="one-text requests at concurrency 1, per path"
+    )
+    parser.add_argument("--entities", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--database-url", help="an existing database (its server must allow CREATE DATABASE)")
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="postgresql: a throwaway local server (Debian's binaries) unless --database-url is given",
+    )
+    parser.add_argument(
+        "--split-cores", action="store_true", help="model server on CPU 0, platform and driver on the rest"
+    )
+    parser.add_argument("--out", help="default docs/bench/platform.json or platform_store.json")
+    parser.add_argument(
+        "--store-scaling",
+        action="store_true",
+        help="only the store at --store-rows (benchmarks/platform_store.py)",
+    )
+    parser.add_argument("--store-rows", default="100,10000", help="the small and the large store's rows")
+    parser.add_argument("--store-requests", type=int, default=40, help="requests per call, store and round")
+    args = parser.parse_args()
+    with database(args) as database_url:
+        return store_scaling(args, database_url) if args.store_scaling else overhead(args, database_url)
 
 
 if __name__ == "__main__":

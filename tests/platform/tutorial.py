@@ -44,10 +44,11 @@ def create_config(
     max_seq_length: int = 32,
     target: str = MINILM,
     num_gpus: int = 1,
+    namespace: str = NS,
 ) -> str:
     client_for(url).customization.configs.create(
         name=name,
-        namespace=NS,
+        namespace=namespace,
         target=target,
         training_options=[
             {
@@ -66,18 +67,18 @@ def create_config(
         training_precision="fp32",
         max_seq_length=max_seq_length,
     )
-    return f"{NS}/{name}"
+    return f"{namespace}/{name}"
 
 
-def start_job(url: str, config: str, dataset: str, output: str, **hyperparameters):
+def start_job(url: str, config: str, dataset: str, output: str, namespace: str = NS, **hyperparameters):
     hp = {"training_type": "sft", "finetuning_type": "all_weights", "epochs": 1, "batch_size": 16}
     hp.update(learning_rate=1e-4, **hyperparameters)
     return client_for(url).customization.jobs.create(
         name=output,
         config=config,
-        dataset={"namespace": NS, "name": dataset},
+        dataset={"namespace": namespace, "name": dataset},
         hyperparameters=hp,
-        output_model=f"{NS}/{output}",
+        output_model=f"{namespace}/{output}",
     )
 
 
@@ -99,12 +100,12 @@ def worker_pid(job) -> int:
     return pid
 
 
-def deploy(url: str, model: str, name: str, timeout: float = 900):
+def deploy(url: str, model: str, name: str, timeout: float = 900, namespace: str = NS):
     """Notebook 2, steps 9-10: a deployment config, a model deployment, polled until it is not pending."""
     client = client_for(url)
     client.deployment.configs.create(
         name=f"{name}-config",
-        namespace=NS,
+        namespace=namespace,
         model=model,
         nim_deployment={
             "image_name": "nvcr.io/nim/nvidia/llama-3.2-nv-embedqa-1b-v2",
@@ -112,10 +113,12 @@ def deploy(url: str, model: str, name: str, timeout: float = 900):
             "gpu": 1,
         },
     )
-    client.deployment.model_deployments.create(name=name, namespace=NS, config=f"{NS}/{name}-config")
+    client.deployment.model_deployments.create(
+        name=name, namespace=namespace, config=f"{namespace}/{name}-config"
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        deployment = client.deployment.model_deployments.retrieve(deployment_name=name, namespace=NS)
+        deployment = client.deployment.model_deployments.retrieve(deployment_name=name, namespace=namespace)
         if deployment.status_details.status not in ("created", "pending"):
             return deployment
         time.sleep(1)
@@ -156,15 +159,15 @@ def wait_evaluation(
     raise AssertionError(f"evaluation job {job_id} still {job.status} after {timeout} s")
 
 
-def evaluate(url: str, model_id: str, files_url: str, timeout: float = 900):
+def evaluate(url: str, model_id: str, files_url: str, timeout: float = 900, namespace: str = NS):
     """Notebook 3: an inline retriever config and target, the job polled to the end, then its results."""
     client = client_for(url)
     names = ("recall_5", "ndcg_cut_5", "recall_10", "ndcg_cut_10")
     job = client.evaluation.jobs.create(
-        namespace=NS,
+        namespace=namespace,
         config={
             "type": "retriever",
-            "namespace": NS,
+            "namespace": namespace,
             "tasks": {
                 "my-beir-task": {
                     "type": "beir",

@@ -72,10 +72,10 @@ class Deployments:
                 self._launch(db, row)
             elif process is None:  # another platform's server, or one whose platform is gone
                 self._take_over(db, row, "its platform stopped")
-            elif process.poll() is not None:
-                self._stop(db, row.id)
+            elif process.poll() is not None:  # failed is written before the lease goes: no one relaunches it
                 reason = _reason(process.returncode, self.workdir(row.id))
                 job_store.set_status(db, row, "failed", "failed", reason, description=reason)
+                self._stop(db, row.id)
                 logger.error("deployment %s/%s failed: %s", row.namespace, row.name, reason)
             elif row.status == "pending" and _ready(row.details["url"]):
                 job_store.set_status(db, row, "ready", "ready", None, description="the model is served")
@@ -90,8 +90,9 @@ class Deployments:
 
     def _take_over(self, db: Session, row: Job, why: str) -> None:
         """Queue a deployment whose server is gone to be launched again, unless a live platform holds it
-        (taking its lease first, so two platforms never both relaunch it)."""
-        if not leases.acquire(db, row.id, self.owner):
+        (taking its lease first, so two platforms never both relaunch it, and reading it again under the
+        lease: its platform may have marked it failed or deleted it since this poll read it)."""
+        if not leases.take_current(db, row, self.owner, ("pending", "ready")):
             return
         job_store.set_status(db, row, "created", "restarting", why, description="restarting")
         logger.warning("deployment %s/%s: %s; launching it again", row.namespace, row.name, why)

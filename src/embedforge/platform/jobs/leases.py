@@ -4,7 +4,9 @@ once.
 A runner that starts a job's worker takes the job's lease (its owner id and an expiry ``ttl`` seconds
 ahead) and renews the leases of its workers on every poll. Another runner leaves a job alone while its
 lease is alive; once the lease has expired (its platform died or hung) the job is taken over like one
-left by a restart. Taking a lease is one conditional statement, so two runners never both get it.
+left by a restart. Taking a lease is one conditional statement, so two runners never both get it. A
+runner writes a job's end before it lets the lease go, and a take-over reads the row again once it holds
+the lease (``take_current``), so a job finished meanwhile is never taken over.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import socket
 from datetime import timedelta
 
 from sqlalchemy import delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import Session
 
 from embedforge.platform.store.models import JobLease, utcnow
@@ -74,6 +76,24 @@ def renew(db: Session, owner: str, job_ids: list[str]) -> list[str]:
 def release(db: Session, job_id: str, owner: str) -> None:
     db.execute(delete(JobLease).where(JobLease.job_id == job_id, JobLease.owner == owner))
     db.commit()
+
+
+def take_current(db: Session, row, owner: str, statuses: tuple[str, ...]) -> bool:
+    """Take ROW's lease, then read the row again: True if the lease is ours and the row is still in one of
+    STATUSES. Whoever held the lease may have written the row's end (or deleted it), and let the lease go,
+    since the caller read it; then the lease is given back."""
+    job_id = row.id  # read now: a deleted row's attributes cannot be read after the refresh
+    if not acquire(db, job_id, owner):
+        return False
+    try:
+        db.refresh(row)
+    except InvalidRequestError:  # deleted meanwhile
+        db.rollback()
+    else:
+        if row.status in statuses:
+            return True
+    release(db, job_id, owner)
+    return False
 
 
 def held_elsewhere(db: Session, job_id: str, owner: str) -> bool:

@@ -33,6 +33,7 @@ logger = logging.getLogger("embedforge.platform.jobs")
 MAX_ATTEMPTS = 3
 KINDS = {"customization": customization, "evaluation": evaluation}  # jobs that run one worker to its end
 SLOTS = {"customization": 1, "evaluation": 1}
+ORPHANED = ("pending", "running", "cancelling")  # statuses a job whose runner is gone is taken over in
 
 
 __all__ = ["JobRunner", "spawn"]
@@ -95,19 +96,23 @@ class JobRunner:
 
     def _take_over(self, db, row) -> None:
         """A job whose runner is gone (this platform before a restart, or another whose lease expired)."""
+        if row.status == "created" or not leases.take_current(db, row, self.owner, ORPHANED):
+            return
         workdir = self.workdir(row.kind, row.id)
         worker = _our_worker(row, workdir)
         if worker is not None:  # it outlived its platform (it should not: see lifeline)
             worker.kill()
-        handle = self.executor.attach(row, workdir) if row.status != "created" else None
-        if handle is not None and leases.acquire(db, row.id, self.owner):  # the tick watches it
+        handle = self.executor.attach(row, workdir)
+        if handle is not None:  # the tick watches it, under the lease just taken
             self.workers[row.id] = Worker(handle, workdir)
             job_store.set_status(db, row, None, "reattached", f"its platform stopped; {handle.label}")
             logger.info("job %s: re-attached to %s", row.id, handle.label)
-        elif row.status == "cancelling":
+            return
+        if row.status == "cancelling":
             job_store.set_status(db, row, "cancelled", "cancelled", "the platform stopped while cancelling")
-        elif row.status in ("pending", "running"):
+        else:
             self._requeue(db, row, "resumed", "the platform running it stopped")
+        leases.release(db, row.id, self.owner)  # any platform may start the queued job
 
     def _requeue(self, db, row, log: str, why: str) -> None:
         """Queue an interrupted job again, to continue from its last checkpoint; fail it once it has used
@@ -217,8 +222,15 @@ class JobRunner:
             return
         self.workers.pop(row.id)
         self.executor.keep_logs(row, worker.workdir)
-        leases.release(db, row.id, self.owner)
         db.refresh(row)
+        try:
+            self._finish(db, row, worker, code)
+        finally:  # only once the job's end is written: another platform must not take it over before
+            leases.release(db, row.id, self.owner)
+
+    def _finish(self, db, row, worker: Worker, code: int) -> None:
+        """Write the end of a job whose worker exited with CODE: cancelled, completed, queued or failed."""
+        kind = KINDS[row.kind]
         if row.status == "cancelling":
             job_store.set_status(db, row, "cancelled", "cancelled", "the worker was stopped")
             return
