@@ -118,8 +118,11 @@ def _without_key(endpoint: dict) -> dict:
     return {k: v for k, v in endpoint.items() if k != "api_key"}
 
 
-def worker_env(db: Session, row) -> dict[str, str]:
-    """The endpoints' real API keys for the worker's environment: never in spec.json, never in a body."""
+def worker_env(settings: Settings, db: Session, row) -> dict[str, str]:
+    """The endpoints' real API keys and the data store's key for the worker's environment: never in
+    spec.json, never in a body."""
+    from embedforge.platform.jobs.store_client import store_env
+
     keys = {}
     for prefix, field in (("", "target"), ("baseline_", "baseline")):
         target = row.details["work"].get(field)
@@ -127,7 +130,7 @@ def worker_env(db: Session, row) -> dict[str, str]:
             revealed = secret_store.reveal(db, target["id"], target)
             for role, ep in _endpoints(revealed["retriever"]["pipeline"]).items():
                 keys[prefix + role] = ep.get("api_key")
-    return {KEYS_ENV: json.dumps(keys)}
+    return {KEYS_ENV: json.dumps(keys), **store_env(settings)}
 
 
 def progress(row, workdir: Path) -> dict:

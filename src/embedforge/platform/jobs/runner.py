@@ -184,7 +184,7 @@ class JobRunner:
             handle = self.executor.start(
                 "embedforge.platform.jobs.worker",
                 workdir,
-                kind.worker_env(db, row),
+                kind.worker_env(self.settings, db, row),
                 resources,
                 submission_id(row.id, attempt),
             )

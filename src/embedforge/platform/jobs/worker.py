@@ -69,10 +69,11 @@ def run_customization(spec: dict) -> dict:
     from embedforge.config import FinetuneConfig, build_config
     from embedforge.data.formats import DataFormatError
     from embedforge.finetune.trainer import finetune
+    from embedforge.platform.jobs.store_client import fetch
 
     values = dict(spec["finetune"])
     out = Path(values["output_dir"])
-    dataset_dir = Path(spec["dataset_dir"])
+    dataset_dir = fetch(spec["data_store"], spec["dataset"], out / "dataset")
     train = merged_jsonl(dataset_dir, "training", out)
     if train is None:
         raise DataFormatError(dataset_dir.name, "the dataset has no training/*.jsonl file")
