@@ -78,7 +78,9 @@ def submit(
 
 
 def worker_spec(settings: Settings, row, workdir: Path) -> dict:
-    from embedforge.platform.datastore import files_url_dir
+    """What the worker runs: each task's dataset (an ``hf://`` one is downloaded by the worker from the
+    data store; a ``file://`` one is an operator's folder on this host), its metrics and the endpoints."""
+    from embedforge.platform.jobs.store_client import store_spec
 
     config, target = row.details["work"]["config"], row.details["work"]["target"]
     pipeline = target["retriever"]["pipeline"]
@@ -86,18 +88,28 @@ def worker_spec(settings: Settings, row, workdir: Path) -> dict:
     tasks = {}
     for name, task in config["tasks"].items():
         tasks[name] = {
-            "beir_dir": str(files_url_dir(settings.data_dir, task["dataset"]["files_url"])),
+            **_dataset_source(settings, task["dataset"]["files_url"]),
             "metrics": {m: spec.get("type") or m for m, spec in task["metrics"].items()},
         }
     return {
         "kind": KIND,
         "job_id": row.id,
+        "data_store": store_spec(settings),
         "tasks": tasks,
         **{f"{role}_endpoint": _without_key(endpoint) for role, endpoint in _endpoints(pipeline).items()},
         **(_baseline_endpoints(baseline) if baseline else {}),
         "top_k": pipeline.get("top_k", 10),
         "progress_file": str(workdir / "progress.json"),
     }
+
+
+def _dataset_source(settings: Settings, files_url: str) -> dict:
+    """``{"dataset": files_url}`` for a data store repo, ``{"beir_dir": path}`` for an operator's folder."""
+    from embedforge.platform.datastore import files_url_dir
+
+    if files_url.startswith("hf://"):
+        return {"dataset": files_url}
+    return {"beir_dir": str(files_url_dir(settings.data_dir, files_url))}
 
 
 def _endpoints(pipeline: dict) -> dict[str, dict]:
