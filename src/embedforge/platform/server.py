@@ -40,7 +40,8 @@ def serve(
         ray_address=ray_address,
     )
     executor_for(settings).close()  # an unreachable Ray cluster is an error now, not at the first job
-    settings.public_url = public_url or os.environ.get(PUBLIC_URL_ENV) or f"http://{host}:{port}"
+    bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+    settings.public_url = public_url or os.environ.get(PUBLIC_URL_ENV) or f"http://{bracketed}:{port}"
     logging.getLogger("embedforge").setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the runner's health probes are not news
     config = uvicorn.Config(

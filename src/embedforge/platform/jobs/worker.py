@@ -1,8 +1,9 @@
 """A job's worker process: ``python -m embedforge.platform.jobs.worker WORKDIR`` runs WORKDIR/spec.json.
 
 It runs the same stage functions as the CLI (``embedforge.finetune.trainer.finetune``, the evaluator's retrieval),
-never in the API process. An expected failure is written to WORKDIR/error.json (one line naming file,
-line and field) and the process exits 2; success writes WORKDIR/result.json.
+never in the API process, on data it downloads from the platform's data store (``store_client``). An
+expected failure is written to WORKDIR/error.json (one line naming file, line and field) and the process
+exits 2; success writes WORKDIR/result.json.
 """
 
 from __future__ import annotations
