@@ -250,6 +250,11 @@ def _add_platform_parser(sub) -> None:
     pserve.add_argument(
         "--ray-address", help="the Ray cluster's dashboard, e.g. http://HOST:8265 (EMBEDFORGE_RAY_ADDRESS)"
     )
+    pserve.add_argument(
+        "--public-url",
+        help="how job workers reach this platform's data store, e.g. http://platform.example:8080 "
+        "(EMBEDFORGE_PUBLIC_URL); default http://HOST:PORT",
+    )
 
 
 def _given(args: argparse.Namespace, names: list[str]) -> dict:
@@ -449,6 +454,7 @@ def _platform(args: argparse.Namespace) -> int:
         args.allow_path,
         args.executor,
         args.ray_address,
+        args.public_url,
     )
     return 0
 

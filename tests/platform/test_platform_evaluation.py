@@ -16,6 +16,7 @@ import httpx
 import pytest
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from huggingface_hub import HfApi
 from nemo_microservices import ConflictError, NotFoundError, UnprocessableEntityError
 from tutorial import NS, client_for, retriever_target, wait_deployment, wait_evaluation
 
@@ -160,6 +161,64 @@ def test_a_wrong_stored_key_fails_the_job_with_the_gateways_401(keyed):
     _, job = _evaluate(keyed, "wrong-key", "not-the-key-at-all")
     assert job.status == "failed"
     assert "401" in job.status_details.to_dict()["status_logs"][-1]["detail"]
+
+
+def _in_the_store(plat, name: str) -> dict:
+    """The config with its task's BEIR folder uploaded to the data store as dataset repo NS/name."""
+    api = HfApi(endpoint=f"{plat.url}/v1/hf", token=KEY)
+    api.create_repo(f"{NS}/{name}", repo_type="dataset", exist_ok=True)
+    api.upload_folder(
+        folder_path=str(plat.data_dir / "beir" / "tiny"), repo_id=f"{NS}/{name}", repo_type="dataset"
+    )
+    task = {**CONFIG["tasks"]["tiny"], "dataset": {"files_url": f"hf://datasets/{NS}/{name}"}}
+    return {**CONFIG, "tasks": {"tiny": task}}
+
+
+def test_a_data_store_dataset_is_fetched_by_the_worker_and_scores_as_the_folder(keyed, finished):
+    client, by_folder = finished
+    job = client.evaluation.jobs.create(
+        namespace=NS, config=_in_the_store(keyed, "tiny-beir"), target=f"{NS}/keyed"
+    )
+    done = wait_evaluation(client, job.id)
+    assert done.status == "completed", done.status_details
+    assert (
+        client.evaluation.jobs.results(job.id).to_dict()["tasks"]
+        == client.evaluation.jobs.results(by_folder.id).to_dict()["tasks"]
+    )
+    workdir = keyed.data_dir / "evaluation" / job.id
+    spec = (workdir / "spec.json").read_text()
+    assert json.loads(spec)["tasks"]["tiny"]["dataset"] == f"hf://datasets/{NS}/tiny-beir"
+    assert str(keyed.data_dir / "datastore") not in spec and "beir_dir" not in spec and KEY not in spec
+    copied = workdir / "datasets" / "0" / "queries.jsonl"
+    assert copied.read_bytes() == (keyed.data_dir / "beir" / "tiny" / "queries.jsonl").read_bytes()
+
+
+def test_an_evaluation_dataset_missing_from_the_store_fails_naming_the_repo(keyed, finished):
+    client, _ = finished
+    config = _in_the_store(keyed, "tiny-beir")
+    config["tasks"]["tiny"]["dataset"] = {"files_url": f"hf://datasets/{NS}/not-there"}
+    done = wait_evaluation(
+        client, client.evaluation.jobs.create(namespace=NS, config=config, target=f"{NS}/keyed").id
+    )
+    assert done.status == "failed"
+    detail = done.status_details.to_dict()["status_logs"][-1]["detail"]
+    assert detail.startswith(
+        f"cannot fetch the dataset repo {NS}/not-there from the data store at {keyed.url}/v1/hf: "
+    )
+
+
+def test_a_files_url_the_platform_cannot_read_fails_the_job_at_once(keyed, finished):
+    client, _ = finished
+    task = {**CONFIG["tasks"]["tiny"], "dataset": {"files_url": "s3://bucket/beir"}}
+    job = client.evaluation.jobs.create(
+        namespace=NS, config={**CONFIG, "tasks": {"tiny": task}}, target=f"{NS}/keyed"
+    )
+    done = wait_evaluation(client, job.id)
+    assert done.status == "failed"
+    assert (
+        "files_url 's3://bucket/beir' must start with hf:// or file://"
+        in done.status_details.to_dict()["status_logs"][-1]["detail"]
+    )
 
 
 def test_a_finished_job_names_its_result_and_the_sdk_reads_it_without_warnings(finished):

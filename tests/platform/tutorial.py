@@ -20,13 +20,18 @@ def client_for(url: str, key: str | None = None) -> NeMoMicroservices:
     return NeMoMicroservices(base_url=url, inference_base_url=url + "/nim", default_headers=headers)
 
 
-def upload_dataset(url: str, name: str, files: dict[str, Path], namespace: str = NS) -> None:
+def upload_dataset(
+    url: str, name: str, files: dict[str, Path], namespace: str = NS, key: str | None = None
+) -> None:
     """Notebook 2, steps 1-4: both namespaces, a dataset repo, its files, the dataset entity."""
-    client = client_for(url)
+    client = client_for(url, key)
     if not client.namespaces.list(filter={"id": namespace}).data:
         client.namespaces.create(id=namespace)
-        requests.post(f"{url}/v1/datastore/namespaces", data={"namespace": namespace}, timeout=30)
-    api = HfApi(endpoint=f"{url}/v1/hf", token=None)
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        requests.post(
+            f"{url}/v1/datastore/namespaces", data={"namespace": namespace}, headers=headers, timeout=30
+        )
+    api = HfApi(endpoint=f"{url}/v1/hf", token=key)
     api.create_repo(f"{namespace}/{name}", repo_type="dataset", exist_ok=True)
     for path_in_repo, local in files.items():
         api.upload_file(
@@ -45,8 +50,9 @@ def create_config(
     target: str = MINILM,
     num_gpus: int = 1,
     namespace: str = NS,
+    key: str | None = None,
 ) -> str:
-    client_for(url).customization.configs.create(
+    client_for(url, key).customization.configs.create(
         name=name,
         namespace=namespace,
         target=target,
@@ -70,10 +76,18 @@ def create_config(
     return f"{namespace}/{name}"
 
 
-def start_job(url: str, config: str, dataset: str, output: str, namespace: str = NS, **hyperparameters):
+def start_job(
+    url: str,
+    config: str,
+    dataset: str,
+    output: str,
+    namespace: str = NS,
+    key: str | None = None,
+    **hyperparameters,
+):
     hp = {"training_type": "sft", "finetuning_type": "all_weights", "epochs": 1, "batch_size": 16}
     hp.update(learning_rate=1e-4, **hyperparameters)
-    return client_for(url).customization.jobs.create(
+    return client_for(url, key).customization.jobs.create(
         name=output,
         config=config,
         dataset={"namespace": namespace, "name": dataset},
@@ -82,8 +96,14 @@ def start_job(url: str, config: str, dataset: str, output: str, namespace: str =
     )
 
 
-def wait_job(url: str, job_id: str, until=lambda job: job.status not in ACTIVE, timeout: float = 600):
-    client = client_for(url)
+def wait_job(
+    url: str,
+    job_id: str,
+    until=lambda job: job.status not in ACTIVE,
+    timeout: float = 600,
+    key: str | None = None,
+):
+    client = client_for(url, key)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.customization.jobs.retrieve(job_id)

@@ -7,9 +7,10 @@ table; the app tells the NIM port's requests apart by the port they arrived on (
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
-from embedforge.platform.settings import Settings
+from embedforge.platform.settings import PUBLIC_URL_ENV, Settings
 
 
 def serve(
@@ -22,6 +23,7 @@ def serve(
     allow_paths: list[str] | None = None,
     executor: str | None = None,
     ray_address: str | None = None,
+    public_url: str | None = None,
 ) -> None:
     import uvicorn
 
@@ -38,7 +40,8 @@ def serve(
         ray_address=ray_address,
     )
     executor_for(settings).close()  # an unreachable Ray cluster is an error now, not at the first job
-    settings.public_url = f"http://{host}:{port}"
+    bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+    settings.public_url = public_url or os.environ.get(PUBLIC_URL_ENV) or f"http://{bracketed}:{port}"
     logging.getLogger("embedforge").setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the runner's health probes are not news
     config = uvicorn.Config(

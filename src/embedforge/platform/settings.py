@@ -19,6 +19,7 @@ RAY_ADDRESS_ENV = "EMBEDFORGE_RAY_ADDRESS"  # the Ray dashboard, http://HOST:826
 RAY_CPUS_ENV = "EMBEDFORGE_RAY_CPUS"  # CPUs a job reserves on its Ray node
 RAY_RESOURCES_ENV = "EMBEDFORGE_RAY_RESOURCES"  # JSON: custom Ray resources a job asks, e.g. {"trainer": 1}
 RAY_PENDING_ENV = "EMBEDFORGE_RAY_PENDING_SECONDS"  # a job no node takes within this fails
+PUBLIC_URL_ENV = "EMBEDFORGE_PUBLIC_URL"  # how workers reach the platform, when not http://HOST:PORT
 EXECUTORS = ("local", "ray")
 
 

@@ -202,13 +202,16 @@ def _empty_progress() -> dict:
 
 
 def worker_spec(settings: Settings, row, workdir: Path) -> dict:
-    from embedforge.platform.datastore import files_url_dir
+    """What the worker runs: the dataset as a data store URL (it downloads the files itself, so it needs
+    the platform's URL, not its disk), the finetune values and its output folder."""
+    from embedforge.platform.jobs.store_client import store_spec
 
     work = row.details["work"]
     return {
         "kind": KIND,
         "job_id": row.id,
-        "dataset_dir": str(files_url_dir(settings.data_dir, work["files_url"])),
+        "data_store": store_spec(settings),
+        "dataset": work["files_url"],
         "finetune": {
             **work["finetune"],
             "output_dir": str(workdir),
@@ -217,9 +220,11 @@ def worker_spec(settings: Settings, row, workdir: Path) -> dict:
     }
 
 
-def worker_env(_db: Session, _row) -> dict[str, str]:
-    """Nothing secret: the training data and the base model are local."""
-    return {}
+def worker_env(settings: Settings, _db: Session, _row) -> dict[str, str]:
+    """The data store's key (the base model is a folder the worker reads)."""
+    from embedforge.platform.jobs.store_client import store_env
+
+    return store_env(settings)
 
 
 def progress(row, workdir: Path) -> dict:

@@ -22,7 +22,8 @@ def run(spec: dict) -> dict:
     ``comparison`` (``{task: {"retriever.<metric>": paired comparison}}``)."""
     compared = f"{BASELINE}query_endpoint" in spec
     out: dict = {"tasks": {}, **({"baseline": {"tasks": {}}, "comparison": {}} if compared else {})}
-    for name, task in spec["tasks"].items():
+    for number, (name, spec_task) in enumerate(spec["tasks"].items()):
+        task = {**spec_task, "beir_dir": str(beir_folder(spec, number, spec_task))}
         means, per_query = score(task, spec)
         out["tasks"][name] = metrics_block(means)
         if compared:
@@ -34,6 +35,17 @@ def run(spec: dict) -> dict:
         keep_per_query(Path(spec["progress_file"]).with_name(PER_QUERY_FILE), name, per_query)
         mark_done(Path(spec["progress_file"]), name)
     return out
+
+
+def beir_folder(spec: dict, number: int, task: dict) -> Path:
+    """The task's BEIR folder: downloaded from the data store into the job's folder (``datasets/<n>``,
+    as task names are the client's), or an operator's folder on the platform's host."""
+    from embedforge.platform.jobs.store_client import fetch
+
+    if "dataset" not in task:
+        return Path(task["beir_dir"])
+    into = Path(spec["progress_file"]).with_name("datasets") / str(number)
+    return fetch(spec["data_store"], task["dataset"], into)
 
 
 def metrics_block(means: dict[str, float]) -> dict:

@@ -78,7 +78,9 @@ def submit(
 
 
 def worker_spec(settings: Settings, row, workdir: Path) -> dict:
-    from embedforge.platform.datastore import files_url_dir
+    """What the worker runs: each task's dataset (an ``hf://`` one is downloaded by the worker from the
+    data store; a ``file://`` one is an operator's folder on this host), its metrics and the endpoints."""
+    from embedforge.platform.jobs.store_client import store_spec
 
     config, target = row.details["work"]["config"], row.details["work"]["target"]
     pipeline = target["retriever"]["pipeline"]
@@ -86,18 +88,28 @@ def worker_spec(settings: Settings, row, workdir: Path) -> dict:
     tasks = {}
     for name, task in config["tasks"].items():
         tasks[name] = {
-            "beir_dir": str(files_url_dir(settings.data_dir, task["dataset"]["files_url"])),
+            **_dataset_source(settings, task["dataset"]["files_url"]),
             "metrics": {m: spec.get("type") or m for m, spec in task["metrics"].items()},
         }
     return {
         "kind": KIND,
         "job_id": row.id,
+        "data_store": store_spec(settings),
         "tasks": tasks,
         **{f"{role}_endpoint": _without_key(endpoint) for role, endpoint in _endpoints(pipeline).items()},
         **(_baseline_endpoints(baseline) if baseline else {}),
         "top_k": pipeline.get("top_k", 10),
         "progress_file": str(workdir / "progress.json"),
     }
+
+
+def _dataset_source(settings: Settings, files_url: str) -> dict:
+    """``{"dataset": files_url}`` for a data store repo, ``{"beir_dir": path}`` for an operator's folder."""
+    from embedforge.platform.datastore import files_url_dir
+
+    if files_url.startswith("hf://"):
+        return {"dataset": files_url}
+    return {"beir_dir": str(files_url_dir(settings.data_dir, files_url))}
 
 
 def _endpoints(pipeline: dict) -> dict[str, dict]:
@@ -118,8 +130,11 @@ def _without_key(endpoint: dict) -> dict:
     return {k: v for k, v in endpoint.items() if k != "api_key"}
 
 
-def worker_env(db: Session, row) -> dict[str, str]:
-    """The endpoints' real API keys for the worker's environment: never in spec.json, never in a body."""
+def worker_env(settings: Settings, db: Session, row) -> dict[str, str]:
+    """The endpoints' real API keys and the data store's key for the worker's environment: never in
+    spec.json, never in a body."""
+    from embedforge.platform.jobs.store_client import store_env
+
     keys = {}
     for prefix, field in (("", "target"), ("baseline_", "baseline")):
         target = row.details["work"].get(field)
@@ -127,7 +142,7 @@ def worker_env(db: Session, row) -> dict[str, str]:
             revealed = secret_store.reveal(db, target["id"], target)
             for role, ep in _endpoints(revealed["retriever"]["pipeline"]).items():
                 keys[prefix + role] = ep.get("api_key")
-    return {KEYS_ENV: json.dumps(keys)}
+    return {KEYS_ENV: json.dumps(keys), **store_env(settings)}
 
 
 def progress(row, workdir: Path) -> dict:

@@ -182,18 +182,18 @@ class JobRunner:
         workdir = self.workdir(row.kind, row.id)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "error.json").unlink(missing_ok=True)
-        write_json_atomic(workdir / "spec.json", kind.worker_spec(self.settings, row, workdir))
         attempt = row.attempts + 1
         resources = Resources(float(row.details["work"].get("num_gpus") or 0), self.settings.ray_cpus)
-        try:
+        try:  # a spec the platform cannot write (e.g. a files_url it cannot read) fails the job
+            write_json_atomic(workdir / "spec.json", kind.worker_spec(self.settings, row, workdir))
             handle = self.executor.start(
                 "embedforge.platform.jobs.worker",
                 workdir,
-                kind.worker_env(db, row),
+                kind.worker_env(self.settings, db, row),
                 resources,
                 submission_id(row.id, attempt),
             )
-        except EmbedforgeError as err:  # e.g. the Ray cluster stopped answering
+        except EmbedforgeError as err:  # or the Ray cluster stopped answering
             leases.release(db, row.id, self.owner)
             job_store.set_status(db, row, "failed", "failed", str(err))
             logger.error("job %s failed to start: %s", row.id, err)

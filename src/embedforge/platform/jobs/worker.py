@@ -1,8 +1,9 @@
 """A job's worker process: ``python -m embedforge.platform.jobs.worker WORKDIR`` runs WORKDIR/spec.json.
 
 It runs the same stage functions as the CLI (``embedforge.finetune.trainer.finetune``, the evaluator's retrieval),
-never in the API process. An expected failure is written to WORKDIR/error.json (one line naming file,
-line and field) and the process exits 2; success writes WORKDIR/result.json.
+never in the API process, on data it downloads from the platform's data store (``store_client``). An
+expected failure is written to WORKDIR/error.json (one line naming file, line and field) and the process
+exits 2; success writes WORKDIR/result.json.
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ def run_customization(spec: dict) -> dict:
     from embedforge.config import FinetuneConfig, build_config
     from embedforge.data.formats import DataFormatError
     from embedforge.finetune.trainer import finetune
+    from embedforge.platform.jobs.store_client import fetch
 
     values = dict(spec["finetune"])
     out = Path(values["output_dir"])
-    dataset_dir = Path(spec["dataset_dir"])
+    dataset_dir = fetch(spec["data_store"], spec["dataset"], out / "dataset")
     train = merged_jsonl(dataset_dir, "training", out)
     if train is None:
         raise DataFormatError(dataset_dir.name, "the dataset has no training/*.jsonl file")
