@@ -86,15 +86,21 @@ def _oid(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
+def hf_repo(url: str) -> tuple[str, str, str]:
+    """``hf://datasets/ns/name[/folder]`` -> (``dataset``, ``ns/name``, ``folder`` or "")."""
+    parts = url.removeprefix("hf://").strip("/").split("/")
+    if len(parts) < 3 or parts[0] not in ("datasets", "models"):
+        raise BadRequest(f"files_url '{url}' must look like hf://datasets/namespace/name")
+    return parts[0][:-1], "/".join(parts[1:3]), "/".join(parts[3:])
+
+
 def files_url_dir(data_dir: Path, url: str) -> Path:
     """The folder behind a ``files_url``: ``hf://datasets/ns/name`` (a data store repo, optionally with a
     sub-folder) or ``file://NAME/`` (an operator's folder under ``DATA_DIR/beir/NAME``)."""
     if url.startswith("hf://"):
-        parts = url[len("hf://") :].strip("/").split("/")
-        if len(parts) < 3 or parts[0] not in ("datasets", "models"):
-            raise BadRequest(f"files_url '{url}' must look like hf://datasets/namespace/name")
-        root = repo_dir(data_dir, parts[0][:-1], parts[1], parts[2])
-        return safe_path(root, "/".join(parts[3:])) if len(parts) > 3 else root
+        repo_type, repo_id, folder = hf_repo(url)
+        root = repo_dir(data_dir, repo_type, *repo_id.split("/"))
+        return safe_path(root, folder) if folder else root
     if url.startswith("file://"):
         name = url[len("file://") :].strip("/")
         return safe_path(data_dir / "beir", name)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from embedforge.errors import EmbedforgeError
+from embedforge.platform.datastore import hf_repo
 from embedforge.platform.settings import Settings
 
 TOKEN_ENV = "EMBEDFORGE_DATASTORE_KEY"  # the platform's API key, as the worker's environment carries it
@@ -36,33 +37,23 @@ def store_env(settings: Settings) -> dict[str, str]:
     return {TOKEN_ENV: settings.api_key} if settings.api_key else {}
 
 
-def repo_of(files_url: str) -> dict:
-    """``hf://datasets/ns/name[/folder]`` -> {repo_type, repo_id, folder}."""
-    kind, _, rest = files_url.removeprefix("hf://").partition("/")
-    parts = rest.strip("/").split("/")
-    if kind not in ("datasets", "models") or len(parts) < 2:
-        raise EmbedforgeError(f"files_url '{files_url}' must look like hf://datasets/namespace/name")
-    return {"repo_type": kind[:-1], "repo_id": "/".join(parts[:2]), "folder": "/".join(parts[2:])}
-
-
 def fetch(store: dict, files_url: str, into: Path) -> Path:
     """Download the repo (or its folder) behind ``files_url`` into ``into``; returns the folder the
     ``files_url`` names there. Fails with ``StoreUnavailable`` naming the store's URL and the repo."""
     import httpx2  # huggingface_hub's HTTP client: its connection errors are not OSErrors
     import huggingface_hub
 
-    repo = repo_of(files_url)
+    repo_type, repo_id, folder = hf_repo(files_url)
     endpoint = store["endpoint"]
     token = os.environ.get(TOKEN_ENV) or False
-    where = f"{repo['repo_type']} repo {repo['repo_id']} from the data store at {endpoint}"
-    folder = repo["folder"]
+    where = f"{repo_type} repo {repo_id} from the data store at {endpoint}"
     try:
         with _online():
             api = huggingface_hub.HfApi(endpoint=endpoint, token=token)
-            sha = api.repo_info(repo["repo_id"], repo_type=repo["repo_type"]).sha
+            sha = api.repo_info(repo_id, repo_type=repo_type).sha
             huggingface_hub.snapshot_download(
-                repo["repo_id"],
-                repo_type=repo["repo_type"],
+                repo_id,
+                repo_type=repo_type,
                 revision=sha,
                 endpoint=endpoint,
                 token=token,
